@@ -1,0 +1,37 @@
+# maas: two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup java build demo test test-unit clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) java  ## create/refresh .venv with the pinned dependencies, and Java 11+
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+java:
+	@bash scripts/ensure-java.sh $(VENV)
+
+build: setup  ## train, export, verify and archive every model into model_store/
+	$(BIN)/maas build
+
+demo: setup  ## build, serve, send real requests, run a short load test, stop
+	$(BIN)/maas demo
+
+test: setup  ## unit + integration tests (starts a real TorchServe on 127.0.0.1)
+	$(BIN)/python -m pytest
+
+test-unit: setup  ## unit tests only (no server)
+	$(BIN)/python -m pytest tests/unit
+
+clean:  ## remove build outputs, archives, reports and server state (keeps .venv)
+	rm -rf build reports run model_store/*.mar .pytest_cache

@@ -1,0 +1,113 @@
+"""Package a verified model: manifest.json + model-config.yaml + torch-model-archiver -> .mar."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+import sys
+import zipfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from export.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+HANDLERS_DIR = Path(__file__).resolve().parents[1] / "handlers"
+# Pickled files can run code when loaded; an archive of ours never carries one.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".joblib")
+
+
+class ArchiveError(Exception):
+    """torch-model-archiver failed, or its output breaks a packaging rule."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "onnx", "onnxruntime-gpu", "torchserve", "torch-model-archiver"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_manifest(
+    build_dir: Path,
+    spec: ModelSpec,
+    onnx_path: Path,
+    version: str,
+    metrics: dict[str, Any],
+    parity: dict[str, Any],
+    extra: dict[str, Any],
+) -> Path:
+    """manifest.json: what the handler checks at load and what a release reads."""
+    manifest = {
+        "name": spec.name,
+        "version": version,
+        "description": spec.description,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "size_bytes": onnx_path.stat().st_size,
+        **spec.io_dict(),
+        "metrics": metrics,
+        "parity": parity,
+        "versions": _versions(),
+        **extra,
+    }
+    path = build_dir / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def write_model_config(build_dir: Path, spec: ModelSpec) -> Path:
+    path = build_dir / "model-config.yaml"
+    path.write_text(yaml.safe_dump(spec.model_config(), sort_keys=False))
+    return path
+
+
+def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, archive_name: str) -> Path:
+    """Run torch-model-archiver; the .mar carries handler, support modules, model, manifest, config."""
+    model_store.mkdir(parents=True, exist_ok=True)
+    extra_files = [HANDLERS_DIR / f for f in spec.handler_support_files] + [build_dir / "manifest.json"]
+    extra_files += sorted(p for p in (build_dir / "assets").glob("*") if p.is_file()) if (build_dir / "assets").is_dir() else []
+    cmd = [
+        sys.executable, "-m", "model_archiver.model_packaging",
+        "--model-name", archive_name,
+        "--version", version,
+        "--serialized-file", str(build_dir / "model.onnx"),
+        "--handler", str(HANDLERS_DIR / spec.handler),
+        "--extra-files", ",".join(str(p) for p in extra_files),
+        "--config-file", str(build_dir / "model-config.yaml"),
+        "--export-path", str(model_store),
+        "--force",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ArchiveError(f"torch-model-archiver failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+    mar = model_store / f"{archive_name}.mar"
+    check_no_pickle(mar)
+    log.info("%s: packaged %s (%.1f KiB)", spec.name, mar, mar.stat().st_size / 1024)
+    return mar
+
+
+def check_no_pickle(mar: Path) -> None:
+    with zipfile.ZipFile(mar) as z:
+        pickled = [n for n in z.namelist() if n.lower().endswith(PICKLE_SUFFIXES)]
+    if pickled:
+        raise ArchiveError(f"{mar.name} carries pickled files {pickled}; only .onnx weights are allowed")

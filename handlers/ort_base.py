@@ -1,0 +1,258 @@
+"""ONNX Runtime base handler for TorchServe.
+
+Shipped inside every .mar next to the model handler (torch-model-archiver --extra-files),
+so it imports only the standard library, numpy and onnxruntime.
+
+Lifecycle (TorchServe calls these):
+  initialize(context)  read manifest.json, verify the model's sha256, create the ORT
+                       session (CUDA on TorchServe's gpu_id when there is one, else CPU),
+                       check the graph against the manifest's I/O spec, warm up.
+  handle(data, context) -> list  one response per request, in order. Each request is
+                       parsed on its own (a bad one gets its own 400 JSON body and never
+                       fails its batch neighbours), the good ones run in ONE session.run.
+
+A model handler overrides only:
+  preprocess(body)            -> (inputs: {name: array with leading item axis}, meta)
+  postprocess(outputs, meta)  -> a JSON-serialisable answer for that request
+and optionally collate()/split() when requests need padding to one batch (text).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+
+
+class InputError(ValueError):
+    """A client's mistake: answered with `status` (4xx) and a JSON body naming the field."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.field, self.status = message, field, status
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.status, "type": "InputError", "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class ModelIntegrityError(RuntimeError):
+    """The model file is not the one that was verified and packaged."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def request_body(request: dict[str, Any]) -> Any:
+    """TorchServe puts a raw body under "body" and a form field under "data"."""
+    for key in ("data", "body"):
+        if request.get(key) is not None:
+            return request[key]
+    values = [v for k, v in request.items() if v is not None]
+    if len(values) == 1:
+        return values[0]
+    raise InputError("request has no body")
+
+
+def parse_json(body: Any) -> Any:
+    """The request's JSON value; TorchServe has already decoded application/json bodies."""
+    if isinstance(body, (dict, list)):
+        return body
+    if isinstance(body, (bytes, bytearray)):
+        if not body.strip():
+            raise InputError("request body is empty; send a JSON document")
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"request body is not UTF-8 text (byte {exc.start}); send a JSON document") from None
+    if isinstance(body, str):
+        if not body.strip():
+            raise InputError("request body is empty; send a JSON document")
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except RecursionError:
+            raise InputError("request body is JSON nested too deeply") from None
+    raise InputError(f"unsupported request body of type {type(body).__name__}")
+
+
+def finite_number(value: Any, field: str, limits: tuple[float, float] | None = None) -> float:
+    """A real, finite number (not a bool, not a string), optionally within [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"must be a number, got {type(value).__name__}", field)
+    number = float(value) if not isinstance(value, int) or abs(value) < 2**63 else math.inf
+    if not math.isfinite(number):
+        raise InputError("must be a finite number (NaN and infinity are refused)", field)
+    if limits is not None and not limits[0] <= number <= limits[1]:
+        raise InputError(f"{number:g} is outside the accepted range [{limits[0]:g}, {limits[1]:g}]", field)
+    return number
+
+
+def worker_threads(configured: int, max_workers: int) -> int:
+    """Explicit intra-op threads: configured, else cores // workers, so workers x threads <= cores."""
+    if configured and configured > 0:
+        return int(configured)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, max_workers))
+
+
+def choose_providers(gpu_id: Any, use_tensorrt: bool = False) -> list[Any]:
+    """CUDA on TorchServe's gpu_id when TorchServe assigned one and this ORT build has CUDA; CPU always last."""
+    available = ort.get_available_providers()
+    providers: list[Any] = []
+    if gpu_id is not None and "CUDAExecutionProvider" in available:
+        device = {"device_id": int(gpu_id)}
+        if use_tensorrt and "TensorrtExecutionProvider" in available:
+            providers.append(("TensorrtExecutionProvider", device))
+        providers.append(("CUDAExecutionProvider", device))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class OrtHandler:
+    """Template-method TorchServe handler around one ONNX Runtime session."""
+
+    def __init__(self) -> None:
+        self.session: ort.InferenceSession | None = None
+        self.manifest: dict[str, Any] = {}
+        self.settings: dict[str, Any] = {}
+        self.provider = "none"
+        self.model_version = ""
+        self.initialized = False
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def initialize(self, context: Any) -> None:
+        props = context.system_properties
+        model_dir = Path(props["model_dir"])
+        self.manifest = json.loads((model_dir / "manifest.json").read_text())
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        self.settings = dict(yaml_config.get("handler") or {})
+        self.model_version = str((getattr(context, "manifest", None) or {}).get("model", {}).get("modelVersion", ""))
+
+        model_path = model_dir / self.manifest["model_file"]
+        actual = sha256_file(model_path)
+        if actual != self.manifest["sha256"]:
+            log.error("INTEGRITY: %s sha256 %s does not match manifest %s; refusing to load",
+                      model_path.name, actual, self.manifest["sha256"])
+            raise ModelIntegrityError(
+                f"{model_path.name}: sha256 {actual} does not match the manifest's {self.manifest['sha256']}"
+            )
+
+        threads = worker_threads(self.settings.get("intra_op_threads", 0), yaml_config.get("maxWorkers", 1))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = choose_providers(props.get("gpu_id"), bool(self.settings.get("use_tensorrt", False)))
+        self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        if props.get("gpu_id") is not None and self.provider == "CPUExecutionProvider":
+            log.warning("gpu_id %s was assigned but ONNX Runtime fell back to CPU", props.get("gpu_id"))
+        self._check_io()
+        self._warm_up()
+        self.initialized = True
+        log.info("%s %s ready: provider %s, intra-op threads %d, sha256 %s",
+                 self.manifest["name"], self.model_version, self.provider, threads, actual[:12])
+
+    def _check_io(self) -> None:
+        """The session's tensors must be the manifest's: a wrong file never serves."""
+        got_in = [i.name for i in self.session.get_inputs()]
+        got_out = [o.name for o in self.session.get_outputs()]
+        want_in = [t["name"] for t in self.manifest["inputs"]]
+        want_out = [t["name"] for t in self.manifest["outputs"]]
+        if got_in != want_in or got_out != want_out:
+            raise ModelIntegrityError(f"graph I/O {got_in} -> {got_out} differs from manifest {want_in} -> {want_out}")
+
+    def _warm_up(self) -> None:
+        """One run on zeros shaped by the spec (dynamic axes = 1), so the first request is not slow."""
+        feeds = {t["name"]: np.zeros([d if isinstance(d, int) else 1 for d in t["shape"]], dtype=t["dtype"])
+                 for t in self.manifest["inputs"]}
+        self.session.run(None, feeds)
+
+    # ---- per-model hooks ------------------------------------------------------------
+    def preprocess(self, body: Any) -> tuple[Arrays, Any]:
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Arrays, meta: Any) -> Any:
+        raise NotImplementedError
+
+    def collate(self, items: list[Arrays]) -> Arrays:
+        """Join requests along axis 0 (override to pad, e.g. text to the longest sequence)."""
+        return {name: np.concatenate([it[name] for it in items], axis=0) for name in items[0]}
+
+    @staticmethod
+    def split(outputs: Arrays, counts: list[int]) -> list[Arrays]:
+        bounds = np.cumsum([0] + counts)
+        return [{k: v[bounds[i]:bounds[i + 1]] for k, v in outputs.items()} for i in range(len(counts))]
+
+    # ---- the batch loop ---------------------------------------------------------------
+    def max_items(self) -> int:
+        return int(self.settings.get("max_items_per_request", 256))
+
+    def run(self, items: list[Arrays]) -> list[Arrays]:
+        """ONE session.run for all items; returns each item's outputs."""
+        feeds = self.collate(items)
+        names = [o.name for o in self.session.get_outputs()]
+        outputs = dict(zip(names, self.session.run(names, feeds)))
+        counts = [len(next(iter(it.values()))) for it in items]
+        return self.split(outputs, counts)
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        """One response per request; a bad request gets its own 4xx, neighbours are served."""
+        responses: list[Any] = [None] * len(data)
+        good: list[tuple[int, Arrays, Any]] = []
+        for idx, request in enumerate(data):
+            try:
+                inputs, meta = self.preprocess(request_body(request))
+                good.append((idx, inputs, meta))
+            except InputError as err:
+                responses[idx] = self._reply(context, idx, err.to_dict(), err.status, err.message)
+
+        if good:
+            try:
+                results = self.run([inputs for _, inputs, _ in good])
+            except Exception:  # noqa: BLE001 - an ORT failure must not take the whole batch down
+                log.exception("batch of %d failed in ONNX Runtime; retrying each request alone", len(good))
+                results = [self._run_alone(inputs) for _, inputs, _ in good]
+            for (idx, _, meta), outputs in zip(good, results):
+                if outputs is None:
+                    body = {"code": 500, "type": "InternalServerError", "message": "inference failed for this request"}
+                    responses[idx] = self._reply(context, idx, body, 500, "inference failed")
+                else:
+                    responses[idx] = self._reply(context, idx, self.postprocess(outputs, meta), 200, "OK")
+        return responses
+
+    def _run_alone(self, inputs: Arrays) -> Arrays | None:
+        try:
+            return self.run([inputs])[0]
+        except Exception:  # noqa: BLE001
+            log.exception("request failed in ONNX Runtime")
+            return None
+
+    def _reply(self, context: Any, idx: int, body: Any, status: int, phrase: str) -> str:
+        context.set_response_content_type(idx, "application/json")
+        if self.model_version:
+            context.set_response_header(idx, "X-Model-Version", self.model_version)
+        if status != 200:
+            context.set_response_status(status, phrase, idx)
+        return json.dumps(body)

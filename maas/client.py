@@ -1,0 +1,139 @@
+"""HTTP client for TorchServe's inference and management APIs, with token handling.
+
+Every call reads key_file.json fresh; a key that expires within `renew_margin_s` is
+renewed with the API key first, and a request refused for its token is retried once
+after a renewal, so long-running CLIs, probes and load tests never hold a stale copy.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from maas.keys import KeyFileError, read_keys
+from maas.properties import Endpoints
+
+log = logging.getLogger(__name__)
+
+
+class ServeError(Exception):
+    """A one-line, user-facing error from talking to TorchServe."""
+
+
+class ServerNotRunning(ServeError):
+    pass
+
+
+class TokenRefused(ServeError):
+    pass
+
+
+class ApiError(ServeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message = status, message
+
+
+def _token_refused(resp: requests.Response) -> bool:
+    # TorchServe 0.12 answers 400 "Token Authorization failed" (not 401) for a bad/expired key.
+    return resp.status_code in (400, 401) and "token authorization failed" in resp.text.lower()
+
+
+def error_message(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and "message" in body:
+            return str(body["message"])
+    except ValueError:
+        pass
+    return resp.text.strip()[:500] or resp.reason
+
+
+class TorchServeClient:
+    def __init__(self, endpoints: Endpoints, key_file: Path | None, timeout: float = 60.0,
+                 renew_margin_s: float = 120.0) -> None:
+        self.endpoints = endpoints
+        self.key_file = key_file
+        self.timeout = timeout
+        self.renew_margin_s = renew_margin_s
+        self.http = requests.Session()
+
+    # ---- keys -----------------------------------------------------------------------
+    def _key(self, kind: str) -> str | None:
+        if self.key_file is None:
+            return None
+        keys = read_keys(self.key_file)
+        if keys[kind].expires_within(self.renew_margin_s):
+            self.renew_key(kind)
+            keys = read_keys(self.key_file)
+        return keys[kind].value
+
+    def renew_key(self, kind: str) -> None:
+        """Ask TorchServe for a new `kind` key ("inference" or "management"), using the API key."""
+        api_key = read_keys(self.key_file)["API"].value
+        resp = self._send("POST", f"{self.endpoints.management}/token", params={"type": kind},
+                          headers={"Authorization": f"Bearer {api_key}"})
+        if resp.status_code != 200:
+            raise TokenRefused(f"renewing the {kind} key was refused: HTTP {resp.status_code} {error_message(resp)}")
+        log.info("renewed the %s key", kind)
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self.http.request(method, url, timeout=kwargs.pop("timeout", self.timeout), **kwargs)
+        except requests.ConnectionError:
+            raise ServerNotRunning(f"TorchServe is not answering at {url.split('/', 3)[:3][-1]}: start it with `maas serve start`") from None
+        except requests.Timeout:
+            raise ServeError(f"TorchServe did not answer {method} {url} within {self.timeout:g} s") from None
+
+    def request(self, api: str, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A call to the "inference" or "management" API with the right, fresh key."""
+        base = self.endpoints.inference if api == "inference" else self.endpoints.management
+        headers = dict(kwargs.pop("headers", {}) or {})
+        for attempt in (1, 2):
+            try:
+                key = self._key(api)
+            except KeyFileError as exc:
+                raise ServerNotRunning(str(exc)) from None
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            resp = self._send(method, base + path, headers=headers, **kwargs)
+            if not _token_refused(resp) or self.key_file is None or attempt == 2:
+                break
+            self.renew_key(api)  # expired between reading and sending: renew once and retry
+        if _token_refused(resp):
+            raise TokenRefused(f"TorchServe refused the {api} key from {self.key_file}: {error_message(resp)}")
+        return resp
+
+    # ---- inference API ----------------------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        resp = self.request("inference", "GET", "/ping", timeout=5)
+        if resp.status_code != 200:
+            raise ApiError(resp.status_code, error_message(resp))
+        return resp.json()
+
+    def predict(self, model: str, body: bytes, content_type: str = "application/json",
+                version: str | None = None) -> requests.Response:
+        path = f"/predictions/{model}" + (f"/{version}" if version else "")
+        return self.request("inference", "POST", path, data=body, headers={"Content-Type": content_type})
+
+    def predict_json(self, model: str, payload: Any, version: str | None = None) -> Any:
+        resp = self.predict(model, json.dumps(payload).encode(), version=version)
+        if resp.status_code != 200:
+            raise ApiError(resp.status_code, error_message(resp))
+        return resp.json()
+
+    # ---- management API ---------------------------------------------------------------
+    def management(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self.request("management", method, path, **kwargs)
+        if resp.status_code >= 300:
+            raise ApiError(resp.status_code, error_message(resp))
+        return resp.json() if resp.content else {}
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return self.management("GET", "/models", params={"limit": 1000})["models"]
+
+    def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        return self.management("GET", f"/models/{model}" + (f"/{version}" if version else ""))

@@ -1,0 +1,59 @@
+"""TorchServe token authorization keys (key_file.json), always read fresh.
+
+TorchServe 0.12 writes key_file.json into its working directory at start:
+  {"management": {"key", "expiration time"}, "inference": {...}, "API": {"key"}}
+Management and inference keys expire after `token_expiration_min`; the API key does not
+and renews them through POST /token?type=management|inference on the management port,
+after which TorchServe rewrites the file. Nothing here caches a key across calls.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+
+class KeyFileError(Exception):
+    """key_file.json is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class Key:
+    value: str
+    expires: datetime | None
+
+    def expires_within(self, seconds: float) -> bool:
+        if self.expires is None:
+            return False
+        return self.expires <= datetime.now(timezone.utc) + timedelta(seconds=seconds)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    # Java writes nanoseconds ("2026-11-23T17:17:16.605532240Z"); Python takes microseconds.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def read_keys(path: Path) -> dict[str, Key]:
+    """{"management": Key, "inference": Key, "API": Key} from TorchServe's key file."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise KeyFileError(f"no key file at {path}: is TorchServe running (maas serve start)?") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc}") from None
+    keys = {}
+    for kind, entry in raw.items():
+        if isinstance(entry, dict) and "key" in entry:
+            keys[kind] = Key(str(entry["key"]), _parse_time(entry.get("expiration time")))
+    for kind in ("management", "inference", "API"):
+        if kind not in keys:
+            raise KeyFileError(f"key file {path} has no {kind!r} key")
+    return keys

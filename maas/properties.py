@@ -1,0 +1,43 @@
+"""Read and write TorchServe's config.properties (Java properties, key=value lines)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    props: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "!")) or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        props[key.strip()] = value.strip()
+    return props
+
+
+def write_properties(path: Path, props: dict[str, str], header: str = "") -> None:
+    lines = [f"# {header}"] if header else []
+    lines += [f"{k}={v}" for k, v in props.items()]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a TorchServe configured by `props` listens (TorchServe's defaults when unset)."""
+
+    inference: str
+    management: str
+    metrics: str
+
+    @classmethod
+    def from_properties(cls, props: dict[str, str]) -> "Endpoints":
+        return cls(
+            inference=props.get("inference_address", "http://127.0.0.1:8080").rstrip("/"),
+            management=props.get("management_address", "http://127.0.0.1:8081").rstrip("/"),
+            metrics=props.get("metrics_address", "http://127.0.0.1:8082").rstrip("/"),
+        )
+
+    def ports(self) -> list[int]:
+        return [urlsplit(u).port or 80 for u in (self.inference, self.management, self.metrics)]

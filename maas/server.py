@@ -1,0 +1,213 @@
+"""Start, wait for, inspect and stop a TorchServe (Java frontend + Python workers).
+
+Each server gets its own run directory: TorchServe's working directory (key_file.json),
+logs/ (LOG_LOCATION), and tmp/ (TMPDIR: TorchServe keeps its pid file and unpacked
+archives in the temp dir, so separate run dirs let servers run side by side).
+The launcher runs in its own process group; stopping the group stops workers too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+
+from maas.client import ServeError, ServerNotRunning, TorchServeClient
+from maas.java import have_java, java_home
+from maas.properties import Endpoints, read_properties
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerLayout:
+    config: Path  # config.properties
+    model_store: Path
+    run_dir: Path
+
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / "key_file.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def console_log(self) -> Path:
+        return self.log_dir / "console.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "maas-server.pid"
+
+
+def _port_open(url: str) -> bool:
+    parts = urlsplit(url)
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((parts.hostname or "127.0.0.1", parts.port or 80)) == 0
+
+
+def _group_alive(pgid: int) -> bool:
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+class TorchServe:
+    def __init__(self, layout: ServerLayout) -> None:
+        self.layout = layout
+        self.props = read_properties(layout.config)
+        self.endpoints = Endpoints.from_properties(self.props)
+        token_off = self.props.get("disable_token_authorization", "false").lower() == "true"
+        self.client = TorchServeClient(self.endpoints, None if token_off else layout.key_file)
+        self._proc: subprocess.Popen | None = None
+
+    # ---- state ------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        """The launcher's pid (= process group) when a server of this run dir is alive."""
+        try:
+            pid = int(self.layout.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _group_alive(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    # ---- start ------------------------------------------------------------------------
+    def start(self, models: list[str] | None = None, timeout: float = 240.0) -> None:
+        """Start TorchServe and return once /ping answers and every model has READY workers."""
+        if self.is_running():
+            raise ServeError(f"a TorchServe from {self.layout.run_dir} is already running (pid {self.pid()})")
+        busy = [u for u in (self.endpoints.inference, self.endpoints.management, self.endpoints.metrics) if _port_open(u)]
+        if busy:
+            raise ServeError(f"address already in use: {', '.join(busy)} (another server? `maas serve stop`)")
+        if not have_java():
+            raise ServeError("no Java 11+ runtime found: run `make setup` (scripts/ensure-java.sh)")
+        if not self.layout.model_store.is_dir():
+            raise ServeError(f"model store {self.layout.model_store} does not exist: run `maas build`")
+
+        for d in (self.layout.run_dir, self.layout.log_dir, self.layout.run_dir / "tmp"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.layout.key_file.unlink(missing_ok=True)
+        env = dict(os.environ)
+        env.update(LOG_LOCATION=str(self.layout.log_dir), METRICS_LOCATION=str(self.layout.log_dir),
+                   TMPDIR=str(self.layout.run_dir / "tmp"))
+        home = java_home()
+        if home:
+            env["JAVA_HOME"] = home
+        cmd = [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground",
+               "--ts-config", str(self.layout.config.resolve()),
+               "--model-store", str(self.layout.model_store.resolve()), "--ncs"]
+        if models:
+            cmd += ["--models", *models]
+        console = open(self.layout.console_log, "ab")
+        self._proc = subprocess.Popen(cmd, cwd=self.layout.run_dir, env=env, stdout=console,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        console.close()
+        self.layout.pid_file.write_text(str(self._proc.pid))
+        log.info("TorchServe starting (pid %d), logs in %s", self._proc.pid, self.layout.log_dir)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.layout.console_log.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        picked = [l for l in text if "ERROR" in l or "Exception" in l or "Error:" in l] or text
+        return "\n".join(picked[-lines:])
+
+    def wait_ready(self, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = "the server"
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise ServeError(f"TorchServe exited with code {self._proc.returncode} while starting; "
+                                 f"log: {self.layout.console_log}\n{self._log_tail()}")
+            try:
+                self.client.ping()
+                pending = ", ".join(self.models_not_ready()) or ""
+                if not pending:
+                    return
+            except ServeError:
+                pass
+            time.sleep(0.5)
+        raise ServeError(f"TorchServe did not become ready in {timeout:g} s (waiting for {pending}); "
+                         f"log: {self.layout.console_log}\n{self._log_tail()}")
+
+    def models_not_ready(self) -> list[str]:
+        """Registered models (name/version) whose workers are not all READY yet."""
+        waiting = []
+        for model in self.client.list_models():
+            for desc in self.client.describe(model["modelName"], "all"):
+                workers = desc.get("workers", [])
+                want = desc.get("minWorkers", 1)
+                ready = sum(w.get("status") == "READY" for w in workers)
+                if ready < want:
+                    waiting.append(f"{desc['modelName']}/{desc['modelVersion']} ({ready}/{want} workers READY)")
+        return waiting
+
+    # ---- stop -------------------------------------------------------------------------
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the whole process group; returns False when nothing was running."""
+        pgid = self.pid() or (self._proc.pid if self._proc and self._proc.poll() is None else None)
+        if pgid is None:
+            self.layout.pid_file.unlink(missing_ok=True)
+            return False
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(pgid):
+                if self._proc is not None:
+                    self._proc.poll()  # reap our own child so it does not linger as a zombie
+                time.sleep(0.2)
+            if not _group_alive(pgid):
+                break
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.layout.pid_file.unlink(missing_ok=True)
+        self.layout.key_file.unlink(missing_ok=True)
+        return True
+
+    # ---- status -----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"running": False, "pid": self.pid(), "endpoints": vars(self.endpoints),
+                                "log_dir": str(self.layout.log_dir), "models": []}
+        try:
+            info["health"] = self.client.ping().get("status")
+            info["running"] = True
+            for model in self.client.list_models():
+                for desc in self.client.describe(model["modelName"], "all"):
+                    info["models"].append({
+                        "name": desc["modelName"], "version": desc["modelVersion"],
+                        "batch_size": desc.get("batchSize"), "max_batch_delay": desc.get("maxBatchDelay"),
+                        "workers": [(w.get("id"), w.get("status"), w.get("pid")) for w in desc.get("workers", [])],
+                    })
+        except ServerNotRunning:
+            pass
+        return info
