@@ -69,8 +69,8 @@ class ModelSpec:
     def io_dict(self) -> dict[str, Any]:
         """The I/O part of the manifest (read back by the handler at load time)."""
         return {
-            "inputs": [asdict(t) for t in self.inputs],
-            "outputs": [asdict(t) for t in self.outputs],
+            "inputs": [{**asdict(t), "shape": list(t.shape)} for t in self.inputs],
+            "outputs": [{**asdict(t), "shape": list(t.shape)} for t in self.outputs],
             "opset": self.opset,
             "atol": self.atol,
             "rtol": self.rtol,

@@ -99,7 +99,10 @@ def finite_number(value: Any, field: str, limits: tuple[float, float] | None = N
     """A real, finite number (not a bool, not a string), optionally within [lo, hi]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"must be a number, got {type(value).__name__}", field)
-    number = float(value) if not isinstance(value, int) or abs(value) < 2**63 else math.inf
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        number = math.inf if value > 0 else -math.inf
     if not math.isfinite(number):
         raise InputError("must be a finite number (NaN and infinity are refused)", field)
     if limits is not None and not limits[0] <= number <= limits[1]:

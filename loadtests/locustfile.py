@@ -1,0 +1,72 @@
+"""Locust load test for a maas model served by TorchServe.
+
+Run through `maas loadtest MODEL` (headless, bounded, reports + release gate), or by hand:
+  locust -f loadtests/locustfile.py --headless -u 8 -r 4 -t 20s \
+         --host http://127.0.0.1:8080 --model maintenance --key-file run/key_file.json
+The inference key is read from TorchServe's key_file.json and re-read whenever the file
+changes (maas renews keys there), so a long run never sends an expired copy.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from locust import FastHttpUser, events, task
+
+import payloads
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser) -> None:
+    parser.add_argument("--model", default="maintenance", env_var="MAAS_MODEL", help="model name to load")
+    parser.add_argument("--model-version", default="", env_var="MAAS_MODEL_VERSION",
+                        help="version to target (default: the model's default version)")
+    parser.add_argument("--key-file", default="", env_var="MAAS_KEY_FILE",
+                        help="TorchServe key_file.json (empty: token authorization is off)")
+
+
+class KeyFile:
+    """The inference key, re-read only when key_file.json changes on disk."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self._mtime, self._key = path, None, None
+
+    def header(self) -> dict[str, str]:
+        if not self.path:
+            return {}
+        mtime = os.stat(self.path).st_mtime_ns
+        if mtime != self._mtime:
+            with open(self.path) as f:
+                self._key = json.load(f)["inference"]["key"]
+            self._mtime = mtime
+        return {"Authorization": f"Bearer {self._key}"}
+
+
+class ModelUser(FastHttpUser):
+    """Sends one valid request after another (closed loop), validating every body."""
+
+    def on_start(self) -> None:
+        opts = self.environment.parsed_options
+        self.model = opts.model
+        self.path = f"/predictions/{opts.model}" + (f"/{opts.model_version}" if opts.model_version else "")
+        self.payloads = payloads.for_model(opts.model, seed=id(self) % 10_000)
+        self.keys = KeyFile(opts.key_file)
+
+    @task
+    def predict(self) -> None:
+        headers = {"Content-Type": self.payloads.content_type, **self.keys.header()}
+        with self.client.post(self.path, data=self.payloads.next(), headers=headers,
+                              name=self.path, catch_response=True) as resp:
+            problem = self._problem(resp)
+            if problem:
+                resp.failure(problem)
+
+    def _problem(self, resp) -> Optional[str]:
+        if resp.status_code != 200:
+            return f"HTTP {resp.status_code}: {(resp.text or '')[:200]}"
+        try:
+            body = resp.json()
+        except ValueError:
+            return "response is not JSON"
+        return self.payloads.check(body)

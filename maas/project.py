@@ -1,0 +1,41 @@
+"""Where a maas project keeps things: config, model store, server run dir, builds, reports."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from maas.server import ServerLayout, TorchServe
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    config: Path
+    model_store: Path
+    run_dir: Path
+    build_dir: Path
+    reports_dir: Path
+
+    @classmethod
+    def locate(cls, config: str | None = None, model_store: str | None = None, run_dir: str | None = None,
+               reports_dir: str | None = None) -> "Project":
+        """Paths from arguments, then MAAS_* variables, then the project holding config.properties."""
+        root = Path.cwd() if (Path.cwd() / "config.properties").exists() else REPO_ROOT
+
+        def pick(arg: str | None, env: str, default: Path) -> Path:
+            return Path(arg or os.environ.get(env) or default).resolve()
+
+        return cls(
+            root=root,
+            config=pick(config, "MAAS_CONFIG", root / "config.properties"),
+            model_store=pick(model_store, "MAAS_MODEL_STORE", root / "model_store"),
+            run_dir=pick(run_dir, "MAAS_RUN_DIR", root / "run"),
+            build_dir=pick(None, "MAAS_BUILD_DIR", root / "build"),
+            reports_dir=pick(reports_dir, "MAAS_REPORTS_DIR", root / "reports"),
+        )
+
+    def server(self) -> TorchServe:
+        return TorchServe(ServerLayout(self.config, self.model_store, self.run_dir))

@@ -1,0 +1,118 @@
+"""Shared fixtures: a model built once per session, and a real TorchServe on free ports.
+
+The server fixture runs the same code path as `maas serve start`: the project's own
+config.properties with only the ports changed, a temp run dir and model store; it is
+always stopped at the end of the session.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "handlers"))  # handlers import each other flat, as inside a .mar
+
+from maas.properties import read_properties, write_properties  # noqa: E402
+from maas.server import ServerLayout, TorchServe  # noqa: E402
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def server_config(path: Path, **overrides: str) -> Path:
+    """The project's config.properties on free loopback ports (plus overrides)."""
+    props = read_properties(ROOT / "config.properties")
+    inf, mgmt, met, g1, g2 = free_ports(5)
+    props.update(
+        inference_address=f"http://127.0.0.1:{inf}",
+        management_address=f"http://127.0.0.1:{mgmt}",
+        metrics_address=f"http://127.0.0.1:{met}",
+        grpc_inference_port=str(g1),
+        grpc_management_port=str(g2),
+    )
+    props.update(overrides)
+    write_properties(path, props, header="test copy of config.properties with free ports")
+    return path
+
+
+@dataclass
+class Built:
+    name: str
+    build_dir: Path
+    mar: Path
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model_store")
+
+
+@pytest.fixture(scope="session")
+def maintenance_built(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Built:
+    from export.build import build
+
+    result = build("maintenance", tmp_path_factory.mktemp("build"), model_store)
+    return Built("maintenance", result.build_dir, result.mar)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path, maintenance_built: Built) -> TorchServe:
+    run_dir = tmp_path_factory.mktemp("run")
+    config = server_config(run_dir / "config.properties")
+    ts = TorchServe(ServerLayout(config, model_store, run_dir))
+    ts.start(timeout=240)
+    yield ts
+    ts.stop()
+
+
+class FakeContext:
+    """The parts of TorchServe's Context a handler uses, recording per-request status."""
+
+    def __init__(self, model_dir: Path, yaml_config: dict[str, Any] | None = None) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
+        self.model_yaml_config = yaml_config or {"maxWorkers": 1, "handler": {"intra_op_threads": 1}}
+        self.manifest = {"model": {"modelName": "maintenance", "modelVersion": "1.0"}}
+        self.status: dict[int, tuple[int, str]] = {}
+        self.headers: dict[int, dict[str, str]] = {}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.status[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.set_response_header(idx, "content-type", value)
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.headers.setdefault(idx, {})[key] = value
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, maintenance_built: Built) -> Path:
+    """A copy of what TorchServe unpacks from the .mar (model, manifest, handlers)."""
+    d = tmp_path / "model_dir"
+    d.mkdir()
+    for name in ("model.onnx", "manifest.json"):
+        shutil.copy(maintenance_built.build_dir / name, d / name)
+    return d
+
+
+@pytest.fixture
+def maintenance_handler(model_dir: Path):
+    from maintenance import MaintenanceHandler
+
+    handler = MaintenanceHandler()
+    handler.initialize(FakeContext(model_dir))
+    return handler

@@ -1,0 +1,121 @@
+"""Export and verification: one self-contained file, dynamic batch, typed failures."""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+
+from export import maintenance as m
+from export import onnx_export
+from export.archive import ArchiveError, check_no_pickle, sha256_file
+from export.spec import ModelSpec
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module, dict]:
+    """An untrained MaintenanceNet exported once (fast): the subject of the negative tests."""
+    torch.manual_seed(0)
+    sample = {"features": m.generate(64, seed=1).features()}
+    eng = m.MaintenanceNet.engineer(torch.from_numpy(sample["features"]))
+    module = m.MaintenanceNet(eng.mean(0), eng.std(0)).eval()
+    path = onnx_export.export_onnx(module, m.SPEC, sample, tmp_path_factory.mktemp("onnx") / "model.onnx")
+    return path, module, sample
+
+
+def test_built_manifest_records_hash_spec_metrics_and_parity(maintenance_built) -> None:
+    manifest = json.loads((maintenance_built.build_dir / "manifest.json").read_text())
+    assert manifest["sha256"] == sha256_file(maintenance_built.build_dir / "model.onnx")
+    assert manifest["inputs"] == m.SPEC.io_dict()["inputs"] and manifest["opset"] == m.SPEC.opset
+    assert manifest["features"] == list(m.FEATURES)
+    metrics = manifest["metrics"]
+    assert metrics["accuracy"] > 0.95 and metrics["roc_auc"] > 0.95 and metrics["f1"] > 0.7
+    assert manifest["parity"]["batch_sizes"] == [1, 7, 64]
+    assert manifest["parity"]["max_abs_error"] <= m.SPEC.atol
+
+
+def test_one_self_contained_file_with_dynamic_batch(maintenance_built) -> None:
+    files = sorted(p.name for p in maintenance_built.build_dir.iterdir())
+    assert not [f for f in files if f.endswith(".data")], files
+    model = onnx.load(str(maintenance_built.build_dir / "model.onnx"))
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param == "batch" and not dim0.HasField("dim_value")
+    assert {p.key for p in model.metadata_props} >= {"maas.model", "maas.version", "maas.io_spec"}
+
+
+def test_archive_carries_handler_support_model_manifest_config_and_no_pickle(maintenance_built) -> None:
+    with zipfile.ZipFile(maintenance_built.mar) as z:
+        names = set(z.namelist())
+        config = yaml.safe_load(z.read("model-config.yaml"))
+    assert {"maintenance.py", "ort_base.py", "model.onnx", "manifest.json", "model-config.yaml"} <= names
+    assert not [n for n in names if n.endswith((".pt", ".pth", ".pkl"))]
+    assert config["batchSize"] == m.SPEC.serving.batch_size and config["handler"]["intra_op_threads"] == 1
+    for key in ("minWorkers", "maxWorkers", "maxBatchDelay", "responseTimeout", "startupTimeout"):
+        assert key in config
+
+
+def test_check_no_pickle_refuses_a_pickled_file(tmp_path: Path) -> None:
+    mar = tmp_path / "x.mar"
+    with zipfile.ZipFile(mar, "w") as z:
+        z.writestr("weights.pt", b"\x80\x04")
+    with pytest.raises(ArchiveError, match="weights.pt"):
+        check_no_pickle(mar)
+
+
+def test_verify_passes_on_the_exported_module(small_export) -> None:
+    path, module, sample = small_export
+    report = onnx_export.verify(path, module, m.SPEC, sample)
+    assert report["max_abs_error"] < 1e-5 and set(report["per_batch"]) == {"1", "7", "64"}
+
+
+def test_parity_failure_is_an_error_with_the_max_error(small_export) -> None:
+    path, module, sample = small_export
+    other = m.MaintenanceNet(module.mean, module.std).eval()  # different random weights
+    with pytest.raises(onnx_export.AtolError, match=r"max abs error [0-9.e-]+ > atol"):
+        onnx_export.verify(path, other, m.SPEC, sample)
+
+
+def test_checker_failure_is_an_error(small_export, tmp_path: Path) -> None:
+    path, module, sample = small_export
+    model = onnx.load(str(path))
+    model.graph.node[0].input[0] = "no_such_tensor"
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    with pytest.raises(onnx_export.CheckerError):
+        onnx_export.verify(broken, module, m.SPEC, sample)
+
+
+def test_external_data_escaping_the_folder_is_refused(small_export, tmp_path: Path) -> None:
+    path, module, sample = small_export
+    model = onnx.load(str(path))
+    onnx.external_data_helper.convert_model_to_external_data(model, location="w.bin", size_threshold=0)
+    (tmp_path / "sub").mkdir()
+    target = tmp_path / "sub" / "model.onnx"
+    onnx.save_model(model, str(target))
+    # A hostile file names a location outside its folder (onnx.save itself refuses to write one).
+    model = onnx.load(str(target), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.bin"
+    target.write_bytes(model.SerializeToString())
+    with pytest.raises(onnx_export.ExternalDataError, match="outside its folder"):
+        onnx_export.verify(target, module, m.SPEC, sample)
+
+
+def test_contract_mismatch_names_the_tensor(small_export) -> None:
+    path, module, sample = small_export
+    renamed = ModelSpec(**{**m.SPEC.__dict__, "outputs": (m.SPEC.outputs[1], m.SPEC.outputs[0])})
+    with pytest.raises(onnx_export.OutputMatchError, match="output names"):
+        onnx_export.check_contract(path, renamed)
+
+
+def test_spec_shapes() -> None:
+    t = m.SPEC.inputs[0]
+    assert t.dynamic_axes() == {0: "batch"} and t.concrete_shape(batch=5) == (5, 8)
+    assert np.dtype(t.dtype) == np.float32

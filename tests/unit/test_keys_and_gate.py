@@ -1,0 +1,72 @@
+"""Pure logic: key-file parsing and expiry, properties, load-test gate and CSV summary."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from maas.keys import KeyFileError, read_keys
+from maas.loadtest import Thresholds, evaluate, read_aggregate, read_errors
+from maas.properties import Endpoints, read_properties
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_keys(path: Path, minutes: float) -> None:
+    when = (datetime.now(timezone.utc) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
+    path.write_text(json.dumps({"management": {"key": "m1", "expiration time": when},
+                                "inference": {"key": "i1", "expiration time": when}, "API": {"key": "a1"}}))
+
+
+def test_keys_parse_with_java_nanoseconds(tmp_path: Path) -> None:
+    write_keys(tmp_path / "k.json", 60)
+    keys = read_keys(tmp_path / "k.json")
+    assert keys["inference"].value == "i1" and keys["API"].expires is None
+    assert not keys["inference"].expires_within(60) and keys["inference"].expires_within(3700)
+
+
+def test_missing_key_file_says_how_to_start(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="maas serve start"):
+        read_keys(tmp_path / "nope.json")
+
+
+def test_project_config_is_loopback_with_token_auth() -> None:
+    props = read_properties(ROOT / "config.properties")
+    ep = Endpoints.from_properties(props)
+    assert all(u.startswith("http://127.0.0.1:") for u in (ep.inference, ep.management, ep.metrics))
+    assert props["disable_token_authorization"] == "false"
+    assert props["install_py_dep_per_model"] == "false"
+    assert int(props["max_request_size"]) <= 8 * 1024 * 1024
+    assert props["allowed_urls"] == "^file:///nonexistent/.*$"
+
+
+SUMMARY = {"p95_ms": 20.0, "p99_ms": 40.0, "error_ratio": 0.0, "rps": 100.0, "requests": 1000}
+
+
+def test_gate_passes_within_budget() -> None:
+    assert evaluate(SUMMARY, Thresholds()) == []
+
+
+def test_gate_names_each_broken_threshold_with_measured_and_budget() -> None:
+    broken = evaluate({**SUMMARY, "p95_ms": 900.0, "error_ratio": 0.2, "rps": 1.0},
+                      Thresholds(max_p95_ms=500, max_error_ratio=0.01, min_rps=5))
+    assert broken == ["p95 latency 900.0 ms > budget 500 ms", "error ratio 0.2000 > budget 0.01",
+                      "throughput 1.0 req/s < minimum 5 req/s"]
+
+
+def test_locust_csv_summary(tmp_path: Path) -> None:
+    prefix = tmp_path / "locust"
+    header = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+              "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%")
+    Path(f"{prefix}_stats.csv").write_text(
+        header + "\nPOST,/predictions/m,10,2,5,6,1,30,100,2.5,0.5,5,6,7,8,9,12,20,25,30,30,30\n"
+        ",Aggregated,10,2,5,6,1,30,100,2.5,0.5,5,6,7,8,9,12,20,25,30,30,30\n")
+    Path(f"{prefix}_failures.csv").write_text(
+        "Method,Name,Error,Occurrences\nPOST,/p,\"CatchResponseError('HTTP 400: bad')\",1\n"
+        "POST,/p,\"CatchResponseError('failure_probability 2 is not a probability')\",1\n")
+    agg = read_aggregate(prefix)
+    assert agg == {"requests": 10, "failures": 2, "rps": 2.5, "avg_ms": 6.0, "p50_ms": 5.0, "p90_ms": 9.0,
+                   "p95_ms": 12.0, "p99_ms": 25.0, "max_ms": 30.0}
+    assert read_errors(prefix) == {"400": 1, "body": 1}
