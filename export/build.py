@@ -38,23 +38,29 @@ def spec_of(name: str) -> ModelSpec:
     return model_module(name).SPEC
 
 
+def archive_name_for(spec: ModelSpec, version: str | None) -> str:
+    """<model>.mar for the spec's own version, <model>-<version>.mar for a stamped one."""
+    return spec.name if version in (None, spec.version) else f"{spec.name}-{version}"
+
+
 def build(name: str, build_root: Path, model_store: Path, version: str | None = None,
-          archive_name: str | None = None) -> BuildResult:
-    """Build one model into build_root/<name>/ and model_store/<archive_name>.mar."""
+          seed: int | None = None) -> BuildResult:
+    """Build one model into build_root/<archive>/ and model_store/<archive>.mar."""
     start = time.perf_counter()
     module = model_module(name)
     spec: ModelSpec = module.SPEC
+    archive_name = archive_name_for(spec, version)
     version = version or spec.version
-    build_dir = build_root / (archive_name or name)
+    build_dir = build_root / archive_name
     if build_dir.exists():
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True)
 
     log.info("%s: training / loading", name)
-    trained = module.train()
+    trained = module.train() if seed is None else module.train(seed=seed)
     onnx_path = onnx_export.export_onnx(trained.module, spec, trained.sample, build_dir / "model.onnx")
     parity = onnx_export.verify(onnx_path, trained.module, spec, trained.sample)
     archive.write_manifest(build_dir, spec, onnx_path, version, trained.metrics, parity, trained.extra_manifest)
     archive.write_model_config(build_dir, spec)
-    mar = archive.package(build_dir, spec, model_store, version, archive_name or name)
+    mar = archive.package(build_dir, spec, model_store, version, archive_name)
     return BuildResult(name, version, mar, build_dir, time.perf_counter() - start)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from maas import deploy as deploy_ops
 from maas.client import ServeError
 from maas.keys import KeyFileError
 from maas.project import Project
@@ -55,6 +57,14 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
       maas predict maintenance rec.json
       maas loadtest maintenance        Locust + release thresholds -> reports/
       maas serve stop
+    \b
+    Versions and scale (management API, each waits for its effect):
+      maas build maintenance --version 2.0 --seed 1
+      maas deploy maintenance --version 2.0 --workers 2
+      maas set-default maintenance 2.0
+      maas scale maintenance --min-workers 3
+      maas status
+      maas undeploy maintenance --version 1.0
     """
     _setup_logging(verbose)
     ctx.obj = Project.locate(config, model_store, run_dir, reports_dir)
@@ -62,14 +72,16 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
 
 @cli.command()
 @click.argument("models", nargs=-1)
-@click.option("--version", "version", help="version to stamp into the archive [the model's spec version]")
-def build(models: tuple[str, ...], version: str | None) -> None:
+@click.option("--version", "version",
+              help="version to stamp; writes <model>-<version>.mar beside the others [the spec's version]")
+@click.option("--seed", type=int, help="training seed, e.g. for a second training as a new version")
+def build(models: tuple[str, ...], version: str | None, seed: int | None) -> None:
     """Train (or load), export to ONNX, verify and package MODELS (default: all) into the model store."""
     from export.build import MODELS, build as build_model
 
     project: Project = click.get_current_context().obj
     for name in models or tuple(MODELS):
-        result = build_model(name, project.build_dir, project.model_store, version=version)
+        result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed)
         manifest = json.loads((result.build_dir / "manifest.json").read_text())
         metrics = {k: round(v, 4) for k, v in manifest["metrics"].items() if isinstance(v, float)}
         click.echo(f"built {result.mar} ({result.seconds:.1f} s)  metrics {metrics}  "
@@ -89,7 +101,7 @@ def serve_start(project: Project, models: tuple[str, ...], timeout: float) -> No
     """Start TorchServe with the project's config.properties and wait until models are READY."""
     server = project.server()
     server.start(list(models) or None, timeout=timeout)
-    _print_status(server.status())
+    _print_status(server)
 
 
 @serve.command("stop")
@@ -104,23 +116,89 @@ def serve_stop(project: Project) -> None:
 @click.pass_obj
 def serve_status(project: Project, as_json: bool) -> None:
     """Health, endpoints and models with their workers; exit 1 when not running."""
-    info = project.server().status()
-    click.echo(json.dumps(info, indent=2)) if as_json else _print_status(info)
+    server = project.server()
+    info = server.status()
+    if info["running"]:
+        info["models"] = deploy_ops.status_rows(server.client)
+    click.echo(json.dumps(info, indent=2)) if as_json else _print_status(server, info)
     if not info["running"]:
         sys.exit(1)
 
 
-def _print_status(info: dict[str, Any]) -> None:
+def _print_status(server: Any, info: dict[str, Any] | None = None) -> None:
+    info = info or server.status()
     if not info["running"]:
         click.echo(f"TorchServe is not running (logs: {info['log_dir']})")
         return
     ep = info["endpoints"]
     click.echo(f"TorchServe {info.get('health', '?')}  inference {ep['inference']}  management {ep['management']}"
                f"  metrics {ep['metrics']}  logs {info['log_dir']}")
-    click.echo(f"{'MODEL':<16}{'VERSION':<10}{'BATCH':>6}{'DELAY':>7}  WORKERS (id status pid)")
-    for m in info["models"]:
-        workers = ", ".join(f"{w[0]} {w[1]} {w[2]}" for w in m["workers"]) or "none"
-        click.echo(f"{m['name']:<16}{m['version']:<10}{m['batch_size']:>6}{m['max_batch_delay']:>7}  {workers}")
+    click.echo(deploy_ops.format_rows(info.get("models") or deploy_ops.status_rows(server.client)))
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def status(project: Project, model: str | None, as_json: bool) -> None:
+    """Registered models: version, default, workers (id, status, pid), batching, device."""
+    rows = deploy_ops.status_rows(project.server().client, model)
+    click.echo(json.dumps(rows, indent=2) if as_json else deploy_ops.format_rows(rows))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--version", "version", help="archive version in the model store [the model's only/plain archive]")
+@click.option("--workers", default=1, show_default=True, help="initial workers")
+@click.option("--batch-size", type=int, help="TorchServe batch size [the archive's model-config.yaml]")
+@click.option("--max-batch-delay", type=int, help="ms to wait for a batch to fill [model-config.yaml]")
+@click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for READY workers")
+@click.pass_obj
+def deploy(project: Project, model: str, version: str | None, workers: int, batch_size: int | None,
+           max_batch_delay: int | None, timeout: float) -> None:
+    """Register MODEL's archive from the model store and wait until its workers are READY."""
+    started = time.monotonic()
+    desc = deploy_ops.deploy(project.server().client, project.model_store, model, version, workers,
+                             batch_size, max_batch_delay, timeout)
+    click.echo(f"deployed {desc['modelName']} {desc['modelVersion']} in {time.monotonic() - started:.1f} s")
+    click.echo(deploy_ops.format_rows(deploy_ops.status_rows(project.server().client, model)))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--version", "version", help="version to scale [the default version]")
+@click.option("--min-workers", type=int, required=True, help="workers to run")
+@click.option("--max-workers", type=int, help="upper bound [= --min-workers]")
+@click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for the worker count")
+@click.pass_obj
+def scale(project: Project, model: str, version: str | None, min_workers: int, max_workers: int | None,
+          timeout: float) -> None:
+    """Set MODEL's worker count and wait until exactly that many are READY."""
+    started = time.monotonic()
+    desc = deploy_ops.scale(project.server().client, model, min_workers, max_workers, version, timeout)
+    click.echo(f"{model} {desc['modelVersion']}: {len(desc['workers'])} READY workers "
+               f"({time.monotonic() - started:.1f} s)")
+    click.echo(deploy_ops.format_rows(deploy_ops.status_rows(project.server().client, model)))
+
+
+@cli.command("set-default")
+@click.argument("model")
+@click.argument("version")
+@click.pass_obj
+def set_default(project: Project, model: str, version: str) -> None:
+    """Make VERSION the one /predictions/MODEL answers with."""
+    deploy_ops.set_default(project.server().client, model, version)
+    click.echo(f"{model}: default version is now {version}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--version", "version", help="version to remove [the default version]")
+@click.pass_obj
+def undeploy(project: Project, model: str, version: str | None) -> None:
+    """Unregister one version of MODEL (retries while its workers finish requests)."""
+    removed = deploy_ops.undeploy(project.server().client, model, version)
+    click.echo(f"undeployed {model} {removed}")
 
 
 @cli.command()
@@ -187,14 +265,14 @@ def demo(project: Project, run_time: int) -> None:
     from maas.loadtest import LoadTest
 
     ctx = click.get_current_context()
-    ctx.invoke(build, models=(), version=None)
+    ctx.invoke(build, models=(), version=None, seed=None)
     server = project.server()
     if server.is_running():
         click.echo("stopping the TorchServe already running from this project")
         server.stop()
     server.start()
     try:
-        _print_status(server.status())
+        _print_status(server)
         for model in MODELS:
             for title, body in DEMO_REQUESTS.get(model, []):
                 resp = server.client.predict(model, body)

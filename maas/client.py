@@ -81,12 +81,13 @@ class TorchServeClient:
         log.info("renewed the %s key", kind)
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        timeout = kwargs.pop("timeout", self.timeout)
         try:
-            return self.http.request(method, url, timeout=kwargs.pop("timeout", self.timeout), **kwargs)
+            return self.http.request(method, url, timeout=timeout, **kwargs)
         except requests.ConnectionError:
             raise ServerNotRunning(f"TorchServe is not answering at {url.split('/', 3)[:3][-1]}: start it with `maas serve start`") from None
         except requests.Timeout:
-            raise ServeError(f"TorchServe did not answer {method} {url} within {self.timeout:g} s") from None
+            raise ServeError(f"TorchServe did not answer {method} {url.split('?')[0]} within {timeout:g} s") from None
 
     def request(self, api: str, method: str, path: str, **kwargs: Any) -> requests.Response:
         """A call to the "inference" or "management" API with the right, fresh key."""

@@ -196,18 +196,12 @@ class TorchServe:
 
     # ---- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """Health and addresses (models: maas.deploy.status_rows)."""
         info: dict[str, Any] = {"running": False, "pid": self.pid(), "endpoints": vars(self.endpoints),
-                                "log_dir": str(self.layout.log_dir), "models": []}
+                                "log_dir": str(self.layout.log_dir)}
         try:
             info["health"] = self.client.ping().get("status")
             info["running"] = True
-            for model in self.client.list_models():
-                for desc in self.client.describe(model["modelName"], "all"):
-                    info["models"].append({
-                        "name": desc["modelName"], "version": desc["modelVersion"],
-                        "batch_size": desc.get("batchSize"), "max_batch_delay": desc.get("maxBatchDelay"),
-                        "workers": [(w.get("id"), w.get("status"), w.get("pid")) for w in desc.get("workers", [])],
-                    })
         except ServerNotRunning:
             pass
         return info

@@ -1,0 +1,168 @@
+"""Deploy, scale, version and undeploy models through TorchServe's management API.
+
+Every operation waits for its effect (READY workers, the worker count) so a script that
+calls `maas deploy && maas predict` never races the server.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maas.client import ApiError, ServeError, TorchServeClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Archive:
+    path: Path
+    model: str
+    version: str
+
+
+def read_archive(path: Path) -> Archive | None:
+    """Model name and version from a .mar's MAR-INF/MANIFEST.json (None if it is not one)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        return None
+    model = manifest.get("model", {})
+    return Archive(path, model.get("modelName", ""), str(model.get("modelVersion", "")))
+
+
+def store_archives(model_store: Path) -> list[Archive]:
+    found = (read_archive(p) for p in sorted(model_store.glob("*.mar")))
+    return [a for a in found if a is not None]
+
+
+def find_archive(model_store: Path, model: str, version: str | None) -> Archive:
+    """The store's archive of `model` (at `version`); a clear error when there is none or several."""
+    candidates = [a for a in store_archives(model_store) if a.model == model and (version is None or a.version == version)]
+    if not candidates:
+        what = f"{model} version {version}" if version else model
+        hint = f"maas build {model}" + (f" --version {version}" if version else "")
+        raise ServeError(f"no archive for {what} in {model_store}: build it with `{hint}`")
+    if len(candidates) > 1:
+        plain = [a for a in candidates if a.path.name == f"{model}.mar"]
+        if version is None and plain:
+            return plain[0]
+        versions = ", ".join(sorted(a.version for a in candidates))
+        raise ServeError(f"{model} has several archives ({versions}) in {model_store}: pick one with --version")
+    return candidates[0]
+
+
+def ready_workers(desc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [w for w in desc.get("workers", []) if w.get("status") == "READY"]
+
+
+def wait_for_workers(client: TorchServeClient, model: str, version: str, count: int, timeout: float) -> dict[str, Any]:
+    """Poll until `model/version` has exactly `count` workers, all READY."""
+    deadline = time.monotonic() + timeout
+    desc: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        desc = client.describe(model, version)[0]
+        workers = desc.get("workers", [])
+        if len(workers) == count and len(ready_workers(desc)) == count:
+            return desc
+        time.sleep(0.3)
+    states = [w.get("status") for w in desc.get("workers", [])]
+    raise ServeError(f"{model} {version}: {count} READY workers not reached within {timeout:g} s (now {states})")
+
+
+def deploy(client: TorchServeClient, model_store: Path, model: str, version: str | None = None,
+           workers: int = 1, batch_size: int | None = None, max_batch_delay_ms: int | None = None,
+           timeout: float = 180.0) -> dict[str, Any]:
+    """Register an archive from the model store by name, synchronously; returns its description."""
+    archive = find_archive(model_store, model, version)
+    params: dict[str, Any] = {"url": archive.path.name, "initial_workers": workers, "synchronous": "true",
+                              "response_timeout": 120}
+    if batch_size is not None:
+        params["batch_size"] = batch_size
+    if max_batch_delay_ms is not None:
+        params["max_batch_delay"] = max_batch_delay_ms
+    client.management("POST", "/models", params=params, timeout=timeout)
+    # The archive's model-config.yaml (minWorkers/maxWorkers) wins over initial_workers: scale to the ask.
+    if len(client.describe(archive.model, archive.version)[0].get("workers", [])) != workers:
+        return scale(client, archive.model, workers, None, archive.version, timeout)
+    return wait_for_workers(client, archive.model, archive.version, workers, timeout)
+
+
+def register_url(client: TorchServeClient, url: str) -> dict[str, Any]:
+    """Raw registration of any URL: the server's allowed_urls decides (used to prove refusals)."""
+    return client.management("POST", "/models", params={"url": url, "initial_workers": 1, "synchronous": "true"})
+
+
+def resolve_version(client: TorchServeClient, model: str, version: str | None) -> str:
+    """`version`, or the model's current default version."""
+    return version or str(client.describe(model)[0]["modelVersion"])
+
+
+def scale(client: TorchServeClient, model: str, min_workers: int, max_workers: int | None = None,
+          version: str | None = None, timeout: float = 180.0) -> dict[str, Any]:
+    version = resolve_version(client, model, version)
+    max_workers = max(min_workers, max_workers if max_workers is not None else min_workers)
+    # Asynchronous request, then our own wait: the timeout is ours to report, not an HTTP one.
+    client.management("PUT", f"/models/{model}/{version}",
+                      params={"min_worker": min_workers, "max_worker": max_workers, "synchronous": "false"})
+    return wait_for_workers(client, model, version, min_workers, timeout)
+
+
+def set_default(client: TorchServeClient, model: str, version: str) -> None:
+    client.management("PUT", f"/models/{model}/{version}/set-default")
+
+
+def undeploy(client: TorchServeClient, model: str, version: str | None = None, attempts: int = 10) -> str:
+    """Unregister one version (default: the default version); retries while workers are busy.
+
+    TorchServe 0.12 can answer 500 ConcurrentModificationException when a model is
+    unregistered while its workers still finish requests (seen right after a load run).
+    """
+    version = resolve_version(client, model, version)
+    for attempt in range(1, attempts + 1):
+        try:
+            client.management("DELETE", f"/models/{model}/{version}", timeout=120)
+            return version
+        except ApiError as err:
+            transient = err.status == 500 or "ConcurrentModification" in err.message or err.status == 408
+            if not transient or attempt == attempts:
+                raise
+            log.info("unregister %s %s: %s; retrying (%d/%d)", model, version, err.message, attempt, attempts)
+            time.sleep(min(0.5 * attempt, 3.0))
+    return version
+
+
+def status_rows(client: TorchServeClient, model: str | None = None) -> list[dict[str, Any]]:
+    """One row per registered model version: default flag, workers (id, status, pid), batching, device."""
+    names = [model] if model else [m["modelName"] for m in client.list_models()]
+    rows = []
+    for name in names:
+        default = str(client.describe(name)[0]["modelVersion"])
+        for desc in client.describe(name, "all"):
+            workers = desc.get("workers", [])
+            rows.append({
+                "model": name,
+                "version": str(desc["modelVersion"]),
+                "default": str(desc["modelVersion"]) == default,
+                "workers": [{"id": w.get("id"), "status": w.get("status"), "pid": w.get("pid")} for w in workers],
+                "min_workers": desc.get("minWorkers"),
+                "max_workers": desc.get("maxWorkers"),
+                "batch_size": desc.get("batchSize"),
+                "max_batch_delay_ms": desc.get("maxBatchDelay"),
+                "device": "gpu" if any(w.get("gpu") for w in workers) else "cpu",
+            })
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'MODEL':<14}{'VERSION':<9}{'DEFAULT':<8}{'BATCH':>6}{'DELAY':>6}  {'DEVICE':<7}WORKERS (id status pid)"]
+    for r in rows:
+        workers = ", ".join(f"{w['id']} {w['status']} {w['pid']}" for w in r["workers"]) or "none"
+        lines.append(f"{r['model']:<14}{r['version']:<9}{'*' if r['default'] else '':<8}{r['batch_size']:>6}"
+                     f"{r['max_batch_delay_ms']:>6}  {r['device']:<7}{workers}")
+    return "\n".join(lines)
