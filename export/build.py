@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 # name -> module with SPEC and train() -> Trained. Adding a model is one line here.
 MODELS = {
     "maintenance": "export.maintenance",
+    "digits": "export.digits",
+    "minilm": "export.minilm",
 }
 
 
@@ -58,8 +60,14 @@ def build(name: str, build_root: Path, model_store: Path, version: str | None = 
 
     log.info("%s: training / loading", name)
     trained = module.train() if seed is None else module.train(seed=seed)
+    if trained.assets:
+        (build_dir / "assets").mkdir()
+        for asset in trained.assets:
+            shutil.copy(asset, build_dir / "assets" / asset.name)
     onnx_path = onnx_export.export_onnx(trained.module, spec, trained.sample, build_dir / "model.onnx")
     parity = onnx_export.verify(onnx_path, trained.module, spec, trained.sample)
+    if hasattr(module, "evaluate_onnx"):  # model-specific checks of the exported file itself
+        trained.metrics.update(module.evaluate_onnx(onnx_path, trained))
     archive.write_manifest(build_dir, spec, onnx_path, version, trained.metrics, parity, trained.extra_manifest)
     archive.write_model_config(build_dir, spec)
     mar = archive.package(build_dir, spec, model_store, version, archive_name)

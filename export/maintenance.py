@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from export.spec import ModelSpec, ServingSpec, TensorSpec
+from export.trained import Trained
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +165,6 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5)
         "positives": int(y_true.sum()),
         "n": int(len(y_true)),
     }
-
-
-@dataclass
-class Trained:
-    module: nn.Module
-    sample: dict[str, np.ndarray]  # held-out inputs for parity checks, keyed by input name
-    metrics: dict[str, Any]
-    extra_manifest: dict[str, Any]
 
 
 def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60) -> Trained:

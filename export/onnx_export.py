@@ -49,12 +49,19 @@ def _as_tensors(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[torch.T
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in spec.input_names)
 
 
-def _rows(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """n rows of each array (cycling when the sample is shorter than n)."""
+def _take(spec: ModelSpec, arrays: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Inputs resized per symbolic axis: `batch` rows cycle through the sample, other axes are cut."""
     out = {}
-    for name, a in arrays.items():
-        idx = np.arange(n) % len(a)
-        out[name] = a[idx]
+    for t in spec.inputs:
+        a = arrays[t.name]
+        for axis, dim in t.dynamic_axes().items():
+            if dim not in sizes:
+                continue
+            if dim == "batch":
+                a = np.take(a, np.arange(sizes[dim]) % a.shape[axis], axis=axis)
+            else:
+                a = np.take(a, np.arange(min(sizes[dim], a.shape[axis])), axis=axis)
+        out[t.name] = np.ascontiguousarray(a)
     return out
 
 
@@ -67,7 +74,7 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, sample: dict[str, np.n
         {axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in t.dynamic_axes().items()}
         for t in spec.inputs
     )
-    args = _as_tensors(spec, _rows(sample, spec.export_batch_size))
+    args = _as_tensors(spec, _take(spec, sample, {"batch": spec.export_batch_size}))
     with torch.no_grad():
         torch.onnx.export(
             module,
@@ -137,14 +144,15 @@ def _ort_type(dtype: str) -> str:
 
 
 def check_parity(path: Path, module: torch.nn.Module, spec: ModelSpec, sample: dict[str, np.ndarray]) -> dict[str, Any]:
-    """ORT vs PyTorch on each of spec.parity_batch_sizes; returns the max errors."""
+    """ORT vs PyTorch on each of spec.parity_cases; returns the max errors."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     module.eval()
-    shape_errors, value_errors, per_batch = [], [], {}
-    for batch in spec.parity_batch_sizes:
-        inputs = _rows(sample, batch)
+    shape_errors, value_errors, per_case = [], [], {}
+    for case in spec.parity_cases:
+        label = ", ".join(f"{k} {v}" for k, v in case.items())
+        inputs = _take(spec, sample, case)
         with torch.no_grad():
             expected = module(*_as_tensors(spec, inputs))
         expected = expected if isinstance(expected, (tuple, list)) else (expected,)
@@ -153,21 +161,21 @@ def check_parity(path: Path, module: torch.nn.Module, spec: ModelSpec, sample: d
         for name, e, a in zip(spec.output_names, expected, actual):
             e = e.numpy()
             if e.shape != a.shape:
-                shape_errors.append(f"batch {batch}, {name}: ORT shape {a.shape} != PyTorch {e.shape}")
+                shape_errors.append(f"{label}, {name}: ORT shape {a.shape} != PyTorch {e.shape}")
                 continue
             err = float(np.max(np.abs(e.astype(np.float64) - a.astype(np.float64)))) if e.size else 0.0
             worst = max(worst, err)
             if not np.allclose(a, e, atol=spec.atol, rtol=spec.rtol):
-                value_errors.append(f"batch {batch}, {name}: max abs error {err:.3g} > atol {spec.atol:g} (rtol {spec.rtol:g})")
-        per_batch[str(batch)] = worst
+                value_errors.append(f"{label}, {name}: max abs error {err:.3g} > atol {spec.atol:g} (rtol {spec.rtol:g})")
+        per_case[label] = worst
     if shape_errors:
         raise ShapeError(f"{spec.name}: " + "; ".join(shape_errors + value_errors))
     if value_errors:
         raise AtolError(f"{spec.name}: " + "; ".join(value_errors))
-    report = {"batch_sizes": list(spec.parity_batch_sizes), "max_abs_error": max(per_batch.values()), "per_batch": per_batch,
+    report = {"cases": list(per_case), "max_abs_error": max(per_case.values()), "per_case": per_case,
               "atol": spec.atol, "rtol": spec.rtol}
-    log.info("%s: parity ORT vs PyTorch on batches %s: max abs error %.3g (atol %g)",
-             spec.name, list(spec.parity_batch_sizes), report["max_abs_error"], spec.atol)
+    log.info("%s: parity ORT vs PyTorch on %s: max abs error %.3g (atol %g)",
+             spec.name, "; ".join(per_case), report["max_abs_error"], spec.atol)
     return report
 
 

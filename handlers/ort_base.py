@@ -12,6 +12,7 @@ Lifecycle (TorchServe calls these):
                        fails its batch neighbours), the good ones run in ONE session.run.
 
 A model handler overrides only:
+  setup(model_dir)            optional: tokenizer or other resources from the archive
   preprocess(body)            -> (inputs: {name: array with leading item axis}, meta)
   postprocess(outputs, meta)  -> a JSON-serialisable answer for that request
 and optionally collate()/split() when requests need padding to one batch (text).
@@ -151,6 +152,7 @@ class OrtHandler:
         self.settings = dict(yaml_config.get("handler") or {})
         self.model_version = str((getattr(context, "manifest", None) or {}).get("model", {}).get("modelVersion", ""))
 
+        self.setup(model_dir)
         model_path = model_dir / self.manifest["model_file"]
         actual = sha256_file(model_path)
         if actual != self.manifest["sha256"]:
@@ -193,6 +195,9 @@ class OrtHandler:
         self.session.run(None, feeds)
 
     # ---- per-model hooks ------------------------------------------------------------
+    def setup(self, model_dir: Path) -> None:
+        """Load model-specific resources (a tokenizer, ...) once the manifest is read."""
+
     def preprocess(self, body: Any) -> tuple[Arrays, Any]:
         raise NotImplementedError
 

@@ -1,7 +1,7 @@
 """Varied, valid request bodies per model, and a check of each response body.
 
-Standard library only, so Locust workers start fast and can run on any host.
-A check returns None when the body is right, else what is wrong with it.
+Bodies are generated once per user into a pool (building them costs the load generator
+nothing during the run). A check returns None when the body is right, else what is wrong.
 """
 from __future__ import annotations
 
@@ -59,7 +59,70 @@ def maintenance(seed: int = 0, pool: int = 512) -> Payloads:
     return Payloads(bodies, "application/json", check_maintenance_answer)
 
 
-FACTORIES: dict[str, Callable[..., Payloads]] = {"maintenance": maintenance}
+def check_top5(answer: Any) -> Optional[str]:
+    if not isinstance(answer, dict) or len(answer) != 5:
+        return f"expected an object of 5 labels, got {str(answer)[:80]}"
+    probs = list(answer.values())
+    if not set(answer) <= set("0123456789") or any(not isinstance(p, float) or not 0 <= p <= 1 for p in probs):
+        return f"labels/probabilities out of range: {answer}"
+    if probs != sorted(probs, reverse=True) or sum(probs) > 1.0001:
+        return f"top 5 not sorted or sums over 1: {answer}"
+    return None
+
+
+def digits(seed: int = 0, pool: int = 256) -> Payloads:
+    """Real scans from scikit-learn's load_digits: 3 in 4 as JSON pixels, 1 in 4 as a PNG upload."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images
+    rng = random.Random(seed)
+    bodies, types = [], []
+    for _ in range(pool):
+        grid = images[rng.randrange(len(images))]
+        if rng.random() < 0.25:
+            paper = (255 - np.kron(grid, np.ones((rng.choice((4, 8, 16)),) * 2)) / 16 * 255).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(paper).save(buf, format="PNG")
+            bodies.append(buf.getvalue())
+        else:
+            bodies.append(json.dumps({"pixels": grid.astype(int).tolist()}).encode())
+    # One content type per pool keeps Locust simple: TorchServe hands bytes of either kind to the handler.
+    return Payloads(bodies, "application/octet-stream", check_top5)
+
+
+WORDS = ("the machine spindle bearing motor torque sensor reading failed after hours of heavy load "
+         "maintenance team replaced worn tool and checked temperature pressure vibration levels on line "
+         "three before restarting production customer asked about delivery invoice refund order status "
+         "model latency throughput dashboard alert triggered overnight please review logs").split()
+
+
+def sentence(rng: random.Random) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(6, 30))]
+    return " ".join(words).capitalize() + rng.choice(".?!")
+
+
+def check_embedding(answer: Any) -> Optional[str]:
+    vec = answer.get("embedding") if isinstance(answer, dict) else None
+    if not isinstance(vec, list) or len(vec) != 384:
+        return f"expected a 384-d embedding, got {str(answer)[:80]}"
+    norm = sum(v * v for v in vec) ** 0.5
+    if abs(norm - 1.0) > 1e-3:
+        return f"embedding norm {norm:.4f} is not 1"
+    return None
+
+
+def minilm(seed: int = 0, pool: int = 512) -> Payloads:
+    """One 6-30 word sentence per request."""
+    rng = random.Random(seed)
+    bodies = [json.dumps({"text": sentence(rng)}).encode() for _ in range(pool)]
+    return Payloads(bodies, "application/json", check_embedding)
+
+
+FACTORIES: dict[str, Callable[..., Payloads]] = {"maintenance": maintenance, "digits": digits, "minilm": minilm}
 
 
 def for_model(model: str, seed: int = 0) -> Payloads:

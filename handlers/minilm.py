@@ -1,0 +1,72 @@
+"""TorchServe handler for `minilm`: text(s) -> L2-normalised 384-d sentence embeddings.
+
+Request:  {"text": "..."} -> {"embedding": [384 floats]}
+          {"texts": ["...", ...]} -> {"embeddings": [[...], ...]}   (at most max_items_per_request)
+          a text/plain body is one text.
+Tokenized with the `tokenizers` library from the tokenizer.json inside the .mar (truncated
+at max_seq_len); each TorchServe batch is padded to its own longest sequence.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ort_base import Arrays, InputError, OrtHandler, parse_json
+from tokenizers import Tokenizer
+
+MAX_TEXT_CHARS = 100_000  # truncation keeps 256 tokens; don't tokenize megabytes to get them
+
+
+class MiniLMHandler(OrtHandler):
+    def setup(self, model_dir: Path) -> None:
+        self.tokenizer = Tokenizer.from_file(str(model_dir / self.manifest["tokenizer"]))
+        self.tokenizer.enable_truncation(max_length=int(self.manifest["max_seq_len"]))
+        self.tokenizer.no_padding()
+
+    def texts(self, body: Any) -> tuple[list[str], bool]:
+        if isinstance(body, str) and not body.lstrip().startswith("{"):
+            return [body], True  # text/plain: TorchServe already decoded it
+        payload = parse_json(body)
+        if not isinstance(payload, dict):
+            raise InputError('body must be {"text": "..."} or {"texts": ["...", ...]}')
+        unknown = sorted(set(payload) - {"text", "texts"})
+        if unknown:
+            raise InputError("unknown field; expected 'text' or 'texts'", unknown[0])
+        if ("text" in payload) == ("texts" in payload):
+            raise InputError("send exactly one of 'text' or 'texts'", "text")
+        if "text" in payload:
+            if not isinstance(payload["text"], str):
+                raise InputError(f"must be a string, got {type(payload['text']).__name__}", "text")
+            return [payload["text"]], True
+        texts = payload["texts"]
+        if not isinstance(texts, list):
+            raise InputError(f"must be a list of strings, got {type(texts).__name__}", "texts")
+        if not texts:
+            raise InputError("empty list: send at least one text", "texts")
+        if len(texts) > self.max_items():
+            raise InputError(f"{len(texts)} texts in one request; the limit is {self.max_items()}", "texts", 413)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"must be a string, got {type(t).__name__}", f"texts[{i}]")
+        return texts, False
+
+    def preprocess(self, body: Any) -> tuple[Arrays, bool]:
+        texts, single = self.texts(body)
+        for i, t in enumerate(texts):
+            if len(t) > MAX_TEXT_CHARS:
+                raise InputError(f"text of {len(t)} characters; the limit is {MAX_TEXT_CHARS}",
+                                 "text" if single else f"texts[{i}]", 413)
+        encodings = self.tokenizer.encode_batch(texts)
+        return self.collate([{"input_ids": np.array([e.ids], dtype=np.int64),
+                              "attention_mask": np.array([e.attention_mask], dtype=np.int64)} for e in encodings]), single
+
+    def collate(self, items: list[Arrays]) -> Arrays:
+        """Pad every item to the batch's longest sequence (0 = [PAD], mask 0), then stack."""
+        length = max(it["input_ids"].shape[1] for it in items)
+        return {name: np.concatenate([np.pad(it[name], ((0, 0), (0, length - it[name].shape[1]))) for it in items])
+                for name in ("input_ids", "attention_mask")}
+
+    def postprocess(self, outputs: Arrays, single: bool) -> dict[str, Any]:
+        vectors = outputs["sentence_embedding"].astype(float).tolist()
+        return {"embedding": vectors[0]} if single else {"embeddings": vectors}
