@@ -81,21 +81,22 @@ def write_model_config(build_dir: Path, spec: ModelSpec) -> Path:
     return path
 
 
-def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, archive_name: str) -> Path:
+def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, archive_name: str,
+            handlers_dir: Path = HANDLERS_DIR) -> Path:
     """Run torch-model-archiver; the .mar carries handler, support modules, model, manifest, config.
 
     The archive registers as `spec.name` (its MANIFEST's modelName) whatever its file is
     called, so versions sit side by side as model_store/<archive_name>.mar.
     """
     model_store.mkdir(parents=True, exist_ok=True)
-    extra_files = [HANDLERS_DIR / f for f in spec.handler_support_files] + [build_dir / "manifest.json"]
+    extra_files = [handlers_dir / f for f in spec.handler_support_files] + [build_dir / "manifest.json"]
     extra_files += sorted(p for p in (build_dir / "assets").glob("*") if p.is_file()) if (build_dir / "assets").is_dir() else []
     cmd = [
         sys.executable, "-m", "model_archiver.model_packaging",
         "--model-name", spec.name,
         "--version", version,
         "--serialized-file", str(build_dir / "model.onnx"),
-        "--handler", str(HANDLERS_DIR / spec.handler),
+        "--handler", str(handlers_dir / spec.handler),
         "--extra-files", ",".join(str(p) for p in extra_files),
         "--config-file", str(build_dir / "model-config.yaml"),
         "--export-path", str(build_dir),

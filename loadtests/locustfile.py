@@ -12,7 +12,9 @@ import json
 import os
 from typing import Optional
 
+import gevent
 from locust import FastHttpUser, events, task
+from locust.runners import WorkerRunner
 
 import payloads
 
@@ -24,6 +26,17 @@ def _arguments(parser) -> None:
                         help="version to target (default: the model's default version)")
     parser.add_argument("--key-file", default="", env_var="MAAS_KEY_FILE",
                         help="TorchServe key_file.json (empty: token authorization is off)")
+    parser.add_argument("--warmup", type=float, default=0.0, env_var="MAAS_WARMUP",
+                        help="seconds of load before the statistics are reset (excluded from the figures)")
+
+
+@events.test_start.add_listener
+def _schedule_warmup_reset(environment, **_kwargs) -> None:
+    """Reset statistics once the warm-up is over (on the master or the only runner: workers
+    report deltas, so the merged figures start from the reset too)."""
+    warmup = getattr(environment.parsed_options, "warmup", 0.0) if environment.parsed_options else 0.0
+    if warmup > 0 and not isinstance(environment.runner, WorkerRunner):
+        gevent.spawn_later(warmup, environment.runner.stats.reset_all)
 
 
 class KeyFile:

@@ -215,44 +215,118 @@ def predict(project: Project, model: str, file: Any, version: str | None, conten
         raise click.ClickException(f"HTTP {resp.status_code} from /predictions/{model}")
 
 
+def _slo(model: str, slo_file: str | None, **overrides: Any) -> Any:
+    """defaults < loadtests/slo/<model>.yaml (or --slo FILE) < flags."""
+    from maas.loadtest import SLO
+
+    slo = SLO.for_model(model, Path(slo_file) if slo_file else None)
+    for key in ("users", "spawn_rate", "run_time_s", "warmup_s"):
+        if overrides.get(key) is not None:
+            setattr(slo, key, overrides[key])
+    for key in ("max_p95_ms", "max_p99_ms", "max_error_ratio", "min_rps"):
+        if overrides.get(key) is not None:
+            setattr(slo.thresholds, key, overrides[key])
+    return slo
+
+
+def slo_options(command: Any) -> Any:
+    """The load and threshold flags shared by loadtest and release (each overrides the SLO file)."""
+    options = [
+        click.option("--slo", "slo_file", type=click.Path(exists=True, dir_okay=False),
+                     help="SLO YAML [loadtests/slo/MODEL.yaml]"),
+        click.option("--users", type=int, help="concurrent Locust users [SLO file]"),
+        click.option("--spawn-rate", type=float, help="users started per second [SLO file]"),
+        click.option("--run-time", "run_time_s", type=int, help="measured seconds of load [SLO file]"),
+        click.option("--warmup", "warmup_s", type=int, help="seconds of load excluded from the figures [SLO file]"),
+        click.option("--max-p95-ms", type=float, help="gate: p95 latency budget [SLO file]"),
+        click.option("--max-p99-ms", type=float, help="gate: p99 latency budget [SLO file]"),
+        click.option("--max-error-ratio", type=float, help="gate: failed / all requests [SLO file]"),
+        click.option("--min-rps", type=float, help="gate: minimum throughput, req/s [SLO file]"),
+        click.option("--workers", "locust_workers", default=0, show_default=True,
+                     help="Locust distributed mode: a master and N worker processes"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("model")
-@click.option("--users", default=8, show_default=True, help="concurrent Locust users")
-@click.option("--spawn-rate", default=4.0, show_default=True, help="users started per second")
-@click.option("--run-time", default=20, show_default=True, help="seconds of load")
+@slo_options
 @click.option("--version", "version", default="", help="model version to target [default version]")
-@click.option("--max-p95-ms", default=500.0, show_default=True, help="gate: p95 latency budget")
-@click.option("--max-p99-ms", default=1000.0, show_default=True, help="gate: p99 latency budget")
-@click.option("--max-error-ratio", default=0.01, show_default=True, help="gate: failed / all requests")
-@click.option("--min-rps", default=5.0, show_default=True, help="gate: minimum throughput (req/s)")
+@click.option("--find-capacity", is_flag=True, help="step users 1, 2, 4, ... until an SLO breaks")
+@click.option("--max-users", default=64, show_default=True, help="capacity search: the last step")
+@click.option("--step-time", default=10, show_default=True, help="capacity search: measured seconds per step")
 @click.pass_obj
-def loadtest(project: Project, model: str, users: int, spawn_rate: float, run_time: int, version: str,
-             max_p95_ms: float, max_p99_ms: float, max_error_ratio: float, min_rps: float) -> None:
-    """Load-test MODEL with Locust; exit 0 only when every threshold holds."""
-    from maas.loadtest import LoadTest, Thresholds
+def loadtest(project: Project, model: str, slo_file: str | None, version: str, locust_workers: int,
+             find_capacity: bool, max_users: int, step_time: int, **overrides: Any) -> None:
+    """Load-test MODEL with Locust against its SLO; exit 0 only when every SLO holds."""
+    from maas.loadtest import LoadTest
 
-    test = LoadTest(model, users, spawn_rate, run_time, version,
-                    Thresholds(max_p95_ms, max_p99_ms, max_error_ratio, min_rps))
-    summary = _loadtest(project, test)
+    slo = _slo(model, slo_file, **overrides)
+    if find_capacity:
+        from maas.capacity import find_capacity as search
+
+        server = _ready_for_load(project, slo.run_time_s * 8)
+        result = search(server.endpoints.inference, server.client.key_file, project.reports_dir, model, slo,
+                        version, max_users, step_time, locust_workers)
+        best = result["capacity"]
+        click.echo(f"capacity of {model}: " + (f"{best['users']} users, {best['rps']:.1f} req/s, p95 {best['p95_ms']:.1f} ms"
+                                               if best else "no step held the SLO"))
+        click.echo(f"report: {result['path']}")
+        sys.exit(0 if best else 1)
+    summary = _loadtest(project, LoadTest(model, slo, version, locust_workers))
     if not summary["passed"]:
         sys.exit(1)
+
+
+def _ready_for_load(project: Project, seconds: float) -> Any:
+    """The server, checked up, with keys renewed if they would expire during `seconds` of load."""
+    server = project.server()
+    server.client.ping()  # fails fast, with a clear message, when the server is down
+    if server.client.key_file is not None:
+        server.client.renew_margin_s = seconds + 120  # Locust re-reads key_file.json when it changes
+        server.client.ping()
+        server.client.renew_margin_s = 120.0
+    return server
 
 
 def _loadtest(project: Project, test: Any) -> dict[str, Any]:
     from maas import loadtest as lt
 
-    server = project.server()
-    server.client.ping()  # fails fast, with a clear message, when the server is down
-    if server.client.key_file is not None:
-        # Renew now if the key would expire during the run; Locust re-reads the file on change.
-        server.client.renew_margin_s = test.run_time_s + 120
-        server.client.ping()
+    server = _ready_for_load(project, test.slo.warmup_s + test.slo.run_time_s)
     described = server.client.describe(test.model, test.version or None)
     info = {"served_version": described[0].get("modelVersion") if described else None}
     summary, out = lt.run(test, server.endpoints.inference, server.client.key_file, project.reports_dir, info)
     click.echo(lt.format_summary(summary))
     click.echo(f"report: {out}/ (summary.json, report.html, throughput_latency.png, locust_*.csv)")
     return summary
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--candidate", required=True, help="version to release (an archive in the model store)")
+@click.option("--fresh-baseline", is_flag=True, help="re-measure the current default instead of its last summary")
+@slo_options
+@click.pass_obj
+def release(project: Project, model: str, candidate: str, fresh_baseline: bool, slo_file: str | None,
+            locust_workers: int, **overrides: Any) -> None:
+    """Promote CANDIDATE to MODEL's default only if it answers correctly, meets its SLO and does not regress."""
+    from maas.release import release as gate
+
+    slo = _slo(model, slo_file, **overrides)
+    server = _ready_for_load(project, 3 * (slo.warmup_s + slo.run_time_s) + 120)
+    record = gate(server.client, server.endpoints.inference, server.client.key_file, project.model_store,
+                  project.reports_dir, model, candidate, slo, locust_workers, fresh_baseline)
+    if record["promoted"]:
+        click.echo(f"released {model} {candidate}: now the default (was {record['previous_default']}); "
+                   f"{record['wall_time_s']} s")
+    else:
+        click.echo(f"NOT released {model} {candidate}; default stays {record['default_now']}:")
+        for reason in record["reasons"]:
+            click.echo(f"  - {reason}")
+    click.echo(f"record: {record['path']}")
+    sys.exit(0 if record["promoted"] else 1)
 
 
 @cli.command()
@@ -281,7 +355,8 @@ def demo(project: Project, run_time: int) -> None:
                            f"HTTP {resp.status_code}  X-Model-Version: {resp.headers.get('X-Model-Version')}\n{resp.text}")
         for model in MODELS:
             click.echo("")
-            _loadtest(project, LoadTest(model, users=8, spawn_rate=4, run_time_s=run_time))
+            slo = _slo(model, None, run_time_s=run_time)
+            _loadtest(project, LoadTest(model, slo))
     finally:
         server.stop()
         click.echo("TorchServe stopped")

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "loadtests" / "locustfile.py"
 
 
+SLO_DIR = LOCUSTFILE.parent / "slo"
+
+
 @dataclass
 class Thresholds:
     max_p95_ms: float = 500.0
@@ -33,13 +36,68 @@ class Thresholds:
 
 
 @dataclass
+class Regression:
+    """How much worse than the current default a release candidate may measure."""
+
+    max_p95_increase: float = 0.5  # +50 %: machines here are shared and noisy
+    max_rps_decrease: float = 0.3  # -30 %
+
+
+@dataclass
+class SLO:
+    """A model's release SLO: the load to apply and the figures it must meet."""
+
+    users: int = 8
+    spawn_rate: float = 8.0
+    run_time_s: int = 20
+    warmup_s: int = 3  # excluded from the figures (stats reset after it)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    regression: Regression = field(default_factory=Regression)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "SLO":
+        """Load a YAML SLO file; unknown keys are an error, not silently ignored."""
+        import yaml
+
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        slo = cls()
+        keys = {"users", "spawn_rate", "run_time_s", "warmup_s", "p95_ms", "p99_ms", "max_error_ratio",
+                "min_rps", "regression"}
+        unknown = sorted(set(raw) - keys)
+        if unknown:
+            raise ValueError(f"{path}: unknown SLO keys {unknown}; known: {sorted(keys)}")
+        for key in ("users", "spawn_rate", "run_time_s", "warmup_s"):
+            if key in raw:
+                setattr(slo, key, type(getattr(slo, key))(raw[key]))
+        mapping = {"p95_ms": "max_p95_ms", "p99_ms": "max_p99_ms", "max_error_ratio": "max_error_ratio",
+                   "min_rps": "min_rps"}
+        for key, attr in mapping.items():
+            if key in raw:
+                setattr(slo.thresholds, attr, float(raw[key]))
+        for key, value in (raw.get("regression") or {}).items():
+            if not hasattr(slo.regression, key):
+                raise ValueError(f"{path}: unknown regression key {key!r}")
+            setattr(slo.regression, key, float(value))
+        return slo
+
+    @classmethod
+    def for_model(cls, model: str, path: Path | None = None) -> "SLO":
+        """The given file, else loadtests/slo/<model>.yaml, else defaults."""
+        path = path or SLO_DIR / f"{model}.yaml"
+        return cls.from_file(path) if path.exists() else cls()
+
+
+@dataclass
 class LoadTest:
     model: str
-    users: int = 8
-    spawn_rate: float = 4.0
-    run_time_s: int = 20
+    slo: SLO = field(default_factory=SLO)
     version: str = ""
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    workers: int = 0  # >0: Locust distributed mode, one master + N worker processes
+    label: str = ""  # report folder suffix
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.slo.thresholds
 
 
 def _float(row: dict[str, str], key: str) -> float:
@@ -99,7 +157,7 @@ def evaluate(summary: dict[str, Any], t: Thresholds) -> list[str]:
     return broken
 
 
-def plot(prefix: Path, out: Path, title: str) -> Path | None:
+def plot(prefix: Path, out: Path, title: str, warmup_s: float = 0.0) -> Path | None:
     """Throughput and latency percentiles over time from <prefix>_stats_history.csv."""
     import matplotlib
 
@@ -124,6 +182,10 @@ def plot(prefix: Path, out: Path, title: str) -> Path | None:
     for pct in ("50%", "95%", "99%"):
         ax2.plot(t, [_float(r, pct) for r in rows], label=f"p{pct[:-1]}")
     ax2.set_ylabel("latency (ms)")
+    if warmup_s:
+        for ax in (ax1, ax2):
+            ax.axvline(warmup_s, color="gray", linestyle="--", linewidth=1)
+        ax2.annotate(" warm-up ends (excluded)", (warmup_s, ax2.get_ylim()[1] * 0.9), color="gray", fontsize=8)
     ax2.set_xlabel("seconds since first request")
     ax2.legend(loc="upper left")
     fig.suptitle(title)
@@ -145,55 +207,100 @@ def _progress(prefix: Path, started: float) -> None:
                  r["User Count"], _float(r, "Requests/s"), r["95%"], r["Total Failure Count"])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path) -> list[list[str]]:
+    """The Locust process(es): one headless runner, or a master plus test.workers workers."""
+    slo = test.slo
+    custom = ["--model", test.model, "--model-version", test.version, "--key-file", str(key_file or ""),
+              "--warmup", str(slo.warmup_s)]
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
+    runner = base + [
+        "--headless", "--users", str(slo.users), "--spawn-rate", str(slo.spawn_rate),
+        "--run-time", f"{slo.warmup_s + slo.run_time_s}s", "--stop-timeout", "5", "--host", host,
+        "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary",
+        "--exit-code-on-error", "0", *custom,
+    ]
+    if test.workers <= 0:
+        return [runner]
+    port = _free_port()
+    master = runner + ["--master", "--expect-workers", str(test.workers), "--expect-workers-max-wait", "60",
+                       "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)]
+    worker = base + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port), *custom]
+    return [master] + [worker] * test.workers
+
+
 def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
         server_info: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
     """Run Locust, write the report folder, return (summary, folder). summary['passed'] is the gate."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = reports_root / f"{stamp}-{test.model}"
+    slo = test.slo
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")[:-4] + "Z"
+    out = reports_root / f"{stamp}-{test.model}{'-' + test.label if test.label else ''}"
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / "locust"
-    cmd = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "--users", str(test.users), "--spawn-rate", str(test.spawn_rate), "--run-time", f"{test.run_time_s}s",
-        "--stop-timeout", "5", "--host", host, "--csv", str(prefix), "--html", str(out / "report.html"),
-        "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
-        "--model", test.model, "--model-version", test.version, "--key-file", str(key_file or ""),
-    ]
-    log.info("load test: %s, %d users, %g s -> %s", test.model, test.users, test.run_time_s, out)
+    commands = locust_commands(test, host, key_file, out)
+    mode = f", distributed: 1 master + {test.workers} workers" if test.workers else ""
+    log.info("load test: %s%s, %d users, %d s warm-up + %d s measured%s -> %s", test.model,
+             f" {test.version}" if test.version else "", slo.users, slo.warmup_s, slo.run_time_s, mode, out)
     started = time.monotonic()
+    limit = slo.warmup_s + slo.run_time_s + 90
+    procs = []
     with open(out / "locust.log", "wb") as console:
-        proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, cwd=LOCUSTFILE.parent)
-        deadline = started + test.run_time_s + 60
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"Locust did not stop within {test.run_time_s + 60} s; see {out / 'locust.log'}")
-            time.sleep(5 if test.run_time_s > 10 else 1)
-            _progress(prefix, started)
+        for cmd in commands:
+            procs.append(subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, cwd=LOCUSTFILE.parent))
+        try:
+            while procs[0].poll() is None:
+                if time.monotonic() - started > limit:
+                    raise RuntimeError(f"Locust did not stop within {limit} s; see {out / 'locust.log'}")
+                time.sleep(5 if slo.run_time_s > 10 else 1)
+                _progress(prefix, started)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     if not Path(f"{prefix}_stats.csv").exists():
-        raise RuntimeError(f"Locust wrote no statistics (exit {proc.returncode}); see {out / 'locust.log'}")
+        raise RuntimeError(f"Locust wrote no statistics (exit {procs[0].returncode}); see {out / 'locust.log'}")
 
     summary: dict[str, Any] = {"model": test.model, "model_version": test.version or "default", **read_aggregate(prefix)}
     summary["errors_by_status"] = read_errors(prefix)
     summary["error_ratio"] = summary["failures"] / summary["requests"] if summary["requests"] else 1.0
     summary.update(
-        users=test.users, spawn_rate=test.spawn_rate, run_time_s=test.run_time_s, host=host,
-        cores=os.cpu_count(), locust_version=metadata.version("locust"),
+        users=slo.users, spawn_rate=slo.spawn_rate, run_time_s=slo.run_time_s, warmup_s=slo.warmup_s,
+        locust_workers=test.workers, host=host, cores=os.cpu_count(), locust_version=metadata.version("locust"),
         torchserve_version=metadata.version("torchserve"),
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        thresholds=asdict(test.thresholds), **(server_info or {}),
+        thresholds=asdict(slo.thresholds), **(server_info or {}),
     )
-    broken = evaluate(summary, test.thresholds)
+    broken = evaluate(summary, slo.thresholds)
     summary["passed"], summary["broken"] = not broken, broken
-    png = plot(prefix, out / "throughput_latency.png", f"{test.model}: {test.users} users, {test.run_time_s} s")
+    png = plot(prefix, out / "throughput_latency.png",
+               f"{test.model}: {slo.users} users, {slo.warmup_s} s warm-up + {slo.run_time_s} s", slo.warmup_s)
     summary["plot"] = png.name if png else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, out
 
 
+def figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a summary (for release and capacity records)."""
+    keys = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_ratio", "requests", "passed")
+    return {k: summary[k] for k in keys}
+
+
 def format_summary(s: dict[str, Any]) -> str:
     lines = [
-        f"{s['model']} ({s['model_version']}): {s['requests']} requests in {s['run_time_s']} s, "
+        f"{s['model']} ({s.get('served_version') or s['model_version']}): {s['requests']} requests in {s['run_time_s']} s"
+        f" (after {s.get('warmup_s', 0)} s warm-up), "
         f"{s['rps']:.1f} req/s, {s['users']} users",
         f"latency ms: p50 {s['p50_ms']:.1f}  p90 {s['p90_ms']:.1f}  p95 {s['p95_ms']:.1f}  "
         f"p99 {s['p99_ms']:.1f}  max {s['max_ms']:.1f}",

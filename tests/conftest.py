@@ -81,6 +81,27 @@ def maintenance_built(built_models: dict[str, Built]) -> Built:
 
 
 @pytest.fixture(scope="session")
+def maintenance_v2(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """maintenance 2.0: a second training (seed 1), archived as maintenance-2.0.mar."""
+    from export.build import build
+
+    result = build("maintenance", tmp_path_factory.mktemp("build_v2"), tmp_path_factory.mktemp("store_v2"),
+                   version="2.0", seed=1)
+    return Built("maintenance", result.build_dir, result.mar)
+
+
+def bare_server(tmp_path_factory: pytest.TempPathFactory, store: Path, **overrides: str) -> TorchServe:
+    """A started server on `store` that loads nothing at start (models come through deploy)."""
+    run_dir = tmp_path_factory.mktemp("bare_run")
+    config = server_config(run_dir / "config.properties", **overrides)
+    text = "\n".join(l for l in config.read_text().splitlines() if not l.startswith("load_models="))
+    config.write_text(text + "\n")
+    ts = TorchServe(ServerLayout(config, store, run_dir))
+    ts.start()
+    return ts
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path, built_models: dict[str, Built]) -> TorchServe:
     run_dir = tmp_path_factory.mktemp("run")
     config = server_config(run_dir / "config.properties")

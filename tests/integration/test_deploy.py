@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import server_config
+from conftest import bare_server
 from maas import deploy as d
 from maas.client import ApiError
-from maas.server import ServerLayout, TorchServe
+from maas.server import TorchServe
 
 pytestmark = pytest.mark.integration
 
@@ -22,19 +22,12 @@ GOOD = {"type": "L", "air_temperature_k": 299.0, "process_temperature_k": 309.5,
 
 
 @pytest.fixture(scope="module")
-def bare(tmp_path_factory: pytest.TempPathFactory, maintenance_built) -> TorchServe:
+def bare(tmp_path_factory: pytest.TempPathFactory, maintenance_built, maintenance_v2) -> TorchServe:
     """A server that loads nothing at start; its store holds maintenance 1.0 and a 2.0 trained on another seed."""
-    from export.build import build
-
     store = tmp_path_factory.mktemp("versions_store")
     shutil.copy(maintenance_built.mar, store / "maintenance.mar")
-    build("maintenance", tmp_path_factory.mktemp("build2"), store, version="2.0", seed=1)
-    run_dir = tmp_path_factory.mktemp("bare_run")
-    config = server_config(run_dir / "config.properties")
-    text = "\n".join(l for l in config.read_text().splitlines() if not l.startswith("load_models="))
-    config.write_text(text + "\n")
-    ts = TorchServe(ServerLayout(config, store, run_dir))
-    ts.start()
+    shutil.copy(maintenance_v2.mar, store / "maintenance-2.0.mar")
+    ts = bare_server(tmp_path_factory, store)
     yield ts
     ts.stop()
 

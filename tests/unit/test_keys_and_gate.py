@@ -70,3 +70,25 @@ def test_locust_csv_summary(tmp_path: Path) -> None:
     assert agg == {"requests": 10, "failures": 2, "rps": 2.5, "avg_ms": 6.0, "p50_ms": 5.0, "p90_ms": 9.0,
                    "p95_ms": 12.0, "p99_ms": 25.0, "max_ms": 30.0}
     assert read_errors(prefix) == {"400": 1, "body": 1}
+
+
+def test_slo_files_parse_and_reject_unknown_keys(tmp_path: Path) -> None:
+    from maas.loadtest import SLO
+
+    for model in ("maintenance", "digits", "minilm"):
+        slo = SLO.for_model(model)
+        assert slo.users > 0 and slo.thresholds.max_p95_ms > 0 and slo.warmup_s >= 0
+    bad = tmp_path / "slo.yaml"
+    bad.write_text("users: 4\np95: 10\n")
+    with pytest.raises(ValueError, match="unknown SLO keys"):
+        SLO.from_file(bad)
+
+
+def test_regression_check_names_what_got_worse() -> None:
+    from maas.loadtest import Regression
+    from maas.release import regressions
+
+    base = {"p95_ms": 10.0, "rps": 100.0}
+    assert regressions({"p95_ms": 14.0, "rps": 80.0}, base, Regression(0.5, 0.3)) == []
+    found = regressions({"p95_ms": 16.0, "rps": 60.0}, base, Regression(0.5, 0.3))
+    assert found[0].startswith("p95 16.0 ms > 15.0 ms") and found[1].startswith("throughput 60.0 req/s < 70.0")

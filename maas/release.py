@@ -1,0 +1,115 @@
+"""Release gate: a candidate version becomes the default only when it earns it.
+
+  1. deploy the candidate beside the current default (if it is not registered yet);
+  2. it must answer the smoke cases correctly (maas/smoke.py);
+  3. it must meet the model's SLO under load (loadtests/slo/<model>.yaml);
+  4. it must not regress beyond the SLO's tolerance against the current default's last
+     passing summary (measured now when there is none);
+  5. only then set-default. Otherwise the current default keeps serving, a candidate
+     deployed by this run is removed again, and the reasons are returned.
+Every run writes reports/<time>-<model>-release/release.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from maas import deploy, loadtest, smoke
+from maas.client import ApiError, TorchServeClient
+
+log = logging.getLogger(__name__)
+
+
+def current_default(client: TorchServeClient, model: str) -> str | None:
+    try:
+        return str(client.describe(model)[0]["modelVersion"])
+    except ApiError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def last_summary(reports_dir: Path, model: str, version: str) -> tuple[dict[str, Any], Path] | None:
+    """The newest passing load-test summary of `model` at `version` (by served version)."""
+    for path in sorted(reports_dir.glob(f"*-{model}*/summary.json"), reverse=True):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if summary.get("model") == model and summary.get("served_version") == version and summary.get("passed"):
+            return summary, path
+    return None
+
+
+def regressions(candidate: dict[str, Any], baseline: dict[str, Any], tolerance: loadtest.Regression) -> list[str]:
+    found = []
+    p95_limit = baseline["p95_ms"] * (1 + tolerance.max_p95_increase)
+    if candidate["p95_ms"] > p95_limit:
+        found.append(f"p95 {candidate['p95_ms']:.1f} ms > {p95_limit:.1f} ms "
+                     f"(baseline {baseline['p95_ms']:.1f} ms +{tolerance.max_p95_increase:.0%})")
+    rps_floor = baseline["rps"] * (1 - tolerance.max_rps_decrease)
+    if candidate["rps"] < rps_floor:
+        found.append(f"throughput {candidate['rps']:.1f} req/s < {rps_floor:.1f} req/s "
+                     f"(baseline {baseline['rps']:.1f} req/s -{tolerance.max_rps_decrease:.0%})")
+    return found
+
+
+def release(client: TorchServeClient, endpoints_inference: str, key_file: Path | None, model_store: Path,
+            reports_dir: Path, model: str, candidate: str, slo: loadtest.SLO, workers: int = 0,
+            fresh_baseline: bool = False) -> dict[str, Any]:
+    """Run the gate; returns the decision record (also written to release.json)."""
+    started = time.monotonic()
+    record: dict[str, Any] = {"model": model, "candidate": candidate, "slo": asdict(slo),
+                              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    default = current_default(client, model)
+    record["previous_default"] = default
+    registered = default is not None and any(
+        str(d["modelVersion"]) == candidate for d in client.describe(model, "all"))
+    deployed_here = False
+    reasons: list[str] = []
+
+    if default == candidate:
+        reasons.append(f"{candidate} is already the default version")
+    else:
+        if not registered:
+            log.info("release: deploying %s %s beside the default %s", model, candidate, default)
+            deploy.deploy(client, model_store, model, candidate)
+            deployed_here = True
+        reasons += [f"smoke: {p}" for p in smoke.run_cases(client, model, candidate)]
+
+    run = lambda version, label: loadtest.run(  # noqa: E731
+        loadtest.LoadTest(model, slo, version, workers, label), endpoints_inference, key_file, reports_dir,
+        {"served_version": version})
+
+    if not reasons:
+        summary, out = run(candidate, "candidate")
+        record["candidate_summary"] = {"path": str(out / "summary.json"), **loadtest.figures(summary)}
+        reasons += [f"SLO: {b}" for b in summary["broken"]]
+        if not reasons and default is not None:
+            found = None if fresh_baseline else last_summary(reports_dir, model, default)
+            if found is None:
+                log.info("release: measuring the current default %s for comparison", default)
+                baseline, base_out = run(default, "baseline")
+                found = (baseline, base_out / "summary.json")
+            record["baseline_summary"] = {"path": str(found[1]), **loadtest.figures(found[0])}
+            reasons += [f"regression: {r}" for r in regressions(summary, found[0], slo.regression)]
+
+    promoted = not reasons
+    if promoted:
+        deploy.set_default(client, model, candidate)
+    elif deployed_here:
+        deploy.undeploy(client, model, candidate)
+    record.update(promoted=promoted, reasons=reasons, default_now=current_default(client, model),
+                  wall_time_s=round(time.monotonic() - started, 1),
+                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = reports_dir / f"{stamp}-{model}-release"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "release.json").write_text(json.dumps(record, indent=2) + "\n")
+    record["path"] = str(out / "release.json")
+    return record
