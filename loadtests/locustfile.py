@@ -18,6 +18,8 @@ from locust.runners import WorkerRunner
 
 import payloads
 
+KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
+
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser) -> None:
@@ -45,11 +47,11 @@ class KeyFile:
     def __init__(self, path: str) -> None:
         self.path, self._mtime, self._key = path, None, None
 
-    def header(self) -> dict[str, str]:
+    def header(self, reread: bool = False) -> dict[str, str]:
         if not self.path:
             return {}
         mtime = os.stat(self.path).st_mtime_ns
-        if mtime != self._mtime:
+        if reread or mtime != self._mtime:
             with open(self.path) as f:
                 self._key = json.load(f)["inference"]["key"]
             self._mtime = mtime
@@ -68,12 +70,26 @@ class ModelUser(FastHttpUser):
 
     @task
     def predict(self) -> None:
-        headers = {"Content-Type": self.payloads.content_type, **self.keys.header()}
-        with self.client.post(self.path, data=self.payloads.next(), headers=headers,
-                              name=self.path, catch_response=True) as resp:
-            problem = self._problem(resp)
-            if problem:
-                resp.failure(problem)
+        body = self.payloads.next()
+        for attempt in range(1, KEY_RETRIES + 2):
+            headers = {"Content-Type": self.payloads.content_type, **self.keys.header(reread=attempt > 1)}
+            with self.client.post(self.path, data=body, headers=headers, name=self.path, catch_response=True) as resp:
+                if attempt <= KEY_RETRIES and self._token_refused(resp):
+                    # The key was renewed between reading the file and sending (TorchServe switches
+                    # keys before it rewrites the file): not the server's fault. Reported under its
+                    # own name, then retried with the file's key once it has changed.
+                    resp.request_meta["name"] = f"{self.path} [stale key, retried]"
+                    resp.success()
+                    gevent.sleep(0.05 * attempt)
+                    continue
+                problem = self._problem(resp)
+                if problem:
+                    resp.failure(problem)
+                return
+
+    @staticmethod
+    def _token_refused(resp) -> bool:
+        return resp.status_code in (400, 401) and "Token Authorization failed" in (resp.text or "")
 
     def _problem(self, resp) -> Optional[str]:
         if resp.status_code != 200:

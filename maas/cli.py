@@ -96,12 +96,27 @@ def serve() -> None:
 @serve.command("start")
 @click.option("--models", multiple=True, help="archive(s) to load, e.g. maintenance.mar [config's load_models]")
 @click.option("--timeout", default=240.0, show_default=True, help="seconds to wait for READY workers")
+@click.option("--insecure", is_flag=True, help="start even when the config fails `maas serve audit`")
 @click.pass_obj
-def serve_start(project: Project, models: tuple[str, ...], timeout: float) -> None:
+def serve_start(project: Project, models: tuple[str, ...], timeout: float, insecure: bool) -> None:
     """Start TorchServe with the project's config.properties and wait until models are READY."""
     server = project.server()
-    server.start(list(models) or None, timeout=timeout)
+    server.start(list(models) or None, timeout=timeout, insecure=insecure)
     _print_status(server)
+
+
+@serve.command("audit")
+@click.pass_obj
+def serve_audit(project: Project) -> None:
+    """Check config.properties against the security defaults (SECURITY.md); exit 1 on any finding."""
+    from maas.config_audit import audit
+    from maas.properties import read_properties
+
+    problems = audit(read_properties(project.config))
+    for problem in problems:
+        click.echo(f"- {problem}")
+    click.echo(f"{project.config}: " + (f"{len(problems)} finding(s)" if problems else "meets the security defaults"))
+    sys.exit(1 if problems else 0)
 
 
 @serve.command("stop")
@@ -297,7 +312,8 @@ def _loadtest(project: Project, test: Any) -> dict[str, Any]:
     server = _ready_for_load(project, test.slo.warmup_s + test.slo.run_time_s)
     described = server.client.describe(test.model, test.version or None)
     info = {"served_version": described[0].get("modelVersion") if described else None}
-    summary, out = lt.run(test, server.endpoints.inference, server.client.key_file, project.reports_dir, info)
+    renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None
+    summary, out = lt.run(test, server.endpoints.inference, server.client.key_file, project.reports_dir, info, renew)
     click.echo(lt.format_summary(summary))
     click.echo(f"report: {out}/ (summary.json, report.html, throughput_latency.png, locust_*.csv)")
     return summary

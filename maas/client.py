@@ -62,7 +62,8 @@ class TorchServeClient:
         self.http = requests.Session()
 
     # ---- keys -----------------------------------------------------------------------
-    def _key(self, kind: str) -> str | None:
+    def fresh_key(self, kind: str) -> str | None:
+        """The current `kind` key from key_file.json, renewed first when it expires within the margin."""
         if self.key_file is None:
             return None
         keys = read_keys(self.key_file)
@@ -95,7 +96,7 @@ class TorchServeClient:
         headers = dict(kwargs.pop("headers", {}) or {})
         for attempt in (1, 2):
             try:
-                key = self._key(api)
+                key = self.fresh_key(api)
             except KeyFileError as exc:
                 raise ServerNotRunning(str(exc)) from None
             if key:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,13 @@ def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path)
 
 
 def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
-        server_info: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
-    """Run Locust, write the report folder, return (summary, folder). summary['passed'] is the gate."""
+        server_info: dict[str, Any] | None = None,
+        keep_keys_fresh: Callable[[], Any] | None = None) -> tuple[dict[str, Any], Path]:
+    """Run Locust, write the report folder, return (summary, folder). summary['passed'] is the gate.
+
+    `keep_keys_fresh` is called while Locust runs (renewing TorchServe's inference key before
+    it expires); Locust's users re-read key_file.json whenever it changes.
+    """
     slo = test.slo
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")[:-4] + "Z"
     out = reports_root / f"{stamp}-{test.model}{'-' + test.label if test.label else ''}"
@@ -259,6 +264,8 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
                 if time.monotonic() - started > limit:
                     raise RuntimeError(f"Locust did not stop within {limit} s; see {out / 'locust.log'}")
                 time.sleep(5 if slo.run_time_s > 10 else 1)
+                if keep_keys_fresh is not None:
+                    keep_keys_fresh()
                 _progress(prefix, started)
         finally:
             for proc in procs:

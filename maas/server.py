@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from maas.client import ServeError, ServerNotRunning, TorchServeClient
+from maas.config_audit import audit
 from maas.java import have_java, java_home
 from maas.properties import Endpoints, read_properties
 
@@ -90,8 +91,17 @@ class TorchServe:
         return self.pid() is not None
 
     # ---- start ------------------------------------------------------------------------
-    def start(self, models: list[str] | None = None, timeout: float = 240.0) -> None:
-        """Start TorchServe and return once /ping answers and every model has READY workers."""
+    def start(self, models: list[str] | None = None, timeout: float = 240.0, insecure: bool = False) -> None:
+        """Start TorchServe and return once /ping answers and every model has READY workers.
+
+        A config that fails the security audit is refused unless `insecure` is set.
+        """
+        problems = audit(self.props)
+        if problems and not insecure:
+            raise ServeError(f"{self.layout.config} weakens the security defaults (start with --insecure to accept):\n  - "
+                             + "\n  - ".join(problems))
+        for problem in problems:
+            log.warning("insecure configuration accepted: %s", problem)
         if self.is_running():
             raise ServeError(f"a TorchServe from {self.layout.run_dir} is already running (pid {self.pid()})")
         busy = [u for u in (self.endpoints.inference, self.endpoints.management, self.endpoints.metrics) if _port_open(u)]

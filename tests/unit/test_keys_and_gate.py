@@ -92,3 +92,33 @@ def test_regression_check_names_what_got_worse() -> None:
     assert regressions({"p95_ms": 14.0, "rps": 80.0}, base, Regression(0.5, 0.3)) == []
     found = regressions({"p95_ms": 16.0, "rps": 60.0}, base, Regression(0.5, 0.3))
     assert found[0].startswith("p95 16.0 ms > 15.0 ms") and found[1].startswith("throughput 60.0 req/s < 70.0")
+
+
+SAFE = read_properties(ROOT / "config.properties")
+
+
+@pytest.mark.parametrize("change,finding", [
+    ({"management_address": "http://0.0.0.0:8081"}, "management_address"),
+    ({"inference_address": "https://0.0.0.0:8443"}, "without TLS"),
+    ({"grpc_management_address": "0.0.0.0"}, "grpc_management_address"),
+    ({"disable_token_authorization": "true"}, "disable_token_authorization"),
+    ({"allowed_urls": "file://.*|http(s)?://.*"}, "allowed_urls"),
+    ({"allowed_urls": "https://.*"}, "allowed_urls"),
+    ({"allowed_urls": "^file:///.*$"}, "allowed_urls"),
+    ({"install_py_dep_per_model": "true"}, "install_py_dep_per_model"),
+    ({"max_request_size": "999999999999"}, "max_request_size"),
+])
+def test_config_audit_finds_each_weakening(change, finding) -> None:
+    from maas.config_audit import audit
+
+    assert audit(SAFE) == []
+    problems = audit({**SAFE, **change})
+    assert len(problems) == 1 and finding in problems[0], problems
+    assert audit({k: v for k, v in SAFE.items() if k not in ("allowed_urls", "max_request_size")})
+
+
+def test_tls_makes_a_public_address_acceptable() -> None:
+    from maas.config_audit import audit
+
+    tls = {**SAFE, "inference_address": "https://0.0.0.0:8443", "certificate_file": "c.pem", "private_key_file": "k.pem"}
+    assert audit(tls) == []

@@ -1,0 +1,139 @@
+"""Hardening against the real server: tampered archives, key expiry, faults under load, overload."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from conftest import bare_server
+from maas import deploy as d
+from maas import loadtest
+from maas.client import ApiError
+from maas.keys import read_keys
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
+        "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}
+
+
+def tamper(src: Path, dst: Path, name: str) -> None:
+    """A copy of an archive whose model bytes changed after packaging (and registered as `name`)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "model.onnx":
+                data = data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]
+            if item.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = name
+                data = json.dumps(manifest).encode()
+            zout.writestr(item, data)
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory: pytest.TempPathFactory, maintenance_built):
+    """A server whose keys expire after 6 s and whose job queue holds 4 requests."""
+    store = tmp_path_factory.mktemp("hard_store")
+    shutil.copy(maintenance_built.mar, store / "maintenance.mar")
+    tamper(maintenance_built.mar, store / "tampered.mar", "tampered")
+    ts = bare_server(tmp_path_factory, store, token_expiration_min="0.1", job_queue_size="4")
+    d.deploy(ts.client, store, "maintenance")
+    yield ts
+    ts.stop()
+
+
+def test_tampered_model_fails_its_check_and_the_server_stays_up(hard) -> None:
+    with pytest.raises(ApiError) as err:
+        d.deploy(hard.client, hard.layout.model_store, "tampered", timeout=60)
+    assert err.value.status == 500
+    assert hard.client.ping()["status"] == "Healthy"
+    assert hard.client.describe("tampered")[0]["workers"] == []  # the model's status says it is not serving
+    resp = hard.client.predict("tampered", json.dumps(GOOD).encode())
+    assert resp.status_code == 503 and "no worker" in resp.json()["message"]
+    logs = "".join(p.read_text(errors="replace") for p in hard.layout.log_dir.glob("*.log"))
+    assert "INTEGRITY: model.onnx sha256" in logs and "does not match manifest" in logs
+    assert hard.client.predict_json("maintenance", GOOD)["failure"] is False  # others keep serving
+    d.undeploy(hard.client, "tampered")
+
+
+def test_keys_expire_and_maas_renews_them(hard) -> None:
+    stale = read_keys(hard.layout.key_file)["inference"].value
+    url = f"{hard.endpoints.inference}/predictions/maintenance"
+    assert requests.post(url, json=GOOD, headers={"Authorization": f"Bearer {stale}"}, timeout=10).status_code == 200
+    time.sleep(7)  # past token_expiration_min=0.1
+    expired = requests.post(url, json=GOOD, headers={"Authorization": f"Bearer {stale}"}, timeout=10)
+    assert expired.status_code in (400, 401) and "Token Authorization failed" in expired.text
+    ping = requests.get(f"{hard.endpoints.inference}/ping", timeout=10)
+    assert ping.status_code in (400, 401)  # TorchServe 0.12 wants the key even on /ping
+    assert hard.client.ping()["status"] == "Healthy"  # the client renews, then answers
+    assert hard.client.predict_json("maintenance", GOOD)["failure"] is False
+    assert read_keys(hard.layout.key_file)["inference"].value != stale
+
+
+def test_a_load_test_longer_than_the_key_lifetime_keeps_valid_keys(hard, tmp_path: Path) -> None:
+    slo = loadtest.SLO(users=4, spawn_rate=4, warmup_s=1, run_time_s=15)  # 2.5 key lifetimes
+    summary, _ = loadtest.run(loadtest.LoadTest("maintenance", slo), hard.endpoints.inference, hard.layout.key_file,
+                              tmp_path, keep_keys_fresh=lambda: hard.client.fresh_key("inference"))
+    assert summary["requests"] > 100 and summary["failures"] == 0, summary["errors_by_status"]
+
+
+def test_killed_worker_under_load_recovers_with_bounded_loss(hard, tmp_path: Path) -> None:
+    slo = loadtest.SLO(users=4, spawn_rate=4, warmup_s=0, run_time_s=14)
+    hard.client.renew_margin_s = 30.0
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(summary=loadtest.run(
+        loadtest.LoadTest("maintenance", slo), hard.endpoints.inference, hard.layout.key_file, tmp_path,
+        keep_keys_fresh=lambda: hard.client.fresh_key("inference"))[0]))
+    runner.start()
+    time.sleep(6)
+    (worker,) = hard.client.describe("maintenance")[0]["workers"]
+    killed_at = time.monotonic()
+    psutil.Process(worker["pid"]).kill()
+    recovered = None
+    while time.monotonic() - killed_at < 60:
+        workers = hard.client.describe("maintenance")[0]["workers"]
+        if workers and workers[0]["status"] == "READY" and workers[0]["pid"] != worker["pid"]:
+            recovered = time.monotonic() - killed_at
+            break
+        time.sleep(0.1)
+    runner.join(timeout=120)
+    summary = result["summary"]
+    print(f"\nworker kill under load: recovered in {recovered:.2f} s, {summary['failures']} of "
+          f"{summary['requests']} requests lost {summary['errors_by_status']}")
+    assert recovered is not None and recovered < 30
+    assert summary["requests"] > 100
+    assert summary["failures"] <= 0.05 * summary["requests"]  # bounded, and counted in the report
+    # only the requests the dying worker held: 507 "Worker died" (or 500/503 while it restarts)
+    assert set(summary["errors_by_status"]) <= {"500", "503", "507", "connection"}
+    assert hard.client.predict_json("maintenance", GOOD)["failure"] is False
+
+
+def test_overload_beyond_the_job_queue_gets_fast_503s_and_drains(hard) -> None:
+    body = json.dumps([GOOD] * 256).encode()  # heavier requests, so the 4-slot queue overflows
+    key = hard.client.fresh_key("inference")
+
+    def send(_):
+        t = time.perf_counter()
+        r = requests.post(f"{hard.endpoints.inference}/predictions/maintenance", data=body, timeout=60,
+                          headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        return r.status_code, (time.perf_counter() - t) * 1000
+
+    with ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(send, range(240)))
+    codes = [c for c, _ in results]
+    rejected = [ms for c, ms in results if c == 503]
+    accepted = [ms for c, ms in results if c == 200]
+    print(f"\noverload: {len(accepted)} served (max {max(accepted):.0f} ms), {len(rejected)} x 503 "
+          f"(median {sorted(rejected)[len(rejected) // 2] if rejected else 0:.1f} ms)")
+    assert set(codes) <= {200, 503} and rejected and accepted
+    assert sorted(rejected)[len(rejected) // 2] < 100  # a fast refusal, not a hang
+    assert hard.client.predict_json("maintenance", GOOD)["failure"] is False  # the queue drained
