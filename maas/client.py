@@ -31,6 +31,10 @@ class TokenRefused(ServeError):
     pass
 
 
+class TLSError(ServeError):
+    """The server's certificate is not trusted (or TLS failed): waiting will not help."""
+
+
 class ApiError(ServeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
@@ -54,12 +58,15 @@ def error_message(resp: requests.Response) -> str:
 
 class TorchServeClient:
     def __init__(self, endpoints: Endpoints, key_file: Path | None, timeout: float = 60.0,
-                 renew_margin_s: float = 120.0) -> None:
+                 renew_margin_s: float = 120.0, verify: bool | str = True) -> None:
         self.endpoints = endpoints
         self.key_file = key_file
         self.timeout = timeout
         self.renew_margin_s = renew_margin_s
         self.http = requests.Session()
+        # True, or a CA bundle for https endpoints (see TorchServe._ca_bundle). Passed on every
+        # request: requests lets $REQUESTS_CA_BUNDLE override a session-level setting.
+        self.verify = verify
 
     # ---- keys -----------------------------------------------------------------------
     def fresh_key(self, kind: str) -> str | None:
@@ -84,7 +91,10 @@ class TorchServeClient:
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         timeout = kwargs.pop("timeout", self.timeout)
         try:
-            return self.http.request(method, url, timeout=timeout, **kwargs)
+            return self.http.request(method, url, timeout=timeout, verify=self.verify, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise TLSError(f"TLS with {url.split('/', 3)[2]} failed: {exc.args[0] if exc.args else exc}; "
+                           "set MAAS_CA_BUNDLE to the CA that signed the server's certificate") from None
         except requests.ConnectionError:
             raise ServerNotRunning(f"TorchServe is not answering at {url.split('/', 3)[:3][-1]}: start it with `maas serve start`") from None
         except requests.Timeout:

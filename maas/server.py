@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from maas.client import ServeError, ServerNotRunning, TorchServeClient
+from maas.client import ServeError, ServerNotRunning, TLSError, TorchServeClient
 from maas.config_audit import audit
 from maas.java import have_java, java_home
 from maas.properties import Endpoints, read_properties
@@ -75,8 +75,20 @@ class TorchServe:
         self.props = read_properties(layout.config)
         self.endpoints = Endpoints.from_properties(self.props)
         token_off = self.props.get("disable_token_authorization", "false").lower() == "true"
-        self.client = TorchServeClient(self.endpoints, None if token_off else layout.key_file)
+        self.client = TorchServeClient(self.endpoints, None if token_off else layout.key_file,
+                                       verify=self._ca_bundle())
         self._proc: subprocess.Popen | None = None
+
+    def _ca_bundle(self) -> bool | str:
+        """How the client checks https endpoints: $MAAS_CA_BUNDLE, else the server's own
+        certificate (right for a self-signed one, as scripts/make_cert.py makes), else the system CAs."""
+        if os.environ.get("MAAS_CA_BUNDLE"):
+            return os.environ["MAAS_CA_BUNDLE"]
+        cert = self.props.get("certificate_file")
+        if cert:
+            path = Path(cert) if Path(cert).is_absolute() else self.layout.config.parent / cert
+            return str(path)
+        return True
 
     # ---- state ------------------------------------------------------------------------
     def pid(self) -> int | None:
@@ -158,6 +170,8 @@ class TorchServe:
                 pending = ", ".join(self.models_not_ready()) or ""
                 if not pending:
                     return
+            except TLSError:
+                raise
             except ServeError:
                 pass
             time.sleep(0.5)

@@ -137,3 +137,31 @@ def test_overload_beyond_the_job_queue_gets_fast_503s_and_drains(hard) -> None:
     assert set(codes) <= {200, 503} and rejected and accepted
     assert sorted(rejected)[len(rejected) // 2] < 100  # a fast refusal, not a hang
     assert hard.client.predict_json("maintenance", GOOD)["failure"] is False  # the queue drained
+
+
+def test_tls_option_serves_https_and_refuses_plain_http(tmp_path_factory: pytest.TempPathFactory,
+                                                        maintenance_built) -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT, free_ports
+
+    certs = tmp_path_factory.mktemp("tls")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_cert.py"), str(certs)], check=True, capture_output=True)
+    store = tmp_path_factory.mktemp("tls_store")
+    shutil.copy(maintenance_built.mar, store / "maintenance.mar")
+    inf, mgmt, met = free_ports(3)
+    ts = bare_server(tmp_path_factory, store, inference_address=f"https://127.0.0.1:{inf}",
+                     management_address=f"https://127.0.0.1:{mgmt}", metrics_address=f"https://127.0.0.1:{met}",
+                     certificate_file=str(certs / "cert.pem"), private_key_file=str(certs / "key.pem"))
+    try:
+        d.deploy(ts.client, store, "maintenance")
+        assert ts.client.predict_json("maintenance", GOOD)["failure"] is False  # https, certificate verified
+        key = read_keys(ts.layout.key_file)["inference"].value
+        for port in (inf, mgmt):  # plain HTTP on a TLS port: refused with 403, never served
+            plain = requests.get(f"http://127.0.0.1:{port}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+            assert plain.status_code == 403 and "only accepts HTTPS" in plain.text
+        with pytest.raises(requests.exceptions.SSLError):  # an unknown certificate is not trusted by default
+            requests.get(f"https://127.0.0.1:{inf}/ping", timeout=10)
+    finally:
+        ts.stop()
