@@ -77,7 +77,7 @@ def wait_for_workers(client: TorchServeClient, model: str, version: str, count: 
 
 def deploy(client: TorchServeClient, model_store: Path, model: str, version: str | None = None,
            workers: int = 1, batch_size: int | None = None, max_batch_delay_ms: int | None = None,
-           timeout: float = 180.0) -> dict[str, Any]:
+           timeout: float = 180.0, load_retries: int = 2) -> dict[str, Any]:
     """Register an archive from the model store by name, synchronously; returns its description."""
     archive = find_archive(model_store, model, version)
     params: dict[str, Any] = {"url": archive.path.name, "initial_workers": workers, "synchronous": "true",
@@ -86,11 +86,46 @@ def deploy(client: TorchServeClient, model_store: Path, model: str, version: str
         params["batch_size"] = batch_size
     if max_batch_delay_ms is not None:
         params["max_batch_delay"] = max_batch_delay_ms
-    client.management("POST", "/models", params=params, timeout=timeout)
+    try:
+        client.management("POST", "/models", params=params, timeout=timeout)
+    except ApiError as err:
+        if err.status != 500 or "Failed to start workers" not in err.message:
+            raise
+        # Registered, but the first worker died while loading (a transient failure, or a
+        # model that fails its checks): TorchServe leaves it at 0 workers. Try again.
+        _retry_workers(client, archive, workers, timeout, load_retries, err)
     # The archive's model-config.yaml (minWorkers/maxWorkers) wins over initial_workers: scale to the ask.
     if len(client.describe(archive.model, archive.version)[0].get("workers", [])) != workers:
         return scale(client, archive.model, workers, None, archive.version, timeout)
     return wait_for_workers(client, archive.model, archive.version, workers, timeout)
+
+
+def _retry_workers(client: TorchServeClient, archive: Archive, workers: int, timeout: float, attempts: int,
+                   first: ApiError) -> None:
+    path = f"/models/{archive.model}/{archive.version}"
+    for attempt in range(1, attempts + 1):
+        log.info("%s %s: workers failed to start (%s); retry %d/%d", archive.model, archive.version,
+                 first.message, attempt, attempts)
+        try:
+            client.management("PUT", path, params={"min_worker": workers, "max_worker": workers,
+                                                   "synchronous": "true"}, timeout=timeout)
+        except ApiError as err:
+            if err.status != 500:
+                raise
+            continue
+        deadline = time.monotonic() + min(timeout, 60.0)
+        while time.monotonic() < deadline:
+            states = [w.get("status") for w in client.describe(archive.model, archive.version)[0].get("workers", [])]
+            if len(states) == workers and all(s == "READY" for s in states):
+                return
+            if "UNLOADING" in states:  # the worker died while loading again
+                break
+            time.sleep(0.3)
+    # Stop TorchServe from restarting a worker that cannot load, over and over.
+    client.management("PUT", path, params={"min_worker": 0, "max_worker": 0, "synchronous": "false"})
+    raise ServeError(f"{archive.model} {archive.version}: workers failed to load {attempts + 1} times "
+                     f"(see the worker log, model_log.log, e.g. an INTEGRITY line); the model stays registered "
+                     f"with 0 workers: `maas undeploy {archive.model} --version {archive.version}`")
 
 
 def register_url(client: TorchServeClient, url: str) -> dict[str, Any]:
