@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from export.spec import ModelSpec, ServingSpec, TensorSpec
-from export.trained import Trained
+from export.trained import Trained, fit
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +68,8 @@ def train(seed: int = 0, epochs: int = 60) -> Trained:
     x_tr, y_tr, x_te, y_te = _split(*_arrays(), seed)
     x, y = torch.from_numpy(x_tr), torch.from_numpy(y_tr).long()
     model = DigitsNet()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for start in range(0, len(x), 64):
-            idx = perm[start:start + 64]
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model.logits(_shift(x[idx], gen)), y[idx])
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        sched.step()
-        if epoch % 10 == 0 or epoch == epochs - 1:
-            log.info("digits: epoch %d/%d  loss %.4f", epoch + 1, epochs, total / len(x))
-    model.eval()
+    fit(model, lambda idx, gen: nn.functional.cross_entropy(model.logits(_shift(x[idx], gen)), y[idx]), len(x),
+        name="digits", epochs=epochs, batch_size=64, lr=2e-3, weight_decay=1e-4, seed=seed)
     with torch.no_grad():
         prob = model(torch.from_numpy(x_te)).numpy()
     pred = prob.argmax(1)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from export.spec import ModelSpec, ServingSpec, TensorSpec
-from export.trained import Trained
+from export.trained import Trained, fit
 
 log = logging.getLogger(__name__)
 
@@ -182,25 +182,8 @@ def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60) -> Trained:
     # Failures are ~4 % of records: weight positives so the rare modes are learned at all.
     pos_weight = ((1 - y.mean(0)) / y.mean(0).clamp_min(1e-3)).clamp(max=20.0).sqrt()
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for start in range(0, len(x), 256):
-            idx = perm[start : start + 256]
-            opt.zero_grad()
-            loss = loss_fn(model.logits(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        sched.step()
-        if epoch % 10 == 0 or epoch == epochs - 1:
-            log.info("maintenance: epoch %d/%d  loss %.4f", epoch + 1, epochs, total / len(x))
-
-    model.eval()
+    fit(model, lambda idx, _gen: loss_fn(model.logits(x[idx]), y[idx]), len(x),
+        name="maintenance", epochs=epochs, batch_size=256, lr=3e-3, seed=seed)
     with torch.no_grad():
         prob, mode_prob = model(torch.from_numpy(test_set.features()))
     metrics = binary_metrics(test_set.failure, prob.numpy())

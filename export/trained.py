@@ -1,12 +1,16 @@
 """What a model module's train() returns to the build pipeline."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -16,3 +20,30 @@ class Trained:
     metrics: dict[str, Any]  # held-out quality, recorded in the manifest
     extra_manifest: dict[str, Any] = field(default_factory=dict)  # what the handler reads besides the I/O spec
     assets: list[Path] = field(default_factory=list)  # files the handler needs inside the .mar (tokenizer.json, ...)
+
+
+def fit(model: nn.Module, batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], n: int, *,
+        name: str, epochs: int, batch_size: int, lr: float, seed: int, weight_decay: float = 0.0) -> None:
+    """Adam with a cosine schedule over seeded, shuffled minibatches of n examples; logs progress.
+
+    batch_loss(indices, generator) returns the loss of one minibatch (the generator is for
+    augmentation, so a seed fixes the whole run).
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            opt.zero_grad()
+            loss = batch_loss(idx, gen)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        sched.step()
+        if epoch % 10 == 0 or epoch == epochs - 1:
+            log.info("%s: epoch %d/%d  loss %.4f", name, epoch + 1, epochs, total / n)
+    model.eval()

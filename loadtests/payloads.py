@@ -80,7 +80,7 @@ def digits(seed: int = 0, pool: int = 256) -> Payloads:
 
     images = load_digits().images
     rng = random.Random(seed)
-    bodies, types = [], []
+    bodies = []
     for _ in range(pool):
         grid = images[rng.randrange(len(images))]
         if rng.random() < 0.25:

@@ -1,11 +1,9 @@
 """Capacity search: step the load up until an SLO breaks; report the best step that held."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +43,5 @@ def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: 
             best = steps[-1]
     result = {"model": model, "version": version or "default", "slo": asdict(slo), "steps": steps,
               "capacity": best, "cores": os.cpu_count()}
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = reports_dir / f"{stamp}-{model}-capacity"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
-    result["path"] = str(out / "capacity.json")
+    result["path"] = str(loadtest.write_record(reports_dir, model, "capacity", result))
     return result

@@ -298,6 +298,16 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
     return summary, out
 
 
+def write_record(reports_dir: Path, model: str, kind: str, record: dict[str, Any]) -> Path:
+    """reports/<UTC time>-<model>-<kind>/<kind>.json (release and capacity records)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = reports_dir / f"{stamp}-{model}-{kind}"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{kind}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
 def figures(summary: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a summary (for release and capacity records)."""
     keys = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_ratio", "requests", "passed")

@@ -107,9 +107,5 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
     record.update(promoted=promoted, reasons=reasons, default_now=current_default(client, model),
                   wall_time_s=round(time.monotonic() - started, 1),
                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = reports_dir / f"{stamp}-{model}-release"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "release.json").write_text(json.dumps(record, indent=2) + "\n")
-    record["path"] = str(out / "release.json")
+    record["path"] = str(loadtest.write_record(reports_dir, model, "release", record))
     return record
