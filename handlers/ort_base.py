@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,7 @@ class OrtHandler:
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         """One response per request; a bad request gets its own 4xx, neighbours are served."""
+        started = time.perf_counter()
         responses: list[Any] = [None] * len(data)
         good: list[tuple[int, Arrays, Any]] = []
         for idx, request in enumerate(data):
@@ -234,20 +236,54 @@ class OrtHandler:
                 good.append((idx, inputs, meta))
             except InputError as err:
                 responses[idx] = self._reply(context, idx, err.to_dict(), err.status, err.message)
+        parsed = time.perf_counter()
 
+        items = 0
         if good:
             try:
                 results = self.run([inputs for _, inputs, _ in good])
             except Exception:  # noqa: BLE001 - an ORT failure must not take the whole batch down
                 log.exception("batch of %d failed in ONNX Runtime; retrying each request alone", len(good))
                 results = [self._run_alone(inputs) for _, inputs, _ in good]
-            for (idx, _, meta), outputs in zip(good, results):
+            inferred = time.perf_counter()
+            for (idx, inputs, meta), outputs in zip(good, results):
+                items += len(next(iter(inputs.values())))
                 if outputs is None:
                     body = {"code": 500, "type": "InternalServerError", "message": "inference failed for this request"}
                     responses[idx] = self._reply(context, idx, body, 500, "inference failed")
                 else:
                     responses[idx] = self._reply(context, idx, self.postprocess(outputs, meta), 200, "OK")
+        else:
+            inferred = parsed
+        done = time.perf_counter()
+        self._emit_metrics(context, (parsed - started) * 1000, (inferred - parsed) * 1000, (done - inferred) * 1000,
+                           len(data), items, len(data) - len(good))
         return responses
+
+    def _emit_metrics(self, context: Any, pre_ms: float, inf_ms: float, post_ms: float,
+                      requests: int, items: int, rejected: int) -> None:
+        """Per-batch handler metrics (declared in metrics.yaml; exported by TorchServe's metrics API)."""
+        metrics = getattr(context, "metrics", None)
+        if metrics is None:  # outside TorchServe (unit tests)
+            return
+        from ts.metrics.dimension import Dimension
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        def dims() -> list:  # TorchServe appends to the list it is given: a fresh one per call
+            return [Dimension("ModelName", self.manifest.get("name", "")), Dimension("Level", "Model"),
+                    Dimension("Provider", self.provider)]
+
+        try:
+            metrics.add_time("MaasPreprocessMs", pre_ms, None, "ms", dims())
+            metrics.add_time("MaasInferenceMs", inf_ms, None, "ms", dims())
+            metrics.add_time("MaasPostprocessMs", post_ms, None, "ms", dims())
+            metrics.add_metric("MaasBatchRequests", requests, "count", None, dims(), MetricTypes.GAUGE)
+            metrics.add_metric("MaasBatchItems", items, "count", None, dims(), MetricTypes.GAUGE)
+            metrics.add_counter("MaasRequests", requests, None, dims())
+            if rejected:
+                metrics.add_counter("MaasRejectedRequests", rejected, None, dims())
+        except Exception:  # noqa: BLE001 - metrics must never fail a prediction
+            log.warning("could not emit handler metrics", exc_info=True)
 
     def _run_alone(self, inputs: Arrays) -> Arrays | None:
         try:
@@ -260,6 +296,7 @@ class OrtHandler:
         context.set_response_content_type(idx, "application/json")
         if self.model_version:
             context.set_response_header(idx, "X-Model-Version", self.model_version)
+        context.set_response_header(idx, "X-Execution-Provider", self.provider)
         if status != 200:
             context.set_response_status(status, phrase, idx)
         return json.dumps(body)

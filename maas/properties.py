@@ -17,6 +17,19 @@ def read_properties(path: Path) -> dict[str, str]:
     return props
 
 
+# Keys whose values are file paths: relative ones are taken relative to config.properties.
+PATH_KEYS = ("metrics_config", "certificate_file", "private_key_file", "keystore", "model_store", "workflow_store")
+
+
+def resolve_paths(props: dict[str, str], base_dir: Path) -> dict[str, str]:
+    """props with relative PATH_KEYS made absolute against base_dir (TorchServe runs elsewhere)."""
+    out = dict(props)
+    for key in PATH_KEYS:
+        if out.get(key) and not Path(out[key]).is_absolute():
+            out[key] = str((Path(base_dir) / out[key]).resolve())
+    return out
+
+
 def write_properties(path: Path, props: dict[str, str], header: str = "") -> None:
     lines = [f"# {header}"] if header else []
     lines += [f"{k}={v}" for k, v in props.items()]

@@ -19,7 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "handlers"))  # handlers import each other flat, as inside a .mar
 
-from maas.properties import read_properties, write_properties  # noqa: E402
+from maas.properties import read_properties, resolve_paths, write_properties  # noqa: E402
 from maas.server import ServerLayout, TorchServe  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def free_ports(n: int) -> list[int]:
 
 def server_config(path: Path, **overrides: str) -> Path:
     """The project's config.properties on free loopback ports (plus overrides)."""
-    props = read_properties(ROOT / "config.properties")
+    props = resolve_paths(read_properties(ROOT / "config.properties"), ROOT)
     inf, mgmt, met, g1, g2 = free_ports(5)
     props.update(
         inference_address=f"http://127.0.0.1:{inf}",
