@@ -24,11 +24,14 @@ class FriendlyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from export.archive import ArchiveError
         from export.onnx_export import ExportError
+        from maas.triton import TritonExportError
 
         try:
             return super().invoke(ctx)
         except (ServeError, KeyFileError, ExportError, ArchiveError) as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        except TritonExportError as exc:
+            raise click.ClickException(str(exc)) from None
         except KeyError as exc:
             raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from None
 
@@ -376,6 +379,22 @@ def demo(project: Project, run_time: int) -> None:
     finally:
         server.stop()
         click.echo("TorchServe stopped")
+
+
+@cli.command("export-triton")
+@click.argument("models", nargs=-1)
+@click.option("--out", "out_dir", default="model_repository", show_default=True, help="Triton model repository")
+@click.option("--gpu", is_flag=True, help="instance_group KIND_GPU instead of KIND_CPU")
+@click.pass_obj
+def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: bool) -> None:
+    """Write MODELS' verified ONNX files (default: all in the store) as a Triton model repository."""
+    from maas.deploy import store_archives
+    from maas.triton import export
+
+    names = models or tuple(sorted({a.model for a in store_archives(project.model_store)}))
+    for name in names:
+        folder = export(project.model_store, name, Path(out_dir), gpu=gpu)
+        click.echo(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx")
 
 
 def main() -> None:

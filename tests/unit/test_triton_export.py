@@ -1,0 +1,47 @@
+"""Triton model repository: config.pbtxt parsed by Triton's own model-config protobuf, checked
+against the ONNX graph, and the same verified model bytes."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from maas.triton import TritonExportError, export
+
+ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64"}
+
+
+@pytest.mark.parametrize("name", ["maintenance", "digits", "minilm"])
+def test_config_matches_the_onnx_graph(built_models, model_store: Path, tmp_path: Path, name: str) -> None:
+    folder = export(model_store, name, tmp_path / "model_repository")
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    graph = onnx.load(str(folder / "1" / "model.onnx"), load_external_data=False).graph
+    assert config.name == name and config.backend == "onnxruntime" and config.max_batch_size >= 8
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    for declared, actual in ((config.input, graph.input), (config.output, graph.output)):
+        assert [t.name for t in declared] == [t.name for t in actual]
+        for t, g in zip(declared, actual):
+            assert model_config_pb2.DataType.Name(t.data_type) == ONNX_TO_TRITON[g.type.tensor_type.elem_type]
+            graph_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in g.type.tensor_type.shape.dim]
+            assert graph_dims[0] == -1 and list(t.dims) == graph_dims[1:]  # batch axis left to max_batch_size
+    manifest = json.loads((built_models[name].build_dir / "manifest.json").read_text())
+    assert hashlib.sha256((folder / "1" / "model.onnx").read_bytes()).hexdigest() == manifest["sha256"]
+
+
+def test_a_tampered_archive_is_not_exported(maintenance_built, tmp_path: Path) -> None:
+    import zipfile
+
+    store = tmp_path / "store"
+    store.mkdir()
+    with zipfile.ZipFile(maintenance_built.mar) as zin, zipfile.ZipFile(store / "maintenance.mar", "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            zout.writestr(item, data[:-1] + bytes([data[-1] ^ 0xFF]) if item.filename == "model.onnx" else data)
+    with pytest.raises(TritonExportError, match="sha256"):
+        export(store, "maintenance", tmp_path / "repo")
