@@ -140,6 +140,7 @@ class OrtHandler:
         self.manifest: dict[str, Any] = {}
         self.settings: dict[str, Any] = {}
         self.provider = "none"
+        self.output_names: list[str] = []
         self.model_version = ""
         self.initialized = False
 
@@ -171,6 +172,7 @@ class OrtHandler:
         providers = choose_providers(props.get("gpu_id"), bool(self.settings.get("use_tensorrt", False)))
         self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         self.provider = self.session.get_providers()[0]
+        self.output_names = [o.name for o in self.session.get_outputs()]
         if props.get("gpu_id") is not None and self.provider == "CPUExecutionProvider":
             log.warning("gpu_id %s was assigned but ONNX Runtime fell back to CPU", props.get("gpu_id"))
         self._check_io()
@@ -220,8 +222,7 @@ class OrtHandler:
     def run(self, items: list[Arrays]) -> list[Arrays]:
         """ONE session.run for all items; returns each item's outputs."""
         feeds = self.collate(items)
-        names = [o.name for o in self.session.get_outputs()]
-        outputs = dict(zip(names, self.session.run(names, feeds)))
+        outputs = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
         counts = [len(next(iter(it.values()))) for it in items]
         return self.split(outputs, counts)
 
