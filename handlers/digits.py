@@ -41,6 +41,11 @@ class DigitsHandler(OrtHandler):
             grid = self.pixels_from_json(payload)
         return {"pixels": grid[None, None, :, :]}, None
 
+    def check_tensors(self, inputs: Arrays) -> None:
+        top = self.manifest["image"]["max_value"]
+        if inputs["pixels"].min() < 0 or inputs["pixels"].max() > top:
+            raise InputError(f"pixel values must be in [0, {top}]", "pixels")
+
     def postprocess(self, outputs: Arrays, meta: None) -> dict[str, float]:
         probs = outputs["probabilities"][0]
         labels, k = self.manifest["labels"], int(self.manifest.get("topk", 5))

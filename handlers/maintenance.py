@@ -51,6 +51,18 @@ class MaintenanceHandler(OrtHandler):
         rows = [self.record_features(r, "" if single else f"[{i}]") for i, r in enumerate(records)]
         return {"features": np.asarray(rows, dtype=np.float32)}, single
 
+    def check_tensors(self, inputs: Arrays) -> None:
+        spec, feats = self.manifest["record"], inputs["features"]
+        n_types = len(spec["product_types"])
+        onehot = feats[:, :n_types]
+        if not (np.isin(onehot, (0.0, 1.0)).all() and (onehot.sum(axis=1) == 1).all()):
+            raise InputError(f"the first {n_types} features must one-hot encode {spec['product_types']}", "features")
+        for j, name in enumerate(spec["numeric_fields"]):
+            lo, hi = spec["limits"][name]
+            column = feats[:, n_types + j]
+            if column.min() < lo or column.max() > hi:
+                raise InputError(f"{name} (feature {n_types + j}) must be in [{lo:g}, {hi:g}]", "features")
+
     def postprocess(self, outputs: Arrays, single: bool) -> Any:
         threshold = float(self.manifest["threshold"])
         modes = self.manifest["failure_modes"]

@@ -61,6 +61,17 @@ class MiniLMHandler(OrtHandler):
         return self.collate([{"input_ids": np.array([e.ids], dtype=np.int64),
                               "attention_mask": np.array([e.attention_mask], dtype=np.int64)} for e in encodings]), single
 
+    def check_tensors(self, inputs: Arrays) -> None:
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        if ids.shape != mask.shape:
+            raise InputError(f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} differ in shape", "inputs")
+        if ids.shape[1] > int(self.manifest["max_seq_len"]):
+            raise InputError(f"sequence of {ids.shape[1]} tokens; the limit is {self.manifest['max_seq_len']}", "input_ids", 413)
+        if ids.min() < 0 or ids.max() >= self.tokenizer.get_vocab_size():
+            raise InputError(f"token ids must be in [0, {self.tokenizer.get_vocab_size()})", "input_ids")
+        if not np.isin(mask, (0, 1)).all():
+            raise InputError("attention_mask values must be 0 or 1", "attention_mask")
+
     def collate(self, items: list[Arrays]) -> Arrays:
         """Pad every item to the batch's longest sequence (0 = [PAD], mask 0), then stack."""
         length = max(it["input_ids"].shape[1] for it in items)

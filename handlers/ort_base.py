@@ -15,7 +15,12 @@ A model handler overrides only:
   setup(model_dir)            optional: tokenizer or other resources from the archive
   preprocess(body)            -> (inputs: {name: array with leading item axis}, meta)
   postprocess(outputs, meta)  -> a JSON-serialisable answer for that request
+  check_tensors(inputs)       limits on raw Open Inference Protocol (v2) tensors
 and optionally collate()/split() when requests need padding to one batch (text).
+
+Open Inference Protocol (KServe v2) requests ({"inputs": [{name, datatype, shape, data}]},
+sent to /v2/models/NAME/infer) are recognised per request, checked against the manifest's
+I/O spec, batched with the others and answered with the graph's output tensors.
 """
 from __future__ import annotations
 
@@ -109,6 +114,78 @@ def finite_number(value: Any, field: str, limits: tuple[float, float] | None = N
     if limits is not None and not limits[0] <= number <= limits[1]:
         raise InputError(f"{number:g} is outside the accepted range [{limits[0]:g}, {limits[1]:g}]", field)
     return number
+
+
+V2_DATATYPES = {"FP32": "float32", "FP16": "float16", "INT64": "int64", "INT32": "int32", "BOOL": "bool"}
+
+
+class V2Request:
+    """An Open Inference Protocol (KServe v2) request: tensors in, tensors out, per request."""
+
+    def __init__(self, request_id: str | None, outputs: list[str] | None) -> None:
+        self.id, self.outputs = request_id, outputs
+
+
+def looks_like_v2(body: Any) -> Any:
+    """The parsed v2 payload when `body` is an inference request of the Open Inference Protocol, else None."""
+    if isinstance(body, (bytes, bytearray, str)):
+        head = body[:4096] if isinstance(body, str) else bytes(body[:4096]).decode("utf-8", "replace")
+        if not head.lstrip().startswith("{") or '"inputs"' not in head:
+            return None
+        try:
+            body = parse_json(body)
+        except InputError:
+            return None
+    if isinstance(body, dict) and isinstance(body.get("inputs"), list):
+        return body
+    return None
+
+
+def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec: list[dict[str, Any]],
+               max_items: int) -> tuple[dict[str, np.ndarray], V2Request]:
+    """Named tensors checked against the manifest's inputs (names, datatypes, shapes, finite values)."""
+    tensors = {}
+    for i, t in enumerate(payload["inputs"]):
+        where = f"inputs[{i}]"
+        if not isinstance(t, dict) or not {"name", "datatype", "shape", "data"} <= set(t):
+            raise InputError("each input needs name, datatype, shape and data (JSON tensors; the binary extension is not served)", where)
+        tensors[t["name"]] = (t, where)
+    wanted = [s["name"] for s in spec]
+    if sorted(tensors) != sorted(wanted):
+        raise InputError(f"inputs must be exactly {wanted}, got {sorted(tensors)}", "inputs")
+    arrays, batch = {}, None
+    for s in spec:
+        t, where = tensors[s["name"]]
+        dtype = V2_DATATYPES.get(str(t["datatype"]))
+        if dtype != s["dtype"]:
+            raise InputError(f"datatype must be {[k for k, v in V2_DATATYPES.items() if v == s['dtype']][0]}, got {t['datatype']!r}", where)
+        shape = t["shape"]
+        if (not isinstance(shape, list) or len(shape) != len(s["shape"])
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+                or any(isinstance(want, int) and d != want for d, want in zip(shape, s["shape"]))):
+            raise InputError(f"shape must match {s['shape']}, got {shape}", where)
+        if shape[0] > max_items:
+            raise InputError(f"batch of {shape[0]}; the limit is {max_items}", where, 413)
+        if batch is not None and shape[0] != batch:
+            raise InputError("all inputs must have the same batch size", where)
+        batch = shape[0]
+        try:
+            array = np.asarray(t["data"], dtype=np.float64 if dtype.startswith("float") else np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"data must be {dtype} numbers", where) from None
+        if array.size != int(np.prod(shape)):
+            raise InputError(f"data has {array.size} values; shape {shape} needs {int(np.prod(shape))}", where)
+        if dtype.startswith("float") and not np.isfinite(array).all():
+            raise InputError("data must be finite numbers (NaN and infinity are refused)", where)
+        arrays[s["name"]] = array.reshape(shape).astype(dtype)
+    outputs = payload.get("outputs")
+    names = [o.get("name") for o in outputs if isinstance(o, dict)] if isinstance(outputs, list) else None
+    known = [o["name"] for o in output_spec]
+    for name in names or []:
+        if name not in known:
+            raise InputError(f"unknown output {name!r}; outputs are {known}", "outputs")
+    request_id = payload.get("id")
+    return arrays, V2Request(str(request_id) if request_id is not None else None, names)
 
 
 def worker_threads(configured: int, max_workers: int) -> int:
@@ -206,6 +283,22 @@ class OrtHandler:
     def postprocess(self, outputs: Arrays, meta: Any) -> Any:
         raise NotImplementedError
 
+    def check_tensors(self, inputs: Arrays) -> None:
+        """Model-specific limits on raw v2 tensors (e.g. token ids within the vocabulary)."""
+
+    def v2_response(self, outputs: Arrays, request: V2Request) -> dict[str, Any]:
+        """The Open Inference Protocol answer: the graph's output tensors, by name, flattened."""
+        types = {v: k for k, v in V2_DATATYPES.items()}
+        names = request.outputs or list(outputs)
+        answer: dict[str, Any] = {
+            "model_name": self.manifest["name"], "model_version": self.model_version,
+            "outputs": [{"name": n, "datatype": types[str(outputs[n].dtype)], "shape": list(outputs[n].shape),
+                         "data": outputs[n].ravel().tolist()} for n in names],
+        }
+        if request.id is not None:
+            answer["id"] = request.id
+        return answer
+
     def collate(self, items: list[Arrays]) -> Arrays:
         """Join requests along axis 0 (override to pad, e.g. text to the longest sequence)."""
         return {name: np.concatenate([it[name] for it in items], axis=0) for name in items[0]}
@@ -232,11 +325,19 @@ class OrtHandler:
         responses: list[Any] = [None] * len(data)
         good: list[tuple[int, Arrays, Any]] = []
         for idx, request in enumerate(data):
+            v2 = None
             try:
-                inputs, meta = self.preprocess(request_body(request))
+                body = request_body(request)
+                v2 = looks_like_v2(body)
+                if v2 is not None:
+                    inputs, meta = v2_tensors(v2, self.manifest["inputs"], self.manifest["outputs"], self.max_items())
+                    self.check_tensors(inputs)
+                else:
+                    inputs, meta = self.preprocess(body)
                 good.append((idx, inputs, meta))
             except InputError as err:
-                responses[idx] = self._reply(context, idx, err.to_dict(), err.status, err.message)
+                error = err.to_dict() if v2 is None else {"error": err.message, **err.to_dict()}
+                responses[idx] = self._reply(context, idx, error, err.status, err.message)
         parsed = time.perf_counter()
 
         items = 0
@@ -253,7 +354,8 @@ class OrtHandler:
                     body = {"code": 500, "type": "InternalServerError", "message": "inference failed for this request"}
                     responses[idx] = self._reply(context, idx, body, 500, "inference failed")
                 else:
-                    responses[idx] = self._reply(context, idx, self.postprocess(outputs, meta), 200, "OK")
+                    answer = self.v2_response(outputs, meta) if isinstance(meta, V2Request) else self.postprocess(outputs, meta)
+                    responses[idx] = self._reply(context, idx, answer, 200, "OK")
         else:
             inferred = parsed
         done = time.perf_counter()

@@ -1,0 +1,86 @@
+"""Open Inference Protocol (KServe v2) requests through every handler, with a fake context."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FakeContext, load_handler
+from export import maintenance as m
+
+ROW = [1.0, 0.0, 0.0, 298.1, 308.6, 1551.0, 42.8, 0.0]
+
+
+@pytest.fixture(scope="module")
+def handlers(built_models, tmp_path_factory):
+    classes = {"maintenance": "MaintenanceHandler", "digits": "DigitsHandler", "minilm": "MiniLMHandler"}
+    return {n: load_handler(built_models[n], tmp_path_factory.mktemp(n), c) for n, c in classes.items()}
+
+
+def call(handler, *bodies):
+    ctx = FakeContext(Path("."))
+    out = handler.handle([{"body": json.dumps(b).encode()} for b in bodies], ctx)
+    return [json.loads(o) for o in out], ctx
+
+
+def v2(name, datatype, shape, data, **extra):
+    return {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}], **extra}
+
+
+def test_v2_answers_equal_the_json_api(handlers) -> None:
+    (tensor, record), ctx = call(handlers["maintenance"], v2("features", "FP32", [1, 8], ROW, id="r1"),
+                                 {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
+                                  "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0})
+    assert ctx.status == {} and tensor["id"] == "r1" and tensor["model_name"] == "maintenance"
+    outputs = {o["name"]: o for o in tensor["outputs"]}
+    assert outputs["failure_probability"]["shape"] == [1] and outputs["failure_probability"]["datatype"] == "FP32"
+    assert outputs["failure_probability"]["data"][0] == pytest.approx(record["failure_probability"], abs=1e-6)
+    assert outputs["mode_probabilities"]["shape"] == [1, 5]
+
+
+def test_v2_batches_mix_with_json_requests_and_keep_their_order(handlers) -> None:
+    rows = m.generate(6, seed=2).features()
+    bodies = [v2("features", "FP32", [2, 8], rows[i:i + 2].ravel().tolist()) for i in (0, 2, 4)]
+    answers, ctx = call(handlers["maintenance"], *bodies)
+    got = np.concatenate([a["outputs"][0]["data"] for a in answers])
+    alone = [call(handlers["maintenance"], v2("features", "FP32", [1, 8], r.tolist()))[0][0]["outputs"][0]["data"][0]
+             for r in rows]
+    assert np.allclose(got, alone, atol=1e-6) and ctx.status == {}
+
+
+def test_v2_minilm_and_digits_and_requested_outputs(handlers) -> None:
+    (emb,), _ = call(handlers["minilm"], {"inputs": [
+        {"name": "input_ids", "datatype": "INT64", "shape": [1, 4], "data": [101, 7592, 2088, 102]},
+        {"name": "attention_mask", "datatype": "INT64", "shape": [1, 4], "data": [1, 1, 1, 1]}],
+        "outputs": [{"name": "sentence_embedding"}]})
+    assert emb["outputs"][0]["shape"] == [1, 384]
+    assert np.linalg.norm(emb["outputs"][0]["data"]) == pytest.approx(1.0, abs=1e-4)
+    (probs,), _ = call(handlers["digits"], v2("pixels", "FP32", [1, 1, 8, 8], [0.0] * 64))
+    assert probs["outputs"][0]["shape"] == [1, 10] and sum(probs["outputs"][0]["data"]) == pytest.approx(1.0, abs=1e-4)
+
+
+BAD = [
+    ("maintenance", v2("features", "FP64", [1, 8], ROW), "datatype must be FP32"),
+    ("maintenance", v2("features", "FP32", [1, 9], ROW + [0.0]), "shape must match"),
+    ("maintenance", v2("features", "FP32", [2, 8], ROW), "needs 16"),
+    ("maintenance", v2("feats", "FP32", [1, 8], ROW), "inputs must be exactly"),
+    ("maintenance", v2("features", "FP32", [1, 8], ["x"] * 8), "must be float32 numbers"),
+    ("maintenance", v2("features", "FP32", [1, 8], ROW[:3] + [1e9] + ROW[4:]), "must be in"),
+    ("maintenance", v2("features", "FP32", [1, 8], [0.5, 0.5] + ROW[2:]), "one-hot"),
+    ("maintenance", {"inputs": [{"name": "features"}]}, "each input needs"),
+    ("maintenance", v2("features", "FP32", [1, 8], ROW, outputs=[{"name": "nope"}]), "unknown output"),
+    ("maintenance", v2("features", "FP32", [300, 8], ROW * 300), "the limit is 256"),
+    ("digits", v2("pixels", "FP32", [1, 1, 8, 8], [99.0] * 64), "pixel values"),
+    ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [101, 999999]},
+                           {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [1, 1]}]}, "token ids"),
+    ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 600], "data": [101] * 600},
+                           {"name": "attention_mask", "datatype": "INT64", "shape": [1, 600], "data": [1] * 600}]}, "the limit is 256"),
+]
+
+
+@pytest.mark.parametrize("model,body,problem", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_v2_requests_are_4xx_with_an_error_field(handlers, model, body, problem) -> None:
+    (answer,), ctx = call(handlers[model], body)
+    assert 400 <= ctx.status[0][0] < 500 and problem in answer["error"] and answer["error"] == answer["message"]
