@@ -37,6 +37,10 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def _flag(props: dict[str, str], key: str) -> bool:
+    return props.get(key, "false").strip().lower() == "true"
+
+
 def _tls_configured(props: dict[str, str]) -> bool:
     return bool(props.get("keystore") or (props.get("certificate_file") and props.get("private_key_file")))
 
@@ -54,9 +58,9 @@ def audit(props: dict[str, str]) -> list[str]:
             problems.append(f"{key}={url} listens beyond loopback without TLS (https + certificate_file/private_key_file)")
     for key in GRPC_KEYS:
         host = props.get(key)
-        if host is not None and not is_loopback(host) and props.get("enable_grpc_ssl", "false").lower() != "true":
+        if host is not None and not is_loopback(host) and not _flag(props, "enable_grpc_ssl"):
             problems.append(f"{key}={host} listens beyond loopback without enable_grpc_ssl")
-    if props.get("disable_token_authorization", "false").strip().lower() == "true":
+    if _flag(props, "disable_token_authorization"):
         problems.append("disable_token_authorization=true: every API is open to anyone who can connect")
     allowed = props.get("allowed_urls")
     if allowed is None:
@@ -71,7 +75,7 @@ def audit(props: dict[str, str]) -> list[str]:
             hits = [u for u in REMOTE_PROBES if regex.fullmatch(u)]
             if hits:
                 problems.append(f"allowed_urls pattern {pattern!r} lets TorchServe download {hits[0]} (and {len(hits) - 1} more)")
-    if props.get("install_py_dep_per_model", "false").strip().lower() == "true":
+    if _flag(props, "install_py_dep_per_model"):
         problems.append("install_py_dep_per_model=true: registering an archive would pip-install its requirements")
     cap = props.get("max_request_size")
     if cap is None:

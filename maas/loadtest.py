@@ -95,10 +95,6 @@ class LoadTest:
     workers: int = 0  # >0: Locust distributed mode, one master + N worker processes
     label: str = ""  # report folder suffix
 
-    @property
-    def thresholds(self) -> Thresholds:
-        return self.slo.thresholds
-
 
 def _float(row: dict[str, str], key: str) -> float:
     try:

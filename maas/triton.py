@@ -51,7 +51,7 @@ def config_pbtxt(manifest: dict[str, Any], model_config: dict[str, Any], gpu: bo
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(model_config.get('maxBatchDelay', 5)) * 1000}\n}}",
         f"instance_group [\n  {{\n    count: {int(model_config.get('minWorkers', 1))}\n"
         f"    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}\n  }}\n]",
-        f'version_policy: {{ specific: {{ versions: [ 1 ] }} }}',
+        "version_policy: { specific: { versions: [ 1 ] } }",
     ]
     if threads:
         lines.append('parameters {\n  key: "intra_op_thread_count"\n  value: { string_value: "%d" }\n}' % threads)

@@ -6,12 +6,14 @@ always stopped at the end of the session.
 """
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import zipfile
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import yaml
@@ -88,6 +90,45 @@ def maintenance_v2(tmp_path_factory: pytest.TempPathFactory) -> Built:
     result = build("maintenance", tmp_path_factory.mktemp("build_v2"), tmp_path_factory.mktemp("store_v2"),
                    version="2.0", seed=1)
     return Built("maintenance", result.build_dir, result.mar)
+
+
+def package_variant(built: Built, store: Path, work: Path, archive_name: str, rewrite_handler: Callable[[str], str],
+                    model_name: str | None = None, version: str = "1.0", **config: Any) -> Path:
+    """An archive of `built`'s verified model whose handler source is rewritten (a test double
+    for a broken or slow release), with optional model-config.yaml changes."""
+    from export.archive import package
+    from export.build import spec_of
+
+    handlers, build = work / f"{archive_name}_handlers", work / f"{archive_name}_build"
+    handlers.mkdir()
+    build.mkdir()
+    for f in (ROOT / "handlers").glob("*.py"):
+        shutil.copy(f, handlers / f.name)
+    source = (handlers / f"{built.name}.py").read_text()
+    rewritten = rewrite_handler(source)
+    assert rewritten != source, "the rewrite changed nothing"
+    (handlers / f"{built.name}.py").write_text(rewritten)
+    for f in ("model.onnx", "manifest.json"):
+        shutil.copy(built.build_dir / f, build / f)
+    cfg = {**yaml.safe_load((built.build_dir / "model-config.yaml").read_text()), **config}
+    (build / "model-config.yaml").write_text(yaml.safe_dump(cfg))
+    spec = spec_of(built.name)
+    spec = spec.__class__(**{**spec.__dict__, "name": model_name or spec.name})
+    return package(build, spec, store, version, archive_name, handlers_dir=handlers)
+
+
+def tamper(src: Path, dst: Path, model_name: str | None = None) -> None:
+    """A copy of an archive whose model bytes changed after packaging (optionally registered as `model_name`)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "model.onnx":
+                data = data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]
+            if item.filename == "MAR-INF/MANIFEST.json" and model_name:
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = model_name
+                data = json.dumps(manifest).encode()
+            zout.writestr(item, data)
 
 
 def bare_server(tmp_path_factory: pytest.TempPathFactory, store: Path, **overrides: str) -> TorchServe:

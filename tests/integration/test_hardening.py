@@ -5,7 +5,6 @@ import json
 import shutil
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import bare_server
+from conftest import bare_server, package_variant, tamper
 from maas import deploy as d
 from maas import loadtest
 from maas.client import ServeError
@@ -23,20 +22,6 @@ pytestmark = pytest.mark.integration
 
 GOOD = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
         "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}
-
-
-def tamper(src: Path, dst: Path, name: str) -> None:
-    """A copy of an archive whose model bytes changed after packaging (and registered as `name`)."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "model.onnx":
-                data = data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]
-            if item.filename == "MAR-INF/MANIFEST.json":
-                manifest = json.loads(data)
-                manifest["model"]["modelName"] = name
-                data = json.dumps(manifest).encode()
-            zout.writestr(item, data)
 
 
 FLAKY = """
@@ -75,28 +60,6 @@ MaintenanceHandler.preprocess = _slow_on_999
 """
 
 
-def variant(built, store: Path, tmp: Path, name: str, patch: str, **config) -> None:
-    """Archive `name`: the maintenance model with `patch` appended to its handler and model-config changes."""
-    import yaml
-
-    from conftest import ROOT
-    from export.archive import package
-    from export.maintenance import SPEC
-
-    handlers, build = tmp / f"{name}_handlers", tmp / f"{name}_build"
-    handlers.mkdir()
-    build.mkdir()
-    for f in (ROOT / "handlers").glob("*.py"):
-        shutil.copy(f, handlers / f.name)
-    (handlers / "maintenance.py").write_text((handlers / "maintenance.py").read_text() + patch)
-    for f in ("model.onnx", "manifest.json"):
-        shutil.copy(built.build_dir / f, build / f)
-    cfg = {**yaml.safe_load((built.build_dir / "model-config.yaml").read_text()), **config}
-    (build / "model-config.yaml").write_text(yaml.safe_dump(cfg))
-    spec = SPEC.__class__(**{**SPEC.__dict__, "name": name})
-    package(build, spec, store, "1.0", name, handlers_dir=handlers)
-
-
 @pytest.fixture(scope="module")
 def hard(tmp_path_factory: pytest.TempPathFactory, maintenance_built):
     """A server whose keys expire after 6 s and whose job queue holds 4 requests."""
@@ -104,8 +67,8 @@ def hard(tmp_path_factory: pytest.TempPathFactory, maintenance_built):
     shutil.copy(maintenance_built.mar, store / "maintenance.mar")
     tamper(maintenance_built.mar, store / "tampered.mar", "tampered")
     work = tmp_path_factory.mktemp("variants")
-    variant(maintenance_built, store, work, "flaky", FLAKY)
-    variant(maintenance_built, store, work, "slow", SLOW, responseTimeout=2)
+    package_variant(maintenance_built, store, work, "flaky", lambda src: src + FLAKY, model_name="flaky")
+    package_variant(maintenance_built, store, work, "slow", lambda src: src + SLOW, model_name="slow", responseTimeout=2)
     ts = bare_server(tmp_path_factory, store, token_expiration_min="0.1", job_queue_size="4")
     d.deploy(ts.client, store, "maintenance")
     yield ts

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, bare_server
-from export.archive import package
-from export.maintenance import SPEC
+from conftest import bare_server, package_variant
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +35,9 @@ def release_server(tmp_path_factory: pytest.TempPathFactory, maintenance_built, 
     store = tmp_path_factory.mktemp("release_store")
     shutil.copy(maintenance_built.mar, store / "maintenance.mar")
     shutil.copy(maintenance_v2.mar, store / "maintenance-2.0.mar")
-    handlers = tmp_path_factory.mktemp("bad_handlers")
-    for f in (ROOT / "handlers").glob("*.py"):
-        shutil.copy(f, handlers / f.name)
-    bad = (handlers / "maintenance.py").read_text().replace('"failure": bool(p >= threshold)', '"failure": bool(p < threshold)')
-    assert bad != (handlers / "maintenance.py").read_text()
-    (handlers / "maintenance.py").write_text(bad)
-    build_copy = tmp_path_factory.mktemp("bad_build")
-    for name in ("model.onnx", "manifest.json", "model-config.yaml"):
-        shutil.copy(maintenance_built.build_dir / name, build_copy / name)
-    package(build_copy, SPEC, store, "3.0", "maintenance-3.0", handlers_dir=handlers)
+    package_variant(maintenance_built, store, tmp_path_factory.mktemp("bad"), "maintenance-3.0",
+                    lambda src: src.replace('"failure": bool(p >= threshold)', '"failure": bool(p < threshold)'),
+                    version="3.0")
     ts = bare_server(tmp_path_factory, store)
     ts.client.management("POST", "/models", params={"url": "maintenance.mar", "synchronous": "true"})
     yield ts

@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from conftest import tamper
 from maas.triton import TritonExportError, export
 
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64"}
@@ -35,13 +36,8 @@ def test_config_matches_the_onnx_graph(built_models, model_store: Path, tmp_path
 
 
 def test_a_tampered_archive_is_not_exported(maintenance_built, tmp_path: Path) -> None:
-    import zipfile
-
     store = tmp_path / "store"
     store.mkdir()
-    with zipfile.ZipFile(maintenance_built.mar) as zin, zipfile.ZipFile(store / "maintenance.mar", "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            zout.writestr(item, data[:-1] + bytes([data[-1] ^ 0xFF]) if item.filename == "model.onnx" else data)
+    tamper(maintenance_built.mar, store / "maintenance.mar")
     with pytest.raises(TritonExportError, match="sha256"):
         export(store, "maintenance", tmp_path / "repo")
