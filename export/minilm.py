@@ -39,7 +39,8 @@ SPEC = ModelSpec(
     rtol=1e-3,
     export_batch_size=4,
     parity_cases=({"batch": 1, "sequence": 9}, {"batch": 7, "sequence": 40}, {"batch": 64, "sequence": MAX_SEQ_LEN}),
-    serving=ServingSpec(batch_size=8, max_batch_delay_ms=10, intra_op_threads=0, max_items_per_request=64),
+    serving=ServingSpec(batch_size=8, max_batch_delay_ms=10, intra_op_threads=0, max_items_per_request=64,
+                        worker_memory_mib=768),
 )
 
 # A varied set: short, long (past 256 tokens), non-ASCII, punctuation only, empty.

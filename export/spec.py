@@ -39,6 +39,9 @@ class ServingSpec:
     # 0 = derive at initialize(): max(1, cpu_count // max_workers), so workers x threads <= cores.
     intra_op_threads: int = 0
     max_items_per_request: int = 256
+    # Memory a worker needs beyond the Java frontend (Python + ORT + the model), for the
+    # Kubernetes resource requests written by `maas export-kserve`.
+    worker_memory_mib: int = 384
 
 
 @dataclass(frozen=True)

@@ -397,6 +397,34 @@ def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: 
         click.echo(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx")
 
 
+@cli.command("export-kserve")
+@click.argument("models", nargs=-1)
+@click.option("--kserve-dir", default="deploy/kserve", show_default=True,
+              help="InferenceServices, ServingRuntime and storage/<model>/ trees")
+@click.option("--kubernetes-dir", default="deploy/kubernetes", show_default=True,
+              help="plain Kubernetes Deployment + Service + NetworkPolicy per model")
+@click.option("--storage-uri", default="pvc://maas-models", show_default=True,
+              help="where storage/ is uploaded; each InferenceService reads <uri>/<model>")
+@click.pass_obj
+def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, kubernetes_dir: str,
+                  storage_uri: str) -> None:
+    """Write KServe and Kubernetes manifests for MODELS (default: the whole zoo) and copy their
+    archives into KServe's storage layout (config/config.properties + model-store/)."""
+    from export.build import MODELS, spec_of
+    from maas.kube import export_all
+
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise click.UsageError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    specs = [spec_of(m) for m in (models or MODELS)]
+    result = export_all(specs, project.config, project.model_store, Path(kserve_dir), Path(kubernetes_dir),
+                        storage_uri)
+    for path in result.manifests + result.archives:
+        click.echo(f"wrote {path}")
+    if result.missing:
+        click.echo(f"not built, so no archive in storage/ for: {', '.join(result.missing)} (run `maas build`)", err=True)
+
+
 def main() -> None:
     cli(prog_name="maas")
 

@@ -137,6 +137,14 @@ def test_providers_and_threads() -> None:
     assert 1 <= worker_threads(0, 1000) and worker_threads(0, 1) >= worker_threads(0, 2)
 
 
+def test_pod_cpu_request_bounds_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In a pod every node core is visible: MAAS_CPU_CORES (the CPU request) must win.
+    monkeypatch.setenv("MAAS_CPU_CORES", "4")
+    assert worker_threads(0, 2) == 2 and worker_threads(0, 8) == 1 and worker_threads(3, 2) == 3
+    monkeypatch.setenv("MAAS_CPU_CORES", "junk")
+    assert worker_threads(0, 1) >= 1
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=25), children, max_size=8),

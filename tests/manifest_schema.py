@@ -1,0 +1,99 @@
+"""Offline schema checks for Kubernetes and KServe manifests.
+
+Core kinds go through kubernetes-validate (the upstream OpenAPI schemas, strict: unknown
+fields fail). KServe's CRDs have no offline schema package, so their kinds are checked against
+the API types KServe publishes in its Python SDK: every field must exist in the SDK's
+`attribute_map`, have the declared type, and the SDK's own constructors must accept it (they
+enforce required fields and enums). Pod parts embedded in KServe kinds (containers) are also
+checked against the real Pod schema through kubernetes-validate.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import kubernetes.client.models as k8s_models
+import kubernetes_validate
+import kserve.models as kserve_models
+
+K8S_VERSION = "1.30.0"
+KSERVE_KINDS = {("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
+                ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime"}
+PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float)}
+
+
+class ManifestError(Exception):
+    pass
+
+
+def _model_class(name: str) -> Any:
+    for module in (kserve_models, k8s_models):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise ManifestError(f"unknown API type {name}")
+
+
+def check_type(value: Any, type_name: str, path: str) -> None:
+    """Raise ManifestError where `value` does not fit the SDK type `type_name`."""
+    if type_name == "object":
+        return
+    if type_name in PRIMITIVES:
+        ok = isinstance(value, PRIMITIVES[type_name]) and not (type_name != "bool" and isinstance(value, bool))
+        if not ok:
+            raise ManifestError(f"{path}: expected {type_name}, got {value!r}")
+        return
+    if m := re.fullmatch(r"(?:list|List)\[(.+)\]", type_name):
+        if not isinstance(value, list):
+            raise ManifestError(f"{path}: expected a list")
+        for i, item in enumerate(value):
+            check_type(item, m.group(1), f"{path}[{i}]")
+        return
+    if m := re.fullmatch(r"(?:dict\(str, (.+)\)|Dict\[str, (.+)\])", type_name):
+        if not isinstance(value, dict):
+            raise ManifestError(f"{path}: expected a map")
+        for k, v in value.items():
+            check_type(v, m.group(1) or m.group(2), f"{path}.{k}")
+        return
+    if type_name == "ResourceQuantity" or type_name.endswith("Quantity"):
+        if not isinstance(value, (str, int)):
+            raise ManifestError(f"{path}: expected a quantity")
+        return
+    cls = _model_class(type_name)
+    if not isinstance(value, dict):
+        raise ManifestError(f"{path}: expected a {type_name} object")
+    by_json = {json_key: attr for attr, json_key in cls.attribute_map.items()}
+    for key, item in value.items():
+        if key not in by_json:
+            raise ManifestError(f"{path}: unknown field {key!r} for {type_name}")
+        check_type(item, cls.openapi_types[by_json[key]], f"{path}.{key}")
+    try:  # the SDK's constructors check required fields and enum values
+        cls(**{by_json[k]: v for k, v in value.items()})
+    except (ValueError, TypeError) as exc:
+        raise ManifestError(f"{path}: {type_name}: {exc}") from exc
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc.get("spec", {})
+    if doc["kind"] == "ServingRuntime":
+        return list(spec.get("containers", []))
+    model = dict(spec.get("predictor", {}).get("model", {}))
+    for kserve_only in ("modelFormat", "runtime", "runtimeVersion", "protocolVersion", "storageUri", "storage"):
+        model.pop(kserve_only, None)
+    return [{"name": "kserve-container", "image": "placeholder", **model}]
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Raise ManifestError unless `doc` is a valid Kubernetes or KServe object."""
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    if key in KSERVE_KINDS:
+        check_type(doc, KSERVE_KINDS[key], doc["kind"])
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+               "spec": {"containers": _containers(doc)}}
+        docs = [pod]
+    else:
+        docs = [doc]
+    for d in docs:
+        try:
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
+            raise ManifestError(f"{doc.get('kind')}: {getattr(exc, 'message', exc)}") from exc
