@@ -6,15 +6,19 @@ the API types KServe publishes in its Python SDK: every field must exist in the 
 `attribute_map`, have the declared type, and the SDK's own constructors must accept it (they
 enforce required fields and enums). Pod parts embedded in KServe kinds (containers) are also
 checked against the real Pod schema through kubernetes-validate.
+
+The SDK check runs in a subprocess: importing `kserve` registers the v2 gRPC protos in
+protobuf's default pool, and so does `tritonclient.grpc`; one process cannot hold both.
 """
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from typing import Any
 
-import kubernetes.client.models as k8s_models
 import kubernetes_validate
-import kserve.models as kserve_models
 
 K8S_VERSION = "1.30.0"
 KSERVE_KINDS = {("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
@@ -27,6 +31,9 @@ class ManifestError(Exception):
 
 
 def _model_class(name: str) -> Any:
+    import kserve.models as kserve_models  # only in the subprocess (see the module docstring)
+    import kubernetes.client.models as k8s_models
+
     for module in (kserve_models, k8s_models):
         if hasattr(module, name):
             return getattr(module, name)
@@ -82,18 +89,46 @@ def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": "kserve-container", "image": "placeholder", **model}]
 
 
-def validate(doc: dict[str, Any]) -> None:
-    """Raise ManifestError unless `doc` is a valid Kubernetes or KServe object."""
-    key = (doc.get("apiVersion"), doc.get("kind"))
-    if key in KSERVE_KINDS:
-        check_type(doc, KSERVE_KINDS[key], doc["kind"])
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
-               "spec": {"containers": _containers(doc)}}
-        docs = [pod]
-    else:
-        docs = [doc]
-    for d in docs:
+def kserve_type_errors(docs: list[dict[str, Any]]) -> list[str | None]:
+    """check_type for each KServe doc, in a subprocess; None where a doc is fine."""
+    out = subprocess.run([sys.executable, __file__], input=json.dumps(docs), capture_output=True, text=True,
+                         timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"KServe type check crashed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def validate_all(docs: list[dict[str, Any]]) -> None:
+    """Raise ManifestError unless every doc is a valid Kubernetes or KServe object."""
+    kserve_docs = [d for d in docs if (d.get("apiVersion"), d.get("kind")) in KSERVE_KINDS]
+    errors = [e for e in kserve_type_errors(kserve_docs) if e] if kserve_docs else []
+    if errors:
+        raise ManifestError("; ".join(errors))
+    for doc in docs:
+        checked = doc
+        if doc in kserve_docs:  # the Pod parts of a KServe kind, against the real Pod schema
+            checked = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+                       "spec": {"containers": _containers(doc)}}
         try:
-            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+            kubernetes_validate.validate(checked, K8S_VERSION, strict=True)
         except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
             raise ManifestError(f"{doc.get('kind')}: {getattr(exc, 'message', exc)}") from exc
+
+
+def validate(doc: dict[str, Any]) -> None:
+    validate_all([doc])
+
+
+def _check_each(docs: list[dict[str, Any]]) -> list[str | None]:
+    results: list[str | None] = []
+    for doc in docs:
+        try:
+            check_type(doc, KSERVE_KINDS[(doc.get("apiVersion"), doc.get("kind"))], doc["kind"])
+            results.append(None)
+        except ManifestError as exc:
+            results.append(str(exc))
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(_check_each(json.load(sys.stdin))))

@@ -14,7 +14,7 @@ from export.build import MODELS, spec_of
 from maas.config_audit import audit
 from maas.kube import DEFAULT_THREADS_PER_WORKER, cluster_properties, export_all, pod_resources
 from maas.properties import read_properties
-from manifest_schema import ManifestError, validate
+from manifest_schema import ManifestError, validate, validate_all
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = [ROOT / "deploy" / "kserve", ROOT / "deploy" / "kubernetes"]
@@ -40,11 +40,9 @@ def test_committed_manifests_match_a_fresh_export(fresh: tuple[Path, Path]) -> N
 
 
 def test_every_manifest_is_valid_offline() -> None:
-    kinds = []
-    for folder in COMMITTED:
-        for doc in docs(folder):
-            validate(doc)
-            kinds.append(doc["kind"])
+    every = [d for folder in COMMITTED for d in docs(folder)]
+    validate_all(every)
+    kinds = [d["kind"] for d in every]
     assert kinds.count("InferenceService") == len(MODELS) == kinds.count("Deployment") == kinds.count("Service")
     assert {"ServingRuntime", "NetworkPolicy", "PersistentVolumeClaim"} <= set(kinds)
 
