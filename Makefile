@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup java build demo test test-unit clean help
+.PHONY: setup java build demo test test-unit bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test: setup  ## unit + integration tests (starts a real TorchServe on 127.0.0.1)
 
 test-unit: setup  ## unit tests only (no server)
 	$(BIN)/python -m pytest tests/unit
+
+bench: setup  ## ours (ORT FP32/INT8) vs TorchServe's stock PyTorch path vs in-process; reports/bench-*/
+	$(BIN)/maas bench
 
 clean:  ## remove build outputs, archives, reports and server state (keeps .venv)
 	rm -rf build reports run model_store/*.mar .pytest_cache

@@ -6,6 +6,8 @@ probabilities: scaling and softmax are inside it, so any engine can serve it as 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +90,17 @@ def train(seed: int = 0, epochs: int = 60) -> Trained:
         "example_request": {"pixels": x_te[0, 0].astype(int).tolist()},
     }
     return Trained(model, {"pixels": x_te}, metrics, extra)
+
+
+def variant_report(fp32: Path, variant: Path) -> dict[str, Any]:
+    """Held-out accuracy of both files on the 360 test scans; the cost is the drop in points."""
+    from export.variants import held_out_outputs
+
+    _, _, x_te, y_te = _split(*_arrays(), 0)
+    base, cand = (float((held_out_outputs(p, {"pixels": x_te})[0].argmax(1) == y_te).mean()) for p in (fp32, variant))
+    drop = 100 * (base - cand)
+    return {"cost_metric": "accuracy drop (points)", "cost": drop, "budget": 1.0, "within_budget": drop <= 1.0,
+            "fp32": {"accuracy": base}, "variant": {"accuracy": cand}, "test_images": int(len(y_te))}
 
 
 def _arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -167,13 +168,31 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5)
     }
 
 
-def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60) -> Trained:
-    """Generate data, train the MLP, report held-out metrics for `failure`."""
-    torch.manual_seed(seed)
+def split(n_records: int = 30_000, seed: int = 0) -> tuple[Records, Records]:
+    """The 80/20 train/held-out split every build (and every variant's evaluation) uses."""
     data = generate(n_records, seed)
     order = np.random.default_rng(seed + 1).permutation(len(data))
     cut = int(0.8 * len(data))
-    train_set, test_set = data.subset(order[:cut]), data.subset(order[cut:])
+    return data.subset(order[:cut]), data.subset(order[cut:])
+
+
+def variant_report(fp32: Path, variant: Path) -> dict[str, Any]:
+    """Held-out failure metrics of both files; the cost is the accuracy drop in points."""
+    from export.variants import held_out_outputs
+
+    _, test_set = split()
+    feats = {"features": test_set.features()}
+    base, cand = (binary_metrics(test_set.failure, held_out_outputs(p, feats)[0]) for p in (fp32, variant))
+    drop = 100 * (base["accuracy"] - cand["accuracy"])
+    return {"cost_metric": "accuracy drop (points)", "cost": drop, "budget": 1.0, "within_budget": drop <= 1.0,
+            "fp32": base, "variant": cand,
+            "auc_delta": cand["roc_auc"] - base["roc_auc"], "f1_delta": cand["f1"] - base["f1"]}
+
+
+def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60) -> Trained:
+    """Generate data, train the MLP, report held-out metrics for `failure`."""
+    torch.manual_seed(seed)
+    train_set, test_set = split(n_records, seed)
 
     x = torch.from_numpy(train_set.features())
     y = torch.from_numpy(np.concatenate([train_set.failure[:, None], train_set.modes], axis=1).astype(np.float32))

@@ -254,6 +254,10 @@ class OrtHandler:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads > 1 and not self.settings.get("allow_spinning", False):
+            # Idle intra-op threads spin by default; on a box whose cores TorchServe's frontend
+            # (and here the load generator) share, spinning steals the cores the pool waits for.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(props.get("gpu_id"), bool(self.settings.get("use_tensorrt", False)))
         self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         self.provider = self.session.get_providers()[0]

@@ -24,6 +24,8 @@ KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
 @events.init_command_line_parser.add_listener
 def _arguments(parser) -> None:
     parser.add_argument("--model", default="maintenance", env_var="MAAS_MODEL", help="model name to load")
+    parser.add_argument("--payload", default="", env_var="MAAS_PAYLOAD",
+                        help="payload generator (loadtests/payloads.py) [the model's own]")
     parser.add_argument("--model-version", default="", env_var="MAAS_MODEL_VERSION",
                         help="version to target (default: the model's default version)")
     parser.add_argument("--key-file", default="", env_var="MAAS_KEY_FILE",
@@ -65,7 +67,7 @@ class ModelUser(FastHttpUser):
         opts = self.environment.parsed_options
         self.model = opts.model
         self.path = f"/predictions/{opts.model}" + (f"/{opts.model_version}" if opts.model_version else "")
-        self.payloads = payloads.for_model(opts.model, seed=id(self) % 10_000)
+        self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000)
         self.keys = KeyFile(opts.key_file)
 
     @task

@@ -70,7 +70,7 @@ def check_top5(answer: Any) -> Optional[str]:
     return None
 
 
-def digits(seed: int = 0, pool: int = 256) -> Payloads:
+def digits(seed: int = 0, pool: int = 256, png_share: float = 0.25) -> Payloads:
     """Real scans from scikit-learn's load_digits: 3 in 4 as JSON pixels, 1 in 4 as a PNG upload."""
     import io
 
@@ -83,7 +83,7 @@ def digits(seed: int = 0, pool: int = 256) -> Payloads:
     bodies = []
     for _ in range(pool):
         grid = images[rng.randrange(len(images))]
-        if rng.random() < 0.25:
+        if rng.random() < png_share:
             paper = (255 - np.kron(grid, np.ones((rng.choice((4, 8, 16)),) * 2)) / 16 * 255).astype(np.uint8)
             buf = io.BytesIO()
             Image.fromarray(paper).save(buf, format="PNG")
@@ -122,7 +122,13 @@ def minilm(seed: int = 0, pool: int = 512) -> Payloads:
     return Payloads(bodies, "application/json", check_embedding)
 
 
-FACTORIES: dict[str, Callable[..., Payloads]] = {"maintenance": maintenance, "digits": digits, "minilm": minilm}
+def digits_json(seed: int = 0) -> Payloads:
+    """JSON pixels only (benchmarks: the engines compared, not image decoding)."""
+    return digits(seed, png_share=0.0)
+
+
+FACTORIES: dict[str, Callable[..., Payloads]] = {"maintenance": maintenance, "digits": digits, "minilm": minilm,
+                                                 "digits-json": digits_json}
 
 
 def for_model(model: str, seed: int = 0) -> Payloads:

@@ -78,17 +78,29 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
 @click.option("--version", "version",
               help="version to stamp; writes <model>-<version>.mar beside the others [the spec's version]")
 @click.option("--seed", type=int, help="training seed, e.g. for a second training as a new version")
-def build(models: tuple[str, ...], version: str | None, seed: int | None) -> None:
+@click.option("--variant", type=click.Choice(["opt", "int8", "fp16"]),
+              help="also build this optimized variant as version <version>-<variant>: opt (ORT graph "
+                   "optimizations), int8 (dynamic quantization, CPU), fp16 (GPU); refused over its accuracy budget")
+def build(models: tuple[str, ...], version: str | None, seed: int | None, variant: str | None) -> None:
     """Train (or load), export to ONNX, verify and package MODELS (default: all) into the model store."""
     from export.build import MODELS, build as build_model
+    from export.variants import VariantError
 
     project: Project = click.get_current_context().obj
     for name in models or tuple(MODELS):
-        result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed)
+        try:
+            result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed,
+                                 variant=variant)
+        except VariantError as exc:
+            raise click.ClickException(str(exc)) from None
         manifest = json.loads((result.build_dir / "manifest.json").read_text())
         metrics = {k: float(f"{v:.8g}") for k, v in manifest["metrics"].items() if isinstance(v, float)}
         click.echo(f"built {result.mar} ({result.seconds:.1f} s)  metrics {metrics}  "
                    f"parity max abs error {manifest['parity']['max_abs_error']:.2g}")
+        if "variant" in manifest:
+            acc = manifest["variant"]["accuracy"]
+            click.echo(f"  {variant}: {acc['cost_metric']} {acc['cost']:.4f} (budget {acc['budget']:g}), "
+                       f"{manifest['size_bytes'] / 1e6:.1f} MB")
 
 
 @cli.group()
@@ -395,6 +407,40 @@ def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: 
     for name in names:
         folder = export(project.model_store, name, Path(out_dir), gpu=gpu)
         click.echo(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx")
+
+
+@cli.command("bench")
+@click.option("--models", "families", default="minilm,digits", show_default=True, help="comma-separated: minilm, digits")
+@click.option("--users", default="1,8,16", show_default=True, help="client concurrencies (Locust users)")
+@click.option("--run-time", "run_time_s", type=int, default=15, show_default=True, help="measured seconds per run")
+@click.option("--warmup", "warmup_s", type=int, default=3, show_default=True, help="warm-up seconds per run")
+@click.option("--no-sweep", is_flag=True, help="skip the workers x batchSize x maxBatchDelay sweep")
+@click.option("--store", type=click.Path(path_type=Path), help="bench model store to reuse [<out>/store]")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder [reports/bench-<UTC time>]")
+@click.option("--publish", type=click.Path(path_type=Path),
+              help="also copy report.md, bench.png and results.json here (e.g. benchmarks/results/cpu-2core)")
+@click.pass_obj
+def bench(project: Project, families: str, users: str, run_time_s: int, warmup_s: int, no_sweep: bool,
+          store: Path | None, out_dir: Path | None, publish: Path | None) -> None:
+    """Benchmark our ONNX Runtime handlers (FP32, INT8) against TorchServe's stock PyTorch path
+    and the in-process ceiling, side by side in one run; writes JSON, markdown and a plot."""
+    from datetime import datetime, timezone
+
+    from maas import bench as bench_mod
+
+    chosen = tuple(f.strip() for f in families.split(",") if f.strip())
+    unknown = [f for f in chosen if f not in bench_mod.PAYLOADS]
+    if unknown:
+        raise click.UsageError(f"--models: unknown {unknown}; benchmarked models are {list(bench_mod.PAYLOADS)}")
+    plan = bench_mod.BenchPlan(families=chosen, users=tuple(int(u) for u in users.split(",")),
+                               run_time_s=run_time_s, warmup_s=warmup_s, sweep=not no_sweep)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = out_dir or project.reports_dir / f"bench-{stamp}"
+    bench_mod.run_bench(plan, out, store, project.config)
+    if publish:
+        bench_mod.publish(out, publish)
+    click.echo((out / "report.md").read_text())
+    click.echo(f"report: {out / 'report.md'}  plot: {out / 'bench.png'}  data: {out / 'results.json'}")
 
 
 @cli.command("export-kserve")

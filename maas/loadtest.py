@@ -94,6 +94,7 @@ class LoadTest:
     version: str = ""
     workers: int = 0  # >0: Locust distributed mode, one master + N worker processes
     label: str = ""  # report folder suffix
+    payload: str = ""  # loadtests/payloads.py generator when not the model's own (benchmarks)
 
 
 def _float(row: dict[str, str], key: str) -> float:
@@ -214,7 +215,8 @@ def _free_port() -> int:
 def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path) -> list[list[str]]:
     """The Locust process(es): one headless runner, or a master plus test.workers workers."""
     slo = test.slo
-    custom = ["--model", test.model, "--model-version", test.version, "--key-file", str(key_file or ""),
+    custom = ["--model", test.model, "--model-version", test.version, "--payload", test.payload,
+              "--key-file", str(key_file or ""),
               "--warmup", str(slo.warmup_s)]
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
     runner = base + [

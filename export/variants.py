@@ -1,0 +1,127 @@
+"""Optimized variants of a verified FP32 model, each its own version with its accuracy cost.
+
+    opt    ONNX Runtime graph optimizations saved offline (a model may supply a better graph:
+           minilm's is the transformer-fused one, with Attention/SkipLayerNorm/BiasGelu ops)
+    int8   dynamic INT8 quantization for CPU: per-channel weights, weight MatMuls only
+           (quantizing activation x activation MatMuls, i.e. attention, cost minilm ~4x more)
+    fp16   FP16 weights and compute with FP32 inputs/outputs, for the CUDA provider
+
+Each model module measures the cost on held-out data (`variant_report`); a variant over its
+budget is refused, never built. The budget: minilm mean cosine vs FP32 >= 0.99; accuracy
+drop <= 1 point for the classifiers.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+
+log = logging.getLogger(__name__)
+
+VARIANTS = {
+    "opt": "ONNX Runtime graph optimizations applied offline",
+    "int8": "INT8 dynamic quantization (per-channel weights) for CPU",
+    "fp16": "FP16 weights and compute, FP32 inputs/outputs, for GPU",
+}
+
+
+class VariantError(Exception):
+    """The variant cannot be made, or costs more accuracy than its budget allows."""
+
+
+def ort_offline_optimize(src: Path, dst: Path) -> Path:
+    """ORT's own graph optimizations (extended level: fusions that run on every CPU), saved."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    return dst
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The exporter's recorded intermediate shapes can be specific to its sample batch, and the
+    # quantizer's strict shape inference rejects them: let it infer every shape afresh.
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    clean = dst.with_suffix(".noshapes.onnx")
+    onnx.save(model, str(clean))
+    quantize_dynamic(str(clean), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    clean.unlink()
+    return dst
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def make_variant(variant: str, fp32: Path, build_dir: Path, optimized_graph: Callable[[Path], Path] | None) -> Path:
+    """Write build_dir/model.<variant>.onnx from the verified FP32 file; returns its path.
+
+    `optimized_graph(dst)` is the model's own optimized FP32 graph when it has one; int8 and
+    fp16 start from it too, as ONNX Runtime's quantizer handles the fused ops.
+    """
+    if variant not in VARIANTS:
+        raise VariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    start = time.perf_counter()
+    with _quiet_ort_tools():
+        out = _make(variant, fp32, build_dir, optimized_graph)
+    log.info("%s variant written: %s (%.1f MB, %.1f s)", variant, out.name, out.stat().st_size / 1e6,
+             time.perf_counter() - start)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_ort_tools():
+    """ORT's optimizer and quantizer log every fused node and tensor type at INFO on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _make(variant: str, fp32: Path, build_dir: Path, optimized_graph: Callable[[Path], Path] | None) -> Path:
+    base = fp32
+    if optimized_graph is not None:
+        base = optimized_graph(build_dir / "model.opt.onnx")
+    elif variant == "opt":
+        base = ort_offline_optimize(fp32, build_dir / "model.opt.onnx")
+    out = base if variant == "opt" else build_dir / f"model.{variant}.onnx"
+    if variant == "int8":
+        quantize_int8(base, out)
+    elif variant == "fp16":
+        convert_fp16(base, out)
+    return out
+
+
+def check_budget(name: str, variant: str, report: dict[str, Any]) -> None:
+    if not report["within_budget"]:
+        raise VariantError(
+            f"{name} {variant}: {report['cost_metric']} cost {report['cost']:.4f} exceeds the budget "
+            f"{report['budget']:.4f}; not built")
+
+
+def held_out_outputs(path: Path, inputs: dict[str, Any], batch: int = 256) -> list[Any]:
+    """Every output of `path` on held-out inputs, run in batches on the CPU provider."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    n = len(next(iter(inputs.values())))
+    parts = [session.run(None, {k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
