@@ -168,6 +168,13 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5)
     }
 
 
+def baseline_record(records: Records) -> dict[str, Any]:
+    types, counts = np.unique(records.product_type, return_counts=True)
+    record: dict[str, Any] = {"type": str(types[counts.argmax()])}
+    record.update({f: round(float(np.median(records.numeric[:, j])), 1) for j, f in enumerate(NUMERIC_FIELDS)})
+    return record
+
+
 def split(n_records: int = 30_000, seed: int = 0) -> tuple[Records, Records]:
     """The 80/20 train/held-out split every build (and every variant's evaluation) uses."""
     data = generate(n_records, seed)
@@ -189,7 +196,7 @@ def variant_report(fp32: Path, variant: Path) -> dict[str, Any]:
             "auc_delta": cand["roc_auc"] - base["roc_auc"], "f1_delta": cand["f1"] - base["f1"]}
 
 
-def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60) -> Trained:
+def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60, hidden: int = 64) -> Trained:
     """Generate data, train the MLP, report held-out metrics for `failure`."""
     torch.manual_seed(seed)
     train_set, test_set = split(n_records, seed)
@@ -197,7 +204,7 @@ def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60) -> Trained:
     x = torch.from_numpy(train_set.features())
     y = torch.from_numpy(np.concatenate([train_set.failure[:, None], train_set.modes], axis=1).astype(np.float32))
     eng = MaintenanceNet.engineer(x)
-    model = MaintenanceNet(eng.mean(0), eng.std(0).clamp_min(1e-6))
+    model = MaintenanceNet(eng.mean(0), eng.std(0).clamp_min(1e-6), hidden=hidden)
     # Failures are ~4 % of records: weight positives so the rare modes are learned at all.
     pos_weight = ((1 - y.mean(0)) / y.mean(0).clamp_min(1e-3)).clamp(max=20.0).sqrt()
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
@@ -224,5 +231,8 @@ def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60) -> Trained:
         "failure_modes": list(FAILURE_MODES),
         "threshold": 0.5,
         "example_request": test_set.as_json(0),
+        # Explanations measure each reading against this typical record (most common type,
+        # median readings of the training split).
+        "explanation": {"baseline": baseline_record(train_set)},
     }
     return Trained(model, {"features": test_set.features()}, metrics, extra)

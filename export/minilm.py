@@ -7,6 +7,7 @@ checked against sentence-transformers itself on a varied set of sentences.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -91,8 +92,9 @@ class MeanPooledEncoder(nn.Module):
         return nn.functional.normalize(mean, p=2.0, dim=1)
 
 
+@functools.lru_cache(maxsize=1)
 def tokenizer():
-    """The `tokenizers` tokenizer the handler uses: truncation at 256, no padding."""
+    """The `tokenizers` tokenizer the handler uses: truncation at 256, no padding (loaded once)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))

@@ -188,6 +188,18 @@ def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec:
     return arrays, V2Request(str(request_id) if request_id is not None else None, names)
 
 
+MAX_EXPLAINED_ITEMS = 16
+
+
+def wants_explanation(context: Any, idx: int) -> bool:
+    """TorchServe marks requests to /explanations/<model> with the header explain: True."""
+    getter = getattr(context, "get_request_header", None)
+    try:
+        return getter is not None and str(getter(idx, "explain")) == "True"
+    except Exception:  # noqa: BLE001 - a context without headers is a prediction
+        return False
+
+
 def worker_threads(configured: int, max_workers: int) -> int:
     """Explicit intra-op threads: configured, else cores // workers, so workers x threads <= cores."""
     if configured and configured > 0:
@@ -225,6 +237,7 @@ class OrtHandler:
         self.manifest: dict[str, Any] = {}
         self.settings: dict[str, Any] = {}
         self.provider = "none"
+        self.use_io_binding = False
         self.output_names: list[str] = []
         self.model_version = ""
         self.initialized = False
@@ -263,7 +276,15 @@ class OrtHandler:
         self.provider = self.session.get_providers()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
         if props.get("gpu_id") is not None and self.provider == "CPUExecutionProvider":
-            log.warning("gpu_id %s was assigned but ONNX Runtime fell back to CPU", props.get("gpu_id"))
+            message = (f"gpu_id {props.get('gpu_id')} was assigned but ONNX Runtime fell back to CPU "
+                       f"(available: {ort.get_available_providers()}; CUDA 13 / cuDNN 9 libraries missing?)")
+            if self.settings.get("require_cuda", False):
+                raise RuntimeError(message + "; require_cuda is set, so this worker refuses to serve")
+            log.warning(message)
+        # IO binding: on CUDA, inputs are copied to the device once and outputs fetched once per
+        # batch, without ORT's per-run staging. "auto" = on CUDA only.
+        binding = self.settings.get("io_binding", "auto")
+        self.use_io_binding = self.provider == "CUDAExecutionProvider" if binding == "auto" else bool(binding)
         self._check_io()
         self._warm_up()
         self.initialized = True
@@ -327,9 +348,20 @@ class OrtHandler:
     def run(self, items: list[Arrays]) -> list[Arrays]:
         """ONE session.run for all items; returns each item's outputs."""
         feeds = self.collate(items)
-        outputs = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        outputs = dict(zip(self.output_names, self._session_run(feeds)))
         counts = [len(next(iter(it.values()))) for it in items]
         return self.split(outputs, counts)
+
+    def _session_run(self, feeds: Arrays) -> list[np.ndarray]:
+        if not self.use_io_binding:
+            return self.session.run(self.output_names, feeds)
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self.output_names:
+            binding.bind_output(name)  # allocated by the provider, on its device
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         """One response per request; a bad request gets its own 4xx, neighbours are served."""
@@ -340,6 +372,9 @@ class OrtHandler:
             v2 = None
             try:
                 body = request_body(request)
+                if wants_explanation(context, idx):
+                    responses[idx] = self._explain_one(context, idx, body)
+                    continue
                 v2 = looks_like_v2(body)
                 if v2 is not None:
                     inputs, meta = v2_tensors(v2, self.manifest["inputs"], self.manifest["outputs"], self.max_items())
@@ -399,6 +434,26 @@ class OrtHandler:
                 metrics.add_counter("MaasRejectedRequests", rejected, None, dims())
         except Exception:  # noqa: BLE001 - metrics must never fail a prediction
             log.warning("could not emit handler metrics", exc_info=True)
+
+    # ---- explanations (TorchServe's /explanations/<model>) -----------------------------
+    def explain(self, inputs: Arrays, meta: Any) -> Any:
+        """Subclasses answer with attributions computed by forward passes of the ONNX model."""
+        raise InputError(f"explanations are not available for {self.manifest.get('name')}", status=404)
+
+    def _explain_one(self, context: Any, idx: int, body: Any) -> str:
+        """One explanation request, on its own (it costs tens of forward passes, not one)."""
+        inputs, meta = self.preprocess(body)
+        if len(next(iter(inputs.values()))) > MAX_EXPLAINED_ITEMS:
+            raise InputError(f"explain at most {MAX_EXPLAINED_ITEMS} items per request", status=413)
+        try:
+            answer = self.explain(inputs, meta)
+        except InputError:
+            raise
+        except Exception:  # noqa: BLE001 - one failed explanation must not fail its batch
+            log.exception("explanation failed")
+            body = {"code": 500, "type": "InternalServerError", "message": "explanation failed for this request"}
+            return self._reply(context, idx, body, 500, "explanation failed")
+        return self._reply(context, idx, answer, 200, "OK")
 
     def _run_alone(self, inputs: Arrays) -> Arrays | None:
         try:

@@ -24,6 +24,8 @@ KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
 @events.init_command_line_parser.add_listener
 def _arguments(parser) -> None:
     parser.add_argument("--model", default="maintenance", env_var="MAAS_MODEL", help="model name to load")
+    parser.add_argument("--endpoint", default="predictions", choices=["predictions", "explanations"],
+                        env_var="MAAS_ENDPOINT", help="TorchServe inference API route to load")
     parser.add_argument("--payload", default="", env_var="MAAS_PAYLOAD",
                         help="payload generator (loadtests/payloads.py) [the model's own]")
     parser.add_argument("--model-version", default="", env_var="MAAS_MODEL_VERSION",
@@ -66,7 +68,8 @@ class ModelUser(FastHttpUser):
     def on_start(self) -> None:
         opts = self.environment.parsed_options
         self.model = opts.model
-        self.path = f"/predictions/{opts.model}" + (f"/{opts.model_version}" if opts.model_version else "")
+        self.path = f"/{opts.endpoint}/{opts.model}" + (f"/{opts.model_version}" if opts.model_version else "")
+        self.explaining = opts.endpoint == "explanations"
         self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000)
         self.keys = KeyFile(opts.key_file)
 
@@ -100,4 +103,7 @@ class ModelUser(FastHttpUser):
             body = resp.json()
         except ValueError:
             return "response is not JSON"
+        if self.explaining:
+            found = isinstance(body, dict) and ("attributions" in body or "occlusion" in body)
+            return None if found else f"not an explanation: {str(body)[:120]}"
         return self.payloads.check(body)

@@ -303,10 +303,12 @@ def run_bench(plan: BenchPlan, out_dir: Path, store: Path | None = None,
     from export.build import spec_of
     from maas.deploy import deploy, undeploy
 
+    out_dir = out_dir.resolve()  # TorchServe runs in out_dir/run: every path it gets is absolute
     out_dir.mkdir(parents=True, exist_ok=True)
     work, reports = out_dir / "work", out_dir / "locust"
-    store = store or out_dir / "store"
+    store = (store or out_dir / "store").resolve()
     store.mkdir(parents=True, exist_ok=True)
+    work.mkdir(exist_ok=True)
     for stale in store.glob("sweep-*.mar"):
         stale.unlink()
     log.info("bench: building archives into %s (existing ones are reused)", store)
@@ -326,7 +328,7 @@ def run_bench(plan: BenchPlan, out_dir: Path, store: Path | None = None,
                 deploy(ts.client, store, served.model, served.version)
             result.equivalence.update(check_equivalence(ts, (family,)))
             # One configuration registered at a time: idle workers of the others stay out of its run.
-            for served in configs:
+            for served in reversed(configs):  # TorchServe refuses to drop a default version first
                 undeploy(ts.client, served.model, served.version)
             for served in configs:
                 deploy(ts.client, store, served.model, served.version)

@@ -81,12 +81,28 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
 @click.option("--variant", type=click.Choice(["opt", "int8", "fp16"]),
               help="also build this optimized variant as version <version>-<variant>: opt (ORT graph "
                    "optimizations), int8 (dynamic quantization, CPU), fp16 (GPU); refused over its accuracy budget")
-def build(models: tuple[str, ...], version: str | None, seed: int | None, variant: str | None) -> None:
+@click.option("--ensemble", type=click.IntRange(2, 16),
+              help="build N maintenance members (seeds 0..N-1) and the maintenance-ensemble workflow (.war); "
+                   "refused unless the ensemble's held-out AUROC is at least its best member's")
+def build(models: tuple[str, ...], version: str | None, seed: int | None, variant: str | None,
+          ensemble: int | None) -> None:
     """Train (or load), export to ONNX, verify and package MODELS (default: all) into the model store."""
     from export.build import MODELS, build as build_model
     from export.variants import VariantError
 
     project: Project = click.get_current_context().obj
+    if ensemble:
+        from export.ensemble import build_ensemble
+
+        result = build_ensemble(ensemble, project.build_dir, project.model_store, project.workflow_store)
+        rec = result.record
+        for name, m in [*rec["members"].items(), ("ensemble", rec["ensemble"])]:
+            click.echo(f"  {name:9s} AUROC {m['roc_auc']:.4f}  F1 {m['f1']:.4f}  accuracy {m['accuracy']:.4f}")
+        if not result.built:
+            raise click.ClickException(f"the ensemble's AUROC is below its best member's; no workflow built; "
+                                       f"keep {rec['member_archives'][rec['best_member']]}")
+        click.echo(f"built {result.war}: `maas deploy maintenance-ensemble`, then POST /wfpredict/maintenance-ensemble")
+        return
     for name in models or tuple(MODELS):
         try:
             result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed,
@@ -188,6 +204,11 @@ def deploy(project: Project, model: str, version: str | None, workers: int, batc
            max_batch_delay: int | None, timeout: float) -> None:
     """Register MODEL's archive from the model store and wait until its workers are READY."""
     started = time.monotonic()
+    if version is None and deploy_ops.workflow_archive(project.workflow_store, model) is not None:
+        described = deploy_ops.deploy_workflow(project.server().client, project.workflow_store, model, timeout)
+        click.echo(f"deployed workflow {model} in {time.monotonic() - started:.1f} s: "
+                   f"POST /wfpredict/{model}\n{json.dumps(described, indent=2)}")
+        return
     desc = deploy_ops.deploy(project.server().client, project.model_store, model, version, workers,
                              batch_size, max_batch_delay, timeout)
     click.echo(f"deployed {desc['modelName']} {desc['modelVersion']} in {time.monotonic() - started:.1f} s")
@@ -226,8 +247,13 @@ def set_default(project: Project, model: str, version: str) -> None:
 @click.option("--version", "version", help="version to remove [the default version]")
 @click.pass_obj
 def undeploy(project: Project, model: str, version: str | None) -> None:
-    """Unregister one version of MODEL (retries while its workers finish requests)."""
-    removed = deploy_ops.undeploy(project.server().client, model, version)
+    """Unregister one version of MODEL (retries while its workers finish requests), or a workflow."""
+    client = project.server().client
+    if version is None and model in deploy_ops.registered_workflows(client):
+        deploy_ops.undeploy_workflow(client, model)
+        click.echo(f"undeployed workflow {model}")
+        return
+    removed = deploy_ops.undeploy(client, model, version)
     click.echo(f"undeployed {model} {removed}")
 
 
@@ -284,12 +310,13 @@ def slo_options(command: Any) -> Any:
 @click.argument("model")
 @slo_options
 @click.option("--version", "version", default="", help="model version to target [default version]")
+@click.option("--explanations", is_flag=True, help="load /explanations/MODEL instead of /predictions/MODEL")
 @click.option("--find-capacity", is_flag=True, help="step users 1, 2, 4, ... until an SLO breaks")
 @click.option("--max-users", default=64, show_default=True, help="capacity search: the last step")
 @click.option("--step-time", default=10, show_default=True, help="capacity search: measured seconds per step")
 @click.pass_obj
 def loadtest(project: Project, model: str, slo_file: str | None, version: str, locust_workers: int,
-             find_capacity: bool, max_users: int, step_time: int, **overrides: Any) -> None:
+             explanations: bool, find_capacity: bool, max_users: int, step_time: int, **overrides: Any) -> None:
     """Load-test MODEL with Locust against its SLO; exit 0 only when every SLO holds."""
     from maas.loadtest import LoadTest
 
@@ -305,7 +332,9 @@ def loadtest(project: Project, model: str, slo_file: str | None, version: str, l
                                                if best else "no step held the SLO"))
         click.echo(f"report: {result['path']}")
         sys.exit(0 if best else 1)
-    summary = _loadtest(project, LoadTest(model, slo, version, locust_workers))
+    endpoint = "explanations" if explanations else "predictions"
+    summary = _loadtest(project, LoadTest(model, slo, version, locust_workers,
+                                          label="explanations" if explanations else "", endpoint=endpoint))
     if not summary["passed"]:
         sys.exit(1)
 

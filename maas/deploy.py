@@ -201,3 +201,25 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['model']:<14}{r['version']:<9}{'*' if r['default'] else '':<8}{r['batch_size']:>6}"
                      f"{r['max_batch_delay_ms']:>6}  {r['device']:<7}{workers}")
     return "\n".join(lines)
+
+
+# ---- workflows (TorchServe .war: a DAG of models and functions, e.g. maintenance-ensemble) ----
+def workflow_archive(workflow_store: Path, name: str) -> Path | None:
+    path = workflow_store / f"{name}.war"
+    return path if path.is_file() else None
+
+
+def registered_workflows(client: TorchServeClient) -> list[str]:
+    return [w["workflowName"] for w in client.management("GET", "/workflows").get("workflows", [])]
+
+
+def deploy_workflow(client: TorchServeClient, workflow_store: Path, name: str, timeout: float = 300.0) -> dict[str, Any]:
+    """Register <name>.war from the workflow store by name; its member models load with it."""
+    if workflow_archive(workflow_store, name) is None:
+        raise ServeError(f"no workflow archive {name}.war in {workflow_store}: build it (`maas build --ensemble N`)")
+    client.management("POST", "/workflows", params={"url": f"{name}.war"}, timeout=timeout)
+    return client.management("GET", f"/workflows/{name}")
+
+
+def undeploy_workflow(client: TorchServeClient, name: str) -> None:
+    client.management("DELETE", f"/workflows/{name}", timeout=120)

@@ -264,7 +264,7 @@ def write_storage(folder: Path, spec: ModelSpec, project_config: Path, model_sto
     if metrics:
         shutil.copy(project_config.parent / metrics, config / "metrics.yaml")
     wanted = archive_name(spec, version)
-    found = [a for a in store_archives(model_store)] if model_store and model_store.is_dir() else []
+    found = store_archives(model_store) if model_store and model_store.is_dir() else []
     match = next((a.path for a in found if a.path.name == wanted), None)
     if match is None:
         return None

@@ -95,6 +95,7 @@ class LoadTest:
     workers: int = 0  # >0: Locust distributed mode, one master + N worker processes
     label: str = ""  # report folder suffix
     payload: str = ""  # loadtests/payloads.py generator when not the model's own (benchmarks)
+    endpoint: str = "predictions"  # or "explanations"
 
 
 def _float(row: dict[str, str], key: str) -> float:
@@ -216,6 +217,7 @@ def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path)
     """The Locust process(es): one headless runner, or a master plus test.workers workers."""
     slo = test.slo
     custom = ["--model", test.model, "--model-version", test.version, "--payload", test.payload,
+              "--endpoint", test.endpoint,
               "--key-file", str(key_file or ""),
               "--warmup", str(slo.warmup_s)]
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
@@ -277,7 +279,8 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
     if not Path(f"{prefix}_stats.csv").exists():
         raise RuntimeError(f"Locust wrote no statistics (exit {procs[0].returncode}); see {out / 'locust.log'}")
 
-    summary: dict[str, Any] = {"model": test.model, "model_version": test.version or "default", **read_aggregate(prefix)}
+    summary: dict[str, Any] = {"model": test.model, "model_version": test.version or "default",
+                               "endpoint": test.endpoint, **read_aggregate(prefix)}
     summary["errors_by_status"] = read_errors(prefix)
     summary["error_ratio"] = summary["failures"] / summary["requests"] if summary["requests"] else 1.0
     summary.update(

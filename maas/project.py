@@ -37,5 +37,13 @@ class Project:
             reports_dir=pick(reports_dir, "MAAS_REPORTS_DIR", root / "reports"),
         )
 
+    @property
+    def workflow_store(self) -> Path:
+        """config.properties' workflow_store (relative to the config), else <root>/workflow_store."""
+        from maas.properties import read_properties, resolve_paths
+
+        props = resolve_paths(read_properties(self.config), self.config.parent) if self.config.exists() else {}
+        return Path(props.get("workflow_store") or self.root / "workflow_store")
+
     def server(self) -> TorchServe:
         return TorchServe(ServerLayout(self.config, self.model_store, self.run_dir))

@@ -163,6 +163,10 @@ class FakeContext:
         self.manifest = {"model": {"modelName": name, "modelVersion": "1.0"}}
         self.status: dict[int, tuple[int, str]] = {}
         self.headers: dict[int, dict[str, str]] = {}
+        self.request_headers: dict[int, dict[str, str]] = {}  # what TorchServe sets, e.g. explain: True
+
+    def get_request_header(self, idx: int, key: str) -> str | None:
+        return self.request_headers.get(idx, {}).get(key)
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
         self.status[idx] = (code, phrase)

@@ -167,3 +167,30 @@ def test_preprocess_raises_only_input_error(maintenance_handler, payload) -> Non
     feats = inputs["features"]
     assert feats.dtype == np.float32 and feats.shape[1] == 8 and np.isfinite(feats).all()
     assert all(math.isfinite(v) for v in feats.ravel())
+
+
+def test_io_binding_gives_the_same_answers(maintenance_handler) -> None:
+    feeds = {"features": m.generate(5, seed=3).features()}
+    plain = maintenance_handler._session_run(feeds)
+    maintenance_handler.use_io_binding = True  # "auto" turns it on for CUDA only; CPU can run it too
+    bound = maintenance_handler._session_run(feeds)
+    for a, b in zip(plain, bound):
+        assert np.array_equal(a, b)
+
+
+def test_a_silent_cpu_fallback_fails_loudly_when_cuda_is_required(model_dir: Path) -> None:
+    import yaml
+
+    from maintenance import MaintenanceHandler
+
+    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    config["handler"]["require_cuda"] = True
+    ctx = FakeContext(model_dir, yaml_config=config)
+    ctx.system_properties["gpu_id"] = 0
+    handler = MaintenanceHandler()
+    try:
+        handler.initialize(ctx)
+    except RuntimeError as exc:
+        assert "fell back to CPU" in str(exc) and "require_cuda" in str(exc)
+    else:  # a machine whose ORT really runs CUDA
+        assert handler.provider == "CUDAExecutionProvider" and handler.use_io_binding
