@@ -52,3 +52,17 @@ def test_explanation_latency_is_load_tested(server, tmp_path) -> None:
         assert summary["passed"], summary["broken"]
         assert summary["endpoint"] == "explanations"
         assert (folder / "summary.json").exists() and summary["requests"] > 10
+
+
+def test_explanations_get_their_own_workers_under_another_name(server) -> None:
+    """The documented setup: the same archive registered as maintenance-explain, so explanation
+    traffic has its own workers and queue and cannot starve /predictions/maintenance."""
+    server.client.management("POST", "/models", params={"url": "maintenance.mar", "model_name": "maintenance-explain",
+                                                        "initial_workers": 1, "synchronous": "true"}, timeout=120)
+    try:
+        resp = explain(server, "maintenance-explain", json.dumps(HDF).encode())
+        assert resp.status_code == 200 and "attributions" in resp.json()
+        names = {m["modelName"] for m in server.client.list_models()}
+        assert {"maintenance", "maintenance-explain"} <= names
+    finally:
+        server.client.management("DELETE", "/models/maintenance-explain", timeout=120)
