@@ -79,7 +79,7 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
               help="version to stamp; writes <model>-<version>.mar beside the others [the spec's version]")
 @click.option("--seed", type=int, help="training seed, e.g. for a second training as a new version")
 @click.option("--variant", type=click.Choice(["opt", "int8", "fp16"]),
-              help="also build this optimized variant as version <version>-<variant>: opt (ORT graph "
+              help="build this optimized variant (from a verified FP32 export) as version <version>-<variant>: opt (ORT graph "
                    "optimizations), int8 (dynamic quantization, CPU), fp16 (GPU); refused over its accuracy budget")
 @click.option("--ensemble", type=click.IntRange(2, 16),
               help="build N maintenance members (seeds 0..N-1) and the maintenance-ensemble workflow (.war); "
