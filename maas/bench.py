@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from maas.loadtest import SLO, LoadTest, Thresholds, run as run_locust
-from maas.properties import read_properties, write_properties
+from maas.properties import on_free_loopback_ports, read_properties, write_properties
 from maas.server import ServerLayout, TorchServe
 
 log = logging.getLogger(__name__)
@@ -264,18 +264,8 @@ def check_equivalence(ts: TorchServe, families: tuple[str, ...]) -> dict[str, An
 
 def bench_server(store: Path, run_dir: Path, config: Path) -> TorchServe:
     """The project's config on free loopback ports, on the bench store, loading nothing at start."""
-    import socket
-
-    props = read_properties(config)
-    ports = []
-    for _ in range(5):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    props.update(inference_address=f"http://127.0.0.1:{ports[0]}", management_address=f"http://127.0.0.1:{ports[1]}",
-                 metrics_address=f"http://127.0.0.1:{ports[2]}", grpc_inference_port=str(ports[3]),
-                 grpc_management_port=str(ports[4]),
-                 metrics_config=str((config.parent / props.get("metrics_config", "metrics.yaml")).resolve()))
+    props = on_free_loopback_ports(read_properties(config))
+    props.update(metrics_config=str((config.parent / props.get("metrics_config", "metrics.yaml")).resolve()))
     run_dir.mkdir(parents=True, exist_ok=True)
     props.pop("load_models", None)  # configurations are registered one at a time
     write_properties(run_dir / "config.properties", props, header="maas bench server")

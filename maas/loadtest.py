@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from maas.properties import free_loopback_ports
+
 log = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "loadtests" / "locustfile.py"
@@ -205,14 +207,6 @@ def _progress(prefix: Path, started: float) -> None:
                  r["User Count"], _float(r, "Requests/s"), r["95%"], r["Total Failure Count"])
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path) -> list[list[str]]:
     """The Locust process(es): one headless runner, or a master plus test.workers workers."""
     slo = test.slo
@@ -229,7 +223,7 @@ def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path)
     ]
     if test.workers <= 0:
         return [runner]
-    port = _free_port()
+    port = free_loopback_ports(1)[0]
     master = runner + ["--master", "--expect-workers", str(test.workers), "--expect-workers-max-wait", "60",
                        "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)]
     worker = base + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port), *custom]

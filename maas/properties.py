@@ -1,6 +1,7 @@
 """Read and write TorchServe's config.properties (Java properties, key=value lines)."""
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -54,3 +55,22 @@ class Endpoints:
 
     def ports(self) -> list[int]:
         return [urlsplit(u).port or 80 for u in (self.inference, self.management, self.metrics)]
+
+
+def free_loopback_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 right now (all held open until all are picked)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def on_free_loopback_ports(props: dict[str, str]) -> dict[str, str]:
+    """props with the three HTTP APIs and both gRPC ports moved to free loopback ports."""
+    inf, mgmt, met, g1, g2 = free_loopback_ports(5)
+    return {**props, "inference_address": f"http://127.0.0.1:{inf}", "management_address": f"http://127.0.0.1:{mgmt}",
+            "metrics_address": f"http://127.0.0.1:{met}", "grpc_inference_port": str(g1), "grpc_management_port": str(g2)}

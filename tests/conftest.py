@@ -21,32 +21,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "handlers"))  # handlers import each other flat, as inside a .mar
 
-from maas.properties import read_properties, resolve_paths, write_properties  # noqa: E402
+from maas.properties import (free_loopback_ports, on_free_loopback_ports, read_properties,  # noqa: E402
+                             resolve_paths, write_properties)
 from maas.server import ServerLayout, TorchServe  # noqa: E402
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    return free_loopback_ports(n)
 
 
 def server_config(path: Path, **overrides: str) -> Path:
     """The project's config.properties on free loopback ports (plus overrides)."""
-    props = resolve_paths(read_properties(ROOT / "config.properties"), ROOT)
-    inf, mgmt, met, g1, g2 = free_ports(5)
-    props.update(
-        inference_address=f"http://127.0.0.1:{inf}",
-        management_address=f"http://127.0.0.1:{mgmt}",
-        metrics_address=f"http://127.0.0.1:{met}",
-        grpc_inference_port=str(g1),
-        grpc_management_port=str(g2),
-    )
+    props = on_free_loopback_ports(resolve_paths(read_properties(ROOT / "config.properties"), ROOT))
     props.update(overrides)
     write_properties(path, props, header="test copy of config.properties with free ports")
     return path

@@ -10,12 +10,12 @@ import pytest
 import requests
 import tritonclient.http as triton
 
-from conftest import Built, free_ports
+from conftest import Built
 from export import maintenance, minilm
 from export.build import spec_of
 from maas.config_audit import audit
 from maas.kube import MOUNT, _probes, export_all
-from maas.properties import read_properties, write_properties
+from maas.properties import on_free_loopback_ports, read_properties, write_properties
 from maas.server import ServerLayout, TorchServe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,9 +36,7 @@ def local_copy(tree: Path, into: Path) -> Path:
     props = read_properties(tree / "config" / "config.properties")
     for key, value in props.items():
         props[key] = value.replace(MOUNT, str(tree))
-    inf, mgmt, met, g1, g2 = free_ports(5)
-    props.update(inference_address=f"http://127.0.0.1:{inf}", management_address=f"http://127.0.0.1:{mgmt}",
-                 metrics_address=f"http://127.0.0.1:{met}", grpc_inference_port=str(g1), grpc_management_port=str(g2))
+    props = on_free_loopback_ports(props)
     path = into / "config.properties"
     write_properties(path, props)
     return path
