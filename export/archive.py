@@ -20,6 +20,8 @@ from export.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 HANDLERS_DIR = Path(__file__).resolve().parents[1] / "handlers"
+# Shipped in every archive: the ORT base handler and the one module that sets statuses and headers.
+BASE_HANDLER_FILES = ("ort_base.py", "http_reply.py")
 # Pickled files can run code when loaded; an archive of ours never carries one.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".joblib")
 
@@ -89,7 +91,8 @@ def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, a
     called, so versions sit side by side as model_store/<archive_name>.mar.
     """
     model_store.mkdir(parents=True, exist_ok=True)
-    extra_files = [handlers_dir / f for f in spec.handler_support_files] + [build_dir / "manifest.json"]
+    support = dict.fromkeys([*BASE_HANDLER_FILES, *spec.handler_support_files])
+    extra_files = [handlers_dir / f for f in support] + [build_dir / "manifest.json"]
     extra_files += sorted(p for p in (build_dir / "assets").glob("*") if p.is_file()) if (build_dir / "assets").is_dir() else []
     cmd = [
         sys.executable, "-m", "model_archiver.model_packaging",

@@ -98,8 +98,8 @@ def package_workflow(work: Path, workflow_store: Path, name: str = WORKFLOW, han
     cmd = [sys.executable, "-m", "workflow_archiver.workflow_packaging", "--workflow-name", name,
            "--spec-file", str(work / "workflow.yaml"), "--handler", str(handler),
            "--export-path", str(workflow_store), "-f"]
-    if (work / "ensemble.json").exists():
-        cmd += ["--extra-files", str(work / "ensemble.json")]
+    extra = [handler.parent / "http_reply.py"] + ([work / "ensemble.json"] if (work / "ensemble.json").exists() else [])
+    cmd += ["--extra-files", ",".join(str(p) for p in extra)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"torch-workflow-archiver failed: {done.stderr.strip() or done.stdout.strip()}")

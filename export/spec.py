@@ -59,7 +59,9 @@ class ModelSpec:
     # Parity runs on sizes other than the export one, so dynamic axes must really be dynamic:
     # each case gives a size per symbolic axis (rows cycle for "batch", others are cut).
     parity_cases: tuple[dict[str, int], ...] = ({"batch": 1}, {"batch": 7}, {"batch": 64})
-    handler_support_files: tuple[str, ...] = ("ort_base.py",)
+    # handlers/ modules this model's handler imports beyond the base ones every archive carries
+    # (export.archive.BASE_HANDLER_FILES: ort_base.py, http_reply.py)
+    handler_support_files: tuple[str, ...] = ()
     serving: ServingSpec = field(default_factory=ServingSpec)
 
     @property

@@ -6,9 +6,15 @@
 single model does). `aggregate` gets one JSON answer per member, keyed by member node name,
 and returns the mean failure probability f(x) = 1/N sum g_i(x), each member's answer and
 their spread. TorchServe runs these functions one request at a time.
+
+TorchServe 0.12 answers every workflow prediction with HTTP 200 whatever status a node sets:
+a client's mistake (a member's 4xx) comes back as the member's JSON error body; a member that
+failed on its side makes `aggregate` raise, which TorchServe turns into a 500.
 """
 import json
 import statistics
+
+from http_reply import json_body, set_status
 
 THRESHOLD = 0.5
 
@@ -16,7 +22,8 @@ THRESHOLD = 0.5
 def pre(data, context):
     if not data:  # TorchServe calls every function node once with no data when it loads
         return None
-    return [row.get("data") or row.get("body") for row in data]
+    # A falsy body ([] or 0) is still the client's body: members answer it with their own 400.
+    return [row["data"] if row.get("data") is not None else row.get("body", b"") for row in data]
 
 
 def _record_answer(per_member):
@@ -44,14 +51,19 @@ def aggregate(data, context):
     for idx, row in enumerate(data):
         answers = {node: json.loads(value) for node, value in row.items()}
         errors = [a for a in answers.values() if isinstance(a, dict) and "failure_probability" not in a]
+        failed = [a for a in errors if not (isinstance(a.get("code"), int) and 400 <= a["code"] < 500)]
+        if failed:
+            # A member failed on its side (not the client's mistake): TorchServe 0.12 answers every
+            # workflow prediction with 200, so only an exception makes this a 5xx for the client.
+            raise RuntimeError(f"an ensemble member failed: {str(failed[0].get('message'))[:200]}")
         if errors:  # every member validates the same way: pass the first member's 4xx on, status included
-            code = int(errors[0].get("code", 400))
-            context.set_response_status(code, str(errors[0].get("message", "bad request"))[:200], idx)
-            out.append(errors[0])
+            code = errors[0].get("code")
+            set_status(context, idx, code if isinstance(code, int) and 400 <= code < 600 else 400)
+            out.append(json_body(errors[0]))
             continue
         first = next(iter(answers.values()))
         if isinstance(first, list):  # a list of records: combine record by record
-            out.append([_record_answer({node: a[i] for node, a in answers.items()}) for i in range(len(first))])
+            out.append(json_body([_record_answer({node: a[i] for node, a in answers.items()}) for i in range(len(first))]))
         else:
-            out.append(_record_answer(answers))
+            out.append(json_body(_record_answer(answers)))
     return out

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ort_base import Arrays, InputError, OrtHandler, parse_json
+from ort_base import Arrays, InputError, OrtHandler, parse_json, unicode_text
 from tokenizers import Tokenizer
 
 MAX_TEXT_CHARS = 100_000  # truncation keeps 256 tokens; don't tokenize megabytes to get them
@@ -26,7 +26,7 @@ class MiniLMHandler(OrtHandler):
 
     def texts(self, body: Any) -> tuple[list[str], bool]:
         if isinstance(body, str) and not body.lstrip().startswith("{"):
-            return [body], True  # text/plain: TorchServe already decoded it
+            return [unicode_text(body, "text")], True  # text/plain: TorchServe already decoded it
         payload = parse_json(body)
         if not isinstance(payload, dict):
             raise InputError('body must be {"text": "..."} or {"texts": ["...", ...]}')
@@ -36,9 +36,7 @@ class MiniLMHandler(OrtHandler):
         if ("text" in payload) == ("texts" in payload):
             raise InputError("send exactly one of 'text' or 'texts'", "text")
         if "text" in payload:
-            if not isinstance(payload["text"], str):
-                raise InputError(f"must be a string, got {type(payload['text']).__name__}", "text")
-            return [payload["text"]], True
+            return [unicode_text(payload["text"], "text")], True
         texts = payload["texts"]
         if not isinstance(texts, list):
             raise InputError(f"must be a list of strings, got {type(texts).__name__}", "texts")
@@ -46,10 +44,7 @@ class MiniLMHandler(OrtHandler):
             raise InputError("empty list: send at least one text", "texts")
         if len(texts) > self.max_items():
             raise InputError(f"{len(texts)} texts in one request; the limit is {self.max_items()}", "texts", 413)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"must be a string, got {type(t).__name__}", f"texts[{i}]")
-        return texts, False
+        return [unicode_text(t, f"texts[{i}]") for i, t in enumerate(texts)], False
 
     def preprocess(self, body: Any) -> tuple[Arrays, bool]:
         texts, single = self.texts(body)

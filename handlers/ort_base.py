@@ -29,22 +29,33 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from http_reply import reply
 
 log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
 
 
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
 class InputError(ValueError):
-    """A client's mistake: answered with `status` (4xx) and a JSON body naming the field."""
+    """A client's mistake: answered with `status` (4xx) and a JSON body naming the field.
+
+    Messages and field names often quote what the client sent; both are clipped, so an error
+    body stays small (TorchServe's v2 route resets the connection on a 4xx body over 128 KiB).
+    """
 
     def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+        message, field = clip(message, 500), None if field is None else clip(str(field), 200)
         super().__init__(message)
         self.message, self.field, self.status = message, field, status
 
@@ -98,6 +109,8 @@ def parse_json(body: Any) -> Any:
             raise InputError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         except RecursionError:
             raise InputError("request body is JSON nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"request body could not be read as JSON: {str(exc)[:120]}") from None
     raise InputError(f"unsupported request body of type {type(body).__name__}")
 
 
@@ -114,6 +127,19 @@ def finite_number(value: Any, field: str, limits: tuple[float, float] | None = N
     if limits is not None and not limits[0] <= number <= limits[1]:
         raise InputError(f"{number:g} is outside the accepted range [{limits[0]:g}, {limits[1]:g}]", field)
     return number
+
+
+def unicode_text(value: Any, field: str) -> str:
+    """A string that is valid Unicode: JSON can carry lone surrogates ("\\ud83d"), which no UTF-8
+    consumer (a tokenizer, a log line, TorchServe's framing) can encode."""
+    if not isinstance(value, str):
+        raise InputError(f"must be a string, got {type(value).__name__}", field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"contains a lone surrogate (U+{ord(value[exc.start]):04X} at character {exc.start}); "
+                         "send valid Unicode text", field) from None
+    return value
 
 
 V2_DATATYPES = {"FP32": "float32", "FP16": "float16", "INT64": "int64", "INT32": "int32", "BOOL": "bool"}
@@ -189,6 +215,10 @@ def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec:
 
 
 MAX_EXPLAINED_ITEMS = 16
+INTERNAL_ERROR = {"code": 500, "type": "InternalServerError", "message": "inference failed for this request"}
+# TorchServe's frontend drops a worker whose batch answer exceeds max_response_size
+# (config.properties: 8 MiB); the handler keeps each batch under this, by default 6 MiB.
+DEFAULT_BATCH_RESPONSE_BYTES = 6 * 1024 * 1024
 
 
 def wants_explanation(context: Any, idx: int) -> bool:
@@ -229,6 +259,27 @@ def choose_providers(gpu_id: Any, use_tensorrt: bool = False) -> list[Any]:
     return providers
 
 
+def note_worker_start(model_dir: Path) -> bool:
+    """Record this worker's start; True when it replaces a worker that died.
+
+    TorchServe restarts a dead worker on the same socket (`--sock-name .../.ts.sock.9000`),
+    while a new worker (scale-up) gets a socket of its own, and every worker of a registered
+    model shares one unpacked model_dir: a marker per socket there tells a restart apart.
+    """
+    argv = sys.argv
+    sock = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--sock-name", "--port")), None)
+    if sock is None:  # not a TorchServe worker (tests, tools)
+        return False
+    marker = model_dir / ".maas-worker-starts" / Path(sock).name
+    try:
+        restarted = marker.exists()
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
+    except OSError:  # a read-only model dir: restarts stay visible in TorchServe's log
+        return False
+    return restarted
+
+
 class OrtHandler:
     """Template-method TorchServe handler around one ONNX Runtime session."""
 
@@ -251,6 +302,7 @@ class OrtHandler:
         self.settings = dict(yaml_config.get("handler") or {})
         self.model_version = str((getattr(context, "manifest", None) or {}).get("model", {}).get("modelVersion", ""))
 
+        self.restarted = note_worker_start(model_dir)
         self.setup(model_dir)
         model_path = model_dir / self.manifest["model_file"]
         actual = sha256_file(model_path)
@@ -287,6 +339,7 @@ class OrtHandler:
         self.use_io_binding = self.provider == "CUDAExecutionProvider" if binding == "auto" else bool(binding)
         self._check_io()
         self._warm_up()
+        self._emit_start_metrics(context)
         self.initialized = True
         log.info("%s %s ready: provider %s, intra-op threads %d, sha256 %s",
                  self.manifest["name"], self.model_version, self.provider, threads, actual[:12])
@@ -364,7 +417,11 @@ class OrtHandler:
         return binding.copy_outputs_to_cpu()
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
-        """One response per request; a bad request gets its own 4xx, neighbours are served."""
+        """One response per request; a bad request gets its own 4xx, neighbours are served.
+
+        Nothing a request contains may raise out of here: TorchServe answers an exception with
+        a 503 for the whole batch. Unforeseen failures become that request's own 500 (logged).
+        """
         started = time.perf_counter()
         responses: list[Any] = [None] * len(data)
         good: list[tuple[int, Arrays, Any]] = []
@@ -384,7 +441,10 @@ class OrtHandler:
                 good.append((idx, inputs, meta))
             except InputError as err:
                 error = err.to_dict() if v2 is None else {"error": err.message, **err.to_dict()}
-                responses[idx] = self._reply(context, idx, error, err.status, err.message)
+                responses[idx] = self._reply(context, idx, error, err.status)
+            except Exception:  # noqa: BLE001 - a bug of ours, but only this request may pay for it
+                log.exception("request %d: unexpected failure while reading it", idx)
+                responses[idx] = self._reply(context, idx, INTERNAL_ERROR, 500)
         parsed = time.perf_counter()
 
         items = 0
@@ -397,43 +457,78 @@ class OrtHandler:
             inferred = time.perf_counter()
             for (idx, inputs, meta), outputs in zip(good, results):
                 items += len(next(iter(inputs.values())))
-                if outputs is None:
-                    body = {"code": 500, "type": "InternalServerError", "message": "inference failed for this request"}
-                    responses[idx] = self._reply(context, idx, body, 500, "inference failed")
-                else:
-                    answer = self.v2_response(outputs, meta) if isinstance(meta, V2Request) else self.postprocess(outputs, meta)
-                    responses[idx] = self._reply(context, idx, answer, 200, "OK")
+                responses[idx] = self._answer(context, idx, outputs, meta)
         else:
             inferred = parsed
+        self._cap_response_sizes(context, responses)
         done = time.perf_counter()
         self._emit_metrics(context, (parsed - started) * 1000, (inferred - parsed) * 1000, (done - inferred) * 1000,
                            len(data), items, len(data) - len(good))
         return responses
 
-    def _emit_metrics(self, context: Any, pre_ms: float, inf_ms: float, post_ms: float,
-                      requests: int, items: int, rejected: int) -> None:
-        """Per-batch handler metrics (declared in metrics.yaml; exported by TorchServe's metrics API)."""
+    def _answer(self, context: Any, idx: int, outputs: Arrays | None, meta: Any) -> str:
+        if outputs is None:
+            return self._reply(context, idx, INTERNAL_ERROR, 500)
+        try:
+            answer = self.v2_response(outputs, meta) if isinstance(meta, V2Request) else self.postprocess(outputs, meta)
+            return self._reply(context, idx, answer, 200)
+        except InputError as err:  # e.g. an answer that cannot be expressed for this request
+            return self._reply(context, idx, err.to_dict(), err.status)
+        except Exception:  # noqa: BLE001
+            log.exception("request %d: postprocessing failed", idx)
+            return self._reply(context, idx, INTERNAL_ERROR, 500)
+
+    def _cap_response_sizes(self, context: Any, responses: list[Any]) -> None:
+        """TorchServe drops a worker whose batch response exceeds the frontend's max_response_size:
+        replace the largest answers by a 413 until the batch fits (neighbours keep theirs)."""
+        budget = int(self.settings.get("max_batch_response_bytes", DEFAULT_BATCH_RESPONSE_BYTES))
+        sizes = [len(r) if isinstance(r, (str, bytes)) else 0 for r in responses]
+        while sum(sizes) > budget:
+            idx = max(range(len(sizes)), key=sizes.__getitem__)
+            body = InputError(f"the answer is {sizes[idx]} bytes, more than this model may send in one batch "
+                              f"({budget}); send fewer items per request", status=413).to_dict()
+            responses[idx] = self._reply(context, idx, body, 413)
+            sizes[idx] = len(responses[idx])
+
+    def _emit_start_metrics(self, context: Any) -> None:
+        """MaasWorkerRestarts: +1 when this worker replaces one that died (0 on a first start, so
+        the series exists before the first restart and a Prometheus increase() can fire on it)."""
+        if self.restarted:
+            log.warning("%s: this worker replaces one that died (see ts_log.log)", self.manifest.get("name"))
+        self._metric(context, lambda m, dims: m.add_counter("MaasWorkerRestarts", int(self.restarted), None, dims()))
+
+    def _metric(self, context: Any, emit: Any) -> None:
         metrics = getattr(context, "metrics", None)
         if metrics is None:  # outside TorchServe (unit tests)
             return
-        from ts.metrics.dimension import Dimension
-        from ts.metrics.metric_type_enum import MetricTypes
 
         def dims() -> list:  # TorchServe appends to the list it is given: a fresh one per call
+            from ts.metrics.dimension import Dimension
+
             return [Dimension("ModelName", self.manifest.get("name", "")), Dimension("Level", "Model"),
                     Dimension("Provider", self.provider)]
 
         try:
-            metrics.add_time("MaasPreprocessMs", pre_ms, None, "ms", dims())
-            metrics.add_time("MaasInferenceMs", inf_ms, None, "ms", dims())
-            metrics.add_time("MaasPostprocessMs", post_ms, None, "ms", dims())
-            metrics.add_metric("MaasBatchRequests", requests, "count", None, dims(), MetricTypes.GAUGE)
-            metrics.add_metric("MaasBatchItems", items, "count", None, dims(), MetricTypes.GAUGE)
-            metrics.add_counter("MaasRequests", requests, None, dims())
-            if rejected:
-                metrics.add_counter("MaasRejectedRequests", rejected, None, dims())
+            emit(metrics, dims)
         except Exception:  # noqa: BLE001 - metrics must never fail a prediction
             log.warning("could not emit handler metrics", exc_info=True)
+
+    def _emit_metrics(self, context: Any, pre_ms: float, inf_ms: float, post_ms: float,
+                      requests: int, items: int, rejected: int) -> None:
+        """Per-batch handler metrics (declared in metrics.yaml; exported by TorchServe's metrics API)."""
+        def emit(m: Any, dims: Any) -> None:
+            from ts.metrics.metric_type_enum import MetricTypes
+
+            m.add_time("MaasPreprocessMs", pre_ms, None, "ms", dims())
+            m.add_time("MaasInferenceMs", inf_ms, None, "ms", dims())
+            m.add_time("MaasPostprocessMs", post_ms, None, "ms", dims())
+            m.add_metric("MaasBatchRequests", requests, "count", None, dims(), MetricTypes.GAUGE)
+            m.add_metric("MaasBatchItems", items, "count", None, dims(), MetricTypes.GAUGE)
+            m.add_counter("MaasRequests", requests, None, dims())
+            if rejected:
+                m.add_counter("MaasRejectedRequests", rejected, None, dims())
+
+        self._metric(context, emit)
 
     # ---- explanations (TorchServe's /explanations/<model>) -----------------------------
     def explain(self, inputs: Arrays, meta: Any) -> Any:
@@ -452,8 +547,8 @@ class OrtHandler:
         except Exception:  # noqa: BLE001 - one failed explanation must not fail its batch
             log.exception("explanation failed")
             body = {"code": 500, "type": "InternalServerError", "message": "explanation failed for this request"}
-            return self._reply(context, idx, body, 500, "explanation failed")
-        return self._reply(context, idx, answer, 200, "OK")
+            return self._reply(context, idx, body, 500)
+        return self._reply(context, idx, answer, 200)
 
     def _run_alone(self, inputs: Arrays) -> Arrays | None:
         try:
@@ -462,11 +557,9 @@ class OrtHandler:
             log.exception("request failed in ONNX Runtime")
             return None
 
-    def _reply(self, context: Any, idx: int, body: Any, status: int, phrase: str) -> str:
-        context.set_response_content_type(idx, "application/json")
+    def _reply(self, context: Any, idx: int, body: Any, status: int) -> str:
+        """Every response goes through http_reply: fixed ASCII phrases, checked header values."""
+        headers = {"X-Execution-Provider": self.provider}
         if self.model_version:
-            context.set_response_header(idx, "X-Model-Version", self.model_version)
-        context.set_response_header(idx, "X-Execution-Provider", self.provider)
-        if status != 200:
-            context.set_response_status(status, phrase, idx)
-        return json.dumps(body)
+            headers["X-Model-Version"] = self.model_version
+        return reply(context, idx, body, status, headers)

@@ -5,7 +5,7 @@ import logging
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from maas import loadtest
 
@@ -22,7 +22,8 @@ def capacity_steps(max_users: int) -> list[int]:
 
 def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: Path, model: str,
                   slo: loadtest.SLO, version: str = "", max_users: int = 64, step_s: int = 10,
-                  workers: int = 0) -> dict[str, Any]:
+                  workers: int = 0,
+                  worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None) -> dict[str, Any]:
     """Step load (1, 2, 4, ... users) until a latency or error SLO breaks; the best step that held wins.
 
     Throughput is what is being measured here, so min_rps is not applied per step.
@@ -33,7 +34,8 @@ def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: 
         step_slo = replace(slo, users=users, spawn_rate=float(users), run_time_s=step_s, warmup_s=min(slo.warmup_s, 2),
                            thresholds=replace(slo.thresholds, min_rps=0.0))
         summary, out = loadtest.run(loadtest.LoadTest(model, step_slo, version, workers, f"capacity-{users}u"),
-                                    endpoints_inference, key_file, reports_dir, {"served_version": version or None})
+                                    endpoints_inference, key_file, reports_dir, {"served_version": version or None},
+                                    worker_restarts=worker_restarts)
         steps.append({"users": users, "path": str(out), **loadtest.figures(summary), "broken": summary["broken"]})
         log.info("capacity: %d users -> %.1f req/s, p95 %.1f ms: %s", users, summary["rps"], summary["p95_ms"],
                  "held" if summary["passed"] else "; ".join(summary["broken"]))

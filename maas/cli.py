@@ -165,7 +165,7 @@ def serve_status(project: Project, as_json: bool) -> None:
     server = project.server()
     info = server.status()
     if info["running"]:
-        info["models"] = deploy_ops.status_rows(server.client)
+        info["models"] = deploy_ops.status_rows(server.client, restarts=server.worker_restarts())
     click.echo(json.dumps(info, indent=2)) if as_json else _print_status(server, info)
     if not info["running"]:
         sys.exit(1)
@@ -179,7 +179,8 @@ def _print_status(server: Any, info: dict[str, Any] | None = None) -> None:
     ep = info["endpoints"]
     click.echo(f"TorchServe {info.get('health', '?')}  inference {ep['inference']}  management {ep['management']}"
                f"  metrics {ep['metrics']}  logs {info['log_dir']}")
-    click.echo(deploy_ops.format_rows(info.get("models") or deploy_ops.status_rows(server.client)))
+    click.echo(deploy_ops.format_rows(info.get("models")
+                                      or deploy_ops.status_rows(server.client, restarts=server.worker_restarts())))
 
 
 @cli.command()
@@ -187,8 +188,9 @@ def _print_status(server: Any, info: dict[str, Any] | None = None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_obj
 def status(project: Project, model: str | None, as_json: bool) -> None:
-    """Registered models: version, default, workers (id, status, pid), batching, device."""
-    rows = deploy_ops.status_rows(project.server().client, model)
+    """Registered models: version, default, workers (id, status, pid), batching, device, worker restarts."""
+    server = project.server()
+    rows = deploy_ops.status_rows(server.client, model, restarts=server.worker_restarts())
     click.echo(json.dumps(rows, indent=2) if as_json else deploy_ops.format_rows(rows))
 
 
@@ -326,7 +328,7 @@ def loadtest(project: Project, model: str, slo_file: str | None, version: str, l
 
         server = _ready_for_load(project, slo.run_time_s * 8)
         result = search(server.endpoints.inference, server.client.key_file, project.reports_dir, model, slo,
-                        version, max_users, step_time, locust_workers)
+                        version, max_users, step_time, locust_workers, worker_restarts=server.worker_restarts)
         best = result["capacity"]
         click.echo(f"capacity of {model}: " + (f"{best['users']} users, {best['rps']:.1f} req/s, p95 {best['p95_ms']:.1f} ms"
                                                if best else "no step held the SLO"))
@@ -357,7 +359,8 @@ def _loadtest(project: Project, test: Any) -> dict[str, Any]:
     described = server.client.describe(test.model, test.version or None)
     info = {"served_version": described[0].get("modelVersion") if described else None}
     renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None
-    summary, out = lt.run(test, server.endpoints.inference, server.client.key_file, project.reports_dir, info, renew)
+    summary, out = lt.run(test, server.endpoints.inference, server.client.key_file, project.reports_dir, info, renew,
+                          worker_restarts=server.worker_restarts)
     click.echo(lt.format_summary(summary))
     click.echo(f"report: {out}/ (summary.json, report.html, throughput_latency.png, locust_*.csv)")
     return summary
@@ -377,7 +380,8 @@ def release(project: Project, model: str, candidate: str, fresh_baseline: bool, 
     slo = _slo(model, slo_file, **overrides)
     server = _ready_for_load(project, 3 * (slo.warmup_s + slo.run_time_s) + 120)
     record = gate(server.client, server.endpoints.inference, server.client.key_file, project.model_store,
-                  project.reports_dir, model, candidate, slo, locust_workers, fresh_baseline)
+                  project.reports_dir, model, candidate, slo, locust_workers, fresh_baseline,
+                  worker_restarts=server.worker_restarts)
     if record["promoted"]:
         click.echo(f"released {model} {candidate}: now the default (was {record['previous_default']}); "
                    f"{record['wall_time_s']} s")

@@ -172,8 +172,10 @@ def undeploy(client: TorchServeClient, model: str, version: str | None = None, a
     return version
 
 
-def status_rows(client: TorchServeClient, model: str | None = None) -> list[dict[str, Any]]:
-    """One row per registered model version: default flag, workers (id, status, pid), batching, device."""
+def status_rows(client: TorchServeClient, model: str | None = None,
+                restarts: dict[tuple[str, str], int] | None = None) -> list[dict[str, Any]]:
+    """One row per registered model version: default flag, workers (id, status, pid), batching, device,
+    and worker restarts since the server started (when `restarts` is given: TorchServe.worker_restarts())."""
     names = [model] if model else [m["modelName"] for m in client.list_models()]
     rows = []
     for name in names:
@@ -191,15 +193,20 @@ def status_rows(client: TorchServeClient, model: str | None = None) -> list[dict
                 "max_batch_delay_ms": desc.get("maxBatchDelay"),
                 "device": "gpu" if any(w.get("gpu") for w in workers) else "cpu",
             })
+            if restarts is not None:
+                rows[-1]["worker_restarts"] = restarts.get((name, str(desc["modelVersion"])), 0)
     return rows
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'MODEL':<14}{'VERSION':<9}{'DEFAULT':<8}{'BATCH':>6}{'DELAY':>6}  {'DEVICE':<7}WORKERS (id status pid)"]
+    restarts = any("worker_restarts" in r for r in rows)
+    lines = [f"{'MODEL':<14}{'VERSION':<9}{'DEFAULT':<8}{'BATCH':>6}{'DELAY':>6}  {'DEVICE':<7}"
+             + ("RESTARTS  " if restarts else "") + "WORKERS (id status pid)"]
     for r in rows:
         workers = ", ".join(f"{w['id']} {w['status']} {w['pid']}" for w in r["workers"]) or "none"
         lines.append(f"{r['model']:<14}{r['version']:<9}{'*' if r['default'] else '':<8}{r['batch_size']:>6}"
-                     f"{r['max_batch_delay_ms']:>6}  {r['device']:<7}{workers}")
+                     f"{r['max_batch_delay_ms']:>6}  {r['device']:<7}"
+                     + (f"{r.get('worker_restarts', 0):<10}" if restarts else "") + workers)
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ class Thresholds:
     max_p99_ms: float = 1000.0
     max_error_ratio: float = 0.01
     min_rps: float = 5.0
+    max_worker_restarts: int = 0  # a worker that died under load fails the gate, whatever the figures
 
 
 @dataclass
@@ -154,6 +155,10 @@ def evaluate(summary: dict[str, Any], t: Thresholds) -> list[str]:
         broken.append(f"throughput {summary['rps']:.1f} req/s < minimum {t.min_rps:g} req/s")
     if summary["requests"] == 0:
         broken.append("no request completed")
+    restarts = summary.get("worker_restarts")
+    if restarts is not None and restarts > t.max_worker_restarts:
+        broken.append(f"{restarts} worker restart(s) during the run > budget {t.max_worker_restarts} "
+                      "(a worker died: see the server's logs/ts_log.log and model_log.log)")
     return broken
 
 
@@ -232,12 +237,18 @@ def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path)
 
 def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
         server_info: dict[str, Any] | None = None,
-        keep_keys_fresh: Callable[[], Any] | None = None) -> tuple[dict[str, Any], Path]:
+        keep_keys_fresh: Callable[[], Any] | None = None,
+        worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None) -> tuple[dict[str, Any], Path]:
     """Run Locust, write the report folder, return (summary, folder). summary['passed'] is the gate.
 
     `keep_keys_fresh` is called while Locust runs (renewing TorchServe's inference key before
-    it expires); Locust's users re-read key_file.json whenever it changes.
+    it expires); Locust's users re-read key_file.json whenever it changes. `worker_restarts`
+    (TorchServe.worker_restarts, for a local server) is read before and after: a worker of the
+    model that died during the run is in the summary and fails the gate.
     """
+    from maas.worker_log import restarts_of
+
+    restarts_before = worker_restarts() if worker_restarts else None
     slo = test.slo
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")[:-4] + "Z"
     out = reports_root / f"{stamp}-{test.model}{'-' + test.label if test.label else ''}"
@@ -276,6 +287,10 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
     summary: dict[str, Any] = {"model": test.model, "model_version": test.version or "default",
                                "endpoint": test.endpoint, **read_aggregate(prefix)}
     summary["errors_by_status"] = read_errors(prefix)
+    if worker_restarts is not None:
+        after = worker_restarts()
+        summary["worker_restarts"] = (restarts_of(after, test.model, test.version)
+                                      - restarts_of(restarts_before, test.model, test.version))
     summary["error_ratio"] = summary["failures"] / summary["requests"] if summary["requests"] else 1.0
     summary.update(
         users=slo.users, spawn_rate=slo.spawn_rate, run_time_s=slo.run_time_s, warmup_s=slo.warmup_s,
@@ -316,7 +331,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{s['rps']:.1f} req/s, {s['users']} users",
         f"latency ms: p50 {s['p50_ms']:.1f}  p90 {s['p90_ms']:.1f}  p95 {s['p95_ms']:.1f}  "
         f"p99 {s['p99_ms']:.1f}  max {s['max_ms']:.1f}",
-        f"errors: {s['failures']} ({s['error_ratio']:.2%}) {s['errors_by_status'] or ''}".rstrip(),
+        f"errors: {s['failures']} ({s['error_ratio']:.2%}) {s['errors_by_status'] or ''}".rstrip()
+        + (f"; worker restarts: {s['worker_restarts']}" if s.get("worker_restarts") is not None else ""),
         "gate: PASS" if s["passed"] else "gate: FAIL\n  - " + "\n  - ".join(s["broken"]),
     ]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from maas import deploy, loadtest, smoke
 from maas.client import ApiError, TorchServeClient
@@ -61,7 +61,8 @@ def regressions(candidate: dict[str, Any], baseline: dict[str, Any], tolerance: 
 
 def release(client: TorchServeClient, endpoints_inference: str, key_file: Path | None, model_store: Path,
             reports_dir: Path, model: str, candidate: str, slo: loadtest.SLO, workers: int = 0,
-            fresh_baseline: bool = False) -> dict[str, Any]:
+            fresh_baseline: bool = False,
+            worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None) -> dict[str, Any]:
     """Run the gate; returns the decision record (also written to release.json)."""
     started = time.monotonic()
     record: dict[str, Any] = {"model": model, "candidate": candidate, "slo": asdict(slo),
@@ -84,7 +85,7 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
 
     run = lambda version, label: loadtest.run(  # noqa: E731
         loadtest.LoadTest(model, slo, version, workers, label), endpoints_inference, key_file, reports_dir,
-        {"served_version": version})
+        {"served_version": version}, worker_restarts=worker_restarts)
 
     if not reasons:
         summary, out = run(candidate, "candidate")

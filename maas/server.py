@@ -25,6 +25,7 @@ from maas.client import ServeError, ServerNotRunning, TLSError, TorchServeClient
 from maas.config_audit import audit
 from maas.java import have_java, java_home
 from maas.properties import Endpoints, read_properties, resolve_paths, write_properties
+from maas.worker_log import worker_restarts
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,10 @@ class TorchServe:
         return True
 
     # ---- status -----------------------------------------------------------------------
+    def worker_restarts(self) -> dict[tuple[str, str], int]:
+        """{(model, version): worker restarts} since this server started (from its ts_log.log)."""
+        return worker_restarts(self.layout.log_dir)
+
     def status(self) -> dict[str, Any]:
         """Health and addresses (models: maas.deploy.status_rows)."""
         info: dict[str, Any] = {"running": False, "pid": self.pid(), "endpoints": vars(self.endpoints),

@@ -78,6 +78,24 @@ def maintenance_v2(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return Built("maintenance", result.build_dir, result.mar)
 
 
+@pytest.fixture(scope="session")
+def ensemble_built(tmp_path_factory: pytest.TempPathFactory):
+    """3 maintenance members and their gate decision; the workflow is packaged either way, so
+    the serving path is tested even where the gate (rightly) refuses to ship it.
+    Returns (EnsembleResult, build dir, model store, workflow store)."""
+    from export.ensemble import build_ensemble, package_workflow, workflow_spec
+
+    work = tmp_path_factory.mktemp("ens_build")
+    store, wf_store = tmp_path_factory.mktemp("ens_store"), tmp_path_factory.mktemp("ens_wf")
+    result = build_ensemble(3, work, store, wf_store)
+    if not result.built:
+        spec_dir = work / "forced"
+        spec_dir.mkdir()
+        (spec_dir / "workflow.yaml").write_text(yaml.safe_dump(workflow_spec(list(result.record["member_archives"].values()))))
+        package_workflow(spec_dir, wf_store)
+    return result, work, store, wf_store
+
+
 def package_variant(built: Built, store: Path, work: Path, archive_name: str, rewrite_handler: Callable[[str], str],
                     model_name: str | None = None, version: str = "1.0", **config: Any) -> Path:
     """An archive of `built`'s verified model whose handler source is rewritten (a test double
@@ -155,13 +173,22 @@ class FakeContext:
         return self.request_headers.get(idx, {}).get(key)
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        framed(phrase)
         self.status[idx] = (code, phrase)
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.set_response_header(idx, "content-type", value)
 
     def set_response_header(self, idx: int, key: str, value: str) -> None:
+        framed(key), framed(value)
         self.headers.setdefault(idx, {})[key] = value
+
+
+def framed(text: str) -> None:
+    """What TorchServe 0.12 needs of a phrase or header to frame it (otf_message_handler): its length
+    in characters equal to its length in UTF-8 bytes. Anything else kills the worker (issue 13)."""
+    assert isinstance(text, str) and len(text) == len(text.encode("utf-8", "surrogatepass")), \
+        f"{text[:80]!r} would desync TorchServe's framing and kill the worker"
 
 
 def unpacked(built: Built, into: Path) -> Path:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import Built, bare_server, package_variant
 from export import maintenance as m
-from export.ensemble import WORKFLOW, build_ensemble, package_workflow, workflow_spec
+from export.ensemble import WORKFLOW, package_workflow, workflow_spec
 from export.variants import held_out_outputs
 from maas.deploy import deploy_workflow, registered_workflows, undeploy_workflow
 
@@ -19,20 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def ensemble(tmp_path_factory: pytest.TempPathFactory):
-    """3 members and their gate decision; the workflow is packaged either way, so the serving
-    path is tested even where the gate (rightly) refuses to ship it."""
-    import yaml
-
-    work = tmp_path_factory.mktemp("ens_build")
-    store, wf_store = tmp_path_factory.mktemp("ens_store"), tmp_path_factory.mktemp("ens_wf")
-    result = build_ensemble(3, work, store, wf_store)
-    if not result.built:
-        spec_dir = work / "forced"
-        spec_dir.mkdir()
-        (spec_dir / "workflow.yaml").write_text(yaml.safe_dump(workflow_spec(list(result.record["member_archives"].values()))))
-        package_workflow(spec_dir, wf_store)
-    return result, work, store, wf_store
+def ensemble(ensemble_built):
+    return ensemble_built
 
 
 def wfpredict(ts, name: str, body: bytes):

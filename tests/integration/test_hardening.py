@@ -116,7 +116,7 @@ def test_killed_worker_under_load_recovers_with_bounded_loss(hard, tmp_path: Pat
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(summary=loadtest.run(
         loadtest.LoadTest("maintenance", slo), hard.endpoints.inference, hard.layout.key_file, tmp_path,
-        keep_keys_fresh=lambda: hard.client.fresh_key("inference"))[0]))
+        keep_keys_fresh=lambda: hard.client.fresh_key("inference"), worker_restarts=hard.worker_restarts)[0]))
     runner.start()
     time.sleep(6)
     (worker,) = hard.client.describe("maintenance")[0]["workers"]
@@ -138,6 +138,9 @@ def test_killed_worker_under_load_recovers_with_bounded_loss(hard, tmp_path: Pat
     assert summary["failures"] <= 0.05 * summary["requests"]  # bounded, and counted in the report
     # only the requests the dying worker held: 507 "Worker died" (or 500/503 while it restarts)
     assert set(summary["errors_by_status"]) <= {"500", "503", "507", "connection"}
+    # and the load test says a worker died, whatever the figures: the gate fails on it
+    assert summary["worker_restarts"] == 1 and not summary["passed"]
+    assert any("worker restart" in b for b in summary["broken"]), summary["broken"]
     assert hard.client.predict_json("maintenance", GOOD)["failure"] is False
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -148,3 +149,12 @@ def test_dead_worker_is_replaced_and_the_server_keeps_answering(server) -> None:
         pytest.fail("worker was not replaced within 120 s")
     assert server.client.predict_json("maintenance", GOOD)["failure"] is False
     assert server.client.ping()["status"] == "Healthy"
+    # The death is visible: in TorchServe's log (maas status), and as MaasWorkerRestarts for Prometheus.
+    assert server.worker_restarts().get(("maintenance", "1.0"), 0) >= 1
+    from maas.deploy import status_rows
+
+    (row,) = [r for r in status_rows(server.client, "maintenance", restarts=server.worker_restarts())]
+    assert row["worker_restarts"] >= 1
+    metrics = requests.get(f"{server.endpoints.metrics}/metrics", timeout=10).text
+    restarts = re.search(r'^MaasWorkerRestarts\{[^}]*ModelName="maintenance"[^}]*\}\s+(\S+)$', metrics, re.M)
+    assert restarts and float(restarts.group(1)) >= 1, metrics[:2000]

@@ -194,3 +194,26 @@ def test_a_silent_cpu_fallback_fails_loudly_when_cuda_is_required(model_dir: Pat
         assert "fell back to CPU" in str(exc) and "require_cuda" in str(exc)
     else:  # a machine whose ORT really runs CUDA
         assert handler.provider == "CUDAExecutionProvider" and handler.use_io_binding
+
+
+hostile_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=12) | st.integers(0xD800, 0xDFFF).map(chr)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(st.one_of(
+    st.fixed_dictionaries({"type": hostile_text}),
+    st.dictionaries(hostile_text, json_values, max_size=3),
+    json_values, st.binary(max_size=32)), min_size=1, max_size=6))
+def test_a_hostile_batch_gets_one_framable_answer_per_request(maintenance_handler, batch) -> None:
+    """handle() never raises, answers each request with ASCII JSON, and sets only phrases and
+    headers TorchServe can frame (FakeContext asserts it, as TorchServe's worker would die)."""
+    good = json.dumps({"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
+                       "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}).encode()
+    requests = [{"body": good}] + [{"body": b if isinstance(b, bytes) else json.dumps(b).encode()} for b in batch]
+    ctx = FakeContext(Path("."))
+    answers = maintenance_handler.handle(requests, ctx)
+    assert len(answers) == len(requests) and all(isinstance(a, str) and a.isascii() for a in answers)
+    assert 0 not in ctx.status and json.loads(answers[0])["failure"] is False  # the valid neighbour
+    for idx in range(1, len(requests)):
+        code = ctx.status.get(idx, (200, ""))[0]
+        assert code == 200 or 400 <= code < 500, (code, answers[idx])
