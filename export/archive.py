@@ -15,13 +15,14 @@ from typing import Any
 
 import yaml
 
+import maas.handlers
 from export.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-HANDLERS_DIR = Path(__file__).resolve().parents[1] / "handlers"
+HANDLERS_DIR = Path(maas.handlers.__path__[0])  # handlers/ in a checkout, package data when installed
 # Shipped in every archive: the ORT base handler and the one module that sets statuses and headers.
-BASE_HANDLER_FILES = ("ort_base.py", "http_reply.py")
+BASE_HANDLER_FILES = ("ort_base.py", "http_reply.py", "dtypes.py")
 # Pickled files can run code when loaded; an archive of ours never carries one.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".joblib")
 
@@ -84,11 +85,12 @@ def write_model_config(build_dir: Path, spec: ModelSpec) -> Path:
 
 
 def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, archive_name: str,
-            handlers_dir: Path = HANDLERS_DIR) -> Path:
+            handlers_dir: Path = HANDLERS_DIR, handler_path: Path | None = None) -> Path:
     """Run torch-model-archiver; the .mar carries handler, support modules, model, manifest, config.
 
     The archive registers as `spec.name` (its MANIFEST's modelName) whatever its file is
-    called, so versions sit side by side as model_store/<archive_name>.mar.
+    called, so versions sit side by side as model_store/<archive_name>.mar. `handler_path` is a
+    user's own handler file (default: handlers_dir/spec.handler).
     """
     model_store.mkdir(parents=True, exist_ok=True)
     support = dict.fromkeys([*BASE_HANDLER_FILES, *spec.handler_support_files])
@@ -99,7 +101,7 @@ def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, a
         "--model-name", spec.name,
         "--version", version,
         "--serialized-file", str(build_dir / "model.onnx"),
-        "--handler", str(handlers_dir / spec.handler),
+        "--handler", str(handler_path or handlers_dir / spec.handler),
         "--extra-files", ",".join(str(p) for p in extra_files),
         "--config-file", str(build_dir / "model-config.yaml"),
         "--export-path", str(build_dir),
@@ -116,7 +118,21 @@ def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, a
 
 
 def check_no_pickle(mar: Path) -> None:
+    """No pickle in an archive, by name or by content (a pickle's protocol header, or a torch.save zip).
+
+    The model's external weights (raw tensor bytes listed with their sha256 in manifest.json, the
+    handler checks them at load) are exempt: their names are the exporter's and their bytes arbitrary.
+    """
     with zipfile.ZipFile(mar) as z:
-        pickled = [n for n in z.namelist() if n.lower().endswith(PICKLE_SUFFIXES)]
+        names = z.namelist()
+        manifest = json.loads(z.read("manifest.json")) if "manifest.json" in names else {}
+        weights = {e["file"] for e in manifest.get("external_data", [])}
+        pickled = [n for n in names if n not in weights and (n.lower().endswith(PICKLE_SUFFIXES) or _pickled(z.read(n)))]
     if pickled:
         raise ArchiveError(f"{mar.name} carries pickled files {pickled}; only .onnx weights are allowed")
+
+
+def _pickled(data: bytes) -> bool:
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return True
+    return data[:4] == b"PK\x03\x04" and b"data.pkl" in data[:4096]  # torch.save's zip format

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
 import torch
 
 from export.spec import ModelSpec
+from maas.handlers.dtypes import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +46,35 @@ class AtolError(ExportError):
     """ONNX Runtime's values differ from PyTorch's beyond the spec's tolerance."""
 
 
+Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # inputs by name -> outputs in spec order
+
+
+class DegenerateParityError(ExportError):
+    """The outputs barely change with the inputs, so agreeing with PyTorch proves nothing."""
+
+
+class BatchIndependenceError(ExportError):
+    """A row's answer depends on the other rows of its batch: TorchServe's batching would change answers."""
+
+
 def _as_tensors(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in spec.input_names)
 
 
 def _take(spec: ModelSpec, arrays: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
-    """Inputs resized per symbolic axis: `batch` rows cycle through the sample, other axes are cut."""
+    """Inputs resized per symbolic axis: batch rows cycle through the sample, other axes are cut.
+
+    A size keyed "batch" applies to the spec's batch axis, whatever it is called.
+    """
+    batch = spec.batch_axis
+    sizes = {(batch if k == "batch" and batch else k): v for k, v in sizes.items()}
     out = {}
     for t in spec.inputs:
         a = arrays[t.name]
         for axis, dim in t.dynamic_axes().items():
             if dim not in sizes:
                 continue
-            if dim == "batch":
+            if dim == batch:
                 a = np.take(a, np.arange(sizes[dim]) % a.shape[axis], axis=axis)
             else:
                 a = np.take(a, np.arange(min(sizes[dim], a.shape[axis])), axis=axis)
@@ -65,19 +82,52 @@ def _take(spec: ModelSpec, arrays: dict[str, np.ndarray], sizes: dict[str, int])
     return out
 
 
-def export_onnx(module: torch.nn.Module, spec: ModelSpec, sample: dict[str, np.ndarray], path: Path) -> Path:
-    """torch.onnx.export (dynamo) with the spec's dynamic axes and opset, weights embedded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def flatten_outputs(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A module's outputs as (name, tensor) in the order torch.export flattens them: a tensor is
+    `output`, dict keys (and transformers' ModelOutput fields) name theirs, tuples are numbered."""
+    if isinstance(value, torch.Tensor):
+        return [(prefix or "output", value)]
+    if isinstance(value, dict) or hasattr(value, "to_tuple"):  # ModelOutput is an OrderedDict
+        items = [(k, v) for k, v in value.items() if v is not None]
+        return [pair for k, v in items for pair in flatten_outputs(v, f"{prefix}_{k}" if prefix else str(k))]
+    if isinstance(value, (tuple, list)):
+        return [pair for i, v in enumerate(value) for pair in flatten_outputs(v, f"{prefix or 'output'}_{i}")]
+    raise ExportError(f"the model returned {type(value).__name__}; maas serves tensors (or dicts/tuples of them)")
+
+
+def module_reference(module: torch.nn.Module, spec: ModelSpec) -> Reference:
+    """PyTorch's outputs for the spec's inputs (no grad, eval mode), as numpy, in output order."""
     module.eval()
-    dims: dict[str, Any] = {}
-    dynamic_shapes = tuple(
-        {axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in t.dynamic_axes().items()}
-        for t in spec.inputs
-    )
-    args = _as_tensors(spec, _take(spec, sample, {"batch": spec.export_batch_size}))
+
+    def run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*_as_tensors(spec, inputs))
+        return [t.detach().cpu().numpy() for _, t in flatten_outputs(out)]
+    return run
+
+
+def export_onnx(model: torch.nn.Module | torch.export.ExportedProgram, spec: ModelSpec, sample: dict[str, np.ndarray],
+                path: Path, external_data: bool = False) -> Path:
+    """torch.onnx.export (dynamo) with the spec's dynamic axes and opset, weights embedded.
+
+    The sample is tiled to spec.export_batch_size rows (at least 2: a batch of 1 can come out
+    as a graph fixed at batch 1). An ExportedProgram brings its own dynamic shapes. Weights go
+    to one file unless `external_data` (models past protobuf's 2 GB limit).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exported_program = isinstance(model, torch.export.ExportedProgram)
+    dynamic_shapes = None
+    if not exported_program:
+        model.eval()
+        dims: dict[str, Any] = {}
+        dynamic_shapes = tuple(
+            {axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in t.dynamic_axes().items()}
+            for t in spec.inputs
+        )
+    args = _as_tensors(spec, _take(spec, sample, {"batch": max(2, spec.export_batch_size)}))
     with torch.no_grad():
         torch.onnx.export(
-            module,
+            model,
             args,
             str(path),
             input_names=spec.input_names,
@@ -85,40 +135,66 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, sample: dict[str, np.n
             opset_version=spec.opset,
             dynamo=True,
             dynamic_shapes=dynamic_shapes,
-            external_data=False,  # one file: a .mar carries the .onnx, not a sidecar .onnx.data
+            external_data=external_data,  # one file: a .mar carries the .onnx, not a sidecar .onnx.data
+            verbose=False,
         )
-    model = onnx.load(str(path))
+    model_proto = onnx.load(str(path), load_external_data=False)
     meta = {"maas.model": spec.name, "maas.version": spec.version, "maas.io_spec": json.dumps(spec.io_dict())}
     for key, value in meta.items():
-        prop = model.metadata_props.add()
+        prop = model_proto.metadata_props.add()
         prop.key, prop.value = key, value
-    model.doc_string = spec.description
-    onnx.save_model(model, str(path), save_as_external_data=False)
+    model_proto.doc_string = spec.description
+    path.write_bytes(model_proto.SerializeToString())  # external tensors, if any, keep their files
     log.info("%s: exported %s (%.1f KiB, opset %d)", spec.name, path, path.stat().st_size / 1024, spec.opset)
     return path
 
 
-def check_external_data(path: Path) -> None:
-    """Refuse weights stored outside the file whose location escapes the model's folder."""
+def external_files(path: Path) -> list[str]:
+    """The files a model's external tensors live in (relative to its folder), sorted."""
     model = onnx.load(str(path), load_external_data=False)
-    folder = path.parent.resolve()
+    found = set()
     for tensor in onnx.external_data_helper._get_all_tensors(model):  # noqa: SLF001 (no public iterator)
-        if not onnx.external_data_helper.uses_external_data(tensor):
-            continue
-        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        if onnx.external_data_helper.uses_external_data(tensor):
+            found.add({e.key: e.value for e in tensor.external_data}.get("location", ""))
+    return sorted(found)
+
+
+def check_external_data(path: Path, allow: bool = False) -> list[str]:
+    """Refuse external weights whose location escapes the model's folder (or any, unless `allow`);
+    returns the external files."""
+    folder = path.parent.resolve()
+    files = external_files(path)
+    for location in files:
         target = (folder / location).resolve()
-        if not target.is_relative_to(folder):
-            raise ExternalDataError(f"{path.name}: tensor {tensor.name!r} points outside its folder: {location!r}")
-        raise ExternalDataError(
-            f"{path.name}: tensor {tensor.name!r} is stored in {location!r}; maas packages one self-contained file"
-        )
+        if not location or not target.is_relative_to(folder):
+            raise ExternalDataError(f"{path.name}: external weights point outside its folder: {location!r}")
+        if not allow:
+            raise ExternalDataError(f"{path.name}: weights are stored in {location!r}; "
+                                    "maas packages one self-contained file")
+        if not target.is_file():
+            raise ExternalDataError(f"{path.name}: external weights file {location!r} is missing")
+    return files
+
+
+class RuntimeLoadError(ExportError):
+    """ONNX Runtime cannot load the model (an IR version or operator it does not know, ...)."""
+
+
+def cpu_session(path: Path) -> Any:
+    """An ONNX Runtime CPU session on `path`, or a RuntimeLoadError saying why there is none."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/... kinds
+        raise RuntimeLoadError(f"ONNX Runtime {ort.__version__} cannot load {path.name}: "
+                               f"{str(exc).split(' : ')[-1][:400]}") from None
 
 
 def check_contract(path: Path, spec: ModelSpec) -> None:
-    """The graph's inputs/outputs have exactly the spec's names, dtypes and ranks."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """The graph's inputs/outputs have exactly the spec's names, dtypes and ranks, and every axis the
+    spec calls dynamic is dynamic in the graph (an exporter can silently fix one at its sample size)."""
+    session = cpu_session(path)
     problems = []
     for kind, declared, actual in (
         ("input", spec.inputs, session.get_inputs()),
@@ -128,7 +204,7 @@ def check_contract(path: Path, spec: ModelSpec) -> None:
             problems.append(f"{kind} names {[a.name for a in actual]} != spec {[t.name for t in declared]}")
             continue
         for t, a in zip(declared, actual):
-            if a.type != f"tensor({_ort_type(t.dtype)})":
+            if a.type != DTYPES[t.dtype].ort:
                 problems.append(f"{kind} {t.name}: dtype {a.type} != spec {t.dtype}")
             if len(a.shape) != len(t.shape):
                 problems.append(f"{kind} {t.name}: rank {len(a.shape)} != spec {len(t.shape)}")
@@ -139,52 +215,113 @@ def check_contract(path: Path, spec: ModelSpec) -> None:
         raise OutputMatchError(f"{spec.name}: " + "; ".join(problems))
 
 
-def _ort_type(dtype: str) -> str:
-    return {"float32": "float", "float16": "float16", "int64": "int64", "int32": "int32", "bool": "bool"}[dtype]
+def _tolerance(spec: ModelSpec, expected: np.ndarray) -> float:
+    """atol + rtol x the output's own scale (max |value|): float error grows with the magnitude of
+    the whole output, not of each element, so logits in the thousands get a fair bound."""
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    return spec.atol + spec.rtol * scale
 
 
-def check_parity(path: Path, module: torch.nn.Module, spec: ModelSpec, sample: dict[str, np.ndarray]) -> dict[str, Any]:
-    """ORT vs PyTorch on each of spec.parity_cases; returns the max errors."""
-    import onnxruntime as ort
+def check_parity(path: Path, reference: Reference | torch.nn.Module, spec: ModelSpec, sample: dict[str, np.ndarray],
+                 cases: tuple[dict[str, int], ...] | None = None) -> dict[str, Any]:
+    """ORT vs the reference (PyTorch) on each case (sizes per symbolic axis); returns the errors.
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    module.eval()
+    Each output must satisfy max|ort - torch| <= atol + rtol * max|torch|. Evidence that proves
+    nothing is refused: an output that barely varies across the largest case's rows (e.g. random
+    weights that make a classifier answer the same for every input) unless the spec lists it in
+    constant_outputs.
+    """
+    if isinstance(reference, torch.nn.Module):
+        reference = module_reference(reference, spec)
+    session = cpu_session(path)
     shape_errors, value_errors, per_case = [], [], {}
-    for case in spec.parity_cases:
-        label = ", ".join(f"{k} {v}" for k, v in case.items())
+    largest: tuple[int, list[np.ndarray]] | None = None
+    for case in cases or spec.parity_cases:
+        label = ", ".join(f"{k} {v}" for k, v in case.items()) or "the example"
         inputs = _take(spec, sample, case)
-        with torch.no_grad():
-            expected = module(*_as_tensors(spec, inputs))
-        expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+        expected = reference(inputs)
         actual = session.run(spec.output_names, inputs)
+        if len(expected) != len(actual):
+            raise OutputMatchError(f"{spec.name}: PyTorch returned {len(expected)} outputs, the graph {len(actual)}")
         worst = 0.0
         for name, e, a in zip(spec.output_names, expected, actual):
-            e = e.numpy()
             if e.shape != a.shape:
                 shape_errors.append(f"{label}, {name}: ORT shape {a.shape} != PyTorch {e.shape}")
                 continue
             err = float(np.max(np.abs(e.astype(np.float64) - a.astype(np.float64)))) if e.size else 0.0
+            allowed = _tolerance(spec, e)
             worst = max(worst, err)
-            if not np.allclose(a, e, atol=spec.atol, rtol=spec.rtol):
-                value_errors.append(f"{label}, {name}: max abs error {err:.3g} > atol {spec.atol:g} (rtol {spec.rtol:g})")
+            if not err <= allowed:
+                value_errors.append(f"{label}, {name}: max abs error {err:.3g} > atol {spec.atol:g} + rtol {spec.rtol:g}"
+                                    f" x scale {allowed - spec.atol:.3g}")
         per_case[label] = worst
+        rows = len(next(iter(inputs.values()))) if spec.batch_axis else 0
+        if largest is None or rows > largest[0]:
+            largest = (rows, expected)
     if shape_errors:
         raise ShapeError(f"{spec.name}: " + "; ".join(shape_errors + value_errors))
     if value_errors:
         raise AtolError(f"{spec.name}: " + "; ".join(value_errors))
+    if largest is not None:
+        _check_evidence(spec, largest[1])
     report = {"cases": list(per_case), "max_abs_error": max(per_case.values()), "per_case": per_case,
-              "atol": spec.atol, "rtol": spec.rtol}
-    log.info("%s: parity ORT vs PyTorch on %s: max abs error %.3g (atol %g)",
-             spec.name, "; ".join(per_case), report["max_abs_error"], spec.atol)
+              "atol": spec.atol, "rtol": spec.rtol, "tolerance": "atol + rtol * max|output|"}
+    log.info("%s: parity ORT vs PyTorch on %s: max abs error %.3g (atol %g, rtol %g x output scale)",
+             spec.name, "; ".join(per_case), report["max_abs_error"], spec.atol, spec.rtol)
     return report
 
 
-def verify(path: Path, module: torch.nn.Module, spec: ModelSpec, sample: dict[str, np.ndarray]) -> dict[str, Any]:
+def _check_evidence(spec: ModelSpec, expected: list[np.ndarray]) -> None:
+    """Outputs must vary across rows by much more than the tolerance, else parity is no evidence."""
+    flat = []
+    for name, e in zip(spec.output_names, expected):
+        if name in spec.constant_outputs or e.ndim == 0 or e.shape[0] < 2 or not np.issubdtype(e.dtype, np.number):
+            continue
+        rows = e.reshape(e.shape[0], -1).astype(np.float64)
+        spread = float(np.max(rows.max(axis=0) - rows.min(axis=0))) if rows.size else 0.0
+        allowed = _tolerance(spec, e)
+        if spread <= 10 * allowed:
+            flat.append(f"{name} (spread {spread:.3g} across {e.shape[0]} inputs, tolerance {allowed:.3g})")
+    if flat:
+        raise DegenerateParityError(
+            f"{spec.name}: parity with PyTorch proves nothing for output(s) that hardly change with the input: "
+            f"{'; '.join(flat)}. Are the weights random or untrained? Give inputs that exercise the model "
+            "(--example), or list the output under parity.constant_outputs if it is constant by design")
+
+
+def check_batch_independence(path: Path, spec: ModelSpec, sample: dict[str, np.ndarray], rows: int = 4) -> float:
+    """Each row answered in a batch equals that row answered alone: TorchServe batches requests
+    along the batch axis, so a model whose rows interact would change answers. Returns the max error."""
+    if not spec.batch_axis:
+        return 0.0
+    session = cpu_session(path)
+    batch = _take(spec, sample, {"batch": rows})
+    together = session.run(spec.output_names, batch)
+    worst, problems = 0.0, []
+    for i in range(rows):
+        alone = session.run(spec.output_names, {k: v[i:i + 1] for k, v in batch.items()})
+        for name, t, a in zip(spec.output_names, together, alone):
+            if t.ndim == 0 or t.shape[0] != rows:
+                problems.append(f"output {name} has shape {t.shape}: no batch axis of {rows} rows")
+                continue
+            err = float(np.max(np.abs(t[i:i + 1].astype(np.float64) - a.astype(np.float64)))) if a.size else 0.0
+            worst = max(worst, err)
+            if err > _tolerance(spec, a):
+                problems.append(f"row {i} of output {name} differs by {err:.3g} between a batch of {rows} and alone")
+    if problems:
+        raise BatchIndependenceError(f"{spec.name}: " + "; ".join(dict.fromkeys(problems)))
+    return worst
+
+
+def verify(path: Path, reference: Reference | torch.nn.Module, spec: ModelSpec, sample: dict[str, np.ndarray],
+           allow_external_data: bool = False) -> dict[str, Any]:
     """Every check, in order of cost; raises an ExportError subclass on the first failing kind."""
-    check_external_data(path)
+    check_external_data(path, allow=allow_external_data)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise CheckerError(f"{path.name}: onnx.checker: {exc}") from exc
     check_contract(path, spec)
-    return check_parity(path, module, spec, sample)
+    report = check_parity(path, reference, spec, sample)
+    report["batch_independence_max_abs_error"] = check_batch_independence(path, spec, sample)
+    return report

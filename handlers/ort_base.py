@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from dtypes import BY_V2, DTYPES
 from http_reply import reply
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,6 @@ def unicode_text(value: Any, field: str) -> str:
     return value
 
 
-V2_DATATYPES = {"FP32": "float32", "FP16": "float16", "INT64": "int64", "INT32": "int32", "BOOL": "bool"}
 
 
 class V2Request:
@@ -182,9 +182,9 @@ def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec:
     arrays, batch = {}, None
     for s in spec:
         t, where = tensors[s["name"]]
-        dtype = V2_DATATYPES.get(str(t["datatype"]))
+        dtype = BY_V2.get(str(t["datatype"]))
         if dtype != s["dtype"]:
-            raise InputError(f"datatype must be {[k for k, v in V2_DATATYPES.items() if v == s['dtype']][0]}, got {t['datatype']!r}", where)
+            raise InputError(f"datatype must be {DTYPES[s['dtype']].v2}, got {t['datatype']!r}", where)
         shape = t["shape"]
         if (not isinstance(shape, list) or len(shape) != len(s["shape"])
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
@@ -305,13 +305,15 @@ class OrtHandler:
         self.restarted = note_worker_start(model_dir)
         self.setup(model_dir)
         model_path = model_dir / self.manifest["model_file"]
-        actual = sha256_file(model_path)
-        if actual != self.manifest["sha256"]:
-            log.error("INTEGRITY: %s sha256 %s does not match manifest %s; refusing to load",
-                      model_path.name, actual, self.manifest["sha256"])
-            raise ModelIntegrityError(
-                f"{model_path.name}: sha256 {actual} does not match the manifest's {self.manifest['sha256']}"
-            )
+        # The model and any external weights beside it (models over 2 GB) are the verified ones.
+        checked = [(self.manifest["model_file"], self.manifest["sha256"])]
+        checked += [(e["file"], e["sha256"]) for e in self.manifest.get("external_data", [])]
+        for file, expected in checked:
+            actual = sha256_file(model_dir / file)
+            if actual != expected:
+                log.error("INTEGRITY: %s sha256 %s does not match manifest %s; refusing to load", file, actual, expected)
+                raise ModelIntegrityError(f"{file}: sha256 {actual} does not match the manifest's {expected}")
+        actual = self.manifest["sha256"]
 
         threads = worker_threads(self.settings.get("intra_op_threads", 0), yaml_config.get("maxWorkers", 1))
         options = ort.SessionOptions()
@@ -374,11 +376,10 @@ class OrtHandler:
 
     def v2_response(self, outputs: Arrays, request: V2Request) -> dict[str, Any]:
         """The Open Inference Protocol answer: the graph's output tensors, by name, flattened."""
-        types = {v: k for k, v in V2_DATATYPES.items()}
         names = request.outputs or list(outputs)
         answer: dict[str, Any] = {
             "model_name": self.manifest["name"], "model_version": self.model_version,
-            "outputs": [{"name": n, "datatype": types[str(outputs[n].dtype)], "shape": list(outputs[n].shape),
+            "outputs": [{"name": n, "datatype": DTYPES[str(outputs[n].dtype)].v2, "shape": list(outputs[n].shape),
                          "data": outputs[n].ravel().tolist()} for n in names],
         }
         if request.id is not None:

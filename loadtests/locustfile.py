@@ -30,6 +30,8 @@ def _arguments(parser) -> None:
                         help="payload generator (loadtests/payloads.py) [the model's own]")
     parser.add_argument("--model-version", default="", env_var="MAAS_MODEL_VERSION",
                         help="version to target (default: the model's default version)")
+    parser.add_argument("--model-store", default="", env_var="MAAS_MODEL_STORE",
+                        help="model store holding the archive (request bodies of a packaged model)")
     parser.add_argument("--key-file", default="", env_var="MAAS_KEY_FILE",
                         help="TorchServe key_file.json (empty: token authorization is off)")
     parser.add_argument("--warmup", type=float, default=0.0, env_var="MAAS_WARMUP",
@@ -70,7 +72,8 @@ class ModelUser(FastHttpUser):
         self.model = opts.model
         self.path = f"/{opts.endpoint}/{opts.model}" + (f"/{opts.model_version}" if opts.model_version else "")
         self.explaining = opts.endpoint == "explanations"
-        self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000)
+        self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000,
+                                           version=opts.model_version, model_store=opts.model_store)
         self.keys = KeyFile(opts.key_file)
 
     @task

@@ -131,7 +131,29 @@ FACTORIES: dict[str, Callable[..., Payloads]] = {"maintenance": maintenance, "di
                                                  "digits-json": digits_json}
 
 
-def for_model(model: str, seed: int = 0) -> Payloads:
-    if model not in FACTORIES:
-        raise KeyError(f"no load-test payloads for model {model!r}; known: {', '.join(FACTORIES)}")
-    return FACTORIES[model](seed)
+def from_archive(model: str, version: str = "", model_store: str = "", seed: int = 0) -> Payloads:
+    """Bodies for a model packaged with `maas package`, read from its archive in the model store."""
+    import io
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from maas.deploy import archive_manifest, archive_member, find_archive
+    from maas.tensor_requests import tensor_bodies, tensor_check
+
+    store = Path(model_store or os.environ.get("MAAS_MODEL_STORE") or "model_store")
+    archive = find_archive(store, model, version or None)
+    manifest = archive_manifest(archive)
+    samples = None
+    if manifest.get("samples"):
+        with np.load(io.BytesIO(archive_member(archive, manifest["samples"])), allow_pickle=False) as data:
+            samples = {k: data[k] for k in data.files}
+    return Payloads(tensor_bodies(manifest, samples, seed), "application/json", tensor_check(manifest))
+
+
+def for_model(model: str, seed: int = 0, version: str = "", model_store: str = "") -> Payloads:
+    """The zoo's own generators, else bodies from the model's archive (a packaged model)."""
+    if model in FACTORIES:
+        return FACTORIES[model](seed)
+    return from_archive(model, version, model_store, seed)

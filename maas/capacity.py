@@ -23,7 +23,8 @@ def capacity_steps(max_users: int) -> list[int]:
 def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: Path, model: str,
                   slo: loadtest.SLO, version: str = "", max_users: int = 64, step_s: int = 10,
                   workers: int = 0,
-                  worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None) -> dict[str, Any]:
+                  worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None,
+                  model_store: Path | None = None) -> dict[str, Any]:
     """Step load (1, 2, 4, ... users) until a latency or error SLO breaks; the best step that held wins.
 
     Throughput is what is being measured here, so min_rps is not applied per step.
@@ -33,7 +34,7 @@ def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: 
     for users in capacity_steps(max_users):
         step_slo = replace(slo, users=users, spawn_rate=float(users), run_time_s=step_s, warmup_s=min(slo.warmup_s, 2),
                            thresholds=replace(slo.thresholds, min_rps=0.0))
-        summary, out = loadtest.run(loadtest.LoadTest(model, step_slo, version, workers, f"capacity-{users}u"),
+        summary, out = loadtest.run(loadtest.LoadTest(model, step_slo, version, workers, f"capacity-{users}u", model_store=model_store),
                                     endpoints_inference, key_file, reports_dir, {"served_version": version or None},
                                     worker_restarts=worker_restarts)
         steps.append({"users": users, "path": str(out), **loadtest.figures(summary), "broken": summary["broken"]})

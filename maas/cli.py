@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from maas import deploy as deploy_ops
 from maas.client import ServeError
@@ -23,13 +24,17 @@ class FriendlyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from export.archive import ArchiveError
+        from export.graph_spec import GraphSpecError
         from export.onnx_export import ExportError
+        from export.spec_file import SpecError
         from maas.triton import TritonExportError
 
         try:
             return super().invoke(ctx)
-        except (ServeError, KeyFileError, ExportError, ArchiveError) as exc:
+        except (ServeError, KeyFileError, ExportError, ArchiveError, GraphSpecError) as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        except SpecError as exc:
+            raise click.ClickException(str(exc)) from None
         except TritonExportError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyError as exc:
@@ -76,7 +81,8 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
 @cli.command()
 @click.argument("models", nargs=-1)
 @click.option("--version", "version",
-              help="version to stamp; writes <model>-<version>.mar beside the others [the spec's version]")
+              help="version to stamp; writes <model>-<version>.mar beside the others [the spec's version]; "
+                   "for a packaged model with --variant: the version to start from")
 @click.option("--seed", type=int, help="training seed, e.g. for a second training as a new version")
 @click.option("--variant", type=click.Choice(["opt", "int8", "fp16"]),
               help="build this optimized variant (from a verified FP32 export) as version <version>-<variant>: opt (ORT graph "
@@ -104,6 +110,20 @@ def build(models: tuple[str, ...], version: str | None, seed: int | None, varian
         click.echo(f"built {result.war}: `maas deploy maintenance-ensemble`, then POST /wfpredict/maintenance-ensemble")
         return
     for name in models or tuple(MODELS):
+        if name not in MODELS:  # a model packaged with `maas package`: only its variants are built here
+            if variant is None:
+                raise click.UsageError(f"{name} is not a zoo model ({', '.join(MODELS)}); package your own model "
+                                       f"with `maas package`, or build a variant of it with --variant")
+            from export.package import package_variant
+
+            try:
+                made = package_variant(project.model_store, project.build_dir, name, variant, version)
+            except VariantError as exc:
+                raise click.ClickException(str(exc)) from None
+            acc = made.manifest["variant"]["accuracy"]
+            click.echo(f"built {made.mar} ({made.seconds:.1f} s)  {variant}: {acc['cost_metric']} {acc['cost']:.4f} "
+                       f"(budget {acc['budget']:g})" + (f", top-1 agreement {acc['top1_agreement']}" if acc["top1_agreement"] else ""))
+            continue
         try:
             result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed,
                                  variant=variant)
@@ -117,6 +137,60 @@ def build(models: tuple[str, ...], version: str | None, seed: int | None, varian
             acc = manifest["variant"]["accuracy"]
             click.echo(f"  {variant}: {acc['cost_metric']} {acc['cost']:.4f} (budget {acc['budget']:g}), "
                        f"{manifest['size_bytes'] / 1e6:.1f} MB")
+
+
+@cli.command("package")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), help="an existing ONNX file (external weights beside it travel too)")
+@click.option("--torch", "factory", metavar="MODULE:FUNCTION",
+              help="a function returning a torch.nn.Module, e.g. my_pkg.models:make_model (importable from here)")
+@click.option("--exported-program", type=click.Path(path_type=Path), help="a torch.export.save()d program (.pt2)")
+@click.option("--name", help="model name: letters, digits, '.', '_', '-' [the spec's, else the file's or function's]")
+@click.option("--version", "version", help="version; writes <name>-<version>.mar beside the others [the spec's, else 1.0]")
+@click.option("--spec", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="model spec YAML kept beside the model (inputs, outputs, serving, labels, handler, ...)")
+@click.option("--example", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="example inputs: a .npz with one array per input name")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:DTYPE:[DIMS]",
+              help="declare an input, e.g. pixels:float32:[batch,3,224,224] (names mark dynamic axes); repeatable")
+@click.option("--handler", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="your handler file (subclass tensor.TensorHandler) [the generic tensor handler]")
+@click.option("--extra-file", "extra_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="a file the handler reads from its model directory (labels.txt, tokenizer.json); repeatable")
+@click.option("--samples", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="sample inputs (.npz) for load tests and variant costs [the example]")
+@click.option("--write-spec", type=click.Path(dir_okay=False, path_type=Path),
+              help="only write a starting spec read off the graph to this file, then stop")
+@click.pass_obj
+def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, exported_program: Path | None,
+                name: str | None, version: str | None, spec_file: Path | None, example: Path | None,
+                inputs: tuple[str, ...], handler: Path | None, extra_files: tuple[Path, ...], samples: Path | None,
+                write_spec: Path | None) -> None:
+    """Package your own model: export where needed, verify, and archive it into the model store.
+
+    \b
+    Examples:
+      maas package --onnx model.onnx --name detector
+      maas package --torch my_pkg.models:make_model --input pixels:float32:[batch,3,224,224]
+      maas package --exported-program model.pt2 --spec maas.yaml
+      maas package --onnx model.onnx --write-spec maas.yaml    # then edit it and package with --spec
+    \b
+    Then: maas deploy NAME, maas predict NAME body.json ({"inputs": {"<input>": [...]}}), maas loadtest NAME.
+    """
+    from export.package import PackageOptions, package_model
+
+    opts = PackageOptions(onnx=onnx_file, torch=factory, exported_program=exported_program, name=name,
+                          version=version, spec_file=spec_file, example=example, inputs=inputs, handler=handler,
+                          extra_files=extra_files, samples=samples)
+    result = package_model(opts, project.build_dir, project.model_store, write_spec)
+    if write_spec is not None:
+        click.echo(f"wrote {write_spec}: check it, then `maas package ... --spec {write_spec}`")
+        return
+    parity = result.manifest.get("parity", {})
+    figure = (f"parity max abs error {parity['max_abs_error']:.2g} on {', '.join(parity['cases'])}"
+              if "max_abs_error" in parity else "no PyTorch source: ONNX Runtime ran the example")
+    click.echo(f"packaged {result.mar} ({result.seconds:.1f} s): {result.name} {result.version}, "
+               f"inputs {', '.join(f'{t.name} {t.dtype}{list(t.shape)}' for t in result.spec.inputs)}; {figure}")
+    click.echo(f"next: maas deploy {result.name}" + (f" --version {result.version}" if opts.version else ""))
 
 
 @cli.group()
@@ -328,7 +402,8 @@ def loadtest(project: Project, model: str, slo_file: str | None, version: str, l
 
         server = _ready_for_load(project, slo.run_time_s * 8)
         result = search(server.endpoints.inference, server.client.key_file, project.reports_dir, model, slo,
-                        version, max_users, step_time, locust_workers, worker_restarts=server.worker_restarts)
+                        version, max_users, step_time, locust_workers, worker_restarts=server.worker_restarts,
+                        model_store=project.model_store)
         best = result["capacity"]
         click.echo(f"capacity of {model}: " + (f"{best['users']} users, {best['rps']:.1f} req/s, p95 {best['p95_ms']:.1f} ms"
                                                if best else "no step held the SLO"))
@@ -336,7 +411,8 @@ def loadtest(project: Project, model: str, slo_file: str | None, version: str, l
         sys.exit(0 if best else 1)
     endpoint = "explanations" if explanations else "predictions"
     summary = _loadtest(project, LoadTest(model, slo, version, locust_workers,
-                                          label="explanations" if explanations else "", endpoint=endpoint))
+                                          label="explanations" if explanations else "", endpoint=endpoint,
+                                          model_store=project.model_store))
     if not summary["passed"]:
         sys.exit(1)
 
@@ -420,7 +496,7 @@ def demo(project: Project, run_time: int) -> None:
         for model in MODELS:
             click.echo("")
             slo = _slo(model, None, run_time_s=run_time)
-            _loadtest(project, LoadTest(model, slo))
+            _loadtest(project, LoadTest(model, slo, model_store=project.model_store))
     finally:
         server.stop()
         click.echo("TorchServe stopped")
@@ -490,12 +566,20 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
     """Write KServe and Kubernetes manifests for MODELS (default: the whole zoo) and copy their
     archives into KServe's storage layout (config/config.properties + model-store/)."""
     from export.build import MODELS, spec_of
+    from export.spec import ModelSpec
+    from maas.deploy import archive_manifest, archive_member, find_archive, packaged_models
     from maas.kube import export_all
 
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise click.UsageError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
-    specs = [spec_of(m) for m in (models or MODELS)]
+    def spec(name: str) -> ModelSpec:
+        if name in MODELS:
+            return spec_of(name)
+        if name not in packaged_models(project.model_store):
+            raise click.UsageError(f"unknown model {name}: not in the zoo ({', '.join(MODELS)}) and no archive "
+                                   f"packaged by maas in {project.model_store}")
+        archive = find_archive(project.model_store, name, None)
+        return ModelSpec.from_archive(archive_manifest(archive), yaml.safe_load(archive_member(archive, "model-config.yaml")))
+
+    specs = [spec(m) for m in (models or (*MODELS, *packaged_models(project.model_store)))]
     result = export_all(specs, project.config, project.model_store, Path(kserve_dir), Path(kubernetes_dir),
                         storage_uri)
     for path in result.manifests + result.archives:

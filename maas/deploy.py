@@ -36,9 +36,40 @@ def read_archive(path: Path) -> Archive | None:
     return Archive(path, model.get("modelName", ""), str(model.get("modelVersion", "")))
 
 
+def archive_member(archive: Archive, member: str) -> bytes:
+    """One file of an archive; a ServeError naming the archive when it is not there."""
+    try:
+        with zipfile.ZipFile(archive.path) as z:
+            return z.read(member)
+    except KeyError:
+        raise ServeError(f"{archive.path.name}: has no {member} (an archive maas did not build?)") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ServeError(f"{archive.path.name}: cannot be read ({exc})") from None
+
+
+def archive_manifest(archive: Archive) -> dict[str, Any]:
+    """The manifest.json maas writes into every archive it builds."""
+    try:
+        return json.loads(archive_member(archive, "manifest.json"))
+    except ValueError:
+        raise ServeError(f"{archive.path.name}: manifest.json is not JSON") from None
+
+
 def store_archives(model_store: Path) -> list[Archive]:
     found = (read_archive(p) for p in sorted(model_store.glob("*.mar")))
     return [a for a in found if a is not None]
+
+
+def packaged_models(model_store: Path) -> list[str]:
+    """Names of the models in the store that `maas package` built (each once)."""
+    names = []
+    for archive in store_archives(model_store):
+        try:
+            if archive_manifest(archive).get("packaged_by") == "maas package":
+                names.append(archive.model)
+        except ServeError:
+            continue
+    return sorted(set(names))
 
 
 def find_archive(model_store: Path, model: str, version: str | None) -> Archive:
@@ -199,15 +230,19 @@ def status_rows(client: TorchServeClient, model: str | None = None,
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The status table, columns as wide as their longest value."""
     restarts = any("worker_restarts" in r for r in rows)
-    lines = [f"{'MODEL':<14}{'VERSION':<9}{'DEFAULT':<8}{'BATCH':>6}{'DELAY':>6}  {'DEVICE':<7}"
-             + ("RESTARTS  " if restarts else "") + "WORKERS (id status pid)"]
+    table = [["MODEL", "VERSION", "DEFAULT", "BATCH", "DELAY", "DEVICE"] + (["RESTARTS"] if restarts else [])
+             + ["WORKERS (id status pid)"]]
     for r in rows:
         workers = ", ".join(f"{w['id']} {w['status']} {w['pid']}" for w in r["workers"]) or "none"
-        lines.append(f"{r['model']:<14}{r['version']:<9}{'*' if r['default'] else '':<8}{r['batch_size']:>6}"
-                     f"{r['max_batch_delay_ms']:>6}  {r['device']:<7}"
-                     + (f"{r.get('worker_restarts', 0):<10}" if restarts else "") + workers)
-    return "\n".join(lines)
+        table.append([r["model"], r["version"], "*" if r["default"] else "", str(r["batch_size"]),
+                      str(r["max_batch_delay_ms"]), r["device"]]
+                     + ([str(r.get("worker_restarts", 0))] if restarts else []) + [workers])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    right = {3, 4}  # numbers
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in table)
 
 
 # ---- workflows (TorchServe .war: a DAG of models and functions, e.g. maintenance-ensemble) ----

@@ -99,6 +99,7 @@ class LoadTest:
     label: str = ""  # report folder suffix
     payload: str = ""  # loadtests/payloads.py generator when not the model's own (benchmarks)
     endpoint: str = "predictions"  # or "explanations"
+    model_store: Path | None = None  # where a packaged model's archive (and so its request bodies) is
 
 
 def _float(row: dict[str, str], key: str) -> float:
@@ -218,6 +219,7 @@ def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path)
     custom = ["--model", test.model, "--model-version", test.version, "--payload", test.payload,
               "--endpoint", test.endpoint,
               "--key-file", str(key_file or ""),
+              "--model-store", str(test.model_store or ""),
               "--warmup", str(slo.warmup_s)]
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
     runner = base + [

@@ -81,10 +81,11 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
             log.info("release: deploying %s %s beside the default %s", model, candidate, default)
             deploy.deploy(client, model_store, model, candidate)
             deployed_here = True
-        reasons += [f"smoke: {p}" for p in smoke.run_cases(client, model, candidate)]
+        reasons += [f"smoke: {p}" for p in smoke.run_cases(client, model, candidate, model_store)]
 
     run = lambda version, label: loadtest.run(  # noqa: E731
-        loadtest.LoadTest(model, slo, version, workers, label), endpoints_inference, key_file, reports_dir,
+        loadtest.LoadTest(model, slo, version, workers, label, model_store=model_store), endpoints_inference,
+        key_file, reports_dir,
         {"served_version": version}, worker_restarts=worker_restarts)
 
     if not reasons:

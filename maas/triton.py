@@ -17,38 +17,44 @@ from typing import Any
 
 import yaml
 
-from maas.deploy import find_archive
+from maas.client import ServeError
+from maas.deploy import archive_manifest, archive_member, find_archive
+from maas.handlers.dtypes import triton_name
 
-TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
-                "bool": "TYPE_BOOL"}
 
 
 class TritonExportError(Exception):
     """The archive cannot be exported as it is."""
 
 
-def _tensor(t: dict[str, Any]) -> str:
+def _tensor(t: dict[str, Any], batched: bool) -> str:
     # Triton's dims leave out the batch axis (max_batch_size > 0); other dynamic axes are -1.
-    dims = [d if isinstance(d, int) else -1 for d in t["shape"][1:]]
-    return (f'  {{\n    name: "{t["name"]}"\n    data_type: {TRITON_TYPES[t["dtype"]]}\n'
+    dims = [d if isinstance(d, int) else -1 for d in (t["shape"][1:] if batched else t["shape"])]
+    return (f'  {{\n    name: "{t["name"]}"\n    data_type: {triton_name(t["dtype"])}\n'
             f'    dims: [ {", ".join(str(d) for d in dims)} ]\n  }}')
 
 
 def config_pbtxt(manifest: dict[str, Any], model_config: dict[str, Any], gpu: bool = False) -> str:
     """A Triton model configuration (protobuf text) equivalent to the TorchServe settings."""
+    batch = manifest.get("batch_axis", "batch")  # archives from before the manifest named it: "batch"
+    batched = batch is not None
     for t in manifest["inputs"] + manifest["outputs"]:
-        if t["shape"][0] != "batch":
+        if batched and t["shape"][0] != batch:
             raise TritonExportError(f"{manifest['name']}: tensor {t['name']} has no leading batch axis")
     handler = model_config.get("handler") or {}
     threads = int(handler.get("intra_op_threads") or 0)
+    # The largest batch one request may carry (the handler's item limit) or the batcher forms; 0: unbatched.
+    max_batch = max(int(model_config.get("batchSize", 8)), int(handler.get("max_items_per_request") or 0))
     lines = [
         f'name: "{manifest["name"]}"',
         'backend: "onnxruntime"',
-        # The largest batch one request may carry (the handler's item limit) or the batcher forms.
-        f"max_batch_size: {max(int(model_config.get('batchSize', 8)), int(handler.get('max_items_per_request') or 0))}",
-        "input [\n" + ",\n".join(_tensor(t) for t in manifest["inputs"]) + "\n]",
-        "output [\n" + ",\n".join(_tensor(t) for t in manifest["outputs"]) + "\n]",
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(model_config.get('maxBatchDelay', 5)) * 1000}\n}}",
+        f"max_batch_size: {max_batch if batched else 0}",
+        "input [\n" + ",\n".join(_tensor(t, batched) for t in manifest["inputs"]) + "\n]",
+        "output [\n" + ",\n".join(_tensor(t, batched) for t in manifest["outputs"]) + "\n]",
+    ]
+    if batched:
+        lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(model_config.get('maxBatchDelay', 5)) * 1000}\n}}")
+    lines += [
         f"instance_group [\n  {{\n    count: {int(model_config.get('minWorkers', 1))}\n"
         f"    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}\n  }}\n]",
         "version_policy: { specific: { versions: [ 1 ] } }",
@@ -61,14 +67,25 @@ def config_pbtxt(manifest: dict[str, Any], model_config: dict[str, Any], gpu: bo
 def export(model_store: Path, model: str, out_repo: Path, version: str | None = None, gpu: bool = False) -> Path:
     """Write out_repo/<model>/ from the model store's archive; returns the model's folder."""
     archive = find_archive(model_store, model, version)
-    with zipfile.ZipFile(archive.path) as z:
-        manifest = json.loads(z.read("manifest.json"))
-        model_config = yaml.safe_load(z.read("model-config.yaml")) if "model-config.yaml" in z.namelist() else {}
-        onnx_bytes = z.read(manifest["model_file"])
-    if hashlib.sha256(onnx_bytes).hexdigest() != manifest["sha256"]:
-        raise TritonExportError(f"{archive.path.name}: model sha256 does not match its manifest; refusing to export")
+    try:
+        manifest = archive_manifest(archive)
+    except ServeError as exc:
+        raise TritonExportError(str(exc)) from None
+    config_text = archive_member(archive, "model-config.yaml") if _has(archive.path, "model-config.yaml") else b"{}"
+    model_config = yaml.safe_load(config_text) or {}
     folder = out_repo / model
     (folder / "1").mkdir(parents=True, exist_ok=True)
-    (folder / "1" / "model.onnx").write_bytes(onnx_bytes)
+    # The model file and its external weights (models over 2 GB), each checked against the manifest.
+    for member, expected in [(manifest["model_file"], manifest["sha256"]),
+                             *((e["file"], e["sha256"]) for e in manifest.get("external_data", []))]:
+        data = archive_member(archive, member)
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise TritonExportError(f"{archive.path.name}: {member} sha256 does not match its manifest; refusing to export")
+        (folder / "1" / ("model.onnx" if member == manifest["model_file"] else member)).write_bytes(data)
     (folder / "config.pbtxt").write_text(config_pbtxt(manifest, model_config, gpu))
     return folder
+
+
+def _has(path: Path, member: str) -> bool:
+    with zipfile.ZipFile(path) as z:
+        return member in z.namelist()

@@ -1,0 +1,383 @@
+"""`maas package`: a user's own model -> a verified, served-ready archive in the model store.
+
+    source (--onnx FILE | --torch MODULE:FACTORY | --exported-program FILE)
+      + spec (maas.yaml and/or --input flags and --example inputs.npz; the rest read off the graph)
+      -> build/<archive>/model.onnx     exported where needed (dynamic axes as declared, batch >= 2)
+      -> verify                         onnx.checker, ONNX Runtime loads it, I/O = spec (dynamic axes
+                                        really dynamic), parity vs PyTorch on 3 batch sizes with a
+                                        tolerance scaled to the outputs, evidence that is not degenerate,
+                                        each row answered alone = answered in a batch
+      -> manifest.json (sha256 of the model and its external weights) + model-config.yaml
+      -> model_store/<name>.mar  (or <name>-<version>.mar), served by handlers/tensor.py or the
+         user's own handler
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from export import archive, onnx_export, sources
+from export.graph_spec import GraphSpecError
+from export.sampling import draw
+from export.spec import ModelSpec, ServingSpec, TensorSpec
+from export.spec_file import SpecError, check_model_name, parse_input_flag, read_spec_file, spec_yaml
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERSION = "1.0"
+SUPPORT_NAMES = {"ort_base.py", "http_reply.py", "dtypes.py", "tensor.py"}
+SAMPLE_ROWS = 16
+MAX_EXAMPLE_REQUEST_BYTES = 64 * 1024
+
+
+@dataclass
+class PackageOptions:
+    """What `maas package` was given (exactly one of onnx, torch, exported_program)."""
+
+    onnx: Path | None = None
+    torch: str | None = None
+    exported_program: Path | None = None
+    name: str | None = None
+    version: str | None = None
+    spec_file: Path | None = None
+    example: Path | None = None
+    inputs: tuple[str, ...] = ()
+    handler: Path | None = None
+    extra_files: tuple[Path, ...] = ()
+    samples: Path | None = None
+    seed: int = 0
+
+
+@dataclass
+class Packaged:
+    name: str
+    version: str
+    mar: Path | None
+    build_dir: Path
+    spec: ModelSpec
+    manifest: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Steps:
+    """'[3/7] verify ... (12.4 s)': the long steps of packaging, logged as they start."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total, self.done, self.started = name, total, 0, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        self.done += 1
+        log.info("%s [%d/%d] %s (%.1f s)", self.name, self.done, self.total, what, time.perf_counter() - self.started)
+
+
+def load_source(opts: PackageOptions) -> sources.Loaded:
+    given = [k for k in ("onnx", "torch", "exported_program") if getattr(opts, k)]
+    if len(given) != 1:
+        raise SpecError("give exactly one model source: --onnx FILE, --torch MODULE:FACTORY or --exported-program FILE")
+    if opts.onnx:
+        return sources.load_onnx(Path(opts.onnx))
+    if opts.torch:
+        return sources.load_factory(opts.torch)
+    return sources.load_exported_program(Path(opts.exported_program))
+
+
+def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"{what} {path}: not a .npz of arrays ({type(exc).__name__}: {exc})") from None
+
+
+def declared_spec(opts: PackageOptions, loaded: sources.Loaded) -> ModelSpec:
+    """The spec from the spec file, the flags and the source, before the graph is read."""
+    fields = read_spec_file(Path(opts.spec_file)) if opts.spec_file else {}
+    name = check_model_name(opts.name or fields.pop("name", None) or loaded.default_name,
+                            "model name (give one with --name)")
+    fields.pop("name", None)
+    version = opts.version or fields.pop("version", None) or DEFAULT_VERSION
+    fields.pop("version", None)
+    check_model_name(version, "version")
+    inputs = tuple(parse_input_flag(f) for f in opts.inputs) or fields.pop("inputs", None) or loaded.inputs
+    fields.pop("inputs", None)
+    handler_file = str(opts.handler) if opts.handler else fields.pop("handler_file", None)
+    fields.pop("handler_file", None)
+    if handler_file and Path(handler_file).name in SUPPORT_NAMES:
+        raise SpecError(f"handler {handler_file}: call it something else than the support modules {sorted(SUPPORT_NAMES)}")
+    if opts.handler and not Path(opts.handler).is_file():
+        raise SpecError(f"--handler {opts.handler}: no such file")
+    extra = tuple(str(p) for p in opts.extra_files) + tuple(fields.pop("extra_files", ()))
+    for f in opts.extra_files:
+        if not Path(f).is_file():
+            raise SpecError(f"--extra-file {f}: no such file")
+    samples = str(opts.samples) if opts.samples else fields.pop("samples", None)
+    fields.pop("samples", None)
+    return ModelSpec(
+        name=name, version=version, description=fields.pop("description", f"{name} packaged by maas"),
+        inputs=tuple(inputs), outputs=fields.pop("outputs", ()),
+        handler=Path(handler_file).name if handler_file else "tensor.py",
+        atol=fields.pop("atol", 1e-5), rtol=fields.pop("rtol", 1e-4), export_batch_size=2,
+        handler_support_files=("tensor.py",), serving=fields.pop("serving", ServingSpec()),
+        handler_file=handler_file, extra_files=extra, samples=samples, **fields)
+
+
+def synthesize(spec: ModelSpec, rows: int, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Inputs drawn within the spec's ranges (export.sampling): the example when none is given."""
+    return draw(spec.io_dict()["inputs"], spec.batch_axis, rows, seed, sizes)
+
+
+def _inputs_from_example(example: dict[str, np.ndarray]) -> tuple[TensorSpec, ...]:
+    """Declared by an example alone: axis 0 is the batch axis, the rest fixed at the example's sizes."""
+    return tuple(TensorSpec(n, str(a.dtype), ("batch", *a.shape[1:])) for n, a in example.items())
+
+
+def example_inputs(opts: PackageOptions, loaded: sources.Loaded, spec: ModelSpec) -> tuple[ModelSpec, dict]:
+    """(spec with inputs, example arrays): from --example, the source, or drawn from the spec."""
+    example = read_npz(Path(opts.example), "--example") if opts.example else loaded.example
+    if example is not None:
+        if not spec.inputs:
+            spec = replace(spec, inputs=_inputs_from_example(example))
+        missing = [t.name for t in spec.inputs if t.name not in example]
+        if missing or len(example) != len(spec.inputs):
+            raise SpecError(f"the example has arrays {sorted(example)}; the model's inputs are {spec.input_names}")
+        for t in spec.inputs:
+            a = example[t.name]
+            if a.ndim != len(t.shape) or any(isinstance(d, int) and d != n for d, n in zip(t.shape, a.shape)):
+                raise SpecError(f"example {t.name}: shape {list(a.shape)} does not fit the declared {list(t.shape)}")
+        example = {t.name: np.ascontiguousarray(example[t.name]).astype(t.dtype) for t in spec.inputs}
+        return spec, example
+    if not spec.inputs:
+        raise SpecError("declare the model's inputs: --example inputs.npz (one array per input), "
+                        "--input NAME:DTYPE:[DIMS] (e.g. pixels:float32:[batch,3,224,224]) or inputs: in the spec")
+    return spec, synthesize(spec, SAMPLE_ROWS, opts.seed)
+
+
+def user_declared(opts: PackageOptions) -> bool:
+    """Inputs the user wrote down (flags or spec file), as opposed to read off the source."""
+    return bool(opts.inputs) or bool(opts.spec_file and "inputs" in read_spec_file(Path(opts.spec_file)))
+
+
+def varied(spec: ModelSpec, example: dict[str, np.ndarray], seed: int, rows: int = 8) -> dict[str, np.ndarray]:
+    """The example, with drawn rows added when it has fewer than 4 distinct ones: parity on copies of
+    one input cannot tell a model that answers everything alike from one that works."""
+    if spec.batch_axis is None:
+        return example
+    distinct = len({b"".join(example[n][i].tobytes() for n in spec.input_names)
+                    for i in range(len(example[spec.input_names[0]]))})
+    if distinct >= 4:
+        return example
+    sizes = {d: example[t.name].shape[ax] for t in spec.inputs for ax, d in enumerate(t.shape)
+             if isinstance(d, str) and d != spec.batch_axis}
+    drawn = synthesize(spec, rows, seed, sizes)
+    log.info("%s: the example has %d distinct row(s); parity also runs on %d drawn within the spec", spec.name,
+             distinct, rows)
+    return {n: np.concatenate([example[n], drawn[n]]) for n in spec.input_names}
+
+
+def parity_cases(spec: ModelSpec, example: dict[str, np.ndarray]) -> tuple[dict[str, int], ...]:
+    """Three batch sizes other than the export's (2), and other symbolic axes cut to 2/3 in one case
+    (a model without a batch axis: the example as it is)."""
+    if spec.batch_axis is None:
+        return ({},)
+    others = {}
+    for t in spec.inputs:
+        for axis, dim in t.dynamic_axes().items():
+            if dim != spec.batch_axis:
+                others[dim] = max(1, example[t.name].shape[axis] * 2 // 3)
+    return ({"batch": 1}, {"batch": 3, **others}, {"batch": 8})
+
+
+def _samples(opts: PackageOptions, spec: ModelSpec, example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    samples = read_npz(Path(spec.samples), "samples") if spec.samples else example
+    missing = [n for n in spec.input_names if n not in samples]
+    if missing:
+        raise SpecError(f"samples {spec.samples}: missing arrays for inputs {missing}")
+    rows = min(len(samples[n]) for n in spec.input_names)
+    per_row = sum(samples[n][0].nbytes for n in spec.input_names) or 1
+    keep = max(1, min(rows, 64, (8 << 20) // per_row))
+    return {n: np.ascontiguousarray(samples[n][:keep]).astype(t.dtype) for n, t in zip(spec.input_names, spec.inputs)}
+
+
+def example_request(spec: ModelSpec, samples: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """The first sample as a request body for the generic handler (None when it would be large)."""
+    body = {"inputs": {n: samples[n][:1].tolist() for n in spec.input_names}}
+    return body if len(json.dumps(body)) <= MAX_EXAMPLE_REQUEST_BYTES else None
+
+
+def package_model(opts: PackageOptions, build_root: Path, model_store: Path, write_spec: Path | None = None) -> Packaged:
+    """The whole road; with `write_spec`, stop after writing the spec read off the graph."""
+    started = time.perf_counter()
+    loaded = load_source(opts)
+    spec = declared_spec(opts, loaded)
+    step = Steps(f"package {spec.name}", 3 if write_spec else 6)
+    step(f"load {loaded.kind} source")
+    archive_name = spec.name if opts.version is None else f"{spec.name}-{spec.version}"
+    build_dir = build_root / archive_name
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    (build_dir / "assets").mkdir(parents=True)
+
+    if loaded.kind == "onnx":
+        step("copy the ONNX file and read its inputs and outputs")
+        path = sources.to_onnx(loaded, spec, {}, build_dir)
+        spec = sources.graph_spec(path, spec)
+        spec, example = example_inputs(opts, loaded, spec)
+    else:
+        spec, example = example_inputs(opts, loaded, spec)
+        named = spec if spec.outputs else replace(spec, outputs=tuple(
+            TensorSpec(n, "float32", ()) for n in sources.output_names(loaded, spec, example)))
+        step("export to ONNX (torch.onnx dynamo exporter)")
+        path = sources.to_onnx(loaded, named, example, build_dir)
+        spec = sources.graph_spec(path, spec)
+    if spec.batch_axis is None and not user_declared(opts):
+        shapes = "; ".join(f"{t.name} {list(t.shape)}" for t in spec.inputs)
+        raise GraphSpecError(
+            f"{spec.name}: the graph has no dynamic batch axis ({shapes}), so TorchServe could not batch "
+            "requests and every request would need exactly these sizes. Export with a dynamic first axis "
+            "(torch.export: dynamic_shapes={'<input>': {0: torch.export.Dim('batch')}}), or declare the inputs "
+            "(--input or inputs: in the spec) with a fixed first axis to serve it unbatched")
+    spec = replace(spec, parity_cases=parity_cases(spec, example))
+    if write_spec is not None:
+        write_spec.write_text(spec_yaml(spec))
+        step(f"wrote {write_spec}")
+        return Packaged(spec.name, spec.version, None, build_dir, spec, seconds=time.perf_counter() - started)
+
+    step("verify: onnx.checker, ONNX Runtime, I/O contract")
+    external = onnx_export.check_external_data(path, allow=True)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise onnx_export.CheckerError(f"{path.name}: onnx.checker: {exc}") from exc
+    onnx_export.check_contract(path, spec)
+    reference = sources.reference(loaded, spec)
+    example = varied(spec, example, opts.seed)
+    step("verify: parity vs PyTorch" if reference else "verify: ONNX Runtime runs the example")
+    if reference is not None:
+        parity = onnx_export.check_parity(path, reference, spec, example)
+    else:
+        parity = {"reference": None, "note": "an ONNX file has no PyTorch source to compare with",
+                  "finite_outputs": _runs_finite(path, spec, example)}
+    parity["batch_independence_max_abs_error"] = onnx_export.check_batch_independence(path, spec, example)
+
+    step("manifest and model-config.yaml")
+    samples = _samples(opts, spec, example)
+    np.savez(build_dir / "assets" / "samples.npz", **samples)
+    for extra in spec.extra_files:
+        shutil.copy(extra, build_dir / "assets" / Path(extra).name)
+    for name in external:
+        shutil.copy(build_dir / name, build_dir / "assets" / name)
+    extra_manifest = {
+        "source": {"kind": loaded.kind, "from": str(opts.onnx or opts.torch or opts.exported_program)},
+        "external_data": [{"file": n, "sha256": archive.sha256_file(build_dir / n)} for n in external],
+        "samples": "samples.npz",
+        "example_request": example_request(spec, samples),
+        "packaged_by": "maas package",
+    }
+    archive.write_manifest(build_dir, spec, path, spec.version, {}, parity, extra_manifest)
+    archive.write_model_config(build_dir, spec)
+    step(f"archive {archive_name}.mar")
+    handler = Path(spec.handler_file) if spec.handler_file else None
+    mar = archive.package(build_dir, spec, model_store, spec.version, archive_name, handler_path=handler)
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    return Packaged(spec.name, spec.version, mar, build_dir, spec, manifest, time.perf_counter() - started)
+
+
+def _runs_finite(path: Path, spec: ModelSpec, example: dict[str, np.ndarray]) -> bool:
+    session = onnx_export.cpu_session(path)
+    outputs = session.run(spec.output_names, example)
+    finite = all(np.isfinite(o).all() for o in outputs if np.issubdtype(o.dtype, np.floating))
+    if not finite:
+        log.warning("%s: the model answers the example with NaN or infinity", spec.name)
+    return bool(finite)
+
+
+# ---- optimized variants of a packaged model --------------------------------------------------
+VARIANT_COSINE_BUDGET = 0.01  # 1 - mean cosine vs FP32, per output
+VARIANT_TOP1_BUDGET = 0.95  # top-1 agreement with FP32, for outputs with labels
+
+
+def variant_cost(spec: ModelSpec, fp32: Path, candidate: Path, samples: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The variant's answers vs FP32's on the samples: mean and worst cosine per row, max abs error,
+    and top-1 agreement for labelled outputs. Cost = 1 - the lowest mean cosine."""
+    base = onnx_export.cpu_session(fp32).run(spec.output_names, samples)
+    cand = onnx_export.cpu_session(candidate).run(spec.output_names, samples)
+    per_output, top1 = {}, {}
+    for t, b, c in zip(spec.outputs, base, cand):
+        rows_b = b.reshape(len(b), -1).astype(np.float64) if spec.batch_axis else b.reshape(1, -1).astype(np.float64)
+        rows_c = c.reshape(rows_b.shape).astype(np.float64)
+        norms = np.linalg.norm(rows_b, axis=1) * np.linalg.norm(rows_c, axis=1)
+        cos = np.where(norms > 0, np.sum(rows_b * rows_c, axis=1) / np.maximum(norms, 1e-30), 1.0)
+        per_output[t.name] = {"mean_cosine": float(cos.mean()), "worst_cosine": float(cos.min()),
+                              "max_abs_error": float(np.max(np.abs(rows_b - rows_c)))}
+        if t.labels:
+            top1[t.name] = float(np.mean(b.argmax(axis=-1) == c.argmax(axis=-1)))
+    cost = 1.0 - min(o["mean_cosine"] for o in per_output.values())
+    within = cost <= VARIANT_COSINE_BUDGET and all(a >= VARIANT_TOP1_BUDGET for a in top1.values())
+    return {"cost_metric": "1 - mean cosine vs FP32 (worst output)", "cost": cost, "budget": VARIANT_COSINE_BUDGET,
+            "within_budget": within, "outputs": per_output, "top1_agreement": top1,
+            "top1_budget": VARIANT_TOP1_BUDGET if top1 else None, "samples": int(len(next(iter(samples.values()))))}
+
+
+def package_variant(model_store: Path, build_root: Path, name: str, variant: str, version: str | None = None) -> Packaged:
+    """`maas build NAME --variant V` for a packaged model: the archive's verified FP32 model made into
+    the variant, its cost measured on the archive's samples, archived as <name>-<version>-<variant>.mar."""
+    import io
+    import zipfile
+
+    import yaml
+
+    from export import variants
+    from maas.deploy import archive_manifest, archive_member, find_archive
+
+    started = time.perf_counter()
+    source = find_archive(model_store, name, version)
+    manifest = archive_manifest(source)
+    config = yaml.safe_load(archive_member(source, "model-config.yaml")) or {}
+    spec = ModelSpec.from_archive(manifest, config)
+    new_version = f"{spec.version}-{variant}"
+    build_dir = build_root / f"{name}-{new_version}"
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    (build_dir / "assets").mkdir(parents=True)
+    with zipfile.ZipFile(source.path) as z:
+        z.extractall(build_dir / "archive")
+        handler = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["handler"]
+    extracted = build_dir / "archive"
+    fp32 = extracted / manifest["model_file"]
+    made = variants.make_variant(variant, fp32, build_dir, None)
+    onnx_export.check_contract(made, spec)
+    if manifest.get("samples"):
+        with np.load(io.BytesIO(archive_member(source, manifest["samples"])), allow_pickle=False) as data:
+            samples = {k: data[k] for k in data.files}
+    else:
+        samples = synthesize(spec, SAMPLE_ROWS)
+    report = variant_cost(spec, fp32, made, samples)
+    log.info("%s %s: %s %.4f (budget %.4f)%s", name, variant, report["cost_metric"], report["cost"], report["budget"],
+             f", top-1 agreement {report['top1_agreement']}" if report["top1_agreement"] else "")
+    variants.check_budget(name, variant, report)
+    shutil.copy(made, build_dir / "model.onnx")
+    skip = {manifest["model_file"], "manifest.json", "model-config.yaml", handler, *SUPPORT_NAMES,
+            *(e["file"] for e in manifest.get("external_data", []))}
+    for item in extracted.iterdir():
+        if item.is_file() and item.name not in skip:
+            shutil.copy(item, build_dir / "assets" / item.name)
+    extra = {k: v for k, v in manifest.items() if k in ("source", "samples", "example_request", "packaged_by")}
+    extra.update(external_data=[], variant={"name": variant, "description": variants.VARIANTS[variant],
+                                            "fp32_sha256": manifest["sha256"], "accuracy": report})
+    spec = replace(spec, version=new_version, handler=handler,
+                   handler_support_files=("tensor.py",))
+    archive.write_manifest(build_dir, spec, build_dir / "model.onnx", new_version, manifest.get("metrics", {}),
+                           manifest.get("parity", {}), extra)
+    (build_dir / "model-config.yaml").write_text(archive_member(source, "model-config.yaml").decode())
+    user_handler = extracted / handler if handler not in SUPPORT_NAMES else None
+    mar = archive.package(build_dir, spec, model_store, new_version, f"{name}-{new_version}", handler_path=user_handler)
+    result = json.loads((build_dir / "manifest.json").read_text())
+    return Packaged(name, new_version, mar, build_dir, spec, result, time.perf_counter() - started)

@@ -1,0 +1,378 @@
+"""`maas package` on tiny models (seconds): the spec file, the three sources, the verification
+traps, and the generic tensor handler with a fake TorchServe context."""
+from __future__ import annotations
+
+import json
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from conftest import FakeContext
+from export import onnx_export
+from export.graph_spec import GraphSpecError, graph_io
+from export.package import PackageOptions, package_model
+from export.spec_file import SpecError, parse_input_flag, read_spec_file
+
+TINY = '''
+import torch
+from torch import nn
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        logits = self.body(x)
+        return {"logits": logits, "probabilities": torch.softmax(logits, dim=-1)}
+
+
+class Tagger(nn.Module):
+    """Token ids -> per-token scores: a dynamic sequence axis beside the batch."""
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, ids, mask):
+        return self.head(self.embed(ids)) * mask.unsqueeze(-1).float()
+
+
+class Constant(nn.Module):
+    def forward(self, x):
+        return x.sum(dim=1, keepdim=True) * 0.0 + 0.5
+
+
+class BatchNormed(nn.Module):
+    """Rows depend on each other (normalised over the batch): TorchServe batching would change answers."""
+    def forward(self, x):
+        return (x - x.mean(dim=0, keepdim=True)) * 2.0
+
+
+def make_mlp():
+    return Mlp()
+
+
+def make_tagger():
+    return Tagger()
+
+
+def make_constant():
+    return Constant()
+
+
+def make_batch_normed():
+    return BatchNormed()
+
+
+def make_not_a_module():
+    return 42
+'''
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's folder holding their model code, as the current directory."""
+    (tmp_path / "tiny_models.py").write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def package(user_dir: Path, **options):
+    return package_model(PackageOptions(**options), user_dir / "build", user_dir / "model_store")
+
+
+def load(mar: Path, into: Path, handler: str = "tensor", cls: str = "TensorHandler"):
+    import importlib
+
+    import sys
+
+    with zipfile.ZipFile(mar) as z:
+        z.extractall(into)
+    if handler not in ("tensor", "ort_base"):  # a user's handler: importable from its model dir, as in TorchServe
+        sys.path.insert(0, str(into))
+    module = importlib.import_module(handler)
+    h = getattr(module, cls)()
+    h.initialize(FakeContext(into, name=mar.stem))
+    return h
+
+
+def call(handler, *bodies):
+    ctx = FakeContext(Path("."))
+    out = handler.handle([{"body": json.dumps(b).encode() if not isinstance(b, bytes) else b} for b in bodies], ctx)
+    return [json.loads(o) for o in out], ctx
+
+
+# ---- the spec file ------------------------------------------------------------------------
+def test_spec_file_errors_are_all_reported_with_line_and_key(tmp_path: Path) -> None:
+    spec = tmp_path / "maas.yaml"
+    spec.write_text(textwrap.dedent("""\
+        name: bad name
+        versoin: "1.0"
+        inputs:
+          - name: x
+            dtype: float
+            shape: [batch, 0]
+        outputs:
+          - name: y
+            dtype: float32
+            shape: [batch, 3]
+            labels: missing.txt
+            range: [0, 1]
+        serving: {batch_size: -1}
+        """))
+    with pytest.raises(SpecError) as err:
+        read_spec_file(spec)
+    text = str(err.value)
+    assert "maas.yaml:1: name:" in text and "letters, digits" in text
+    assert "maas.yaml:2: versoin: unknown key; did you mean 'version'?" in text
+    assert "maas.yaml:5: inputs[0].dtype: 'float' is not a dtype; did you mean 'float32'?" in text
+    assert "inputs[0].shape[1]: must be a positive size" in text
+    assert "outputs[0].labels: labels file" in text and "outputs[0].range: is an input option" in text
+    assert "serving.batch_size: must be a positive integer" in text
+    assert text.startswith("7 problem(s)")
+
+
+def test_a_good_spec_file_reads_into_spec_fields(tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    spec = tmp_path / "maas.yaml"
+    spec.write_text(textwrap.dedent("""\
+        name: pets
+        version: 2
+        inputs: [{name: x, dtype: float32, shape: [batch, 6], range: [-5, 5]}]
+        outputs: [{name: logits, dtype: float32, shape: [batch, 3], labels: labels.txt, top_k: 2, scores: softmax}]
+        serving: {batch_size: 4, workers: 2}
+        parity: {atol: 1.0e-4}
+        """))
+    fields = read_spec_file(spec)
+    assert fields["name"] == "pets" and fields["version"] == "2" and fields["atol"] == 1e-4
+    assert fields["inputs"][0].range == (-5.0, 5.0)
+    assert fields["outputs"][0].labels == ("cat", "dog", "bird") and fields["outputs"][0].top_k == 2
+    assert fields["serving"].batch_size == 4 and fields["serving"].min_workers == fields["serving"].max_workers == 2
+
+
+def test_input_flags() -> None:
+    t = parse_input_flag("pixels:float32:[batch, 3, 224, 224]")
+    assert (t.name, t.dtype, t.shape) == ("pixels", "float32", ("batch", 3, 224, 224))
+    for bad in ("pixels:float32", "pixels:f32:[batch]", "pixels:float32:batch,3"):
+        with pytest.raises(SpecError):
+            parse_input_flag(bad)
+
+
+# ---- the graph -----------------------------------------------------------------------------
+def tiny_onnx(path: Path, batch_names=("unk__1", "unk__2"), external: str | None = None) -> Path:
+    """x [N, 4] float -> y = x @ W [N, 3], with exporter-style axis names."""
+    w = helper.make_tensor("W", TensorProto.FLOAT, [4, 3], np.arange(12, dtype=np.float32).tobytes(), raw=True)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_names[0], 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_names[1], 3])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external:
+        (path.parent / external).parent.mkdir(parents=True, exist_ok=True)
+        onnx.external_data_helper.convert_model_to_external_data(model, location=external, size_threshold=0)
+        onnx.save_model(model, str(path))
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def test_graph_io_names_the_batch_axis(tmp_path: Path) -> None:
+    inputs, outputs = graph_io(tiny_onnx(tmp_path / "m.onnx"))
+    assert inputs[0].shape == ("batch", 4) and outputs[0].shape == ("batch", 3)
+    assert inputs[0].dtype == "float32"
+
+
+def test_onnx_with_external_weights_in_a_subfolder_is_packaged_and_served(user_dir: Path, tmp_path: Path) -> None:
+    model = tiny_onnx(user_dir / "exported" / "model.onnx", external="weights/w.bin")
+    assert (user_dir / "exported" / "weights" / "w.bin").is_file()
+    result = package(user_dir, onnx=model, name="tiny")
+    assert result.manifest["external_data"][0]["file"] == "w.bin"
+    with zipfile.ZipFile(result.mar) as z:
+        assert {"model.onnx", "w.bin", "tensor.py", "ort_base.py", "http_reply.py", "dtypes.py"} <= set(z.namelist())
+    handler = load(result.mar, tmp_path / "served")
+    (answer,), ctx = call(handler, {"inputs": {"x": [1, 0, 0, 1]}})
+    assert answer == {"outputs": {"y": [9.0, 11.0, 13.0]}} and ctx.status == {}
+
+
+def test_a_tampered_external_weights_file_is_refused_at_load(user_dir: Path, tmp_path: Path) -> None:
+    from ort_base import ModelIntegrityError
+
+    result = package(user_dir, onnx=tiny_onnx(user_dir / "m" / "model.onnx", external="w.bin"), name="tiny")
+    with zipfile.ZipFile(result.mar) as z:
+        z.extractall(tmp_path / "x")
+    (tmp_path / "x" / "w.bin").write_bytes(b"\0" * 48)
+    from tensor import TensorHandler
+
+    with pytest.raises(ModelIntegrityError, match="w.bin"):
+        TensorHandler().initialize(FakeContext(tmp_path / "x"))
+
+
+def test_a_graph_without_a_batch_axis_needs_declared_inputs(user_dir: Path) -> None:
+    fixed = tiny_onnx(user_dir / "fixed.onnx", batch_names=(1, 1))
+    with pytest.raises(GraphSpecError, match="no dynamic batch axis"):
+        package(user_dir, onnx=fixed)
+    result = package(user_dir, onnx=fixed, inputs=("x:float32:[1,4]",))
+    assert result.manifest["batch_axis"] is None
+
+
+# ---- PyTorch sources ------------------------------------------------------------------------
+def test_torch_factory_with_a_batch_of_one_example_exports_a_dynamic_batch(user_dir: Path, tmp_path: Path) -> None:
+    np.savez(user_dir / "one.npz", x=np.ones((1, 6), np.float32))
+    result = package(user_dir, torch="tiny_models:make_mlp", example=user_dir / "one.npz")
+    assert result.name == "mlp" and result.mar.name == "mlp.mar"
+    dim0 = onnx.load(str(result.build_dir / "model.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.HasField("dim_value")
+    assert [t.name for t in result.spec.outputs] == ["logits", "probabilities"]
+    # one example row repeated is no evidence: parity also ran on rows drawn within the spec
+    assert result.manifest["parity"]["max_abs_error"] < 1e-5
+    handler = load(result.mar, tmp_path / "served")
+    answers, _ = call(handler, {"inputs": {"x": [[0.1] * 6, [0.2] * 6]}}, {"inputs": {"x": [0.3] * 6}})
+    assert np.asarray(answers[0]["outputs"]["probabilities"]).shape == (2, 3)
+    assert np.asarray(answers[1]["outputs"]["logits"]).shape == (3,)
+
+
+def test_declared_inputs_are_drawn_and_parity_runs_on_three_batch_sizes(user_dir: Path) -> None:
+    result = package(user_dir, torch="tiny_models:make_tagger", name="tagger",
+                     inputs=("ids:int64:[batch,sequence]", "mask:int64:[batch,sequence]"))
+    parity = result.manifest["parity"]
+    assert parity["cases"] == ["batch 1", "batch 3, sequence 5", "batch 8"] and parity["max_abs_error"] < 1e-5
+    assert result.spec.outputs[0].shape == ("batch", "sequence", 4)
+
+
+def test_constant_outputs_are_refused_as_evidence(user_dir: Path) -> None:
+    with pytest.raises(onnx_export.DegenerateParityError, match="proves nothing.*output"):
+        package(user_dir, torch="tiny_models:make_constant", inputs=("x:float32:[batch,6]",))
+
+
+def test_rows_that_depend_on_each_other_are_refused(user_dir: Path) -> None:
+    with pytest.raises(onnx_export.BatchIndependenceError, match="between a batch of 4 and alone"):
+        package(user_dir, torch="tiny_models:make_batch_normed", inputs=("x:float32:[batch,6]",))
+
+
+def test_parity_failure_names_the_worst_output(user_dir: Path) -> None:
+    from export import sources
+
+    result = package(user_dir, torch="tiny_models:make_mlp", inputs=("x:float32:[batch,6]",))
+    wrong = lambda feeds: [np.zeros((len(feeds["x"]), 3), np.float32), np.ones((len(feeds["x"]), 3), np.float32)]  # noqa: E731
+    sample = {"x": np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)}
+    with pytest.raises(onnx_export.AtolError, match="logits: max abs error"):
+        onnx_export.check_parity(result.build_dir / "model.onnx", wrong, result.spec, sample)
+    assert sources  # the reference a source gives is the same kind of callable
+
+
+def test_clear_errors_for_bad_sources(user_dir: Path) -> None:
+    from export.sources import SourceError
+
+    with pytest.raises(SourceError, match="not a torch.nn.Module"):
+        package(user_dir, torch="tiny_models:make_not_a_module", inputs=("x:float32:[batch,6]",))
+    with pytest.raises(SourceError, match="no function"):
+        package(user_dir, torch="tiny_models:nope")
+    with pytest.raises(SpecError, match="declare the model's inputs"):
+        package(user_dir, torch="tiny_models:make_mlp")
+    (user_dir / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(SourceError, match="not an ONNX model"):
+        package(user_dir, onnx=user_dir / "junk.onnx")
+    with pytest.raises(SpecError, match="exactly one model source"):
+        package(user_dir)
+
+
+def test_exported_program_with_its_own_dynamic_batch(user_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(user_dir))
+    import tiny_models  # the user's module
+
+    model = tiny_models.make_mlp()
+    program = torch.export.export(model, (torch.randn(3, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(user_dir / "mlp.pt2"))
+    result = package(user_dir, exported_program=user_dir / "mlp.pt2")
+    assert result.name == "mlp" and result.spec.inputs[0].shape == ("batch", 6)
+    assert result.manifest["parity"]["cases"] == ["batch 1", "batch 3", "batch 8"]
+
+
+# ---- the generic tensor handler ---------------------------------------------------------------
+@pytest.fixture
+def tagger(user_dir: Path, tmp_path: Path):
+    (user_dir / "labels.txt").write_text("O\nPER\nLOC\nORG\n")
+    (user_dir / "maas.yaml").write_text(textwrap.dedent("""\
+        name: tagger
+        inputs:
+          - {name: ids, dtype: int64, shape: [batch, sequence], range: [0, 49], pad: 0}
+          - {name: mask, dtype: int64, shape: [batch, sequence], range: [0, 1], pad: 0}
+        outputs:
+          - {name: scores, dtype: float32, shape: [batch, sequence, 4], labels: labels.txt, top_k: 2, scores: softmax}
+        serving: {batch_size: 8, max_items_per_request: 4}
+        """))
+    result = package(user_dir, torch="tiny_models:make_tagger", spec_file=user_dir / "maas.yaml")
+    return load(result.mar, tmp_path / "served")
+
+
+def test_unequal_lengths_are_padded_into_one_run_and_cut_back(tagger) -> None:
+    runs = []
+    original = tagger._session_run
+    tagger._session_run = lambda feeds: runs.append({k: v.shape for k, v in feeds.items()}) or original(feeds)
+    bodies = [{"inputs": {"ids": [1, 2, 3], "mask": [1, 1, 1]}}, {"inputs": {"ids": [[4, 5, 6, 7, 8]], "mask": [[1] * 5]}}]
+    (short, long), ctx = call(tagger, *bodies)
+    assert runs == [{"ids": (2, 5), "mask": (2, 5)}]  # one run for both, padded to 5
+    assert np.asarray(short["outputs"]["scores"]).shape == (3, 4)
+    assert np.asarray(long["outputs"]["scores"]).shape == (1, 5, 4)
+    alone, _ = call(tagger, bodies[0])
+    assert np.allclose(alone[0]["outputs"]["scores"], short["outputs"]["scores"], atol=1e-6)
+    top = short["predictions"]["scores"][0]
+    assert len(top) == 2 and top[0]["label"] in {"O", "PER", "LOC", "ORG"} and 0 <= top[0]["score"] <= 1
+
+
+@pytest.mark.parametrize("body,field,message", [
+    ({"inputs": {"ids": [1, 2]}}, "inputs.mask", "missing input"),
+    ({"inputs": {"ids": [1, 2], "mask": [1, 1], "x": 1}}, "inputs.x", "unknown input"),
+    ({"inputs": {"ids": [1.5, 2], "mask": [1, 1]}}, "inputs.ids", "integers"),
+    ({"inputs": {"ids": [1, 99], "mask": [1, 1]}}, "inputs.ids", "within [0, 49]"),
+    ({"inputs": {"ids": [1, 2], "mask": [1, 1, 1]}}, "inputs.mask", "'sequence' is 3 here but 2"),
+    ({"inputs": {"ids": [[1, 2]], "mask": [1, 1]}}, "inputs.mask", "one item or every input as a batch"),
+    ({"inputs": {"ids": [[1], [1, 2]], "mask": [1, 1]}}, "inputs.ids", "rectangular"),
+    ({"inputs": {"ids": ["é"], "mask": [1]}}, "inputs.ids", "numbers"),
+    ({"inputs": {"ids": [[[1]]], "mask": [1]}}, "inputs.ids", "dimensions"),
+    ({"inputs": {"ids": [[1]] * 5, "mask": [[1]] * 5}}, "inputs", "limit is 4"),
+    ({"inputs": 3}, "inputs", "body must be"),
+    ({"inputs": [1]}, "inputs[0]", "each input needs name, datatype"),  # a list: the v2 protocol
+])
+def test_bad_tensors_get_a_4xx_naming_the_input_and_neighbours_are_served(tagger, body, field, message) -> None:
+    good = {"inputs": {"ids": [1, 2], "mask": [1, 1]}}
+    (bad, ok), ctx = call(tagger, body, good)
+    assert ctx.status[0][0] in (400, 413) and bad["field"] == field and message in bad["message"], bad
+    assert 1 not in ctx.status and "outputs" in ok
+
+
+def test_v2_requests_are_checked_the_same_way(tagger) -> None:
+    v2 = {"inputs": [{"name": "ids", "datatype": "INT64", "shape": [1, 2], "data": [1, 99]},
+                     {"name": "mask", "datatype": "INT64", "shape": [1, 2], "data": [1, 1]}]}
+    (answer,), ctx = call(tagger, v2)
+    assert ctx.status[0][0] == 400 and "within [0, 49]" in answer["message"]
+    v2["inputs"][0]["data"] = [1, 2]
+    (answer,), ctx = call(tagger, v2)
+    assert answer["outputs"][0]["shape"] == [1, 2, 4] and answer["outputs"][0]["datatype"] == "FP32"
+
+
+def test_a_handler_of_your_own_with_its_labels_file(user_dir: Path, tmp_path: Path) -> None:
+    from conftest import ROOT
+
+    example = ROOT / "examples" / "custom_handler"
+    result = package(user_dir, torch="tiny_models:make_mlp", inputs=("x:float32:[batch,6]",), name="pets",
+                     handler=example / "labels_handler.py", extra_files=(example / "labels.txt",))
+    with zipfile.ZipFile(result.mar) as z:
+        assert {"labels_handler.py", "labels.txt", "tensor.py", "ort_base.py"} <= set(z.namelist())
+        assert json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["handler"] == "labels_handler.py"
+    handler = load(result.mar, tmp_path / "served", "labels_handler", "LabelsHandler")
+    (one, many, bad), ctx = call(handler, {"inputs": {"x": [0.5] * 6}}, {"inputs": {"x": [[0.1] * 6, [-2.0] * 6]}},
+                                 {"inputs": {"x": [1] * 5}})
+    assert one["label"] in {"cat", "dog", "bird"} and 0 < one["score"] <= 1
+    assert len(many) == 2 and all(a["label"] in {"cat", "dog", "bird"} for a in many)
+    assert ctx.status[2][0] == 400 and "needs 6" in bad["message"]  # the spec's checks still apply
