@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 import yaml
 
+import maas.handlers
+
 from export import maintenance
 from export.build import build
 from export.variants import held_out_outputs
 
 log = logging.getLogger(__name__)
 WORKFLOW = "maintenance-ensemble"
-HANDLER = Path(__file__).resolve().parents[1] / "handlers" / "ensemble_workflow.py"
+HANDLER = Path(maas.handlers.__path__[0]) / "ensemble_workflow.py"
 HELD_OUT_SEED, HELD_OUT_RECORDS = 2024, 6000
 
 

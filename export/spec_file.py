@@ -36,8 +36,8 @@ import yaml
 
 from export.spec import ModelSpec, ServingSpec, TensorSpec
 from maas.handlers.dtypes import DTYPES
+from maas.names import NAME, name_problem
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 AXIS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP = {"name", "version", "description", "inputs", "outputs", "serving", "parity", "handler", "extra_files",
        "samples", "opset"}
@@ -54,9 +54,10 @@ class SpecError(ValueError):
 
 
 def check_model_name(name: str, what: str = "model name") -> str:
-    """Names maas builds URLs and file names from: letters, digits, '.', '_', '-'."""
-    if not isinstance(name, str) or not NAME.match(name) or len(name) > 128:
-        raise SpecError(f"{what} {name!r}: use letters, digits, '.', '_' and '-' only (starting with a letter or digit)")
+    """Names maas builds URLs and file names from (maas.names): letters, digits, '.', '_', '-'."""
+    problem = name_problem(name, what)
+    if problem:
+        raise SpecError(problem)
     return name
 
 

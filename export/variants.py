@@ -87,16 +87,21 @@ def make_variant(variant: str, fp32: Path, build_dir: Path, optimized_graph: Cal
     return out
 
 
+def _not_ort_chatter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+
+
 @contextlib.contextmanager
 def _quiet_ort_tools():
-    """ORT's optimizer and quantizer log every fused node and tensor type at INFO on the root logger."""
+    """ORT's optimizer and quantizer log every fused node and tensor type at INFO straight on the
+    root logger: while they run, a filter on that logger drops those records (and only those;
+    no level changes, other loggers' records never pass a root-logger filter)."""
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
+    root.addFilter(_not_ort_chatter)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(_not_ort_chatter)
 
 
 def _make(variant: str, fp32: Path, build_dir: Path, optimized_graph: Callable[[Path], Path] | None) -> Path:

@@ -17,6 +17,7 @@ from locust import FastHttpUser, events, task
 from locust.runners import WorkerRunner
 
 import payloads
+from maas.client import api_path
 
 KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
 
@@ -70,7 +71,7 @@ class ModelUser(FastHttpUser):
     def on_start(self) -> None:
         opts = self.environment.parsed_options
         self.model = opts.model
-        self.path = f"/{opts.endpoint}/{opts.model}" + (f"/{opts.model_version}" if opts.model_version else "")
+        self.path = api_path(opts.endpoint, opts.model, opts.model_version)
         self.explaining = opts.endpoint == "explanations"
         self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000,
                                            version=opts.model_version, model_store=opts.model_store)

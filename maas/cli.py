@@ -11,6 +11,7 @@ from typing import Any
 import click
 import yaml
 
+from export.variants import VARIANTS
 from maas import deploy as deploy_ops
 from maas.client import ServeError
 from maas.keys import KeyFileError
@@ -84,7 +85,7 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
               help="version to stamp; writes <model>-<version>.mar beside the others [the spec's version]; "
                    "for a packaged model with --variant: the version to start from")
 @click.option("--seed", type=int, help="training seed, e.g. for a second training as a new version")
-@click.option("--variant", type=click.Choice(["opt", "int8", "fp16"]),
+@click.option("--variant", type=click.Choice(list(VARIANTS)),
               help="build this optimized variant (from a verified FP32 export) as version <version>-<variant>: opt (ORT graph "
                    "optimizations), int8 (dynamic quantization, CPU), fp16 (GPU); refused over its accuracy budget")
 @click.option("--ensemble", type=click.IntRange(2, 16),
@@ -137,6 +138,20 @@ def build(models: tuple[str, ...], version: str | None, seed: int | None, varian
             acc = manifest["variant"]["accuracy"]
             click.echo(f"  {variant}: {acc['cost_metric']} {acc['cost']:.4f} (budget {acc['budget']:g}), "
                        f"{manifest['size_bytes'] / 1e6:.1f} MB")
+
+
+@cli.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--force", is_flag=True, help="overwrite files maas init wrote before")
+def init(directory: Path, force: bool) -> None:
+    """Make DIRECTORY a maas project: config.properties with the secure defaults, metrics.yaml,
+    an empty model_store/, a commented model spec template (maas.yaml) and a .gitignore."""
+    from maas.init import init_project
+
+    for line in init_project(directory, force):
+        click.echo(line)
+    click.echo(f"next: cd {directory} && maas package --onnx model.onnx (or --torch MODULE:FUNCTION), "
+               "then maas serve start")
 
 
 @cli.command("package")
@@ -347,11 +362,11 @@ def predict(project: Project, model: str, file: Any, version: str | None, conten
         raise click.ClickException(f"HTTP {resp.status_code} from /predictions/{model}")
 
 
-def _slo(model: str, slo_file: str | None, **overrides: Any) -> Any:
-    """defaults < loadtests/slo/<model>.yaml (or --slo FILE) < flags."""
+def _slo(model: str, slo_file: str | None, project_dir: Path | None = None, **overrides: Any) -> Any:
+    """defaults < slo/<model>.yaml of the project or the zoo's (or --slo FILE) < flags."""
     from maas.loadtest import SLO
 
-    slo = SLO.for_model(model, Path(slo_file) if slo_file else None)
+    slo = SLO.for_model(model, Path(slo_file) if slo_file else None, project_dir)
     for key in ("users", "spawn_rate", "run_time_s", "warmup_s"):
         if overrides.get(key) is not None:
             setattr(slo, key, overrides[key])
@@ -365,7 +380,7 @@ def slo_options(command: Any) -> Any:
     """The load and threshold flags shared by loadtest and release (each overrides the SLO file)."""
     options = [
         click.option("--slo", "slo_file", type=click.Path(exists=True, dir_okay=False),
-                     help="SLO YAML [loadtests/slo/MODEL.yaml]"),
+                     help="SLO YAML [slo/MODEL.yaml here, else the zoo's loadtests/slo/MODEL.yaml]"),
         click.option("--users", type=int, help="concurrent Locust users [SLO file]"),
         click.option("--spawn-rate", type=float, help="users started per second [SLO file]"),
         click.option("--run-time", "run_time_s", type=int, help="measured seconds of load [SLO file]"),
@@ -396,7 +411,7 @@ def loadtest(project: Project, model: str, slo_file: str | None, version: str, l
     """Load-test MODEL with Locust against its SLO; exit 0 only when every SLO holds."""
     from maas.loadtest import LoadTest
 
-    slo = _slo(model, slo_file, **overrides)
+    slo = _slo(model, slo_file, project.root, **overrides)
     if find_capacity:
         from maas.capacity import find_capacity as search
 
@@ -421,10 +436,8 @@ def _ready_for_load(project: Project, seconds: float) -> Any:
     """The server, checked up, with keys renewed if they would expire during `seconds` of load."""
     server = project.server()
     server.client.ping()  # fails fast, with a clear message, when the server is down
-    if server.client.key_file is not None:
-        server.client.renew_margin_s = seconds + 120  # Locust re-reads key_file.json when it changes
-        server.client.ping()
-        server.client.renew_margin_s = 120.0
+    # Locust re-reads key_file.json when it changes; renew now what would expire during the run.
+    server.client.fresh_key("inference", margin_s=seconds + 120)
     return server
 
 
@@ -453,7 +466,7 @@ def release(project: Project, model: str, candidate: str, fresh_baseline: bool, 
     """Promote CANDIDATE to MODEL's default only if it answers correctly, meets its SLO and does not regress."""
     from maas.release import release as gate
 
-    slo = _slo(model, slo_file, **overrides)
+    slo = _slo(model, slo_file, project.root, **overrides)
     server = _ready_for_load(project, 3 * (slo.warmup_s + slo.run_time_s) + 120)
     record = gate(server.client, server.endpoints.inference, server.client.key_file, project.model_store,
                   project.reports_dir, model, candidate, slo, locust_workers, fresh_baseline,
@@ -495,7 +508,7 @@ def demo(project: Project, run_time: int) -> None:
                            f"HTTP {resp.status_code}  X-Model-Version: {resp.headers.get('X-Model-Version')}\n{resp.text}")
         for model in MODELS:
             click.echo("")
-            slo = _slo(model, None, run_time_s=run_time)
+            slo = _slo(model, None, project.root, run_time_s=run_time)
             _loadtest(project, LoadTest(model, slo, model_store=project.model_store))
     finally:
         server.stop()
@@ -509,10 +522,13 @@ def demo(project: Project, run_time: int) -> None:
 @click.pass_obj
 def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: bool) -> None:
     """Write MODELS' verified ONNX files (default: all in the store) as a Triton model repository."""
-    from maas.deploy import store_archives
+    from maas.deploy import maas_archives
     from maas.triton import export
 
-    names = models or tuple(sorted({a.model for a in store_archives(project.model_store)}))
+    archives, skipped = maas_archives(project.model_store)
+    for line in skipped:
+        click.echo(line, err=True)
+    names = models or tuple(sorted({a.model for a in archives}))
     for name in names:
         folder = export(project.model_store, name, Path(out_dir), gpu=gpu)
         click.echo(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx")

@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -41,6 +42,12 @@ class ApiError(ServeError):
         self.status, self.message = status, message
 
 
+def api_path(*parts: str | None) -> str:
+    """A URL path from model names, versions and route words, each percent-quoted: TorchServe
+    accepts registrations under names like `a/../b` or `été`, which must not change the route."""
+    return "/" + "/".join(quote(str(p), safe="") for p in parts if p)
+
+
 def _token_refused(resp: requests.Response) -> bool:
     # TorchServe 0.12 answers 400 "Token Authorization failed" (not 401) for a bad/expired key.
     return resp.status_code in (400, 401) and "token authorization failed" in resp.text.lower()
@@ -69,12 +76,13 @@ class TorchServeClient:
         self.verify = verify
 
     # ---- keys -----------------------------------------------------------------------
-    def fresh_key(self, kind: str) -> str | None:
-        """The current `kind` key from key_file.json, renewed first when it expires within the margin."""
+    def fresh_key(self, kind: str, margin_s: float | None = None) -> str | None:
+        """The current `kind` key from key_file.json, renewed first when it expires within `margin_s`
+        (default: the client's renew_margin_s)."""
         if self.key_file is None:
             return None
         keys = read_keys(self.key_file)
-        if keys[kind].expires_within(self.renew_margin_s):
+        if keys[kind].expires_within(self.renew_margin_s if margin_s is None else margin_s):
             self.renew_key(kind)
             keys = read_keys(self.key_file)
         return keys[kind].value
@@ -128,7 +136,7 @@ class TorchServeClient:
 
     def predict(self, model: str, body: bytes, content_type: str = "application/json",
                 version: str | None = None) -> requests.Response:
-        path = f"/predictions/{model}" + (f"/{version}" if version else "")
+        path = api_path("predictions", model, version)
         return self.request("inference", "POST", path, data=body, headers={"Content-Type": content_type})
 
     def predict_json(self, model: str, payload: Any, version: str | None = None) -> Any:
@@ -148,4 +156,4 @@ class TorchServeClient:
         return self.management("GET", "/models", params={"limit": 1000})["models"]
 
     def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
-        return self.management("GET", f"/models/{model}" + (f"/{version}" if version else ""))
+        return self.management("GET", api_path("models", model, version))

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maas.client import ApiError, ServeError, TorchServeClient
+from maas.client import ApiError, ServeError, TorchServeClient, api_path
+from maas.names import name_problem
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +57,32 @@ def archive_manifest(archive: Archive) -> dict[str, Any]:
 
 
 def store_archives(model_store: Path) -> list[Archive]:
+    """Every TorchServe archive in the store (maas's or not)."""
     found = (read_archive(p) for p in sorted(model_store.glob("*.mar")))
     return [a for a in found if a is not None]
 
 
+def maas_archives(model_store: Path) -> tuple[list[Archive], list[str]]:
+    """(archives maas built, one line per .mar skipped and why): what store-wide commands work on."""
+    built, skipped = [], []
+    for path in sorted(model_store.glob("*.mar")):
+        archive = read_archive(path)
+        if archive is None:
+            skipped.append(f"skipped {path.name}: not a TorchServe archive (no MAR-INF/MANIFEST.json)")
+            continue
+        try:
+            archive_manifest(archive)
+        except ServeError as exc:
+            skipped.append(f"skipped {path.name}: {str(exc).split(': ', 1)[-1]}")
+            continue
+        built.append(archive)
+    return built, skipped
+
+
 def packaged_models(model_store: Path) -> list[str]:
     """Names of the models in the store that `maas package` built (each once)."""
-    names = []
-    for archive in store_archives(model_store):
-        try:
-            if archive_manifest(archive).get("packaged_by") == "maas package":
-                names.append(archive.model)
-        except ServeError:
-            continue
-    return sorted(set(names))
+    archives, _ = maas_archives(model_store)
+    return sorted({a.model for a in archives if archive_manifest(a).get("packaged_by") == "maas package"})
 
 
 def find_archive(model_store: Path, model: str, version: str | None) -> Archive:
@@ -110,6 +123,10 @@ def deploy(client: TorchServeClient, model_store: Path, model: str, version: str
            workers: int = 1, batch_size: int | None = None, max_batch_delay_ms: int | None = None,
            timeout: float = 180.0, load_retries: int = 2) -> dict[str, Any]:
     """Register an archive from the model store by name, synchronously; returns its description."""
+    for value, what in ((model, "model name"), (version, "version")):
+        problem = name_problem(value, what) if value is not None else None
+        if problem:
+            raise ServeError(problem)
     archive = find_archive(model_store, model, version)
     params: dict[str, Any] = {"url": archive.path.name, "initial_workers": workers, "synchronous": "true",
                               "response_timeout": 120}
@@ -133,7 +150,7 @@ def deploy(client: TorchServeClient, model_store: Path, model: str, version: str
 
 def _retry_workers(client: TorchServeClient, archive: Archive, workers: int, timeout: float, attempts: int,
                    first: ApiError) -> None:
-    path = f"/models/{archive.model}/{archive.version}"
+    path = api_path("models", archive.model, archive.version)
     for attempt in range(1, attempts + 1):
         log.info("%s %s: workers failed to start (%s); retry %d/%d", archive.model, archive.version,
                  first.message, attempt, attempts)
@@ -174,13 +191,13 @@ def scale(client: TorchServeClient, model: str, min_workers: int, max_workers: i
     version = resolve_version(client, model, version)
     max_workers = max(min_workers, max_workers if max_workers is not None else min_workers)
     # Asynchronous request, then our own wait: the timeout is ours to report, not an HTTP one.
-    client.management("PUT", f"/models/{model}/{version}",
+    client.management("PUT", api_path("models", model, version),
                       params={"min_worker": min_workers, "max_worker": max_workers, "synchronous": "false"})
     return wait_for_workers(client, model, version, min_workers, timeout)
 
 
 def set_default(client: TorchServeClient, model: str, version: str) -> None:
-    client.management("PUT", f"/models/{model}/{version}/set-default")
+    client.management("PUT", api_path("models", model, version, "set-default"))
 
 
 def undeploy(client: TorchServeClient, model: str, version: str | None = None, attempts: int = 10) -> str:
@@ -192,7 +209,7 @@ def undeploy(client: TorchServeClient, model: str, version: str | None = None, a
     version = resolve_version(client, model, version)
     for attempt in range(1, attempts + 1):
         try:
-            client.management("DELETE", f"/models/{model}/{version}", timeout=120)
+            client.management("DELETE", api_path("models", model, version), timeout=120)
             return version
         except ApiError as err:
             transient = err.status == 500 or "ConcurrentModification" in err.message or err.status == 408
@@ -210,8 +227,20 @@ def status_rows(client: TorchServeClient, model: str | None = None,
     names = [model] if model else [m["modelName"] for m in client.list_models()]
     rows = []
     for name in names:
-        default = str(client.describe(name)[0]["modelVersion"])
-        for desc in client.describe(name, "all"):
+        try:
+            described = client.describe(name, "all")
+            default = str(client.describe(name)[0]["modelVersion"])
+        except ApiError as err:
+            if model:
+                raise
+            # TorchServe registers names its own routes cannot reach (it decodes %2F: `a/../b`):
+            # one row says so, the other models are listed as usual.
+            rows.append({"model": name, "version": "?", "default": False, "workers": [], "batch_size": "?",
+                         "max_batch_delay_ms": "?", "device": "?",
+                         "error": f"TorchServe cannot describe it (HTTP {err.status}); names with '/' cannot be "
+                                  "addressed through its API"})
+            continue
+        for desc in described:
             workers = desc.get("workers", [])
             rows.append({
                 "model": name,
@@ -235,7 +264,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     table = [["MODEL", "VERSION", "DEFAULT", "BATCH", "DELAY", "DEVICE"] + (["RESTARTS"] if restarts else [])
              + ["WORKERS (id status pid)"]]
     for r in rows:
-        workers = ", ".join(f"{w['id']} {w['status']} {w['pid']}" for w in r["workers"]) or "none"
+        workers = r.get("error") or ", ".join(f"{w['id']} {w['status']} {w['pid']}" for w in r["workers"]) or "none"
         table.append([r["model"], r["version"], "*" if r["default"] else "", str(r["batch_size"]),
                       str(r["max_batch_delay_ms"]), r["device"]]
                      + ([str(r.get("worker_restarts", 0))] if restarts else []) + [workers])
@@ -260,8 +289,8 @@ def deploy_workflow(client: TorchServeClient, workflow_store: Path, name: str, t
     if workflow_archive(workflow_store, name) is None:
         raise ServeError(f"no workflow archive {name}.war in {workflow_store}: build it (`maas build --ensemble N`)")
     client.management("POST", "/workflows", params={"url": f"{name}.war"}, timeout=timeout)
-    return client.management("GET", f"/workflows/{name}")
+    return client.management("GET", api_path("workflows", name))
 
 
 def undeploy_workflow(client: TorchServeClient, name: str) -> None:
-    client.management("DELETE", f"/workflows/{name}", timeout=120)
+    client.management("DELETE", api_path("workflows", name), timeout=120)

@@ -19,14 +19,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+import maas.loadtests
 from maas.properties import free_loopback_ports
 
 log = logging.getLogger(__name__)
 
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "loadtests" / "locustfile.py"
-
-
-SLO_DIR = LOCUSTFILE.parent / "slo"
+LOCUSTFILE = Path(maas.loadtests.__path__[0]) / "locustfile.py"  # loadtests/ in a checkout, package data installed
+SLO_DIR = LOCUSTFILE.parent / "slo"  # the zoo's SLO files
 
 
 @dataclass
@@ -84,10 +83,13 @@ class SLO:
         return slo
 
     @classmethod
-    def for_model(cls, model: str, path: Path | None = None) -> "SLO":
-        """The given file, else loadtests/slo/<model>.yaml, else defaults."""
-        path = path or SLO_DIR / f"{model}.yaml"
-        return cls.from_file(path) if path.exists() else cls()
+    def for_model(cls, model: str, path: Path | None = None, project_dir: Path | None = None) -> "SLO":
+        """The given file, else <project>/slo/<model>.yaml, else the zoo's loadtests/slo/<model>.yaml,
+        else defaults."""
+        candidates = [path] if path else [(project_dir or Path.cwd()) / "slo" / f"{model}.yaml",
+                                          SLO_DIR / f"{model}.yaml"]
+        found = next((p for p in candidates if p.exists()), None)
+        return cls.from_file(found) if found else cls()
 
 
 @dataclass

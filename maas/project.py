@@ -23,7 +23,12 @@ class Project:
     def locate(cls, config: str | None = None, model_store: str | None = None, run_dir: str | None = None,
                reports_dir: str | None = None) -> "Project":
         """Paths from arguments, then MAAS_* variables, then the project holding config.properties."""
-        root = Path.cwd() if (Path.cwd() / "config.properties").exists() else REPO_ROOT
+        # The folder holding config.properties: here (a `maas init` folder, or this checkout), else
+        # the checkout maas runs from (an editable install), else here (commands that need a config
+        # then say to run `maas init`).
+        here = Path.cwd()
+        root = here if (here / "config.properties").exists() else (
+            REPO_ROOT if (REPO_ROOT / "config.properties").exists() else here)
 
         def pick(arg: str | None, env: str, default: Path) -> Path:
             return Path(arg or os.environ.get(env) or default).resolve()

@@ -142,3 +142,45 @@ def test_undeploy_right_after_a_load_burst_succeeds(bare: TorchServe) -> None:
     assert set(codes) == {200}
     assert d.undeploy(bare.client, "maintenance", "1.0") == "1.0"
     assert bare.client.list_models() == []
+
+
+def test_what_maas_did_not_make_does_not_break_it(bare: TorchServe, tmp_path: Path) -> None:
+    """A stock TorchServe archive in the store and models registered under odd names through the
+    raw management API: every command still works, and what it skips it names."""
+    import zipfile
+
+    stock = bare.layout.model_store / "stock.mar"
+    with zipfile.ZipFile(stock, "w") as z:  # what torch-model-archiver writes for a plain handler
+        z.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelName": "stock", "modelVersion": "1.0",
+                                                                  "handler": "stock.py"}}))
+        z.writestr("stock.py", "def handle(data, context):\n    return data\n")
+    (bare.layout.model_store / "junk.mar").write_bytes(b"not a zip")
+    try:
+        out = maas(bare, "export-triton", "--out", str(tmp_path / "triton"))
+        assert out.returncode == 0, out.stderr
+        assert "skipped stock.mar: has no manifest.json" in out.stderr and "skipped junk.mar" in out.stderr
+        out = maas(bare, "export-triton", "stock", "--out", str(tmp_path / "triton"))
+        assert out.returncode == 1 and "stock.mar" in out.stderr
+
+        for odd in ("a/../b", "été", "x y"):
+            done = bare.client.management("POST", "/models", params={"url": "maintenance.mar", "model_name": odd,
+                                                                    "initial_workers": 1, "synchronous": "true"})
+            assert "registered" in json.dumps(done).lower() or done
+        out = maas(bare, "status")
+        assert out.returncode == 0, out.stderr
+        for odd in ("été", "x y"):
+            assert odd in out.stdout
+            assert bare.client.describe(odd)[0]["modelName"] == odd  # names are quoted in every URL
+        assert bare.client.predict_json("été", GOOD)["failure"] is False
+        # TorchServe decodes %2F in its routes: a name with '/' is listed, said unreachable, and the rest works
+        assert "a/../b" in out.stdout and "cannot describe it" in out.stdout
+        refused = maas(bare, "deploy", "x y")
+        assert refused.returncode == 1 and "letters, digits" in refused.stderr
+    finally:
+        for odd in ("été", "x y"):  # `a/../b` cannot be unregistered through TorchServe's API at all
+            try:
+                d.undeploy(bare.client, odd)
+            except ApiError:
+                pass
+        stock.unlink()
+        (bare.layout.model_store / "junk.mar").unlink()
