@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup java build demo test test-unit bench clean help
+.PHONY: setup java build demo test test-unit bench docs clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test-unit: setup  ## unit tests only (no server)
 
 bench: setup  ## ours (ORT FP32/INT8) vs TorchServe's stock PyTorch path vs in-process; reports/bench-*/
 	$(BIN)/maas bench
+
+docs: setup  ## build the documentation site into build/site/ (MkDocs, strict: a broken link fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:  ## remove build outputs, archives, reports and server state (keeps .venv)
 	rm -rf build reports run model_store/*.mar .pytest_cache

@@ -31,6 +31,12 @@ class ArchiveError(Exception):
     """torch-model-archiver failed, or its output breaks a packaging rule."""
 
 
+def archive_name(name: str, version: str | None, own_version: str | None = None) -> str:
+    """The archive's file name (without .mar): <name> for the model's own version (or none given),
+    <name>-<version> for a stamped one, so versions sit side by side in a model store."""
+    return name if version in (None, own_version) else f"{name}-{version}"
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -1,24 +1,22 @@
-"""train/load -> export -> verify -> manifest -> .mar, for any model of the zoo."""
+"""The zoo's road: train/load -> export -> verify -> manifest -> .mar (the road `maas package` takes).
+
+A zoo model (export/zoo/) trains its module and says what the handler reads; from there it
+takes the same road as a user's model: export (export.onnx_export), verification, and
+export.package.archive_model.
+"""
 from __future__ import annotations
 
-import importlib
 import logging
-import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from export import archive, onnx_export, variants
+from export import archive, onnx_export, variants, zoo
+from export.package import archive_model
 from export.spec import ModelSpec
+from export.trained import Trained
 
 log = logging.getLogger(__name__)
-
-# name -> module with SPEC and train() -> Trained. Adding a model is one line here.
-MODELS = {
-    "maintenance": "export.maintenance",
-    "digits": "export.digits",
-    "minilm": "export.minilm",
-}
 
 
 @dataclass
@@ -30,71 +28,57 @@ class BuildResult:
     seconds: float
 
 
-def model_module(name: str):
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    return importlib.import_module(MODELS[name])
-
-
 def spec_of(name: str) -> ModelSpec:
-    return model_module(name).SPEC
-
-
-def archive_name_for(spec: ModelSpec, version: str | None) -> str:
-    """<model>.mar for the spec's own version, <model>-<version>.mar for a stamped one."""
-    return spec.name if version in (None, spec.version) else f"{spec.name}-{version}"
+    return zoo.get(name).spec
 
 
 def build(name: str, build_root: Path, model_store: Path, version: str | None = None,
           seed: int | None = None, variant: str | None = None) -> BuildResult:
-    """Build one model into build_root/<archive>/ and model_store/<archive>.mar.
+    """Build one zoo model into build_root/<archive>/ and model_store/<archive>.mar.
 
     With `variant` (see export/variants.py) the verified FP32 file is turned into that variant,
     its accuracy cost measured on held-out data and checked against its budget, and the result
     archived as its own version (default `<spec version>-<variant>`).
     """
     start = time.perf_counter()
-    module = model_module(name)
-    spec: ModelSpec = module.SPEC
+    model = zoo.get(name)
+    spec = model.spec
     if variant is not None:
         if variant not in variants.VARIANTS:
             raise variants.VariantError(f"unknown variant {variant!r}; known: {', '.join(variants.VARIANTS)}")
         version = version or f"{spec.version}-{variant}"
-    archive_name = archive_name_for(spec, version)
-    version = version or spec.version
+    archive_name = archive.archive_name(spec.name, version, spec.version)
+    spec = replace(spec, version=version or spec.version)
     build_dir = build_root / archive_name
     if build_dir.exists():
+        import shutil
+
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True)
 
     log.info("%s: training / loading", name)
-    trained = module.train() if seed is None else module.train(seed=seed)
-    if trained.assets:
-        (build_dir / "assets").mkdir()
-        for asset in trained.assets:
-            shutil.copy(asset, build_dir / "assets" / asset.name)
+    trained = model.train() if seed is None else model.train(seed=seed)
     onnx_path = onnx_export.export_onnx(trained.module, spec, trained.sample, build_dir / "model.onnx")
     parity = onnx_export.verify(onnx_path, trained.module, spec, trained.sample)
-    if hasattr(module, "evaluate_onnx"):  # model-specific checks of the exported file itself
-        trained.metrics.update(module.evaluate_onnx(onnx_path, trained))
+    trained.metrics.update(model.evaluate_onnx(onnx_path, trained))
     if variant is not None:
-        onnx_path, trained.extra_manifest = _variant(module, spec, trained, onnx_path, build_dir, variant)
-    archive.write_manifest(build_dir, spec, onnx_path, version, trained.metrics, parity, trained.extra_manifest)
-    archive.write_model_config(build_dir, spec)
-    mar = archive.package(build_dir, spec, model_store, version, archive_name)
-    return BuildResult(name, version, mar, build_dir, time.perf_counter() - start)
+        onnx_path, trained.extra_manifest = _variant(model, spec, trained, onnx_path, build_dir, variant)
+    mar = archive_model(build_dir, spec, onnx_path, model_store, archive_name, parity=parity, metrics=trained.metrics,
+                        extra_manifest=trained.extra_manifest, assets=trained.assets, external=[])
+    return BuildResult(name, spec.version, mar, build_dir, time.perf_counter() - start)
 
 
-def _variant(module, spec: ModelSpec, trained, fp32: Path, build_dir: Path, variant: str) -> tuple[Path, dict]:
+def _variant(model: zoo.ZooModel, spec: ModelSpec, trained: Trained, fp32: Path, build_dir: Path,
+             variant: str) -> tuple[Path, dict]:
     """build_dir/model.onnx becomes the variant (the FP32 file stays as model.fp32.onnx)."""
-    if not hasattr(module, "variant_report"):
-        raise variants.VariantError(f"{spec.name} has no held-out evaluation for variants")
     kept = fp32.replace(build_dir / "model.fp32.onnx")
-    optimized = module.optimized_graph(trained) if hasattr(module, "optimized_graph") else None
-    made = variants.make_variant(variant, kept, build_dir, optimized)
+    made = variants.make_variant(variant, kept, build_dir, model.optimized_graph(trained))
     onnx_export.check_external_data(made)
     onnx_export.check_contract(made, spec)
-    report = module.variant_report(kept, made)
+    try:
+        report = model.variant_report(kept, made)
+    except zoo.NoHeldOutEvaluation as exc:
+        raise variants.VariantError(str(exc)) from None
     log.info("%s %s: %s %.4f (budget %.4f)", spec.name, variant, report["cost_metric"], report["cost"], report["budget"])
     variants.check_budget(spec.name, variant, report)
     target = made.replace(build_dir / "model.onnx")

@@ -21,7 +21,7 @@ import yaml
 
 import maas.handlers
 
-from export import maintenance
+from export.zoo import maintenance
 from export.build import build
 from export.variants import held_out_outputs
 

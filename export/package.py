@@ -217,9 +217,9 @@ def package_model(opts: PackageOptions, build_root: Path, model_store: Path, wri
     started = time.perf_counter()
     loaded = load_source(opts)
     spec = declared_spec(opts, loaded)
-    step = Steps(f"package {spec.name}", 3 if write_spec else 6)
+    step = Steps(f"package {spec.name}", 3 if write_spec else 4)
     step(f"load {loaded.kind} source")
-    archive_name = spec.name if opts.version is None else f"{spec.name}-{spec.version}"
+    archive_name = archive.archive_name(spec.name, opts.version)  # --version stamps <name>-<version>.mar
     build_dir = build_root / archive_name
     if build_dir.exists():
         shutil.rmtree(build_dir)
@@ -250,53 +250,45 @@ def package_model(opts: PackageOptions, build_root: Path, model_store: Path, wri
         step(f"wrote {write_spec}")
         return Packaged(spec.name, spec.version, None, build_dir, spec, seconds=time.perf_counter() - started)
 
-    step("verify: onnx.checker, ONNX Runtime, I/O contract")
-    external = onnx_export.check_external_data(path, allow=True)
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise onnx_export.CheckerError(f"{path.name}: onnx.checker: {exc}") from exc
-    onnx_export.check_contract(path, spec)
     reference = sources.reference(loaded, spec)
     example = varied(spec, example, opts.seed)
-    step("verify: parity vs PyTorch" if reference else "verify: ONNX Runtime runs the example")
-    if reference is not None:
-        parity = onnx_export.check_parity(path, reference, spec, example)
-    else:
-        parity = {"reference": None, "note": "an ONNX file has no PyTorch source to compare with",
-                  "finite_outputs": _runs_finite(path, spec, example)}
-    parity["batch_independence_max_abs_error"] = onnx_export.check_batch_independence(path, spec, example)
+    step("verify: onnx.checker, ONNX Runtime, I/O contract, " +
+         ("parity vs PyTorch" if reference else "a run of the example") + ", batch independence")
+    parity = onnx_export.verify(path, reference, spec, example, allow_external_data=True)
+    external = onnx_export.external_files(path)
 
-    step("manifest and model-config.yaml")
+    step(f"manifest, model-config.yaml and {archive_name}.mar")
     samples = _samples(opts, spec, example)
     np.savez(build_dir / "assets" / "samples.npz", **samples)
-    for extra in spec.extra_files:
-        shutil.copy(extra, build_dir / "assets" / Path(extra).name)
-    for name in external:
-        shutil.copy(build_dir / name, build_dir / "assets" / name)
     extra_manifest = {
         "source": {"kind": loaded.kind, "from": str(opts.onnx or opts.torch or opts.exported_program)},
-        "external_data": [{"file": n, "sha256": archive.sha256_file(build_dir / n)} for n in external],
         "samples": "samples.npz",
         "example_request": example_request(spec, samples),
         "packaged_by": "maas package",
     }
-    archive.write_manifest(build_dir, spec, path, spec.version, {}, parity, extra_manifest)
-    archive.write_model_config(build_dir, spec)
-    step(f"archive {archive_name}.mar")
-    handler = Path(spec.handler_file) if spec.handler_file else None
-    mar = archive.package(build_dir, spec, model_store, spec.version, archive_name, handler_path=handler)
+    mar = archive_model(build_dir, spec, path, model_store, archive_name, parity=parity, metrics={},
+                        extra_manifest=extra_manifest, assets=[Path(f) for f in spec.extra_files], external=external)
     manifest = json.loads((build_dir / "manifest.json").read_text())
     return Packaged(spec.name, spec.version, mar, build_dir, spec, manifest, time.perf_counter() - started)
 
 
-def _runs_finite(path: Path, spec: ModelSpec, example: dict[str, np.ndarray]) -> bool:
-    session = onnx_export.cpu_session(path)
-    outputs = session.run(spec.output_names, example)
-    finite = all(np.isfinite(o).all() for o in outputs if np.issubdtype(o.dtype, np.floating))
-    if not finite:
-        log.warning("%s: the model answers the example with NaN or infinity", spec.name)
-    return bool(finite)
+def archive_model(build_dir: Path, spec: ModelSpec, path: Path, model_store: Path, archive_name: str, *,
+                  parity: dict[str, Any], metrics: dict[str, Any], extra_manifest: dict[str, Any],
+                  assets: list[Path], external: list[str]) -> Path:
+    """The last stretch of the road, for packaged and zoo models alike: the files the handler reads
+    (and external weights) into the archive, manifest.json with the sha256s, model-config.yaml,
+    torch-model-archiver -> model_store/<archive_name>.mar."""
+    (build_dir / "assets").mkdir(exist_ok=True)
+    for asset in assets:
+        shutil.copy(asset, build_dir / "assets" / Path(asset).name)
+    for name in external:
+        shutil.copy(build_dir / name, build_dir / "assets" / name)
+    extra = {**extra_manifest,
+             "external_data": [{"file": n, "sha256": archive.sha256_file(build_dir / n)} for n in external]}
+    archive.write_manifest(build_dir, spec, path, spec.version, metrics, parity, extra)
+    archive.write_model_config(build_dir, spec)
+    handler = Path(spec.handler_file) if spec.handler_file else None
+    return archive.package(build_dir, spec, model_store, spec.version, archive_name, handler_path=handler)
 
 
 # ---- optimized variants of a packaged model --------------------------------------------------
@@ -378,6 +370,7 @@ def package_variant(model_store: Path, build_root: Path, name: str, variant: str
                            manifest.get("parity", {}), extra)
     (build_dir / "model-config.yaml").write_text(archive_member(source, "model-config.yaml").decode())
     user_handler = extracted / handler if handler not in SUPPORT_NAMES else None
-    mar = archive.package(build_dir, spec, model_store, new_version, f"{name}-{new_version}", handler_path=user_handler)
+    mar = archive.package(build_dir, spec, model_store, new_version, archive.archive_name(name, new_version),
+                          handler_path=user_handler)
     result = json.loads((build_dir / "manifest.json").read_text())
     return Packaged(name, new_version, mar, build_dir, spec, result, time.perf_counter() - started)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Optional
 
 import gevent
@@ -35,6 +36,9 @@ def _arguments(parser) -> None:
                         help="model store holding the archive (request bodies of a packaged model)")
     parser.add_argument("--key-file", default="", env_var="MAAS_KEY_FILE",
                         help="TorchServe key_file.json (empty: token authorization is off)")
+    parser.add_argument("--requests-log", default="", env_var="MAAS_REQUESTS_LOG",
+                        help="folder for one CSV per Locust process: every request's end time, latency, failure "
+                             "(the per-second figures and plots are computed from them)")
     parser.add_argument("--warmup", type=float, default=0.0, env_var="MAAS_WARMUP",
                         help="seconds of load before the statistics are reset (excluded from the figures)")
 
@@ -46,6 +50,28 @@ def _schedule_warmup_reset(environment, **_kwargs) -> None:
     warmup = getattr(environment.parsed_options, "warmup", 0.0) if environment.parsed_options else 0.0
     if warmup > 0 and not isinstance(environment.runner, WorkerRunner):
         gevent.spawn_later(warmup, environment.runner.stats.reset_all)
+    folder = getattr(environment.parsed_options, "requests_log", "") if environment.parsed_options else ""
+    if folder and not isinstance(environment.runner, WorkerRunner):  # the clock the warm-up runs on
+        with open(os.path.join(folder, "requests-start.txt"), "w") as f:
+            f.write(f"{time.time():.4f}\n")
+
+
+REQUESTS: list[tuple[float, float, int]] = []  # (end time, latency ms, failed) of every request this process sent
+
+
+@events.request.add_listener
+def _record_request(response_time, exception, start_time=None, **_kwargs) -> None:
+    start = start_time if start_time is not None else time.time() - response_time / 1000
+    REQUESTS.append((start + response_time / 1000, response_time, int(exception is not None)))
+
+
+@events.test_stop.add_listener
+def _write_requests(environment, **_kwargs) -> None:
+    folder = getattr(environment.parsed_options, "requests_log", "") if environment.parsed_options else ""
+    if folder and REQUESTS:
+        with open(os.path.join(folder, f"requests-{os.getpid()}.csv"), "w") as f:
+            f.write("end_s,latency_ms,failed\n")
+            f.writelines(f"{t:.4f},{ms:.3f},{failed}\n" for t, ms, failed in REQUESTS)
 
 
 class KeyFile:

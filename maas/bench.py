@@ -90,17 +90,17 @@ def build_peer(family: str, work: Path, store: Path) -> Path:
     """The peer archive: the same trained weights traced to TorchScript, stock BaseHandler."""
     import torch
 
-    from export.build import model_module
+    from export import zoo
 
-    module = model_module(family)
-    trained = module.train()
+    model = zoo.get(family)
+    trained = model.train()
     work.mkdir(parents=True, exist_ok=True)
-    names = module.SPEC.input_names
+    names = model.spec.input_names
     example = tuple(torch.from_numpy(trained.sample[n][:2]) for n in names)
     traced = torch.jit.trace(trained.module.eval(), example, check_trace=False)
     traced.save(str(work / "peer.pt"))
     (work / "peer.json").write_text(json.dumps({"kind": family}))
-    (work / "model-config.yaml").write_text(yaml.safe_dump(module.SPEC.model_config(), sort_keys=False))
+    (work / "model-config.yaml").write_text(yaml.safe_dump(model.spec.model_config(), sort_keys=False))
     extra = [work / "peer.json"] + [Path(a) for a in trained.assets]
     cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", f"{family}-torch",
            "--version", "1.0", "--serialized-file", str(work / "peer.pt"), "--handler", str(PEER_HANDLER),
@@ -130,9 +130,7 @@ def sweep_archive(store: Path, src: str, version: str, workers: int, batch: int,
 # ---- in-process ceiling -----------------------------------------------------------------
 def _payloads():
     """loadtests/payloads.py, the module Locust's users draw their requests from."""
-    if str(ROOT / "loadtests") not in sys.path:
-        sys.path.insert(0, str(ROOT / "loadtests"))
-    import payloads
+    from maas.loadtests import payloads
 
     return payloads
 
@@ -147,7 +145,7 @@ def _requests(family: str, n: int = 512) -> list[Any]:
 
 def _batch_inputs(family: str, items: list[Any]) -> dict[str, np.ndarray]:
     if family == "minilm":
-        from export.minilm import encode
+        from export.zoo.minilm import encode
 
         return encode(items)
     return {"pixels": np.asarray(items, dtype=np.float32)[:, None, :, :]}

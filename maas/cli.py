@@ -94,7 +94,8 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
 def build(models: tuple[str, ...], version: str | None, seed: int | None, variant: str | None,
           ensemble: int | None) -> None:
     """Train (or load), export to ONNX, verify and package MODELS (default: all) into the model store."""
-    from export.build import MODELS, build as build_model
+    from export import zoo
+    from export.build import build as build_model
     from export.variants import VariantError
 
     project: Project = click.get_current_context().obj
@@ -110,10 +111,11 @@ def build(models: tuple[str, ...], version: str | None, seed: int | None, varian
                                        f"keep {rec['member_archives'][rec['best_member']]}")
         click.echo(f"built {result.war}: `maas deploy maintenance-ensemble`, then POST /wfpredict/maintenance-ensemble")
         return
-    for name in models or tuple(MODELS):
-        if name not in MODELS:  # a model packaged with `maas package`: only its variants are built here
+    zoo_models = zoo.models()
+    for name in models or tuple(zoo_models):
+        if name not in zoo_models:  # a model packaged with `maas package`: only its variants are built here
             if variant is None:
-                raise click.UsageError(f"{name} is not a zoo model ({', '.join(MODELS)}); package your own model "
+                raise click.UsageError(f"{name} is not a zoo model ({', '.join(zoo_models)}); package your own model "
                                        f"with `maas package`, or build a variant of it with --variant")
             from export.package import package_variant
 
@@ -486,13 +488,20 @@ def release(project: Project, model: str, candidate: str, fresh_baseline: bool, 
 @click.option("--run-time", default=20, show_default=True, help="seconds of the demo's load test")
 @click.pass_obj
 def demo(project: Project, run_time: int) -> None:
-    """Build every model, serve it, send real requests, load-test, stop. The whole path in one go."""
-    from export.build import MODELS
-    from maas.demo_requests import DEMO_REQUESTS
+    """Build the zoo, package a third-party model, serve them, send real requests, load-test, stop."""
+    from export import zoo
+    from export.package import PackageOptions, package_model
+    from maas import demo as d
+    from maas import loadtest as lt
     from maas.loadtest import LoadTest
 
     ctx = click.get_current_context()
     ctx.invoke(build, models=(), version=None, seed=None)
+    click.echo("packaging a model no one here wrote: Magika (its .onnx from the magika wheel on PyPI)")
+    model_file, spec = d.magika_files(project.build_dir / "third-party")
+    made = package_model(PackageOptions(onnx=model_file, spec_file=spec), project.build_dir, project.model_store)
+    click.echo(f"packaged {made.mar}")
+    models = [*zoo.models(), made.name]
     server = project.server()
     if server.is_running():
         click.echo("stopping the TorchServe already running from this project")
@@ -500,16 +509,21 @@ def demo(project: Project, run_time: int) -> None:
     server.start()
     try:
         _print_status(server)
-        for model in MODELS:
-            for title, body in DEMO_REQUESTS.get(model, []):
-                resp = server.client.predict(model, body)
-                click.echo(f"\n# {title}\n$ curl -H 'Authorization: Bearer $KEY' -H 'Content-Type: application/json' "
-                           f"-d '{body.decode()}' {server.endpoints.inference}/predictions/{model}\n"
-                           f"HTTP {resp.status_code}  X-Model-Version: {resp.headers.get('X-Model-Version')}\n{resp.text}")
-        for model in MODELS:
-            click.echo("")
-            slo = _slo(model, None, project.root, run_time_s=run_time)
-            _loadtest(project, LoadTest(model, slo, model_store=project.model_store))
+        here = Path(__file__)
+        extra = {"magika": [(f"{p.name} ({p.stat().st_size // 1024} kB)", json.dumps(d.magika_request(p.read_bytes())).encode(),
+                             "application/json") for p in (here, here.parent / "templates" / "config.properties")]}
+        click.echo(f"\nrequests ({server.endpoints.inference}/predictions/MODEL, token from {server.client.key_file}):")
+        for line in d.request_rows(server, project.model_store, models, extra):
+            click.echo(line)
+        slos = {model: _slo(model, None, project.root, run_time_s=run_time) for model in models}
+        _ready_for_load(project, sum(s.warmup_s + s.run_time_s + 10 for s in slos.values()))
+        renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None
+        summaries = [lt.run(LoadTest(model, slo, model_store=project.model_store), server.endpoints.inference,
+                            server.client.key_file, project.reports_dir, {}, renew, worker_restarts=server.worker_restarts)
+                     for model, slo in slos.items()]
+        click.echo(f"\nload tests ({run_time} s each after warm-up, closed loop):")
+        click.echo(d.load_table(summaries))
+        click.echo(f"reports: {project.reports_dir}/ (per run: summary.json, report.html, throughput_latency.png)")
     finally:
         server.stop()
         click.echo("TorchServe stopped")
@@ -581,21 +595,21 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
                   storage_uri: str) -> None:
     """Write KServe and Kubernetes manifests for MODELS (default: the whole zoo) and copy their
     archives into KServe's storage layout (config/config.properties + model-store/)."""
-    from export.build import MODELS, spec_of
+    from export import zoo
     from export.spec import ModelSpec
     from maas.deploy import archive_manifest, archive_member, find_archive, packaged_models
     from maas.kube import export_all
 
     def spec(name: str) -> ModelSpec:
-        if name in MODELS:
-            return spec_of(name)
+        if name in zoo.models():
+            return zoo.get(name).spec
         if name not in packaged_models(project.model_store):
-            raise click.UsageError(f"unknown model {name}: not in the zoo ({', '.join(MODELS)}) and no archive "
+            raise click.UsageError(f"unknown model {name}: not in the zoo ({', '.join(zoo.models())}) and no archive "
                                    f"packaged by maas in {project.model_store}")
         archive = find_archive(project.model_store, name, None)
         return ModelSpec.from_archive(archive_manifest(archive), yaml.safe_load(archive_member(archive, "model-config.yaml")))
 
-    specs = [spec(m) for m in (models or (*MODELS, *packaged_models(project.model_store)))]
+    specs = [spec(m) for m in (models or (*zoo.models(), *packaged_models(project.model_store)))]
     result = export_all(specs, project.config, project.model_store, Path(kserve_dir), Path(kubernetes_dir),
                         storage_uri)
     for path in result.manifests + result.archives:

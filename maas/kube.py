@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from export.spec import ModelSpec
+from export.archive import archive_name as archive_file_name
 from maas.deploy import store_archives
 from maas.properties import read_properties, write_properties
 
@@ -71,7 +72,7 @@ def pod_resources(spec: ModelSpec) -> PodResources:
 
 
 def archive_name(spec: ModelSpec, version: str | None) -> str:
-    return f"{spec.name}.mar" if version in (None, spec.version) else f"{spec.name}-{version}.mar"
+    return f"{archive_file_name(spec.name, version, spec.version)}.mar"
 
 
 def cluster_properties(project: dict[str, str], spec: ModelSpec, version: str | None = None) -> dict[str, str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import maas.loadtests
+from maas import plots
 from maas.properties import free_loopback_ports
 
 log = logging.getLogger(__name__)
@@ -165,44 +166,6 @@ def evaluate(summary: dict[str, Any], t: Thresholds) -> list[str]:
     return broken
 
 
-def plot(prefix: Path, out: Path, title: str, warmup_s: float = 0.0) -> Path | None:
-    """Throughput and latency percentiles over time from <prefix>_stats_history.csv."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(f"{prefix}_stats_history.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated" and _float(r, "Total Request Count") > 0]
-    if not rows:
-        return None
-    t0 = int(rows[0]["Timestamp"])
-    t = [int(r["Timestamp"]) - t0 for r in rows]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    ax1.plot(t, [_float(r, "Requests/s") for r in rows], label="requests/s")
-    ax1.plot(t, [_float(r, "Failures/s") for r in rows], label="failures/s", color="tab:red")
-    ax1b = ax1.twinx()
-    ax1b.step(t, [_float(r, "User Count") for r in rows], where="post", color="gray", alpha=0.4, label="users")
-    ax1b.set_ylabel("users")
-    ax1b.set_ylim(bottom=0)
-    ax1.set_ylabel("throughput")
-    ax1.legend(loc="upper left")
-    for pct in ("50%", "95%", "99%"):
-        ax2.plot(t, [_float(r, pct) for r in rows], label=f"p{pct[:-1]}")
-    ax2.set_ylabel("latency (ms)")
-    if warmup_s:
-        for ax in (ax1, ax2):
-            ax.axvline(warmup_s, color="gray", linestyle="--", linewidth=1)
-        ax2.annotate(" warm-up ends (excluded)", (warmup_s, ax2.get_ylim()[1] * 0.9), color="gray", fontsize=8)
-    ax2.set_xlabel("seconds since first request")
-    ax2.legend(loc="upper left")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
 def _progress(prefix: Path, started: float) -> None:
     path = Path(f"{prefix}_stats_history.csv")
     if not path.exists():
@@ -219,6 +182,7 @@ def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path)
     """The Locust process(es): one headless runner, or a master plus test.workers workers."""
     slo = test.slo
     custom = ["--model", test.model, "--model-version", test.version, "--payload", test.payload,
+              "--requests-log", str(out),
               "--endpoint", test.endpoint,
               "--key-file", str(key_file or ""),
               "--model-store", str(test.model_store or ""),
@@ -304,9 +268,14 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
         thresholds=asdict(slo.thresholds), **(server_info or {}),
     )
     broken = evaluate(summary, slo.thresholds)
+    if summary["requests"] == 0:  # say why: Locust's users usually failed to start (see locust.log)
+        errors = [line for line in (out / "locust.log").read_text(errors="replace").splitlines()
+                  if re.match(r"^\w*(Error|Exception)\b", line)]
+        if errors:
+            broken.append(f"Locust's users failed: {errors[-1][:300]} (see {out / 'locust.log'})")
     summary["passed"], summary["broken"] = not broken, broken
-    png = plot(prefix, out / "throughput_latency.png",
-               f"{test.model}: {slo.users} users, {slo.warmup_s} s warm-up + {slo.run_time_s} s", slo.warmup_s)
+    png = plots.load_plot(out, out / "throughput_latency.png",
+                          f"{test.model}: {slo.users} users, {slo.warmup_s} s warm-up + {slo.run_time_s} s", slo.warmup_s)
     summary["plot"] = png.name if png else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, out

@@ -1,52 +1,19 @@
 """Answers every release candidate must get right before it is load-tested.
 
-Each case: a title, a request body, its content type, and a check of the answer that
-returns None when right or what is wrong. The inputs have known answers: records that
-trigger a published failure rule, real digit scans with their labels, sentence pairs
-whose similarity order is obvious.
+Each case: a title, a request body, its content type, and a check of the answer that returns
+None when right or what is wrong. A zoo model's cases have known answers (records that trigger
+a published failure rule, real digit scans with their labels, sentence pairs whose similarity
+order is obvious: ZooModel.smoke_cases), plus the example request its manifest carries. A
+packaged model's cases come from its archive: its samples, answered as ONNX Runtime answers
+them in-process.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from maas.demo_requests import HEAT_FAILURE, HEALTHY, OVERSTRAIN, THREE
-
-Check = Callable[[Any], Optional[str]]
-Case = tuple[str, bytes, str, Check]
-
-
-def _failure(expected: bool, mode: str | None = None) -> Check:
-    def check(answer: Any) -> Optional[str]:
-        if not isinstance(answer, dict) or answer.get("failure") is not expected:
-            return f"expected failure={expected}, got {str(answer)[:120]}"
-        if mode and answer["failure_modes"].get(mode, 0) < 0.5:
-            return f"expected {mode} >= 0.5, got {answer['failure_modes']}"
-        return None
-    return check
-
-
-def _top1(label: str) -> Check:
-    def check(answer: Any) -> Optional[str]:
-        top = next(iter(answer), None) if isinstance(answer, dict) else None
-        return None if top == label else f"expected top label {label}, got {str(answer)[:120]}"
-    return check
-
-
-def _minilm_cases() -> list[Case]:
-    texts = ["The machine is overheating.", "The engine temperature is far too high.", "I would like a pizza."]
-
-    def check(answer: Any) -> Optional[str]:
-        vectors = answer.get("embeddings") if isinstance(answer, dict) else None
-        if not isinstance(vectors, list) or len(vectors) != 3 or any(len(v) != 384 for v in vectors):
-            return f"expected 3 embeddings of 384, got {str(answer)[:120]}"
-        dot = [sum(a * b for a, b in zip(vectors[0], v)) for v in vectors[1:]]
-        if not dot[0] > dot[1] + 0.1:
-            return f"paraphrase similarity {dot[0]:.3f} not above unrelated {dot[1]:.3f}"
-        return None
-
-    return [("paraphrase closer than unrelated", json.dumps({"texts": texts}).encode(), "application/json", check)]
+from maas.bodies import Case, Check
 
 
 def archive_cases(model_store: Path, model: str, version: str | None, rows: int = 4) -> list[Case]:
@@ -59,7 +26,7 @@ def archive_cases(model_store: Path, model: str, version: str | None, rows: int 
     import onnxruntime as ort
 
     from maas.deploy import archive_manifest, archive_member, find_archive
-    from maas.tensor_requests import tensor_bodies
+    from maas.bodies import tensor_bodies
 
     archive = find_archive(model_store, model, version)
     manifest = archive_manifest(archive)
@@ -97,30 +64,34 @@ def archive_cases(model_store: Path, model: str, version: str | None, rows: int 
             for i, (body, want) in enumerate(zip(bodies, expected))]
 
 
-def cases(model: str) -> list[Case]:
-    if model == "maintenance":
-        return [
-            ("healthy machine", json.dumps(HEALTHY).encode(), "application/json", _failure(False)),
-            ("heat dissipation failure", json.dumps(HEAT_FAILURE).encode(), "application/json", _failure(True, "HDF")),
-            ("overstrain failure", json.dumps(OVERSTRAIN).encode(), "application/json", _failure(True, "OSF")),
-        ]
-    if model == "digits":
-        return [("a scanned 3", json.dumps({"pixels": THREE}).encode(), "application/json", _top1("3"))]
-    if model == "minilm":
-        return _minilm_cases()
-    raise KeyError(f"no release smoke cases for model {model!r}")
+def zoo_cases(model: str, model_store: Path | None = None, version: str | None = None) -> list[Case]:
+    """A zoo model's known-answer cases, and its manifest's example request (answered as its load
+    tests check every answer) when the archive is at hand."""
+    from export import zoo
+
+    found = list(zoo.get(model).smoke_cases())
+    if model_store is not None:
+        from maas.deploy import archive_manifest, find_archive
+
+        example = archive_manifest(find_archive(model_store, model, version)).get("example_request")
+        if example is not None:
+            check: Check = zoo.get(model).payloads(pool=1).check
+            found.append(("the manifest's example request", json.dumps(example).encode(), "application/json", check))
+    return found
 
 
 def run_cases(client: Any, model: str, version: str, model_store: Path | None = None) -> list[str]:
     """The failed cases, each as 'title: problem'; empty when the version answers them all.
     The zoo's models have cases with known answers; a packaged model's come from its archive."""
+    from export import zoo
+
     problems = []
-    try:
-        found = cases(model)
-    except KeyError:
-        if model_store is None:
-            raise
+    if model in zoo.models():
+        found = zoo_cases(model, model_store, version)
+    elif model_store is not None:
         found = archive_cases(model_store, model, version)
+    else:
+        raise KeyError(f"no release smoke cases for model {model!r}: not a zoo model, and no model store given")
     for title, body, content_type, check in found:
         resp = client.predict(model, body, content_type, version)
         if resp.status_code != 200:

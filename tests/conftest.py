@@ -53,11 +53,12 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def built_models(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> dict[str, Built]:
     """Every model of the zoo, built once per session into the session's model store."""
-    from export.build import MODELS, build
+    from export import zoo
+    from export.build import build
 
     build_root = tmp_path_factory.mktemp("build")
     built = {}
-    for name in MODELS:
+    for name in zoo.models():
         result = build(name, build_root, model_store)
         built[name] = Built(name, result.build_dir, result.mar)
     return built

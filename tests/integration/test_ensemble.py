@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import Built, bare_server, package_variant
-from export import maintenance as m
+from export.zoo import maintenance as m
 from export.ensemble import WORKFLOW, package_workflow, workflow_spec
 from export.variants import held_out_outputs
 from maas.deploy import deploy_workflow, registered_workflows, undeploy_workflow

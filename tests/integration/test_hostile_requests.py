@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from conftest import bare_server
 from export.ensemble import WORKFLOW
 from maas import deploy as d
-from maas.demo_requests import HEALTHY, HEAT_FAILURE, OVERSTRAIN, THREE
+from export.zoo.digits import THREE
+from export.zoo.maintenance import HEALTHY, HEAT_FAILURE, OVERSTRAIN
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import requests
 import tritonclient.http as triton
 
 from conftest import Built
-from export import maintenance, minilm
+from export.zoo import maintenance, minilm
 from export.build import spec_of
 from maas.config_audit import audit
 from maas.kube import MOUNT, _probes, export_all

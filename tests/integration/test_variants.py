@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import bare_server
-from export import maintenance
+from export.zoo import maintenance
 from export.build import build
 from export.variants import VariantError
 from maas.deploy import deploy

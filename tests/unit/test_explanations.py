@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FakeContext, load_handler
-from export import maintenance as m
+from export.zoo import maintenance as m
 
 HDF = {"type": "L", "air_temperature_k": 302.5, "process_temperature_k": 310.5,  # difference 8 K < 8.6 K
        "rotational_speed_rpm": 1290, "torque_nm": 52.0, "tool_wear_min": 30}      # and speed < 1380 rpm

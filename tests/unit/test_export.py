@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from export import maintenance as m
+from export.zoo import maintenance as m
 from export import onnx_export
 from export.archive import ArchiveError, check_no_pickle, sha256_file
 from export.spec import ModelSpec

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from export.build import MODELS, spec_of
+from export import zoo
+from export.build import spec_of
+
+MODELS = list(zoo.models())
 from maas.config_audit import audit
 from maas.kube import DEFAULT_THREADS_PER_WORKER, cluster_properties, export_all, pod_resources
 from maas.properties import read_properties

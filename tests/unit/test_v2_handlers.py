@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import FakeContext, load_handler
-from export import maintenance as m
+from export.zoo import maintenance as m
 
 ROW = [1.0, 0.0, 0.0, 298.1, 308.6, 1551.0, 42.8, 0.0]
 

@@ -1,7 +1,8 @@
-"""Requests and answer checks for the generic tensor handler (handlers/tensor.py), from a manifest.
+"""Request bodies and answer checks: what load tests send and what release smoke checks ask.
 
-Load tests send these bodies and check the answers; release smoke cases send them and compare
-the answers with ONNX Runtime in-process.
+A zoo model supplies its own (export/zoo/); a packaged model's come from its manifest and
+samples, for the generic tensor handler (handlers/tensor.py). No torch here: Locust's
+processes import this.
 """
 from __future__ import annotations
 
@@ -12,7 +13,20 @@ import numpy as np
 
 from export.sampling import draw
 
-Check = Callable[[Any], Optional[str]]
+Check = Callable[[Any], Optional[str]]  # an answer -> None when right, else what is wrong
+Case = tuple[str, bytes, str, Check]  # title, body, content type, check
+
+
+class Payloads:
+    """Round-robin over a pre-generated pool, so request building costs the load generator nothing."""
+
+    def __init__(self, bodies: list[bytes], content_type: str, check: Check) -> None:
+        self.bodies, self.content_type, self.check = bodies, content_type, check
+        self._i = 0
+
+    def next(self) -> bytes:
+        self._i = (self._i + 1) % len(self.bodies)
+        return self.bodies[self._i]
 
 
 def tensor_bodies(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None, seed: int = 0,

@@ -14,17 +14,20 @@ Data follow the published rules of the AI4I 2020 predictive-maintenance data set
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
-import torch
-from torch import nn
 
 from export.spec import ModelSpec, ServingSpec, TensorSpec
 from export.trained import Trained, fit
+from export.zoo import ZooModel, register
+from maas.bodies import Case, Check, Payloads
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ FIELD_LIMITS = {
     "tool_wear_min": (0.0, 1_000.0),
 }
 OSF_LIMIT = {"L": 11_000.0, "M": 12_000.0, "H": 13_000.0}
+THRESHOLD = 0.5  # failure_probability at or above it answers "failure": true (the manifest carries it)
 
 SPEC = ModelSpec(
     name="maintenance",
@@ -125,37 +129,51 @@ def generate(n: int, seed: int = 0) -> Records:
     return Records(product_type, numeric, modes.any(axis=1), modes)
 
 
-class MaintenanceNet(nn.Module):
-    """Raw features in, probabilities out: feature engineering and scaling live in the graph,
-    so a caller (TorchServe, Triton, KServe) sends sensor readings as they are."""
+@functools.cache
+def _net_class() -> type:
+    """MaintenanceNet, defined on first use: torch is imported only when a model is built."""
+    import torch
+    from torch import nn
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, hidden: int = 64) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        width = mean.shape[0]
-        self.body = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, 1 + len(FAILURE_MODES))
+    class MaintenanceNet(nn.Module):
+        """Raw features in, probabilities out: feature engineering and scaling live in the graph,
+        so a caller (TorchServe, Triton, KServe) sends sensor readings as they are."""
 
-    @staticmethod
-    def engineer(features: torch.Tensor) -> torch.Tensor:
-        """Append the quantities the failure rules are written in."""
-        air, proc, speed, torque, wear = (features[:, 3 + i : 4 + i] for i in range(5))
-        temp_diff = proc - air
-        power_kw = torque * speed * (2 * torch.pi / 60_000)
-        strain = wear * torque / 1000
-        return torch.cat([features, temp_diff, power_kw, strain], dim=1)
+        def __init__(self, mean: torch.Tensor, std: torch.Tensor, hidden: int = 64) -> None:
+            super().__init__()
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
+            width = mean.shape[0]
+            self.body = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+            self.head = nn.Linear(hidden, 1 + len(FAILURE_MODES))
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        z = (self.engineer(features) - self.mean) / self.std
-        return self.head(self.body(z))
+        @staticmethod
+        def engineer(features: torch.Tensor) -> torch.Tensor:
+            """Append the quantities the failure rules are written in."""
+            air, proc, speed, torque, wear = (features[:, 3 + i : 4 + i] for i in range(5))
+            temp_diff = proc - air
+            power_kw = torque * speed * (2 * torch.pi / 60_000)
+            strain = wear * torque / 1000
+            return torch.cat([features, temp_diff, power_kw, strain], dim=1)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = torch.sigmoid(self.logits(features))
-        return probs[:, 0], probs[:, 1:]
+        def logits(self, features: torch.Tensor) -> torch.Tensor:
+            z = (self.engineer(features) - self.mean) / self.std
+            return self.head(self.body(z))
+
+        def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            probs = torch.sigmoid(self.logits(features))
+            return probs[:, 0], probs[:, 1:]
+
+    return MaintenanceNet
 
 
-def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def __getattr__(name: str) -> Any:  # PEP 562: `maintenance.MaintenanceNet` without importing torch up front
+    if name == "MaintenanceNet":
+        return _net_class()
+    raise AttributeError(name)
+
+
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = THRESHOLD) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     pred = prob >= threshold
@@ -198,6 +216,10 @@ def variant_report(fp32: Path, variant: Path) -> dict[str, Any]:
 
 def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60, hidden: int = 64) -> Trained:
     """Generate data, train the MLP, report held-out metrics for `failure`."""
+    import torch
+    from torch import nn
+
+    MaintenanceNet = _net_class()
     torch.manual_seed(seed)
     train_set, test_set = split(n_records, seed)
 
@@ -229,10 +251,97 @@ def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60, hidden: int 
             "limits": {k: list(v) for k, v in FIELD_LIMITS.items()},
         },
         "failure_modes": list(FAILURE_MODES),
-        "threshold": 0.5,
+        "threshold": THRESHOLD,
         "example_request": test_set.as_json(0),
         # Explanations measure each reading against this typical record (most common type,
         # median readings of the training split).
         "explanation": {"baseline": baseline_record(train_set)},
     }
     return Trained(model, {"features": test_set.features()}, metrics, extra)
+
+
+# ---- requests: load tests, demo, release smoke checks (no torch) -------------------------------
+HEALTHY = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
+           "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}
+# HDF: process - air = 8.3 K < 8.6 K and speed 1320 rpm < 1380 rpm.
+HEAT_FAILURE = {"type": "M", "air_temperature_k": 302.5, "process_temperature_k": 310.8,
+                "rotational_speed_rpm": 1320, "torque_nm": 52.0, "tool_wear_min": 40}
+# OSF: tool wear 220 min x torque 60 Nm = 13,200 min Nm > 11,000 for type L.
+OVERSTRAIN = {"type": "L", "air_temperature_k": 299.0, "process_temperature_k": 309.5,
+              "rotational_speed_rpm": 1400, "torque_nm": 60.0, "tool_wear_min": 220}
+
+
+def random_record(rng: random.Random) -> dict[str, Any]:
+    """A plausible machine record (ranges of the AI4I 2020 data set)."""
+    air = rng.gauss(300.0, 2.0)
+    torque = min(max(rng.gauss(40.0, 10.0), 3.8), 76.6)
+    return {
+        "type": rng.choices(PRODUCT_TYPES, weights=(5, 3, 2))[0],
+        "air_temperature_k": round(air, 1),
+        "process_temperature_k": round(air + 10.0 + rng.gauss(0.0, 1.0), 1),
+        "rotational_speed_rpm": round(min(max(1538 - 15.75 * (torque - 40) + rng.gauss(0, 85), 1168), 2886)),
+        "torque_nm": round(torque, 1),
+        "tool_wear_min": rng.randint(0, 253),
+    }
+
+
+def check_answer(answer: Any) -> Optional[str]:
+    if not isinstance(answer, dict):
+        return f"expected a JSON object, got {type(answer).__name__}"
+    p = answer.get("failure_probability")
+    if not isinstance(p, float) or not 0.0 <= p <= 1.0:
+        return f"failure_probability {p!r} is not a probability"
+    if not isinstance(answer.get("failure"), bool):
+        return "failure is not a boolean"
+    modes = answer.get("failure_modes")
+    if not isinstance(modes, dict) or set(modes) != set(FAILURE_MODES):
+        return f"failure_modes {modes!r} lacks {FAILURE_MODES}"
+    return None
+
+
+def expect_failure(expected: bool, mode: str | None = None) -> Check:
+    def check(answer: Any) -> Optional[str]:
+        if not isinstance(answer, dict) or answer.get("failure") is not expected:
+            return f"expected failure={expected}, got {str(answer)[:120]}"
+        if mode and answer["failure_modes"].get(mode, 0) < THRESHOLD:
+            return f"expected {mode} >= {THRESHOLD}, got {answer['failure_modes']}"
+        return None
+    return check
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+@register
+class Maintenance(ZooModel):
+    name = "maintenance"
+    spec = SPEC
+
+    def train(self, seed: int = 0) -> Trained:
+        return train(seed=seed)
+
+    def variant_report(self, fp32: Path, variant: Path) -> dict[str, Any]:
+        return variant_report(fp32, variant)
+
+    def payloads(self, seed: int = 0, pool: int = 512) -> Payloads:
+        rng = random.Random(seed)
+        return Payloads([_json(random_record(rng)) for _ in range(pool)], "application/json", check_answer)
+
+    def demo_requests(self, example: Any) -> list[tuple[str, bytes, str]]:
+        return [("heat dissipation failure (HDF rule)", _json(HEAT_FAILURE), "application/json"),
+                ("two records in one request (overstrain OSF, healthy)", _json([OVERSTRAIN, HEALTHY]), "application/json"),
+                ("a mistake: torque as text -> 400 naming the field", _json({**example, "torque_nm": "high"}),
+                 "application/json")]
+
+    def answer_summary(self, answer: Any) -> str:
+        def one(a: dict[str, Any]) -> str:
+            modes = [f"{m} {p:.2f}" for m, p in a["failure_modes"].items() if p >= THRESHOLD]
+            verdict = ("failure" + (f" ({', '.join(modes)})" if modes else "")) if a["failure"] else "no failure"
+            return f"P(failure) {a['failure_probability']:.3f}: {verdict}"
+        return "; ".join(one(a) for a in answer) if isinstance(answer, list) else one(answer)
+
+    def smoke_cases(self) -> list[Case]:
+        return [("healthy machine", _json(HEALTHY), "application/json", expect_failure(False)),
+                ("heat dissipation failure", _json(HEAT_FAILURE), "application/json", expect_failure(True, "HDF")),
+                ("overstrain failure", _json(OVERSTRAIN), "application/json", expect_failure(True, "OSF"))]

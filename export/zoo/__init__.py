@@ -1,0 +1,88 @@
+"""The zoo: models whose training code lives here, one registered object each.
+
+A zoo model is one module in this package defining one `ZooModel` subclass decorated with
+`@register`; nothing else in the project names it. Build, demo, smoke checks, load-test
+payloads, the benchmark and the tests look models up here instead of branching per model.
+The modules import torch only inside functions, so the client side (Locust processes, smoke
+checks) can use a model's requests without loading it.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from export.spec import ModelSpec
+from maas.bodies import Case, Payloads
+
+
+class NoHeldOutEvaluation(Exception):
+    """The model has no held-out data to price a variant on."""
+
+
+class ZooModel:
+    """What every zoo model declares (and the optional hooks, with their defaults)."""
+
+    name: ClassVar[str]
+    spec: ClassVar[ModelSpec]
+
+    # ---- build side (torch allowed, imported inside) -------------------------------------
+    def train(self, seed: int = 0) -> Any:
+        """-> export.trained.Trained: the eval-mode module, held-out sample inputs, metrics,
+        what the handler reads besides the I/O spec, and files the archive carries."""
+        raise NotImplementedError
+
+    def evaluate_onnx(self, path: Path, trained: Any) -> dict[str, Any]:
+        """Model-specific checks of the exported file (raise an ExportError to refuse it)."""
+        return {}
+
+    def variant_report(self, fp32: Path, variant: Path) -> dict[str, Any]:
+        """The variant's accuracy cost on held-out data: cost_metric, cost, budget, within_budget."""
+        raise NoHeldOutEvaluation(f"{self.name} has no held-out evaluation for variants")
+
+    def optimized_graph(self, trained: Any) -> Callable[[Path], Path] | None:
+        """A better FP32 graph than ONNX Runtime's own optimizations, if the model has one."""
+        return None
+
+    # ---- client side (no torch) -----------------------------------------------------------
+    def payloads(self, seed: int = 0) -> Payloads:
+        """Varied valid request bodies and a check of each answer, for load tests."""
+        raise NotImplementedError
+
+    def demo_requests(self, example: Any) -> list[tuple[str, bytes, str]]:
+        """(title, body, content type) shown by `maas demo`, after the manifest's example request."""
+        return []
+
+    def smoke_cases(self) -> list[Case]:
+        """Requests with known answers a release candidate must get right."""
+        return []
+
+    def answer_summary(self, answer: Any) -> str:
+        """An answer in a few words (what `maas demo` prints)."""
+        from maas.summary import compact
+
+        return compact(answer, 70)
+
+
+_REGISTRY: dict[str, ZooModel] = {}
+
+
+def register(cls: type[ZooModel]) -> type[ZooModel]:
+    """Class decorator: the model joins the zoo under cls.name."""
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def models() -> dict[str, ZooModel]:
+    """Every zoo model by name (the modules of this package, imported once)."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> ZooModel:
+    found = models()
+    if name not in found:
+        raise KeyError(f"unknown model {name!r}; the zoo has {', '.join(found)}")
+    return found[name]

@@ -1,0 +1,94 @@
+"""`maas demo`: the whole road in one go, on the zoo and on one model no one here wrote.
+
+Builds the zoo, packages Google's Magika file-type model (the .onnx inside the `magika` wheel
+on PyPI) with `maas package`, serves everything, sends real requests (one short line each),
+load-tests every model and prints one table of the results and where the reports are.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from maas.summary import clip, error_line, request_line
+
+MAGIKA = ("magika", "1.0.3", "magika/models/standard_v3_3")  # package, version, model folder in the wheel
+MAGIKA_SPEC = """\
+name: magika
+description: Google's Magika file-type detection (standard_v3_3), from the magika wheel on PyPI
+inputs:
+  - name: bytes
+    dtype: int32
+    shape: [batch, 2048]
+    range: [0, 256]
+    description: the first and last 1024 bytes of a file, padded with 256
+outputs:
+  - {name: target_label, dtype: float32, shape: [batch, 214], labels: magika_labels.txt, top_k: 3}
+serving: {batch_size: 16, max_batch_delay_ms: 5, workers: 1}
+"""
+
+
+def magika_files(into: Path) -> tuple[Path, Path]:
+    """(model.onnx, maas.yaml with its labels file beside it), from the magika wheel (pip download)."""
+    from maas.thirdparty import wheel_files
+
+    model, config = wheel_files(MAGIKA[0], MAGIKA[1], [f"{MAGIKA[2]}/model.onnx", f"{MAGIKA[2]}/config.min.json"], into)
+    labels = json.loads(config.read_text())["target_labels_space"]
+    (into / "magika_labels.txt").write_text("\n".join(labels) + "\n")
+    spec = into / "magika.yaml"
+    spec.write_text(MAGIKA_SPEC)
+    return model, spec
+
+
+def magika_request(data: bytes) -> dict[str, Any]:
+    """Magika's input for a file: its first and last 1024 bytes, each side padded with 256."""
+    begin, end = list(data[:1024]), list(data[-1024:])
+    return {"inputs": {"bytes": begin + [256] * (1024 - len(begin)) + [256] * (1024 - len(end)) + end}}
+
+
+def request_rows(server: Any, model_store: Path, models: list[str],
+                 extra: dict[str, list[tuple[str, bytes, str]]]) -> list[str]:
+    """Send each model's demo requests; one line per request: model, input, answer, status, time."""
+    from export import zoo
+    from maas.deploy import archive_manifest, find_archive
+
+    lines = []
+    for model in models:
+        example = archive_manifest(find_archive(model_store, model, None)).get("example_request")
+        requests = [("the manifest's example", json.dumps(example).encode(), "application/json")] if example else []
+        if model in zoo.models():
+            requests += zoo.get(model).demo_requests(example)
+        requests += extra.get(model, [])
+        summarize: Callable[[Any], str] = (zoo.get(model).answer_summary if model in zoo.models() else _top_labels)
+        for _title, body, content_type in requests:
+            started = time.perf_counter()
+            resp = server.client.predict(model, body, content_type)
+            ms = (time.perf_counter() - started) * 1000
+            try:
+                answer = resp.json()
+            except ValueError:
+                answer = resp.text
+            said = summarize(answer) if resp.status_code == 200 else error_line(resp.status_code, answer)
+            lines.append(f"{model:<12} {request_line(body, content_type, 48):<48} -> {clip(said, 90)}  ({ms:.0f} ms)")
+    return lines
+
+
+def _top_labels(answer: Any) -> str:
+    """A packaged model's answer: its top labels when it has them, else its outputs' shapes."""
+    from maas.summary import compact
+
+    predictions = answer.get("predictions") if isinstance(answer, dict) else None
+    if predictions:
+        name, top = next(iter(predictions.items()))
+        return f"{name}: " + ", ".join(f"{t['label']} ({t['score']:.3f})" for t in top)
+    return compact(answer.get("outputs", answer) if isinstance(answer, dict) else answer, 80)
+
+
+def load_table(summaries: list[tuple[dict[str, Any], Path]]) -> str:
+    """One row per load test: throughput, latency percentiles, errors, restarts, gate."""
+    head = f"{'MODEL':<12} {'REQ/S':>7} {'P50 MS':>7} {'P95 MS':>7} {'P99 MS':>7} {'ERRORS':>7} {'RESTARTS':>8}  GATE"
+    rows = [head] + [f"{s['model']:<12} {s['rps']:>7.1f} {s['p50_ms']:>7.1f} {s['p95_ms']:>7.1f} {s['p99_ms']:>7.1f} "
+                     f"{s['failures']:>7d} {s.get('worker_restarts', 0):>8}  {'PASS' if s['passed'] else 'FAIL'}"
+                     for s, _ in summaries]
+    return "\n".join(rows)
