@@ -21,8 +21,8 @@ from export.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 HANDLERS_DIR = Path(maas.handlers.__path__[0])  # handlers/ in a checkout, package data when installed
-# Shipped in every archive: the ORT base handler and the one module that sets statuses and headers.
-BASE_HANDLER_FILES = ("ort_base.py", "http_reply.py", "dtypes.py")
+# Shipped in every archive: the ORT base handler and its support modules (see handlers/ort_base.py).
+BASE_HANDLER_FILES = ("ort_base.py", "inputs.py", "v2.py", "http_reply.py", "dtypes.py")
 # Pickled files can run code when loaded; an archive of ours never carries one.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".joblib")
 
@@ -53,6 +53,11 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+# What write_manifest sets itself; every other key of a manifest is model-specific (`extra`).
+MANIFEST_OWN_KEYS = ("name", "version", "description", "created", "model_file", "sha256", "size_bytes", "inputs",
+                     "outputs", "batch_axis", "opset", "atol", "rtol", "metrics", "parity", "versions", "variant")
 
 
 def write_manifest(

@@ -7,14 +7,14 @@ export.package.archive_model.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from export import archive, onnx_export, variants, zoo
-from export.package import archive_model
+from export.package import archive_model, package_variant
 from export.spec import ModelSpec
-from export.trained import Trained
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ def build(name: str, build_root: Path, model_store: Path, version: str | None = 
           seed: int | None = None, variant: str | None = None) -> BuildResult:
     """Build one zoo model into build_root/<archive>/ and model_store/<archive>.mar.
 
-    With `variant` (see export/variants.py) the verified FP32 file is turned into that variant,
-    its accuracy cost measured on held-out data and checked against its budget, and the result
-    archived as its own version (default `<spec version>-<variant>`).
+    With `variant` (see export/variants.py) the variant is made from the model's verified FP32
+    archive (`version`, else the plain one; built first when the store lacks it) and archived as
+    version `<version>-<variant>`, its accuracy cost measured on held-out data and held to its budget.
     """
     start = time.perf_counter()
     model = zoo.get(name)
@@ -46,13 +46,14 @@ def build(name: str, build_root: Path, model_store: Path, version: str | None = 
     if variant is not None:
         if variant not in variants.VARIANTS:
             raise variants.VariantError(f"unknown variant {variant!r}; known: {', '.join(variants.VARIANTS)}")
-        version = version or f"{spec.version}-{variant}"
+        if not (model_store / f"{archive.archive_name(name, version, spec.version)}.mar").exists():
+            build(name, build_root, model_store, version=version, seed=seed)
+        made = package_variant(model_store, build_root, name, variant, version)
+        return BuildResult(name, made.version, made.mar, made.build_dir, time.perf_counter() - start)
     archive_name = archive.archive_name(spec.name, version, spec.version)
     spec = replace(spec, version=version or spec.version)
     build_dir = build_root / archive_name
     if build_dir.exists():
-        import shutil
-
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True)
 
@@ -61,28 +62,6 @@ def build(name: str, build_root: Path, model_store: Path, version: str | None = 
     onnx_path = onnx_export.export_onnx(trained.module, spec, trained.sample, build_dir / "model.onnx")
     parity = onnx_export.verify(onnx_path, trained.module, spec, trained.sample)
     trained.metrics.update(model.evaluate_onnx(onnx_path, trained))
-    if variant is not None:
-        onnx_path, trained.extra_manifest = _variant(model, spec, trained, onnx_path, build_dir, variant)
     mar = archive_model(build_dir, spec, onnx_path, model_store, archive_name, parity=parity, metrics=trained.metrics,
                         extra_manifest=trained.extra_manifest, assets=trained.assets, external=[])
     return BuildResult(name, spec.version, mar, build_dir, time.perf_counter() - start)
-
-
-def _variant(model: zoo.ZooModel, spec: ModelSpec, trained: Trained, fp32: Path, build_dir: Path,
-             variant: str) -> tuple[Path, dict]:
-    """build_dir/model.onnx becomes the variant (the FP32 file stays as model.fp32.onnx)."""
-    kept = fp32.replace(build_dir / "model.fp32.onnx")
-    made = variants.make_variant(variant, kept, build_dir, model.optimized_graph(trained))
-    onnx_export.check_external_data(made)
-    onnx_export.check_contract(made, spec)
-    try:
-        report = model.variant_report(kept, made)
-    except zoo.NoHeldOutEvaluation as exc:
-        raise variants.VariantError(str(exc)) from None
-    log.info("%s %s: %s %.4f (budget %.4f)", spec.name, variant, report["cost_metric"], report["cost"], report["budget"])
-    variants.check_budget(spec.name, variant, report)
-    target = made.replace(build_dir / "model.onnx")
-    extra = {**trained.extra_manifest, "variant": {
-        "name": variant, "description": variants.VARIANTS[variant],
-        "fp32_sha256": archive.sha256_file(kept), "accuracy": report}}
-    return target, extra

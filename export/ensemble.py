@@ -100,7 +100,10 @@ def package_workflow(work: Path, workflow_store: Path, name: str = WORKFLOW, han
     cmd = [sys.executable, "-m", "workflow_archiver.workflow_packaging", "--workflow-name", name,
            "--spec-file", str(work / "workflow.yaml"), "--handler", str(handler),
            "--export-path", str(workflow_store), "-f"]
-    extra = [handler.parent / "http_reply.py"] + ([work / "ensemble.json"] if (work / "ensemble.json").exists() else [])
+    # ensemble.json: the gate's record (when there is one) and the threshold `aggregate` reads at load.
+    record = json.loads((work / "ensemble.json").read_text()) if (work / "ensemble.json").exists() else {}
+    (work / "ensemble.json").write_text(json.dumps({**record, "threshold": maintenance.THRESHOLD}, indent=2) + "\n")
+    extra = [handler.parent / "http_reply.py", work / "ensemble.json"]
     cmd += ["--extra-files", ",".join(str(p) for p in extra)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

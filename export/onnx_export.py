@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -125,7 +126,11 @@ def export_onnx(model: torch.nn.Module | torch.export.ExportedProgram, spec: Mod
             for t in spec.inputs
         )
     args = _as_tensors(spec, _take(spec, sample, {"batch": max(2, spec.export_batch_size)}))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The exporter's own chatter, not about the model: a deprecation inside torch's pytree, and
+        # "axis name X will not be used" when two inputs share one dynamic axis (as declared).
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*The axis name: .* will not be used.*", category=UserWarning)
         torch.onnx.export(
             model,
             args,

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from export import archive, onnx_export, sources
 from export.graph_spec import GraphSpecError
@@ -33,7 +32,7 @@ from export.spec_file import SpecError, check_model_name, parse_input_flag, read
 log = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "1.0"
-SUPPORT_NAMES = {"ort_base.py", "http_reply.py", "dtypes.py", "tensor.py"}
+SUPPORT_NAMES = {*archive.BASE_HANDLER_FILES, "tensor.py"}
 SAMPLE_ROWS = 16
 MAX_EXAMPLE_REQUEST_BYTES = 64 * 1024
 
@@ -291,7 +290,7 @@ def archive_model(build_dir: Path, spec: ModelSpec, path: Path, model_store: Pat
     return archive.package(build_dir, spec, model_store, spec.version, archive_name, handler_path=handler)
 
 
-# ---- optimized variants of a packaged model --------------------------------------------------
+# ---- optimized variants (of any archive in the store) ---------------------------------------
 VARIANT_COSINE_BUDGET = 0.01  # 1 - mean cosine vs FP32, per output
 VARIANT_TOP1_BUDGET = 0.95  # top-1 agreement with FP32, for outputs with labels
 
@@ -319,23 +318,25 @@ def variant_cost(spec: ModelSpec, fp32: Path, candidate: Path, samples: dict[str
 
 
 def package_variant(model_store: Path, build_root: Path, name: str, variant: str, version: str | None = None) -> Packaged:
-    """`maas build NAME --variant V` for a packaged model: the archive's verified FP32 model made into
-    the variant, its cost measured on the archive's samples, archived as <name>-<version>-<variant>.mar."""
+    """A variant of an archive in the model store (zoo and packaged models alike): its verified FP32
+    model made into `variant`, the cost measured (a zoo model on its held-out data, a packaged model
+    on its archive's samples) and held to its budget, archived as <name>-<version>-<variant>.mar."""
     import io
     import zipfile
 
     import yaml
 
-    from export import variants
+    from export import variants, zoo
     from maas.deploy import archive_manifest, archive_member, find_archive
 
     started = time.perf_counter()
     source = find_archive(model_store, name, version)
     manifest = archive_manifest(source)
     config = yaml.safe_load(archive_member(source, "model-config.yaml")) or {}
-    spec = ModelSpec.from_archive(manifest, config)
-    new_version = f"{spec.version}-{variant}"
-    build_dir = build_root / f"{name}-{new_version}"
+    model = zoo.models().get(name)
+    spec = model.spec if model else ModelSpec.from_archive(manifest, config)
+    new_version = f"{manifest['version']}-{variant}"
+    build_dir = build_root / archive.archive_name(name, new_version)
     if build_dir.exists():
         shutil.rmtree(build_dir)
     (build_dir / "assets").mkdir(parents=True)
@@ -344,32 +345,39 @@ def package_variant(model_store: Path, build_root: Path, name: str, variant: str
         handler = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["handler"]
     extracted = build_dir / "archive"
     fp32 = extracted / manifest["model_file"]
-    made = variants.make_variant(variant, fp32, build_dir, None)
+    made = variants.make_variant(variant, fp32, build_dir, model.optimized_graph(None) if model else None)
     onnx_export.check_contract(made, spec)
-    if manifest.get("samples"):
-        with np.load(io.BytesIO(archive_member(source, manifest["samples"])), allow_pickle=False) as data:
-            samples = {k: data[k] for k in data.files}
+    if model is not None:
+        try:
+            report = model.variant_report(fp32, made)
+        except zoo.NoHeldOutEvaluation as exc:
+            raise variants.VariantError(str(exc)) from None
     else:
-        samples = synthesize(spec, SAMPLE_ROWS)
-    report = variant_cost(spec, fp32, made, samples)
-    log.info("%s %s: %s %.4f (budget %.4f)%s", name, variant, report["cost_metric"], report["cost"], report["budget"],
-             f", top-1 agreement {report['top1_agreement']}" if report["top1_agreement"] else "")
+        if manifest.get("samples"):
+            with np.load(io.BytesIO(archive_member(source, manifest["samples"])), allow_pickle=False) as data:
+                samples = {k: data[k] for k in data.files}
+        else:
+            samples = synthesize(spec, SAMPLE_ROWS)
+        report = variant_cost(spec, fp32, made, samples)
+    log.info("%s %s: %s %.4f (budget %.4f)", name, variant, report["cost_metric"], report["cost"], report["budget"])
     variants.check_budget(name, variant, report)
     shutil.copy(made, build_dir / "model.onnx")
-    skip = {manifest["model_file"], "manifest.json", "model-config.yaml", handler, *SUPPORT_NAMES,
+    code = {handler, *archive.BASE_HANDLER_FILES, "tensor.py", *spec.handler_support_files}
+    skip = {manifest["model_file"], "manifest.json", "model-config.yaml", *code,
             *(e["file"] for e in manifest.get("external_data", []))}
     for item in extracted.iterdir():
         if item.is_file() and item.name not in skip:
             shutil.copy(item, build_dir / "assets" / item.name)
-    extra = {k: v for k, v in manifest.items() if k in ("source", "samples", "example_request", "packaged_by")}
+    # What the handler reads besides the I/O spec (limits, labels, tokenizer, ...) stays as it was.
+    extra = {k: v for k, v in manifest.items() if k not in archive.MANIFEST_OWN_KEYS}
     extra.update(external_data=[], variant={"name": variant, "description": variants.VARIANTS[variant],
                                             "fp32_sha256": manifest["sha256"], "accuracy": report})
     spec = replace(spec, version=new_version, handler=handler,
-                   handler_support_files=("tensor.py",))
+                   handler_support_files=spec.handler_support_files if model else ("tensor.py",))
     archive.write_manifest(build_dir, spec, build_dir / "model.onnx", new_version, manifest.get("metrics", {}),
                            manifest.get("parity", {}), extra)
     (build_dir / "model-config.yaml").write_text(archive_member(source, "model-config.yaml").decode())
-    user_handler = extracted / handler if handler not in SUPPORT_NAMES else None
+    user_handler = extracted / handler if model is None and handler not in SUPPORT_NAMES else None
     mar = archive.package(build_dir, spec, model_store, new_version, archive.archive_name(name, new_version),
                           handler_path=user_handler)
     result = json.loads((build_dir / "manifest.json").read_text())

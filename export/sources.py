@@ -81,8 +81,6 @@ def load_factory(target: str) -> Loaded:
 
 def load_exported_program(path: Path) -> Loaded:
     """A `torch.export.save`d program: its inputs (names, dtypes, dynamic axes) and example inputs."""
-    import torch
-
     if not path.is_file():
         raise SourceError(f"--exported-program {path}: no such file")
     program = _load_program(path)

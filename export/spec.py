@@ -5,7 +5,7 @@ same `ModelSpec`; nothing else restates tensor names, dtypes or dynamic axes.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 Dim = Union[int, str]  # an int is a fixed size, a str names a dynamic (symbolic) axis

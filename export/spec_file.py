@@ -328,7 +328,7 @@ def spec_yaml(spec: ModelSpec) -> str:
         if t.description:
             lines.append(f"    description: {yaml.safe_dump(t.description, default_style=None).strip()}")
         if kind == "input":
-            lines.append(f"    # range: [low, high]     accepted values" if t.range is None
+            lines.append("    # range: [low, high]     accepted values" if t.range is None
                          else f"    range: [{t.range[0]:g}, {t.range[1]:g}]")
             if t.pad is not None:
                 lines.append(f"    pad: {t.pad:g}")

@@ -13,10 +13,15 @@ failed on its side makes `aggregate` raise, which TorchServe turns into a 500.
 """
 import json
 import statistics
+from pathlib import Path
 
 from http_reply import json_body, set_status
 
-THRESHOLD = 0.5
+SETTINGS = {}  # ensemble.json from the .war, read when TorchServe loads the node: {"threshold": ...}
+
+
+def _load(context):
+    SETTINGS.update(json.loads((Path(context.system_properties["model_dir"]) / "ensemble.json").read_text()))
 
 
 def pre(data, context):
@@ -36,7 +41,7 @@ def _record_answer(per_member):
             modes.setdefault(mode, []).append(float(p))
     return {
         "failure_probability": round(mean, 6),
-        "failure": mean >= THRESHOLD,
+        "failure": mean >= SETTINGS["threshold"],
         "failure_modes": {m: round(statistics.fmean(v), 6) for m, v in modes.items()},
         "members": {node: round(p, 6) for node, p in probs.items()},
         "spread": {"std": round(statistics.pstdev(probs.values()), 6), "min": round(min(probs.values()), 6),
@@ -45,7 +50,8 @@ def _record_answer(per_member):
 
 
 def aggregate(data, context):
-    if not data:
+    if not data:  # the load call: read the threshold the members use
+        _load(context)
         return None
     out = []
     for idx, row in enumerate(data):

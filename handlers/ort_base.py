@@ -18,16 +18,15 @@ A model handler overrides only:
   check_tensors(inputs)       limits on raw Open Inference Protocol (v2) tensors
 and optionally collate()/split() when requests need padding to one batch (text).
 
-Open Inference Protocol (KServe v2) requests ({"inputs": [{name, datatype, shape, data}]},
-sent to /v2/models/NAME/infer) are recognised per request, checked against the manifest's
-I/O spec, batched with the others and answered with the graph's output tensors.
+Its support modules, shipped beside it: inputs.py (InputError and the request-reading
+primitives), v2.py (the Open Inference Protocol), http_reply.py (the one place statuses and
+headers are set), dtypes.py (tensor types).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -36,35 +35,17 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from dtypes import BY_V2, DTYPES
 from http_reply import reply
+from inputs import InputError, clip, finite_number, parse_json, request_body, unicode_text
+from v2 import V2Request, looks_like_v2, v2_response, v2_tensors
+
+# What a model handler imports from here (the reading primitives live in inputs.py).
+__all__ = ["Arrays", "InputError", "ModelIntegrityError", "OrtHandler", "clip", "finite_number", "parse_json",
+           "unicode_text", "worker_threads", "choose_providers", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
-
-
-def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
-
-
-class InputError(ValueError):
-    """A client's mistake: answered with `status` (4xx) and a JSON body naming the field.
-
-    Messages and field names often quote what the client sent; both are clipped, so an error
-    body stays small (TorchServe's v2 route resets the connection on a 4xx body over 128 KiB).
-    """
-
-    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
-        message, field = clip(message, 500), None if field is None else clip(str(field), 200)
-        super().__init__(message)
-        self.message, self.field, self.status = message, field, status
-
-    def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.status, "type": "InputError", "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return body
 
 
 class ModelIntegrityError(RuntimeError):
@@ -77,141 +58,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def request_body(request: dict[str, Any]) -> Any:
-    """TorchServe puts a raw body under "body" and a form field under "data"."""
-    for key in ("data", "body"):
-        if request.get(key) is not None:
-            return request[key]
-    values = [v for k, v in request.items() if v is not None]
-    if len(values) == 1:
-        return values[0]
-    raise InputError("request has no body")
-
-
-def parse_json(body: Any) -> Any:
-    """The request's JSON value; TorchServe has already decoded application/json bodies."""
-    if isinstance(body, (dict, list)):
-        return body
-    if isinstance(body, (bytes, bytearray)):
-        if not body.strip():
-            raise InputError("request body is empty; send a JSON document")
-        try:
-            body = bytes(body).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"request body is not UTF-8 text (byte {exc.start}); send a JSON document") from None
-    if isinstance(body, str):
-        if not body.strip():
-            raise InputError("request body is empty; send a JSON document")
-        try:
-            return json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        except RecursionError:
-            raise InputError("request body is JSON nested too deeply") from None
-        except ValueError as exc:  # e.g. an integer of more than 4300 digits
-            raise InputError(f"request body could not be read as JSON: {str(exc)[:120]}") from None
-    raise InputError(f"unsupported request body of type {type(body).__name__}")
-
-
-def finite_number(value: Any, field: str, limits: tuple[float, float] | None = None) -> float:
-    """A real, finite number (not a bool, not a string), optionally within [lo, hi]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"must be a number, got {type(value).__name__}", field)
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond float range
-        number = math.inf if value > 0 else -math.inf
-    if not math.isfinite(number):
-        raise InputError("must be a finite number (NaN and infinity are refused)", field)
-    if limits is not None and not limits[0] <= number <= limits[1]:
-        raise InputError(f"{number:g} is outside the accepted range [{limits[0]:g}, {limits[1]:g}]", field)
-    return number
-
-
-def unicode_text(value: Any, field: str) -> str:
-    """A string that is valid Unicode: JSON can carry lone surrogates ("\\ud83d"), which no UTF-8
-    consumer (a tokenizer, a log line, TorchServe's framing) can encode."""
-    if not isinstance(value, str):
-        raise InputError(f"must be a string, got {type(value).__name__}", field)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"contains a lone surrogate (U+{ord(value[exc.start]):04X} at character {exc.start}); "
-                         "send valid Unicode text", field) from None
-    return value
-
-
-
-
-class V2Request:
-    """An Open Inference Protocol (KServe v2) request: tensors in, tensors out, per request."""
-
-    def __init__(self, request_id: str | None, outputs: list[str] | None) -> None:
-        self.id, self.outputs = request_id, outputs
-
-
-def looks_like_v2(body: Any) -> Any:
-    """The parsed v2 payload when `body` is an inference request of the Open Inference Protocol, else None."""
-    if isinstance(body, (bytes, bytearray, str)):
-        head = body[:4096] if isinstance(body, str) else bytes(body[:4096]).decode("utf-8", "replace")
-        if not head.lstrip().startswith("{") or '"inputs"' not in head:
-            return None
-        try:
-            body = parse_json(body)
-        except InputError:
-            return None
-    if isinstance(body, dict) and isinstance(body.get("inputs"), list):
-        return body
-    return None
-
-
-def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec: list[dict[str, Any]],
-               max_items: int) -> tuple[dict[str, np.ndarray], V2Request]:
-    """Named tensors checked against the manifest's inputs (names, datatypes, shapes, finite values)."""
-    tensors = {}
-    for i, t in enumerate(payload["inputs"]):
-        where = f"inputs[{i}]"
-        if not isinstance(t, dict) or not {"name", "datatype", "shape", "data"} <= set(t):
-            raise InputError("each input needs name, datatype, shape and data (JSON tensors; the binary extension is not served)", where)
-        tensors[t["name"]] = (t, where)
-    wanted = [s["name"] for s in spec]
-    if sorted(tensors) != sorted(wanted):
-        raise InputError(f"inputs must be exactly {wanted}, got {sorted(tensors)}", "inputs")
-    arrays, batch = {}, None
-    for s in spec:
-        t, where = tensors[s["name"]]
-        dtype = BY_V2.get(str(t["datatype"]))
-        if dtype != s["dtype"]:
-            raise InputError(f"datatype must be {DTYPES[s['dtype']].v2}, got {t['datatype']!r}", where)
-        shape = t["shape"]
-        if (not isinstance(shape, list) or len(shape) != len(s["shape"])
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-                or any(isinstance(want, int) and d != want for d, want in zip(shape, s["shape"]))):
-            raise InputError(f"shape must match {s['shape']}, got {shape}", where)
-        if shape[0] > max_items:
-            raise InputError(f"batch of {shape[0]}; the limit is {max_items}", where, 413)
-        if batch is not None and shape[0] != batch:
-            raise InputError("all inputs must have the same batch size", where)
-        batch = shape[0]
-        try:
-            array = np.asarray(t["data"], dtype=np.float64 if dtype.startswith("float") else np.int64)
-        except (TypeError, ValueError, OverflowError):
-            raise InputError(f"data must be {dtype} numbers", where) from None
-        if array.size != int(np.prod(shape)):
-            raise InputError(f"data has {array.size} values; shape {shape} needs {int(np.prod(shape))}", where)
-        if dtype.startswith("float") and not np.isfinite(array).all():
-            raise InputError("data must be finite numbers (NaN and infinity are refused)", where)
-        arrays[s["name"]] = array.reshape(shape).astype(dtype)
-    outputs = payload.get("outputs")
-    names = [o.get("name") for o in outputs if isinstance(o, dict)] if isinstance(outputs, list) else None
-    known = [o["name"] for o in output_spec]
-    for name in names or []:
-        if name not in known:
-            raise InputError(f"unknown output {name!r}; outputs are {known}", "outputs")
-    request_id = payload.get("id")
-    return arrays, V2Request(str(request_id) if request_id is not None else None, names)
 
 
 MAX_EXPLAINED_ITEMS = 16
@@ -375,16 +221,8 @@ class OrtHandler:
         """Model-specific limits on raw v2 tensors (e.g. token ids within the vocabulary)."""
 
     def v2_response(self, outputs: Arrays, request: V2Request) -> dict[str, Any]:
-        """The Open Inference Protocol answer: the graph's output tensors, by name, flattened."""
-        names = request.outputs or list(outputs)
-        answer: dict[str, Any] = {
-            "model_name": self.manifest["name"], "model_version": self.model_version,
-            "outputs": [{"name": n, "datatype": DTYPES[str(outputs[n].dtype)].v2, "shape": list(outputs[n].shape),
-                         "data": outputs[n].ravel().tolist()} for n in names],
-        }
-        if request.id is not None:
-            answer["id"] = request.id
-        return answer
+        """The Open Inference Protocol answer (handlers/v2.py)."""
+        return v2_response(outputs, request, self.manifest["name"], self.model_version)
 
     def collate(self, items: list[Arrays]) -> Arrays:
         """Join requests along axis 0 (override to pad, e.g. text to the longest sequence)."""

@@ -29,7 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from maas.loadtest import SLO, LoadTest, Thresholds, run as run_locust
+from maas.loadtest import LoadTest, run as run_locust
+from maas.slo import SLO, Thresholds
 from maas.properties import on_free_loopback_ports, read_properties, write_properties
 from maas.server import ServerLayout, TorchServe
 

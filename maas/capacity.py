@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from maas import loadtest
+from maas.gate import figures
+from maas.records import write_record
+from maas.slo import SLO
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ def capacity_steps(max_users: int) -> list[int]:
 
 
 def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: Path, model: str,
-                  slo: loadtest.SLO, version: str = "", max_users: int = 64, step_s: int = 10,
+                  slo: SLO, version: str = "", max_users: int = 64, step_s: int = 10,
                   workers: int = 0,
                   worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None,
                   model_store: Path | None = None) -> dict[str, Any]:
@@ -37,7 +40,7 @@ def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: 
         summary, out = loadtest.run(loadtest.LoadTest(model, step_slo, version, workers, f"capacity-{users}u", model_store=model_store),
                                     endpoints_inference, key_file, reports_dir, {"served_version": version or None},
                                     worker_restarts=worker_restarts)
-        steps.append({"users": users, "path": str(out), **loadtest.figures(summary), "broken": summary["broken"]})
+        steps.append({"users": users, "path": str(out), **figures(summary), "broken": summary["broken"]})
         log.info("capacity: %d users -> %.1f req/s, p95 %.1f ms: %s", users, summary["rps"], summary["p95_ms"],
                  "held" if summary["passed"] else "; ".join(summary["broken"]))
         if not summary["passed"]:
@@ -46,5 +49,5 @@ def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: 
             best = steps[-1]
     result = {"model": model, "version": version or "default", "slo": asdict(slo), "steps": steps,
               "capacity": best, "cores": os.cpu_count()}
-    result["path"] = str(loadtest.write_record(reports_dir, model, "capacity", result))
+    result["path"] = str(write_record(reports_dir, model, "capacity", result))
     return result

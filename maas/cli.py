@@ -46,6 +46,8 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "torchvision is not installed. Skipping torchvision::nms": nothing maas exports uses those ops.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,10 +85,10 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
 @click.argument("models", nargs=-1)
 @click.option("--version", "version",
               help="version to stamp; writes <model>-<version>.mar beside the others [the spec's version]; "
-                   "for a packaged model with --variant: the version to start from")
+                   "with --variant: the archive's version to make the variant from [the plain archive]")
 @click.option("--seed", type=int, help="training seed, e.g. for a second training as a new version")
 @click.option("--variant", type=click.Choice(list(VARIANTS)),
-              help="build this optimized variant (from a verified FP32 export) as version <version>-<variant>: opt (ORT graph "
+              help="make this optimized variant of the model's verified FP32 archive, as version <version>-<variant>: opt (ORT graph "
                    "optimizations), int8 (dynamic quantization, CPU), fp16 (GPU); refused over its accuracy budget")
 @click.option("--ensemble", type=click.IntRange(2, 16),
               help="build N maintenance members (seeds 0..N-1) and the maintenance-ensemble workflow (.war); "
@@ -366,7 +368,7 @@ def predict(project: Project, model: str, file: Any, version: str | None, conten
 
 def _slo(model: str, slo_file: str | None, project_dir: Path | None = None, **overrides: Any) -> Any:
     """defaults < slo/<model>.yaml of the project or the zoo's (or --slo FILE) < flags."""
-    from maas.loadtest import SLO
+    from maas.slo import SLO
 
     slo = SLO.for_model(model, Path(slo_file) if slo_file else None, project_dir)
     for key in ("users", "spawn_rate", "run_time_s", "warmup_s"):
@@ -445,6 +447,7 @@ def _ready_for_load(project: Project, seconds: float) -> Any:
 
 def _loadtest(project: Project, test: Any) -> dict[str, Any]:
     from maas import loadtest as lt
+    from maas.gate import format_summary
 
     server = _ready_for_load(project, test.slo.warmup_s + test.slo.run_time_s)
     described = server.client.describe(test.model, test.version or None)
@@ -452,7 +455,7 @@ def _loadtest(project: Project, test: Any) -> dict[str, Any]:
     renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None
     summary, out = lt.run(test, server.endpoints.inference, server.client.key_file, project.reports_dir, info, renew,
                           worker_restarts=server.worker_restarts)
-    click.echo(lt.format_summary(summary))
+    click.echo(format_summary(summary))
     click.echo(f"report: {out}/ (summary.json, report.html, throughput_latency.png, locust_*.csv)")
     return summary
 

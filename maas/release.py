@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from maas import deploy, loadtest, smoke
+from maas.gate import figures
+from maas.records import write_record
+from maas.slo import SLO, Regression
 from maas.client import ApiError, TorchServeClient
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,7 @@ def last_summary(reports_dir: Path, model: str, version: str) -> tuple[dict[str,
     return None
 
 
-def regressions(candidate: dict[str, Any], baseline: dict[str, Any], tolerance: loadtest.Regression) -> list[str]:
+def regressions(candidate: dict[str, Any], baseline: dict[str, Any], tolerance: Regression) -> list[str]:
     found = []
     p95_limit = baseline["p95_ms"] * (1 + tolerance.max_p95_increase)
     if candidate["p95_ms"] > p95_limit:
@@ -60,7 +63,7 @@ def regressions(candidate: dict[str, Any], baseline: dict[str, Any], tolerance: 
 
 
 def release(client: TorchServeClient, endpoints_inference: str, key_file: Path | None, model_store: Path,
-            reports_dir: Path, model: str, candidate: str, slo: loadtest.SLO, workers: int = 0,
+            reports_dir: Path, model: str, candidate: str, slo: SLO, workers: int = 0,
             fresh_baseline: bool = False,
             worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None) -> dict[str, Any]:
     """Run the gate; returns the decision record (also written to release.json)."""
@@ -90,7 +93,7 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
 
     if not reasons:
         summary, out = run(candidate, "candidate")
-        record["candidate_summary"] = {"path": str(out / "summary.json"), **loadtest.figures(summary)}
+        record["candidate_summary"] = {"path": str(out / "summary.json"), **figures(summary)}
         reasons += [f"SLO: {b}" for b in summary["broken"]]
         if not reasons and default is not None:
             found = None if fresh_baseline else last_summary(reports_dir, model, default)
@@ -98,7 +101,7 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
                 log.info("release: measuring the current default %s for comparison", default)
                 baseline, base_out = run(default, "baseline")
                 found = (baseline, base_out / "summary.json")
-            record["baseline_summary"] = {"path": str(found[1]), **loadtest.figures(found[0])}
+            record["baseline_summary"] = {"path": str(found[1]), **figures(found[0])}
             reasons += [f"regression: {r}" for r in regressions(summary, found[0], slo.regression)]
 
     promoted = not reasons
@@ -109,5 +112,5 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
     record.update(promoted=promoted, reasons=reasons, default_now=current_default(client, model),
                   wall_time_s=round(time.monotonic() - started, 1),
                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    record["path"] = str(loadtest.write_record(reports_dir, model, "release", record))
+    record["path"] = str(write_record(reports_dir, model, "release", record))
     return record

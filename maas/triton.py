@@ -10,7 +10,6 @@ is the Triton user's part: see the README.
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
 from pathlib import Path
 from typing import Any

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import zipfile
 import sys
 from dataclasses import dataclass

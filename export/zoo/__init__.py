@@ -41,8 +41,9 @@ class ZooModel:
         """The variant's accuracy cost on held-out data: cost_metric, cost, budget, within_budget."""
         raise NoHeldOutEvaluation(f"{self.name} has no held-out evaluation for variants")
 
-    def optimized_graph(self, trained: Any) -> Callable[[Path], Path] | None:
-        """A better FP32 graph than ONNX Runtime's own optimizations, if the model has one."""
+    def optimized_graph(self, trained: Any | None) -> Callable[[Path], Path] | None:
+        """A better FP32 graph than ONNX Runtime's own optimizations, if the model has one (made
+        from `trained`, or from a fresh train() when None)."""
         return None
 
     # ---- client side (no torch) -----------------------------------------------------------

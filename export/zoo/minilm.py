@@ -137,7 +137,7 @@ def reference_embeddings(texts: list[str]) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(model_dir()), device="cpu")
-    return st.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=16)
+    return st.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=16, show_progress_bar=False)
 
 
 def cosine_report(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
@@ -150,6 +150,9 @@ def train(seed: int = 0) -> Trained:
     from transformers import AutoModel
 
     log.info("minilm: loading all-MiniLM-L6-v2 from %s", model_dir())
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar per build says nothing
     encoder = AutoModel.from_pretrained(str(model_dir()), local_files_only=True, attn_implementation="eager")
     module = _encoder_class()(encoder).eval()
     sample = encode(SENTENCES)
@@ -201,7 +204,7 @@ def held_out_sentences(n: int = 200, seed: int = 7) -> list[str]:
     return [f"{pick(_SUBJECTS)} {pick(_VERBS)} {pick(_OBJECTS)}.{pick(_TAILS)}" for _ in range(n)]
 
 
-def optimized_graph(trained: Trained) -> Callable[[Path], Path]:
+def optimized_graph(trained: Trained | None = None) -> Callable[[Path], Path]:
     """The transformer-fused FP32 graph (Attention, SkipLayerNormalization, BiasGelu, ...).
 
     ORT's fusion recognises the TorchScript exporter's attention pattern, not the dynamo
@@ -213,13 +216,15 @@ def optimized_graph(trained: Trained) -> Callable[[Path], Path]:
 
         from export.onnx_export import check_contract, check_parity
 
+        loaded = trained or train()  # the pretrained module (loading it takes seconds)
+
         raw = dst.with_suffix(".torchscript.onnx")
-        args = tuple(torch.from_numpy(trained.sample[n][:4, :16]) for n in SPEC.input_names)
+        args = tuple(torch.from_numpy(loaded.sample[n][:4, :16]) for n in SPEC.input_names)
         axes = {t.name: t.dynamic_axes() for t in SPEC.inputs + SPEC.outputs}
-        torch.onnx.export(trained.module, args, str(raw), dynamo=False, opset_version=17,
+        torch.onnx.export(loaded.module, args, str(raw), dynamo=False, opset_version=17,
                           input_names=list(SPEC.input_names), output_names=list(SPEC.output_names),
                           dynamic_axes=axes)
-        config = trained.module.encoder.config
+        config = loaded.module.encoder.config
         fused = optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads,
                                hidden_size=config.hidden_size, opt_level=1)
         stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
@@ -227,7 +232,7 @@ def optimized_graph(trained: Trained) -> Callable[[Path], Path]:
         raw.unlink()
         log.info("minilm: fused graph %s", stats)
         check_contract(dst, SPEC)
-        check_parity(dst, trained.module, SPEC, trained.sample)
+        check_parity(dst, loaded.module, SPEC, loaded.sample)
         return dst
     return make
 
@@ -301,7 +306,7 @@ class MiniLM(ZooModel):
     def variant_report(self, fp32: Path, variant: Path) -> dict[str, Any]:
         return variant_report(fp32, variant)
 
-    def optimized_graph(self, trained: Trained) -> Callable[[Path], Path] | None:
+    def optimized_graph(self, trained: Trained | None) -> Callable[[Path], Path] | None:
         return optimized_graph(trained)
 
     def payloads(self, seed: int = 0, pool: int = 512) -> Payloads:

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from maas.loadtest import SLO, LoadTest, Thresholds, run
+from maas.loadtest import LoadTest, run
+from maas.slo import SLO, Thresholds
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)

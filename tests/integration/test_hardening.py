@@ -15,6 +15,7 @@ import requests
 from conftest import bare_server, package_variant, tamper
 from maas import deploy as d
 from maas import loadtest
+from maas.slo import SLO
 from maas.client import ServeError
 from maas.keys import read_keys
 
@@ -104,14 +105,14 @@ def test_keys_expire_and_maas_renews_them(hard) -> None:
 
 
 def test_a_load_test_longer_than_the_key_lifetime_keeps_valid_keys(hard, tmp_path: Path) -> None:
-    slo = loadtest.SLO(users=4, spawn_rate=4, warmup_s=1, run_time_s=15)  # 2.5 key lifetimes
+    slo = SLO(users=4, spawn_rate=4, warmup_s=1, run_time_s=15)  # 2.5 key lifetimes
     summary, _ = loadtest.run(loadtest.LoadTest("maintenance", slo), hard.endpoints.inference, hard.layout.key_file,
                               tmp_path, keep_keys_fresh=lambda: hard.client.fresh_key("inference"))
     assert summary["requests"] > 100 and summary["failures"] == 0, summary["errors_by_status"]
 
 
 def test_killed_worker_under_load_recovers_with_bounded_loss(hard, tmp_path: Path) -> None:
-    slo = loadtest.SLO(users=4, spawn_rate=4, warmup_s=0, run_time_s=14)
+    slo = SLO(users=4, spawn_rate=4, warmup_s=0, run_time_s=14)
     hard.client.renew_margin_s = 30.0
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(summary=loadtest.run(

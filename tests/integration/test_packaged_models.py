@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from conftest import ROOT, bare_server
 from maas import deploy as d
 from maas import loadtest
+from maas.slo import SLO
 from maas.cli import cli
 
 pytestmark = pytest.mark.integration
@@ -183,7 +184,7 @@ def test_bad_tensors_are_a_4xx_naming_the_input(served) -> None:
 @pytest.mark.parametrize("model", ["resnet", "distilbert", "magika"])
 def test_a_short_load_test_passes_on_bodies_from_the_archive(served, model: str, tmp_path: Path) -> None:
     ts, store, *_ = served
-    slo = loadtest.SLO(users=4, spawn_rate=4, warmup_s=1, run_time_s=4)
+    slo = SLO(users=4, spawn_rate=4, warmup_s=1, run_time_s=4)
     summary, _ = loadtest.run(loadtest.LoadTest(model, slo, model_store=store), ts.endpoints.inference,
                               ts.layout.key_file, tmp_path, worker_restarts=ts.worker_restarts)
     assert summary["requests"] > 20 and summary["failures"] == 0 and summary["worker_restarts"] == 0, summary
@@ -203,7 +204,7 @@ def test_the_downstream_road_on_a_packaged_model(served, tmp_path: Path) -> None
     with zipfile.ZipFile(store / "resnet-1.0-int8.mar") as z:
         variant = json.loads(z.read("manifest.json"))["variant"]
     assert variant["name"] == "int8" and variant["accuracy"]["within_budget"]
-    slo = loadtest.SLO(users=2, spawn_rate=2, warmup_s=1, run_time_s=3)
+    slo = SLO(users=2, spawn_rate=2, warmup_s=1, run_time_s=3)
     slo.thresholds.min_rps = 1.0
     record = release(ts.client, ts.endpoints.inference, ts.layout.key_file, store, tmp_path, "resnet", "1.0-int8",
                      slo, worker_restarts=ts.worker_restarts)

@@ -3,6 +3,7 @@ data and recorded in its manifest, a variant over budget is never built, and a v
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -24,8 +25,11 @@ def manifest_of(mar: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def variant_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def variant_store(tmp_path_factory: pytest.TempPathFactory, built_models) -> Path:
+    """Variants made from the session's verified FP32 archives (a variant starts from its archive)."""
     store, work = tmp_path_factory.mktemp("variant_store"), tmp_path_factory.mktemp("variant_build")
+    for name, built in built_models.items():
+        shutil.copy(built.mar, store / built.mar.name)
     build("maintenance", work, store, variant="int8")
     build("minilm", work, store, variant="int8")
     build("digits", work, store, variant="fp16")
@@ -48,19 +52,19 @@ def test_variants_record_their_cost_within_budget(variant_store: Path) -> None:
     assert fp16["within_budget"] and fp16["variant"]["accuracy"] >= 0.98
 
 
-def test_a_variant_over_budget_is_not_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_variant_over_budget_is_not_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, maintenance_built) -> None:
     def costly(fp32: Path, variant: Path) -> dict:
         return {"cost_metric": "accuracy drop (points)", "cost": 3.5, "budget": 1.0, "within_budget": False}
 
     monkeypatch.setattr(maintenance, "variant_report", costly)
+    (tmp_path / "store").mkdir()
+    shutil.copy(maintenance_built.mar, tmp_path / "store" / "maintenance.mar")
     with pytest.raises(VariantError, match="exceeds the budget"):
         build("maintenance", tmp_path / "work", tmp_path / "store", variant="int8")
-    assert not list((tmp_path / "store").glob("*.mar"))
+    assert [p.name for p in (tmp_path / "store").glob("*.mar")] == ["maintenance.mar"]  # no variant archive
 
 
-def test_int8_minilm_serves_beside_fp32(tmp_path_factory: pytest.TempPathFactory, variant_store: Path,
-                                        model_store: Path, built_models) -> None:
-    (variant_store / "minilm.mar").write_bytes((model_store / "minilm.mar").read_bytes())
+def test_int8_minilm_serves_beside_fp32(tmp_path_factory: pytest.TempPathFactory, variant_store: Path) -> None:
     ts = bare_server(tmp_path_factory, variant_store)
     try:
         deploy(ts.client, variant_store, "minilm", "1.0")

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from maas.keys import KeyFileError, read_keys
-from maas.loadtest import Thresholds, evaluate, read_aggregate, read_errors
+from maas.gate import evaluate
+from maas.locust_csv import read_aggregate, read_errors
+from maas.slo import Thresholds
 from maas.properties import Endpoints, read_properties
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +75,7 @@ def test_locust_csv_summary(tmp_path: Path) -> None:
 
 
 def test_slo_files_parse_and_reject_unknown_keys(tmp_path: Path) -> None:
-    from maas.loadtest import SLO
+    from maas.slo import SLO
 
     for model in ("maintenance", "digits", "minilm"):
         slo = SLO.for_model(model)
@@ -85,7 +87,7 @@ def test_slo_files_parse_and_reject_unknown_keys(tmp_path: Path) -> None:
 
 
 def test_regression_check_names_what_got_worse() -> None:
-    from maas.loadtest import Regression
+    from maas.slo import Regression
     from maas.release import regressions
 
     base = {"p95_ms": 10.0, "rps": 100.0}

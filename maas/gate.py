@@ -1,0 +1,46 @@
+"""The release gate on one load test: which thresholds broke, and the figures in a few lines."""
+from __future__ import annotations
+
+from typing import Any
+
+from maas.slo import Thresholds
+
+
+def evaluate(summary: dict[str, Any], t: Thresholds) -> list[str]:
+    """The broken thresholds, each as 'name: measured vs budget'; empty when all hold."""
+    broken = []
+    if summary["p95_ms"] > t.max_p95_ms:
+        broken.append(f"p95 latency {summary['p95_ms']:.1f} ms > budget {t.max_p95_ms:g} ms")
+    if summary["p99_ms"] > t.max_p99_ms:
+        broken.append(f"p99 latency {summary['p99_ms']:.1f} ms > budget {t.max_p99_ms:g} ms")
+    if summary["error_ratio"] > t.max_error_ratio:
+        broken.append(f"error ratio {summary['error_ratio']:.4f} > budget {t.max_error_ratio:g}")
+    if summary["rps"] < t.min_rps:
+        broken.append(f"throughput {summary['rps']:.1f} req/s < minimum {t.min_rps:g} req/s")
+    if summary["requests"] == 0:
+        broken.append("no request completed")
+    restarts = summary.get("worker_restarts")
+    if restarts is not None and restarts > t.max_worker_restarts:
+        broken.append(f"{restarts} worker restart(s) during the run > budget {t.max_worker_restarts} "
+                      "(a worker died: see the server's logs/ts_log.log and model_log.log)")
+    return broken
+
+
+def figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a summary (for release and capacity records)."""
+    keys = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_ratio", "requests", "passed")
+    return {k: summary[k] for k in keys}
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"{s['model']} ({s.get('served_version') or s['model_version']}): {s['requests']} requests in {s['run_time_s']} s"
+        f" (after {s.get('warmup_s', 0)} s warm-up), "
+        f"{s['rps']:.1f} req/s, {s['users']} users",
+        f"latency ms: p50 {s['p50_ms']:.1f}  p90 {s['p90_ms']:.1f}  p95 {s['p95_ms']:.1f}  "
+        f"p99 {s['p99_ms']:.1f}  max {s['max_ms']:.1f}",
+        f"errors: {s['failures']} ({s['error_ratio']:.2%}) {s['errors_by_status'] or ''}".rstrip()
+        + (f"; worker restarts: {s['worker_restarts']}" if s.get("worker_restarts") is not None else ""),
+        "gate: PASS" if s["passed"] else "gate: FAIL\n  - " + "\n  - ".join(s["broken"]),
+    ]
+    return "\n".join(lines)

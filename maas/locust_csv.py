@@ -1,0 +1,47 @@
+"""Locust's CSV output, read: the aggregate figures and the failures by HTTP status."""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+
+def number(row: dict[str, str], key: str) -> float:
+    try:
+        return float(row.get(key) or 0.0)
+    except ValueError:
+        return 0.0
+
+
+def read_aggregate(prefix: Path) -> dict[str, float]:
+    """The 'Aggregated' row of Locust's <prefix>_stats.csv."""
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
+    if not rows:
+        raise RuntimeError(f"{prefix}_stats.csv has no Aggregated row: did Locust run?")
+    r = rows[0]
+    return {
+        "requests": int(number(r, "Request Count")),
+        "failures": int(number(r, "Failure Count")),
+        "rps": number(r, "Requests/s"),
+        "avg_ms": number(r, "Average Response Time"),
+        "p50_ms": number(r, "50%"),
+        "p90_ms": number(r, "90%"),
+        "p95_ms": number(r, "95%"),
+        "p99_ms": number(r, "99%"),
+        "max_ms": number(r, "Max Response Time"),
+    }
+
+
+def read_errors(prefix: Path) -> dict[str, int]:
+    """Failure counts by HTTP status (or 'body' for a 200 with a wrong body, 'connection')."""
+    counts: dict[str, int] = {}
+    path = Path(f"{prefix}_failures.csv")
+    if not path.exists():
+        return counts
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            match = re.search(r"HTTP (\d{3})", row["Error"])
+            key = match.group(1) if match else ("connection" if "onnect" in row["Error"] else "body")
+            counts[key] = counts.get(key, 0) + int(number(row, "Occurrences"))
+    return counts

@@ -1,0 +1,73 @@
+"""A model's release SLO: the load to apply and the figures it must meet (YAML, validated)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import maas.loadtests
+
+SLO_DIR = Path(maas.loadtests.__path__[0]) / "slo"  # the zoo's SLO files
+
+
+@dataclass
+class Thresholds:
+    max_p95_ms: float = 500.0
+    max_p99_ms: float = 1000.0
+    max_error_ratio: float = 0.01
+    min_rps: float = 5.0
+    max_worker_restarts: int = 0  # a worker that died under load fails the gate, whatever the figures
+
+
+@dataclass
+class Regression:
+    """How much worse than the current default a release candidate may measure."""
+
+    max_p95_increase: float = 0.5  # +50 %: machines here are shared and noisy
+    max_rps_decrease: float = 0.3  # -30 %
+
+
+@dataclass
+class SLO:
+    """A model's release SLO: the load to apply and the figures it must meet."""
+
+    users: int = 8
+    spawn_rate: float = 8.0
+    run_time_s: int = 20
+    warmup_s: int = 3  # excluded from the figures (stats reset after it)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    regression: Regression = field(default_factory=Regression)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "SLO":
+        """Load a YAML SLO file; unknown keys are an error, not silently ignored."""
+        import yaml
+
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        slo = cls()
+        keys = {"users", "spawn_rate", "run_time_s", "warmup_s", "p95_ms", "p99_ms", "max_error_ratio",
+                "min_rps", "regression"}
+        unknown = sorted(set(raw) - keys)
+        if unknown:
+            raise ValueError(f"{path}: unknown SLO keys {unknown}; known: {sorted(keys)}")
+        for key in ("users", "spawn_rate", "run_time_s", "warmup_s"):
+            if key in raw:
+                setattr(slo, key, type(getattr(slo, key))(raw[key]))
+        mapping = {"p95_ms": "max_p95_ms", "p99_ms": "max_p99_ms", "max_error_ratio": "max_error_ratio",
+                   "min_rps": "min_rps"}
+        for key, attr in mapping.items():
+            if key in raw:
+                setattr(slo.thresholds, attr, float(raw[key]))
+        for key, value in (raw.get("regression") or {}).items():
+            if not hasattr(slo.regression, key):
+                raise ValueError(f"{path}: unknown regression key {key!r}")
+            setattr(slo.regression, key, float(value))
+        return slo
+
+    @classmethod
+    def for_model(cls, model: str, path: Path | None = None, project_dir: Path | None = None) -> "SLO":
+        """The given file, else <project>/slo/<model>.yaml, else the zoo's loadtests/slo/<model>.yaml,
+        else defaults."""
+        candidates = [path] if path else [(project_dir or Path.cwd()) / "slo" / f"{model}.yaml",
+                                          SLO_DIR / f"{model}.yaml"]
+        found = next((p for p in candidates if p.exists()), None)
+        return cls.from_file(found) if found else cls()
