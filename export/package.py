@@ -206,8 +206,8 @@ def _samples(opts: PackageOptions, spec: ModelSpec, example: dict[str, np.ndarra
 
 
 def example_request(spec: ModelSpec, samples: dict[str, np.ndarray]) -> dict[str, Any] | None:
-    """The first sample as a request body for the generic handler (None when it would be large)."""
-    body = {"inputs": {n: samples[n][:1].tolist() for n in spec.input_names}}
+    """The first sample as one item's request body for the generic handler (None when it would be large)."""
+    body = {"inputs": {n: (samples[n][0] if spec.batch_axis else samples[n]).tolist() for n in spec.input_names}}
     return body if len(json.dumps(body)) <= MAX_EXAMPLE_REQUEST_BYTES else None
 
 

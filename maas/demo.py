@@ -81,6 +81,8 @@ def _top_labels(answer: Any) -> str:
     predictions = answer.get("predictions") if isinstance(answer, dict) else None
     if predictions:
         name, top = next(iter(predictions.items()))
+        while top and isinstance(top[0], list):  # a batch: its first item
+            top = top[0]
         return f"{name}: " + ", ".join(f"{t['label']} ({t['score']:.3f})" for t in top)
     return compact(answer.get("outputs", answer) if isinstance(answer, dict) else answer, 80)
 
