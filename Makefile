@@ -33,7 +33,8 @@ test: setup  ## unit + integration tests (starts a real TorchServe on 127.0.0.1)
 test-unit: setup  ## unit tests only (no server)
 	$(BIN)/python -m pytest tests/unit
 
-bench: setup  ## ours (ORT FP32/INT8) vs TorchServe's stock PyTorch path vs in-process; reports/bench-*/
+bench: setup  ## ours (ORT FP32, fused, INT8) vs eager PyTorch, TorchScript, OpenVINO and in-process; reports/bench-*/
+	@$(BIN)/python -c "import openvino" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/maas bench
 
 docs: setup  ## build the documentation site into build/site/ (MkDocs, strict: a broken link fails)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 HANDLERS_DIR = Path(maas.handlers.__path__[0])  # handlers/ in a checkout, package data when installed
 # Shipped in every archive: the ORT base handler and its support modules (see handlers/ort_base.py).
-BASE_HANDLER_FILES = ("ort_base.py", "inputs.py", "v2.py", "http_reply.py", "dtypes.py")
+BASE_HANDLER_FILES = ("ort_base.py", "inputs.py", "v2.py", "http_reply.py", "dtypes.py", "buckets.py")
 # Pickled files can run code when loaded; an archive of ours never carries one.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".joblib")
 

@@ -13,7 +13,13 @@ So, for every handler of this project:
 - header names and values are checked here: printable ASCII only, anything else replaced;
 - bodies are JSON with `ensure_ascii=True`, so what a client sent comes back escaped.
 
-Standard library only: it is shipped inside every .mar and .war.
+Answers are often arrays (384 floats per minilm embedding): `json.dumps` of float64 lists
+costs ~230 us per embedding here, orjson of the float32 array ~8 us and half the bytes
+(float32 values in their shortest round-tripping form). orjson is used when the worker's
+environment has it and its output is pure ASCII; anything else (client text echoed in an
+error, lone surrogates) takes the standard library's escaping path.
+
+Standard library (orjson optional): it is shipped inside every .mar and .war.
 """
 from __future__ import annotations
 
@@ -21,6 +27,13 @@ import json
 import re
 from http import HTTPStatus
 from typing import Any
+
+import numpy as np
+
+try:
+    import orjson
+except ImportError:  # a worker environment without orjson: the standard library path
+    orjson = None
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 header field name
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
@@ -51,16 +64,36 @@ def set_header(context: Any, idx: int, name: str, value: Any) -> None:
     context.set_response_header(idx, name, header_value(value))
 
 
-def json_body(body: Any) -> str:
-    """JSON text with every non-ASCII character escaped (lone surrogates included)."""
-    return json.dumps(body, ensure_ascii=True)
+def _plain(value: Any) -> Any:
+    """numpy values as JSON-ready Python ones (float32 stays float32 precision via str())."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def reply(context: Any, idx: int, body: Any, status: int = 200, headers: dict[str, Any] | None = None) -> str:
+def json_body(body: Any, fast: bool = True) -> str | bytes:
+    """JSON with every non-ASCII character escaped (lone surrogates included); numpy arrays allowed.
+
+    `fast`: orjson when available, kept only if its output is ASCII (else the escaping path).
+    """
+    if fast and orjson is not None:
+        try:
+            out = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        except (TypeError, orjson.JSONEncodeError):  # lone surrogates, exotic types
+            out = None
+        if out is not None and out.isascii():
+            return out
+    return json.dumps(body, ensure_ascii=True, default=_plain)
+
+
+def reply(context: Any, idx: int, body: Any, status: int = 200, headers: dict[str, Any] | None = None,
+          fast_json: bool = True) -> str | bytes:
     """Set request `idx`'s content type, headers and status; return its JSON body."""
     context.set_response_content_type(idx, "application/json")
     for name, value in (headers or {}).items():
         set_header(context, idx, name, value)
     if status != 200:
         set_status(context, idx, status)
-    return json_body(body)
+    return json_body(body, fast_json)

@@ -396,9 +396,9 @@ class OrtHandler:
             log.exception("request failed in ONNX Runtime")
             return None
 
-    def _reply(self, context: Any, idx: int, body: Any, status: int) -> str:
+    def _reply(self, context: Any, idx: int, body: Any, status: int) -> str | bytes:
         """Every response goes through http_reply: fixed ASCII phrases, checked header values."""
         headers = {"X-Execution-Provider": self.provider}
         if self.model_version:
             headers["X-Model-Version"] = self.model_version
-        return reply(context, idx, body, status, headers)
+        return reply(context, idx, body, status, headers, fast_json=bool(self.settings.get("fast_json", True)))

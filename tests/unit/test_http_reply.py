@@ -62,3 +62,24 @@ def test_worker_restarts_are_counted_since_the_last_server_start(tmp_path: Path)
     assert counts == {("maintenance", "1.0"): 2, ("my_model", "2.0-int8"): 1}
     assert restarts_of(counts, "maintenance") == 2 and restarts_of(counts, "my_model", "2.0-int8") == 1
     assert restarts_of(counts, "digits") == 0 and worker_restarts(tmp_path / "nowhere") == {}
+
+
+def test_array_answers_take_the_fast_path_and_keep_float32_values() -> None:
+    import numpy as np
+
+    from http_reply import json_body
+
+    vector = np.random.default_rng(0).standard_normal(384).astype(np.float32)
+    fast, slow = json_body({"embedding": vector}), json_body({"embedding": vector}, fast=False)
+    assert isinstance(fast, bytes) and fast.isascii() and len(fast) < len(slow)
+    # Both parse to the same float32 values: the fast path's shortest float32 form loses nothing.
+    assert np.array_equal(np.asarray(json.loads(fast)["embedding"], dtype=np.float32), vector)
+    assert np.array_equal(np.asarray(json.loads(slow)["embedding"], dtype=np.float32), vector)
+
+
+@pytest.mark.parametrize("text", ["café", "\ud83d", "日本", "\u202e"])
+def test_client_text_in_a_body_is_always_escaped_ascii(text: str) -> None:
+    from http_reply import json_body
+
+    body = json_body({"message": "bad", "field": text})
+    assert isinstance(body, str) and body.isascii() and json.loads(body)["field"] == text

@@ -212,7 +212,7 @@ def test_a_hostile_batch_gets_one_framable_answer_per_request(maintenance_handle
     requests = [{"body": good}] + [{"body": b if isinstance(b, bytes) else json.dumps(b).encode()} for b in batch]
     ctx = FakeContext(Path("."))
     answers = maintenance_handler.handle(requests, ctx)
-    assert len(answers) == len(requests) and all(isinstance(a, str) and a.isascii() for a in answers)
+    assert len(answers) == len(requests) and all(isinstance(a, (str, bytes)) and a.isascii() for a in answers)
     assert 0 not in ctx.status and json.loads(answers[0])["failure"] is False  # the valid neighbour
     for idx in range(1, len(requests)):
         code = ctx.status.get(idx, (200, ""))[0]

@@ -1,0 +1,121 @@
+"""The bench's peers: what a competent TorchServe user would serve instead of maas.
+
+    eager     (minilm) PyTorch eager, the style of TorchServe's own Hugging Face example:
+              the primary peer, every headline ratio is against it
+    torchscript  the same trained weights traced with torch.jit.trace, stock BaseHandler
+              (digits' peer; for minilm a second, labelled row: TorchScript is deprecated
+              and re-specialises on each new sequence length)
+    openvino  (minilm) what an engineer picks to go faster on x86 without maas: the PyTorch
+              model converted to OpenVINO IR, the same stock handler shape (needs `openvino`,
+              installed by `make bench`; skipped with one line without it)
+
+Each is archived with torch-model-archiver as `<family>-<peer>.mar`, handler from
+benchmarks/peer/. The weights are the ones ours are built from; the bench checks the
+answers agree before it measures anything.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+
+log = logging.getLogger(__name__)
+
+PEER_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "peer"
+# minilm's tokenizer and config files the eager and OpenVINO handlers load with AutoTokenizer/AutoModel.
+HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def archive(family: str, peer: str, work: Path, store: Path, serialized: Path, handler: str,
+            extra: list[Path], model_config: dict) -> Path:
+    """torch-model-archiver with the peer's handler; returns store/<family>-<peer>.mar."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "model-config.yaml").write_text(yaml.safe_dump(model_config, sort_keys=False))
+    name = f"{family}-{peer}"
+    cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name, "--version", "1.0",
+           "--serialized-file", str(serialized), "--handler", str(PEER_DIR / handler),
+           "--extra-files", ",".join(str(p) for p in extra), "--config-file", str(work / "model-config.yaml"),
+           "--export-path", str(store), "--force"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    log.info("peer archive %s.mar built (%s)", name, handler)
+    return store / f"{name}.mar"
+
+
+def build_torchscript(family: str, work: Path, store: Path) -> Path:
+    import torch
+
+    from export import zoo
+
+    model = zoo.get(family)
+    trained = model.train()
+    work.mkdir(parents=True, exist_ok=True)
+    example = tuple(torch.from_numpy(trained.sample[n][:2]) for n in model.spec.input_names)
+    traced = torch.jit.trace(trained.module.eval(), example, check_trace=False)
+    traced.save(str(work / "peer.pt"))
+    (work / "peer.json").write_text(json.dumps({"kind": family}))
+    return archive(family, "torchscript", work, store, work / "peer.pt", "torch_peer.py",
+                   [work / "peer.json", *map(Path, trained.assets)], model.spec.model_config())
+
+
+def build_eager(family: str, work: Path, store: Path) -> Path:
+    from export import zoo
+    from export.zoo.minilm import model_dir
+
+    source = model_dir()
+    return archive(family, "eager", work, store, source / "model.safetensors", "eager_peer.py",
+                   [source / f for f in HF_FILES], zoo.get(family).spec.model_config())
+
+
+def build_openvino(family: str, work: Path, store: Path) -> Path:
+    import openvino as ov
+    import torch
+
+    from export import zoo
+    from export.zoo.minilm import model_dir
+
+    model = zoo.get(family)
+    trained = model.train()
+    sample = {n: torch.from_numpy(trained.sample[n][:4]) for n in model.spec.input_names}
+    converted = ov.convert_model(trained.module.eval(), example_input=tuple(sample.values()),
+                                 input=[(n, [-1, -1], ov.Type.i64) for n in sample])
+    work.mkdir(parents=True, exist_ok=True)
+    ov.save_model(converted, str(work / "model.xml"))  # weights compressed to FP16 on disk, FP32 compute on CPU
+    source = model_dir()
+    return archive(family, "openvino", work, store, work / "model.bin", "openvino_peer.py",
+                   [work / "model.xml", *(source / f for f in HF_FILES)], model.spec.model_config())
+
+
+BUILDERS: dict[str, Callable[[str, Path, Path], Path]] = {
+    "eager": build_eager, "torchscript": build_torchscript, "openvino": build_openvino}
+LABELS = {"eager": "peer eager PyTorch", "torchscript": "peer TorchScript", "openvino": "peer OpenVINO"}
+
+
+def peers_for(family: str) -> list[str]:
+    """The peers benchmarked for a family, in report order (the primary peer first)."""
+    if family != "minilm":
+        return ["torchscript"]
+    peers = ["eager", "torchscript"]
+    if importlib.util.find_spec("openvino") is not None:
+        peers.append("openvino")
+    else:
+        log.warning("bench: openvino is not installed, the OpenVINO peer is skipped (`make bench` installs it)")
+    return peers
+
+
+def primary_peer(family: str) -> str:
+    return LABELS[peers_for(family)[0]]
+
+
+def build_peers(family: str, work: Path, store: Path) -> None:
+    """Every peer archive of `family` the store lacks."""
+    for peer in peers_for(family):
+        if not (store / f"{family}-{peer}.mar").exists():
+            BUILDERS[peer](family, work / f"{family}-{peer}", store)
+

@@ -1,0 +1,177 @@
+"""`maas bench`'s outputs: ratios against the primary peer, report.md, bench.png, results.json."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from maas import bench_peers
+
+log = logging.getLogger(__name__)
+
+WHY_PEERS = {
+    "peer eager PyTorch": "the primary peer: what TorchServe's own Hugging Face example serves (AutoModel, eval, "
+                          "inference_mode, torch threads = cores // workers); every headline ratio is against it",
+    "peer TorchScript": "torch.jit.trace of the same trained module in a stock BaseHandler (digits' peer; for minilm "
+                        "a second row for the record: TorchScript is deprecated and re-specialises on each new "
+                        "sequence length)",
+    "peer OpenVINO": "what an engineer picks to go faster on x86 without maas: the PyTorch model converted to "
+                     "OpenVINO IR (as its docs advise), LATENCY hint, threads = cores // workers",
+}
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return row["family"], row["label"], row["lever"], row["workers"], row["batch_size"], row["max_batch_delay_ms"]
+
+
+def best_layout(result: Any, family: str, label: str, users: int) -> dict[str, Any] | None:
+    """The configuration's run at `users` in its fastest worker layout (no lever taken away)."""
+    runs = [r for r in result.runs if r["family"] == family and r["label"] == label and not r["lever"] and r["users"] == users]
+    return max(runs, key=lambda r: r["rps"], default=None)
+
+
+def ratios(result: Any) -> list[dict[str, Any]]:
+    """Per family and concurrency: each configuration (best layout) against the primary peer (best layout)."""
+    ceilings = {_key(c): c["ceiling_rps"] for c in result.configs}
+    rows = []
+    for family in dict.fromkeys(r["family"] for r in result.runs):
+        peer_label = bench_peers.primary_peer(family)
+        labels = dict.fromkeys(r["label"] for r in result.runs if r["family"] == family and not r["lever"])
+        for users in dict.fromkeys(r["users"] for r in result.runs if r["family"] == family):
+            peer = best_layout(result, family, peer_label, users)
+            for label in labels:
+                run = best_layout(result, family, label, users)
+                if not run or not peer or not peer["rps"]:
+                    continue
+                rows.append({"family": family, "users": users, "label": label, "layout": layout(run),
+                             "rps": run["rps"], "vs_peer_rps": run["rps"] / peer["rps"], "p95_ms": run["p95_ms"],
+                             "vs_peer_p95": run["p95_ms"] / peer["p95_ms"] if peer["p95_ms"] else None,
+                             "peer": peer_label, "peer_layout": layout(peer), "peer_rps": peer["rps"],
+                             "peer_p95_ms": peer["p95_ms"], "vs_ceiling": run["rps"] / ceilings[_key(run)]})
+    return rows
+
+
+def levers(result: Any) -> list[dict[str, Any]]:
+    """Each lever: the shipped configuration against the same with one change (same layout)."""
+    out = []
+    for row in (r for r in result.runs if r["lever"]):
+        base = next((r for r in result.runs if not r["lever"] and r["family"] == row["family"] and
+                     _key(r)[1:] == (row["label"], "", *_key(row)[3:]) and r["users"] == row["users"]), None)
+        if base:
+            out.append({"family": row["family"], "label": row["label"], "lever": row["lever"], "layout": layout(row),
+                        "users": row["users"], "shipped_rps": base["rps"], "changed_rps": row["rps"],
+                        "shipped_over_changed": base["rps"] / row["rps"] if row["rps"] else None,
+                        "shipped_p95_ms": base["p95_ms"], "changed_p95_ms": row["p95_ms"]})
+    return out
+
+
+def layout(row: dict[str, Any]) -> str:
+    """workers x threads, batchSize / maxBatchDelay: "2x1 b4/5ms"."""
+    return f"{row['workers']}x{row['threads']} b{row['batch_size']}/{row['max_batch_delay_ms']}ms"
+
+
+def markdown(result: Any) -> str:
+    m, plan = result.machine, result.plan
+    ceilings = {_key(c): c for c in result.configs}
+    lines = [
+        f"# maas bench: {m['cores']} cores ({m['cpu']}), {m['date']}",
+        "",
+        f"torch {m['torch']}, onnxruntime {m['onnxruntime-gpu']} (CPU provider), TorchServe {m['torchserve']}, "
+        f"Locust {m['locust']}, transformers {m['transformers']}, OpenVINO {m['openvino']}, Python {m['python']}. "
+        f"One run, one machine, side by side; each configuration alone on the server. Closed loop, "
+        f"{plan['run_time_s']} s measured after {plan['warmup_s']} s warm-up, one request = one item. Locust runs on "
+        f"the same cores as TorchServe (its CPU share, over the measured window, is in the table). Layout = "
+        f"workers x intra-op threads (every handler, peers included, uses cores // workers), batchSize / "
+        f"maxBatchDelay; every configuration runs in every layout and is compared in its fastest.",
+        "",
+        "## Peers, and why",
+        "",
+    ]
+    for family in plan["families"]:
+        for peer in bench_peers.peers_for(family):
+            label = bench_peers.LABELS[peer]
+            lines.append(f"- **{family}, {label}**: {WHY_PEERS.get(label, '')}")
+    if result.equivalence:
+        lines += ["", "Same weights, same answers (measured through the servers, 32 requests): " +
+                  "; ".join(f"{k} {v:.6f}" for k, v in result.equivalence.items()) + "."]
+    lines += ["", "## Headline: against the primary peer, each in its fastest layout", "",
+              "| model | users | configuration | its fastest layout | req/s | x peer req/s | p95 ms | peer p95 ms "
+              "| served / in-process |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in ratios(result):
+        lines.append(f"| {r['family']} | {r['users']} | {r['label']} | {r['layout']} | {r['rps']:.0f} | "
+                     f"{r['vs_peer_rps']:.2f}x | {r['p95_ms']:.0f} | {r['peer_p95_ms']:.0f} | {r['vs_ceiling']:.2f} |")
+    lines += ["", "## Every served run", "",
+              "| model | configuration | layout | users | req/s | p50 ms | p95 ms | p99 ms | errors | in-process req/s | "
+              "served / in-process | Locust cores | TorchServe cores |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result.runs:
+        c = ceilings[_key(r)]
+        name = r["label"] + (f" ({r['lever']})" if r["lever"] else "")
+        lines.append(f"| {r['family']} | {name} | {layout(r)} | {r['users']} | {r['rps']:.0f} | "
+                     f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} | {c['ceiling_rps']:.0f} | "
+                     f"{r['rps'] / c['ceiling_rps']:.2f} | {r['locust_cores']:.2f} | {r['server_cores']:.2f} |")
+    lever_rows = levers(result)
+    if lever_rows:
+        lines += ["", "## Levers, one change at a time (ours INT8 as shipped vs the same with one change)", "",
+                  "| change | layout | users | req/s shipped | req/s changed | shipped / changed | p95 ms shipped / changed |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['lever']} | {r['layout']} | {r['users']} | {r['shipped_rps']:.0f} | {r['changed_rps']:.0f} | "
+                  f"{r['shipped_over_changed']:.2f}x | {r['shipped_p95_ms']:.0f} / {r['changed_p95_ms']:.0f} |"
+                  for r in lever_rows]
+    if result.padding:
+        p = result.padding
+        lines += ["", f"Padding (minilm, the load test's sentences, batches of {p['batch']}, {p['mean_tokens']:.1f} "
+                  f"tokens on average): {100 * p['waste_padded_to_longest']:.0f} % of the tokens computed are padding "
+                  f"when a batch is padded to its longest; {100 * p['waste_length_buckets']:.0f} % with length buckets "
+                  f"({p['runs_per_batch']:.1f} runs per batch)."]
+    lines += ["", "## Memory and cold start", "",
+              "| model | configuration | layout | register to READY s | RSS per worker MB | in-process req/s |",
+              "|---|---|---|---|---|---|"]
+    for c in result.configs:
+        rss = "" if c["worker_rss_mb"] is None else f"{c['worker_rss_mb']:.0f}"
+        name = c["label"] + (f" ({c['lever']})" if c["lever"] else "")
+        lines.append(f"| {c['family']} | {name} | {layout(c)} | "
+                     f"{c['register_to_ready_s']:.1f} | {rss} | {c['ceiling_rps']:.0f} |")
+    lines += ["", "![throughput and p95 per configuration](bench.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(result: Any, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(dict.fromkeys(r["family"] for r in result.runs))
+    fig, axes = plt.subplots(len(families), 2, figsize=(13, 4.2 * len(families)), squeeze=False)
+    for i, family in enumerate(families):
+        rows = [r for r in ratios(result) if r["family"] == family]
+        labels = list(dict.fromkeys(r["label"] for r in rows))
+        users = list(dict.fromkeys(r["users"] for r in rows))
+        width = 0.8 / max(1, len(users))
+        for j, u in enumerate(users):
+            at = {r["label"]: r for r in rows if r["users"] == u}
+            xs = [k + j * width for k in range(len(labels))]
+            axes[i][0].bar(xs, [at[l]["rps"] if l in at else 0 for l in labels], width, label=f"{u} users")
+            axes[i][1].bar(xs, [at[l]["p95_ms"] if l in at else 0 for l in labels], width, label=f"{u} users")
+        for ax, what, unit in ((axes[i][0], "throughput (fastest layout)", "req/s"), (axes[i][1], "p95 latency", "ms")):
+            ax.set_xticks([k + width * (len(users) - 1) / 2 for k in range(len(labels))])
+            ax.set_xticklabels([l.replace("peer ", "peer\n").replace("ours ", "ours\n") for l in labels], fontsize=8)
+            ax.set(title=f"{family}: {what}", ylabel=unit)
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: Any, out_dir: Path) -> None:
+    payload = {**asdict(result), "ratios": ratios(result), "levers": levers(result)}
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown(result))
+    plot(result, out_dir / "bench.png")
+    log.info("bench: wrote %s, %s and %s", out_dir / "results.json", out_dir / "report.md", out_dir / "bench.png")

@@ -1,0 +1,128 @@
+"""A served configuration's in-process ceiling: its own handler, no TorchServe, no HTTP.
+
+The archive is unpacked as TorchServe unpacks it, its handler class is found as TorchServe's
+model loader finds it (the one class its module defines) and initialised with a minimal
+context (model_dir, model-config.yaml, no GPU). Then `workers` processes, started together,
+each call `handle()` on batches of `batch` request bodies back to back for `seconds`: the
+same code, threads and layout the server runs, minus the frontend, the sockets and the load
+generator. Served throughput over this ceiling is what serving costs.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import multiprocessing as mp
+import queue
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+
+class _Metrics:
+    """What BaseHandler.handle and our handlers call on context.metrics; records nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class InProcessContext:
+    """The parts of TorchServe's Context a handler reads, for one unpacked archive."""
+
+    def __init__(self, model_dir: Path, yaml_config: dict[str, Any], manifest: dict[str, Any]) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": yaml_config.get("batchSize", 1)}
+        self.model_yaml_config = yaml_config
+        self.manifest = manifest
+        self.metrics = _Metrics()
+        self.request_ids = {}
+        self._headers: dict[int, dict[str, str]] = {}
+
+    def get_request_header(self, idx: int, key: str) -> str | None:
+        return None
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self._headers.setdefault(idx, {})["content-type"] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self._headers.setdefault(idx, {})[key] = value
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        pass
+
+    def get_response_headers(self, idx: int) -> dict[str, str]:
+        return self._headers.get(idx, {})
+
+
+def load_handler(mar: Path, into: Path, workers: int, handler_settings: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(handler, context): the archive's handler initialised in this process, as a worker of `workers`."""
+    with zipfile.ZipFile(mar) as z:
+        z.extractall(into)
+    mar_manifest = json.loads((into / "MAR-INF" / "MANIFEST.json").read_text())
+    config = yaml.safe_load((into / "model-config.yaml").read_text()) if (into / "model-config.yaml").exists() else {}
+    config.update(minWorkers=workers, maxWorkers=workers)
+    if handler_settings:
+        config["handler"] = {**(config.get("handler") or {}), **handler_settings}
+    sys.path.insert(0, str(into))
+    module = importlib.import_module(Path(mar_manifest["model"]["handler"]).stem)
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise ValueError(f"{mar.name}: its handler module defines {len(classes)} classes, TorchServe needs one")
+    context = InProcessContext(into, config, mar_manifest)
+    handler = classes[0]()
+    handler.initialize(context)
+    return handler, context
+
+
+def _worker(mar: str, workers: int, settings: dict[str, Any], bodies: list[Any], batch: int, seconds: float,
+            start: Any, results: Any) -> None:
+    with tempfile.TemporaryDirectory(prefix="maas-ceiling-") as tmp:
+        handler, context = load_handler(Path(mar), Path(tmp), workers, settings)
+        requests = [{"body": b} for b in bodies]
+        handler.handle(requests[:batch], context)  # warm-up
+        start.wait()
+        done, i, latencies = 0, 0, []
+        began = time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            chunk = [requests[(i + k) % len(requests)] for k in range(batch)]
+            i += batch
+            t = time.perf_counter()
+            handler.handle(chunk, context)
+            latencies.append((time.perf_counter() - t) * 1000)
+            done += batch
+        results.put((done / (time.perf_counter() - began), latencies))
+
+
+def ceiling(mar: Path, workers: int, bodies: list[Any], batch: int, seconds: float,
+            handler_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Requests/s of `workers` processes running the archive's handler on full batches together.
+
+    `bodies` are what TorchServe hands a handler: a dict for a JSON request (already decoded).
+    """
+    ctx = mp.get_context("spawn")  # a clean interpreter per worker, as TorchServe starts them
+    start, results = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(str(mar), workers, handler_settings or {}, bodies, batch, seconds,
+                                               start, results), daemon=True) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    out: list[tuple[float, list[float]]] = []
+    deadline = time.monotonic() + seconds + 600  # loading a model takes seconds, not minutes
+    while len(out) < workers:
+        try:
+            out.append(results.get(timeout=5))
+        except queue.Empty:
+            if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"in-process ceiling of {mar.name}: a worker failed (exit codes "
+                                   f"{[p.exitcode for p in procs]}) or timed out")
+    for p in procs:
+        p.join(timeout=60)
+    latencies = [ms for _, lat in out for ms in lat]
+    return {"items_per_s": float(sum(rate for rate, _ in out)), "batch": batch, "workers": workers,
+            "batch_p50_ms": float(np.percentile(latencies, 50)), "batch_p95_ms": float(np.percentile(latencies, 95))}
