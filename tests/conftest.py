@@ -156,8 +156,32 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path, built_mo
     ts.stop()
 
 
+class RecordedMetrics:
+    """TorchServe's context.metrics (MetricsCacheYamlImpl) signatures, recording each emission
+    as (name, value, {dimension: value}) so tests can assert what a handler emits."""
+
+    def __init__(self) -> None:
+        self.emitted: list[tuple[str, float, dict[str, str]]] = []
+
+    def _record(self, name: str, value: float, dimensions: list | None) -> None:
+        assert isinstance(value, (int, float)), f"{name}: {value!r} is not a number"
+        self.emitted.append((name, value, {d.name: d.value for d in dimensions or []}))
+
+    def add_time(self, name, value, idx=None, unit="ms", dimensions=None, metric_type=None) -> None:
+        self._record(name, value, dimensions)
+
+    def add_metric(self, name, value, unit, idx=None, dimensions=None, metric_type=None) -> None:
+        self._record(name, value, dimensions)
+
+    def add_counter(self, name, value, idx=None, dimensions=None) -> None:
+        self._record(name, value, dimensions)
+
+    def values(self, name: str) -> list[float]:
+        return [v for n, v, _ in self.emitted if n == name]
+
+
 class FakeContext:
-    """The parts of TorchServe's Context a handler uses, recording per-request status."""
+    """The parts of TorchServe's Context a handler uses, recording per-request status and metrics."""
 
     def __init__(self, model_dir: Path, yaml_config: dict[str, Any] | None = None, name: str = "maintenance") -> None:
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
@@ -168,6 +192,7 @@ class FakeContext:
         self.status: dict[int, tuple[int, str]] = {}
         self.headers: dict[int, dict[str, str]] = {}
         self.request_headers: dict[int, dict[str, str]] = {}  # what TorchServe sets, e.g. explain: True
+        self.metrics = RecordedMetrics()
 
     def get_request_header(self, idx: int, key: str) -> str | None:
         return self.request_headers.get(idx, {}).get(key)

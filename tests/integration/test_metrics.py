@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
+import onnxruntime as ort
 import pytest
 import requests
 import yaml
@@ -52,7 +54,8 @@ def test_handler_metrics_after_traffic(server) -> None:
 
 def test_response_names_the_execution_provider(server) -> None:
     resp = server.client.predict("maintenance", json.dumps(GOOD).encode())
-    assert resp.headers["X-Execution-Provider"] == "CPUExecutionProvider"  # no GPU on this machine
+    # CPU here; on a GPU host TorchServe assigns a gpu_id and the handler takes CUDA when ORT has it.
+    assert resp.headers["X-Execution-Provider"] == ("CUDAExecutionProvider" if gpu_host() else "CPUExecutionProvider")
 
 
 def test_grafana_dashboard_covers_every_handler_metric() -> None:
@@ -63,3 +66,8 @@ def test_grafana_dashboard_covers_every_handler_metric() -> None:
             if m["name"].startswith("Maas"):
                 assert m["name"] in exprs, m["name"]
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def gpu_host() -> bool:
+    """TorchServe finds GPUs with nvidia-smi; the handler uses one only when ORT has CUDA."""
+    return shutil.which("nvidia-smi") is not None and "CUDAExecutionProvider" in ort.get_available_providers()

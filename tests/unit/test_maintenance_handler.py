@@ -217,3 +217,29 @@ def test_a_hostile_batch_gets_one_framable_answer_per_request(maintenance_handle
     for idx in range(1, len(requests)):
         code = ctx.status.get(idx, (200, ""))[0]
         assert code == 200 or 400 <= code < 500, (code, answers[idx])
+
+
+def test_each_batch_emits_the_handler_metrics_the_dashboards_read(maintenance_handler) -> None:
+    """MaasRequests, MaasRejectedRequests, batch sizes and stage times, per model and provider."""
+    _, ctx = call(maintenance_handler, json.dumps(GOOD).encode(), b"{}", json.dumps([GOOD, GOOD]).encode())
+    metrics = ctx.metrics
+    assert metrics.values("MaasRequests") == [3] and metrics.values("MaasRejectedRequests") == [1]
+    assert metrics.values("MaasBatchRequests") == [3] and metrics.values("MaasBatchItems") == [3]
+    for stage in ("MaasPreprocessMs", "MaasInferenceMs", "MaasPostprocessMs"):
+        (ms,) = metrics.values(stage)
+        assert 0 <= ms < 10_000
+    dims = {tuple(sorted(d.items())) for _, _, d in metrics.emitted}
+    assert dims == {(("Level", "Model"), ("ModelName", "maintenance"), ("Provider", maintenance_handler.provider))}
+
+
+def test_a_first_start_emits_zero_worker_restarts(tmp_path: Path, maintenance_built) -> None:
+    """The series exists from the first start (0), so a Prometheus increase() can fire on the first restart."""
+    import importlib
+
+    from conftest import unpacked
+
+    model_dir = unpacked(maintenance_built, tmp_path / "m")
+    handler = importlib.import_module(maintenance_built.name).MaintenanceHandler()
+    ctx = FakeContext(model_dir, name=maintenance_built.name)
+    handler.initialize(ctx)
+    assert ctx.metrics.values("MaasWorkerRestarts") == [0]
