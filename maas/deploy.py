@@ -141,7 +141,7 @@ def deploy(client: TorchServeClient, model_store: Path, model: str, version: str
             raise
         # Registered, but the first worker died while loading (a transient failure, or a
         # model that fails its checks): TorchServe leaves it at 0 workers. Try again.
-        _retry_workers(client, archive, workers, timeout, load_retries, err)
+        _retry_workers(client, archive, workers, timeout, load_retries, err, params)
     # The archive's model-config.yaml (minWorkers/maxWorkers) wins over initial_workers: scale to the ask.
     if len(client.describe(archive.model, archive.version)[0].get("workers", [])) != workers:
         return scale(client, archive.model, workers, None, archive.version, timeout)
@@ -149,7 +149,7 @@ def deploy(client: TorchServeClient, model_store: Path, model: str, version: str
 
 
 def _retry_workers(client: TorchServeClient, archive: Archive, workers: int, timeout: float, attempts: int,
-                   first: ApiError) -> None:
+                   first: ApiError, register_params: dict[str, Any]) -> None:
     path = api_path("models", archive.model, archive.version)
     for attempt in range(1, attempts + 1):
         log.info("%s %s: workers failed to start (%s); retry %d/%d", archive.model, archive.version,
@@ -158,9 +158,19 @@ def _retry_workers(client: TorchServeClient, archive: Archive, workers: int, tim
             client.management("PUT", path, params={"min_worker": workers, "max_worker": workers,
                                                    "synchronous": "true"}, timeout=timeout)
         except ApiError as err:
-            if err.status != 500:
+            if err.status == 404:
+                # Depending on timing, TorchServe 0.12 drops the registration when its first
+                # workers fail instead of keeping it at 0 workers: register it again.
+                try:
+                    client.management("POST", "/models", params=register_params, timeout=timeout)
+                except ApiError as again:
+                    if again.status != 500 or "Failed to start workers" not in again.message:
+                        raise
+                    continue
+            elif err.status != 500:
                 raise
-            continue
+            else:
+                continue
         deadline = time.monotonic() + min(timeout, 60.0)
         while time.monotonic() < deadline:
             states = [w.get("status") for w in client.describe(archive.model, archive.version)[0].get("workers", [])]
@@ -170,7 +180,11 @@ def _retry_workers(client: TorchServeClient, archive: Archive, workers: int, tim
                 break
             time.sleep(0.3)
     # Stop TorchServe from restarting a worker that cannot load, over and over.
-    client.management("PUT", path, params={"min_worker": 0, "max_worker": 0, "synchronous": "false"})
+    try:
+        client.management("PUT", path, params={"min_worker": 0, "max_worker": 0, "synchronous": "false"})
+    except ApiError as err:
+        if err.status != 404:  # already dropped by TorchServe: nothing left to stop
+            raise
     raise ServeError(f"{archive.model} {archive.version}: workers failed to load {attempts + 1} times "
                      f"(see the worker log, model_log.log, e.g. an INTEGRITY line); the model stays registered "
                      f"with 0 workers: `maas undeploy {archive.model} --version {archive.version}`")

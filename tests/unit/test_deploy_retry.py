@@ -1,0 +1,52 @@
+"""deploy's retry when a model's first workers fail to start: TorchServe 0.12 either keeps the
+model at 0 workers (scale it up again) or, depending on timing, drops it (register it again)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maas.client import ApiError
+from maas.deploy import Archive, _retry_workers
+
+FAILED = ApiError(500, "Failed to start workers for model flaky version: 1.0")
+PARAMS = {"url": "flaky.mar", "initial_workers": 1, "synchronous": "true"}
+
+
+class FakeManagement:
+    """TorchServe's management API as the retry sees it: scripted answers, calls recorded."""
+
+    def __init__(self, put: list[Any], post: list[Any]) -> None:
+        self.answers = {"PUT": put, "POST": post}
+        self.calls: list[tuple[str, str]] = []
+        self.ready = False
+
+    def management(self, method: str, path: str, **kwargs: Any) -> Any:
+        self.calls.append((method, path))
+        answer = self.answers[method].pop(0) if self.answers[method] else {}
+        if isinstance(answer, ApiError):
+            raise answer
+        self.ready = self.ready or answer == "ready"
+        return {}
+
+    def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        return [{"workers": [{"status": "READY" if self.ready else "UNLOADING"}]}]
+
+
+def test_a_dropped_registration_is_registered_again() -> None:
+    client = FakeManagement(put=[ApiError(404, "Model not found: flaky")], post=["ready"])
+    _retry_workers(client, Archive(Path("flaky.mar"), "flaky", "1.0"), 1, 10, 2, FAILED, PARAMS)
+    assert client.calls == [("PUT", "/models/flaky/1.0"), ("POST", "/models")]
+
+
+def test_a_model_kept_at_zero_workers_is_scaled_up_again() -> None:
+    client = FakeManagement(put=["ready"], post=[])
+    _retry_workers(client, Archive(Path("flaky.mar"), "flaky", "1.0"), 1, 10, 2, FAILED, PARAMS)
+    assert client.calls == [("PUT", "/models/flaky/1.0")]
+
+
+def test_a_model_that_never_loads_fails_clearly_even_when_dropped() -> None:
+    client = FakeManagement(put=[ApiError(404, "Model not found: flaky")] * 3, post=[FAILED, FAILED])
+    with pytest.raises(Exception, match="workers failed to load 3 times"):
+        _retry_workers(client, Archive(Path("flaky.mar"), "flaky", "1.0"), 1, 10, 2, FAILED, PARAMS)
