@@ -62,10 +62,6 @@ class Served:
     max_batch_delay_ms: int = 10
 
     @property
-    def role(self) -> str:
-        return "peer" if self.label.startswith("peer") else "ours"
-
-    @property
     def version(self) -> str:
         """The run archive's version: unique per configuration, safe in a URL."""
         slug = re.sub(r"[^a-z0-9]+", "-", f"{self.label} {self.lever}".lower()).strip("-")
