@@ -30,7 +30,7 @@ demo: setup  ## build, serve, send real requests, run a short load test, stop
 test: setup  ## unit + integration tests (starts a real TorchServe on 127.0.0.1)
 	$(BIN)/python -m pytest
 
-test-unit: setup  ## unit tests only (no server)
+test-unit: setup  ## the fast tier: no server, tiny untrained zoo models (~45 s)
 	$(BIN)/python -m pytest tests/unit
 
 bench: setup  ## ours (ORT FP32, fused, INT8) vs eager PyTorch, TorchScript, OpenVINO and in-process; reports/bench-*/

@@ -33,12 +33,14 @@ def spec_of(name: str) -> ModelSpec:
 
 
 def build(name: str, build_root: Path, model_store: Path, version: str | None = None,
-          seed: int | None = None, variant: str | None = None) -> BuildResult:
+          seed: int | None = None, variant: str | None = None, tiny: bool = False) -> BuildResult:
     """Build one zoo model into build_root/<archive>/ and model_store/<archive>.mar.
 
     With `variant` (see export/variants.py) the variant is made from the model's verified FP32
     archive (`version`, else the plain one; built first when the store lacks it) and archived as
     version `<version>-<variant>`, its accuracy cost measured on held-out data and held to its budget.
+    With `tiny`, the model's untrained stand-in (ZooModel.tiny) takes the same road minus the
+    model's own quality checks, and the manifest says so: for fast tests, never for serving.
     """
     start = time.perf_counter()
     model = zoo.get(name)
@@ -57,11 +59,15 @@ def build(name: str, build_root: Path, model_store: Path, version: str | None = 
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True)
 
-    log.info("%s: training / loading", name)
-    trained = model.train() if seed is None else model.train(seed=seed)
+    log.info("%s: %s", name, "a tiny untrained stand-in" if tiny else "training / loading")
+    make = model.tiny if tiny else model.train
+    trained = make() if seed is None else make(seed=seed)
     onnx_path = onnx_export.export_onnx(trained.module, spec, trained.sample, build_dir / "model.onnx")
     parity = onnx_export.verify(onnx_path, trained.module, spec, trained.sample)
-    trained.metrics.update(model.evaluate_onnx(onnx_path, trained))
+    if tiny:
+        trained.metrics["untrained_stand_in"] = True
+    else:
+        trained.metrics.update(model.evaluate_onnx(onnx_path, trained))
     mar = archive_model(build_dir, spec, onnx_path, model_store, archive_name, parity=parity, metrics=trained.metrics,
                         extra_manifest=trained.extra_manifest, assets=trained.assets, external=[])
     return BuildResult(name, spec.version, mar, build_dir, time.perf_counter() - start)

@@ -69,6 +69,32 @@ def maintenance_built(built_models: dict[str, Built]) -> Built:
 
 
 @pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tiny_model_store")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_store: Path) -> dict[str, Built]:
+    """Every zoo model as its untrained stand-in (ZooModel.tiny) in tiny_store: the unit tier's
+    models, built in seconds. Their answers have the right form, not the right values: what
+    needs a trained model (held-out accuracy, known answers) uses built_models."""
+    from export import zoo
+    from export.build import build
+
+    build_root = tmp_path_factory.mktemp("tiny_build")
+    built = {}
+    for name in zoo.models():
+        result = build(name, build_root, tiny_store, tiny=True)
+        built[name] = Built(name, result.build_dir, result.mar)
+    return built
+
+
+@pytest.fixture(scope="session")
+def tiny_maintenance(tiny_models: dict[str, Built]) -> Built:
+    return tiny_models["maintenance"]
+
+
+@pytest.fixture(scope="session")
 def maintenance_v2(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """maintenance 2.0: a second training (seed 1), archived as maintenance-2.0.mar."""
     from export.build import build
@@ -234,10 +260,10 @@ def load_handler(built: Built, into: Path, handler_class: str):
 
 
 @pytest.fixture
-def model_dir(tmp_path: Path, maintenance_built: Built) -> Path:
-    return unpacked(maintenance_built, tmp_path / "model_dir")
+def model_dir(tmp_path: Path, tiny_maintenance: Built) -> Path:
+    return unpacked(tiny_maintenance, tmp_path / "model_dir")
 
 
 @pytest.fixture
-def maintenance_handler(tmp_path: Path, maintenance_built: Built):
-    return load_handler(maintenance_built, tmp_path / "maintenance", "MaintenanceHandler")
+def maintenance_handler(tmp_path: Path, tiny_maintenance: Built):
+    return load_handler(tiny_maintenance, tmp_path / "maintenance", "MaintenanceHandler")

@@ -33,6 +33,12 @@ class ZooModel:
         what the handler reads besides the I/O spec, and files the archive carries."""
         raise NotImplementedError
 
+    def tiny(self, seed: int = 0) -> Any:
+        """-> export.trained.Trained: an untrained, smaller stand-in with the real interface (the
+        same spec, handler settings and assets) for the fast unit tier: its answers have the right
+        form, not the right values. Built by `build(..., tiny=True)`, which skips evaluate_onnx."""
+        raise NotImplementedError(f"{self.name} has no tiny stand-in")
+
     def evaluate_onnx(self, path: Path, trained: Any) -> dict[str, Any]:
         """Model-specific checks of the exported file (raise an ExportError to refuse it)."""
         return {}

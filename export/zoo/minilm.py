@@ -157,6 +157,23 @@ def train(seed: int = 0) -> Trained:
 
     hf_logging.disable_progress_bar()  # a weight-loading bar per build says nothing
     encoder = AutoModel.from_pretrained(str(model_dir()), local_files_only=True, attn_implementation="eager")
+    return _wrapped(encoder)
+
+
+def tiny(seed: int = 0) -> Trained:
+    """A 1-layer BERT of random weights with MiniLM's vocabulary and width: the same tokenizer,
+    inputs and 384-d answers at a fraction of the export time."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer().get_vocab_size(), hidden_size=EMBEDDING_DIM, num_hidden_layers=1,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=512,
+                        attn_implementation="eager")
+    return _wrapped(BertModel(config))
+
+
+def _wrapped(encoder: Any) -> Trained:
     module = _encoder_class()(encoder).eval()
     sample = encode(SENTENCES)
     extra = {
@@ -302,6 +319,9 @@ class MiniLM(ZooModel):
 
     def train(self, seed: int = 0) -> Trained:
         return train(seed=seed)
+
+    def tiny(self, seed: int = 0) -> Trained:
+        return tiny(seed=seed)
 
     def evaluate_onnx(self, path: Path, trained: Trained) -> dict[str, Any]:
         return evaluate_onnx(path, trained)

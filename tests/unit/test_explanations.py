@@ -1,6 +1,7 @@
-"""Explanations from forward passes of the ONNX model only: maintenance's exact Shapley values
-add up, land on the readings the failure rule uses; digits' occlusion map is 8x8 and exact
-where the image is blank; explanation requests mix safely with predictions in one batch."""
+"""Explanations from forward passes of the ONNX model only, on the tiny untrained models:
+maintenance's exact Shapley values add up; digits' occlusion map is 8x8 and exact where the
+image is blank; explanation requests mix safely with predictions in one batch. That they blame
+the right readings needs a trained model: tests/integration/test_trained_zoo.py."""
 from __future__ import annotations
 
 import json
@@ -17,10 +18,10 @@ HDF = {"type": "L", "air_temperature_k": 302.5, "process_temperature_k": 310.5, 
 
 
 @pytest.fixture(scope="module")
-def handlers(built_models, tmp_path_factory):
-    return {"maintenance": load_handler(built_models["maintenance"], tmp_path_factory.mktemp("m"), "MaintenanceHandler"),
-            "digits": load_handler(built_models["digits"], tmp_path_factory.mktemp("d"), "DigitsHandler"),
-            "minilm": load_handler(built_models["minilm"], tmp_path_factory.mktemp("t"), "MiniLMHandler")}
+def handlers(tiny_models, tmp_path_factory):
+    return {"maintenance": load_handler(tiny_models["maintenance"], tmp_path_factory.mktemp("m"), "MaintenanceHandler"),
+            "digits": load_handler(tiny_models["digits"], tmp_path_factory.mktemp("d"), "DigitsHandler"),
+            "minilm": load_handler(tiny_models["minilm"], tmp_path_factory.mktemp("t"), "MiniLMHandler")}
 
 
 def ask(handler, bodies: list, explain: list[bool]) -> tuple[list, FakeContext]:
@@ -30,17 +31,13 @@ def ask(handler, bodies: list, explain: list[bool]) -> tuple[list, FakeContext]:
     return [json.loads(o) for o in out], ctx
 
 
-def test_shapley_values_add_up_and_blame_heat_dissipation(handlers) -> None:
+def test_shapley_values_add_up(handlers) -> None:
     (answer,), ctx = ask(handlers["maintenance"], [HDF], [True])
     assert 0 not in ctx.status or ctx.status[0][0] == 200
-    assert answer["failure_probability"] > 0.5  # the rule fires and the model sees it
     phi = answer["attributions"]
     assert set(phi) == {"type", *m.NUMERIC_FIELDS}
     gap = answer["failure_probability"] - answer["baseline_probability"]
     assert abs(sum(phi.values()) - gap) <= 1e-5  # efficiency: stated tolerance 1e-5
-    heat = abs(phi["air_temperature_k"]) + abs(phi["process_temperature_k"]) + abs(phi["rotational_speed_rpm"])
-    assert heat >= 0.7 * sum(abs(v) for v in phi.values()), phi
-    assert phi["rotational_speed_rpm"] > 0
 
 
 def test_shapley_values_add_up_on_held_out_records(handlers) -> None:
@@ -67,7 +64,7 @@ def test_digits_occlusion_map(handlers) -> None:
     image = load_digits().images[7]
     (answer,), _ = ask(handlers["digits"], [{"pixels": image.astype(int).tolist()}], [True])
     grid = np.array(answer["occlusion"])
-    assert grid.shape == (8, 8) and answer["label"] == str(load_digits().target[7])
+    assert grid.shape == (8, 8) and answer["label"] in "0123456789"
     assert np.all(grid[image == 0] == 0)  # blanking a blank pixel changes nothing
     assert grid.max() > 0.0
 

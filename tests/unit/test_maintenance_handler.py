@@ -232,14 +232,14 @@ def test_each_batch_emits_the_handler_metrics_the_dashboards_read(maintenance_ha
     assert dims == {(("Level", "Model"), ("ModelName", "maintenance"), ("Provider", maintenance_handler.provider))}
 
 
-def test_a_first_start_emits_zero_worker_restarts(tmp_path: Path, maintenance_built) -> None:
+def test_a_first_start_emits_zero_worker_restarts(tmp_path: Path, tiny_maintenance) -> None:
     """The series exists from the first start (0), so a Prometheus increase() can fire on the first restart."""
     import importlib
 
     from conftest import unpacked
 
-    model_dir = unpacked(maintenance_built, tmp_path / "m")
-    handler = importlib.import_module(maintenance_built.name).MaintenanceHandler()
-    ctx = FakeContext(model_dir, name=maintenance_built.name)
+    model_dir = unpacked(tiny_maintenance, tmp_path / "m")
+    handler = importlib.import_module(tiny_maintenance.name).MaintenanceHandler()
+    ctx = FakeContext(model_dir, name=tiny_maintenance.name)
     handler.initialize(ctx)
     assert ctx.metrics.values("MaasWorkerRestarts") == [0]

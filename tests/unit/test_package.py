@@ -299,10 +299,13 @@ def test_exported_program_with_its_own_dynamic_batch(user_dir: Path, monkeypatch
 
 
 # ---- the generic tensor handler ---------------------------------------------------------------
-@pytest.fixture
-def tagger(user_dir: Path, tmp_path: Path):
-    (user_dir / "labels.txt").write_text("O\nPER\nLOC\nORG\n")
-    (user_dir / "maas.yaml").write_text(textwrap.dedent("""\
+@pytest.fixture(scope="module")
+def tagger_mar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tagger packaged once for this module's handler tests (each loads its own copy)."""
+    user = tmp_path_factory.mktemp("tagger_user")
+    (user / "tiny_models.py").write_text(TINY)
+    (user / "labels.txt").write_text("O\nPER\nLOC\nORG\n")
+    (user / "maas.yaml").write_text(textwrap.dedent("""\
         name: tagger
         inputs:
           - {name: ids, dtype: int64, shape: [batch, sequence], range: [0, 49], pad: 0}
@@ -311,8 +314,14 @@ def tagger(user_dir: Path, tmp_path: Path):
           - {name: scores, dtype: float32, shape: [batch, sequence, 4], labels: labels.txt, top_k: 2, scores: softmax}
         serving: {batch_size: 8, max_items_per_request: 4}
         """))
-    result = package(user_dir, torch="tiny_models:make_tagger", spec_file=user_dir / "maas.yaml")
-    return load(result.mar, tmp_path / "served")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(user)
+        return package(user, torch="tiny_models:make_tagger", spec_file=user / "maas.yaml").mar
+
+
+@pytest.fixture
+def tagger(tagger_mar: Path, tmp_path: Path):
+    return load(tagger_mar, tmp_path / "served")
 
 
 def test_unequal_lengths_are_padded_into_one_run_and_cut_back(tagger) -> None:

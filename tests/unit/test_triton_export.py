@@ -18,8 +18,8 @@ ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "
 
 
 @pytest.mark.parametrize("name", ["maintenance", "digits", "minilm"])
-def test_config_matches_the_onnx_graph(built_models, model_store: Path, tmp_path: Path, name: str) -> None:
-    folder = export(model_store, name, tmp_path / "model_repository")
+def test_config_matches_the_onnx_graph(tiny_models, tiny_store: Path, tmp_path: Path, name: str) -> None:
+    folder = export(tiny_store, name, tmp_path / "model_repository")
     config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     graph = onnx.load(str(folder / "1" / "model.onnx"), load_external_data=False).graph
     assert config.name == name and config.backend == "onnxruntime" and config.max_batch_size >= 8
@@ -31,13 +31,13 @@ def test_config_matches_the_onnx_graph(built_models, model_store: Path, tmp_path
             assert model_config_pb2.DataType.Name(t.data_type) == ONNX_TO_TRITON[g.type.tensor_type.elem_type]
             graph_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in g.type.tensor_type.shape.dim]
             assert graph_dims[0] == -1 and list(t.dims) == graph_dims[1:]  # batch axis left to max_batch_size
-    manifest = json.loads((built_models[name].build_dir / "manifest.json").read_text())
+    manifest = json.loads((tiny_models[name].build_dir / "manifest.json").read_text())
     assert hashlib.sha256((folder / "1" / "model.onnx").read_bytes()).hexdigest() == manifest["sha256"]
 
 
-def test_a_tampered_archive_is_not_exported(maintenance_built, tmp_path: Path) -> None:
+def test_a_tampered_archive_is_not_exported(tiny_maintenance, tmp_path: Path) -> None:
     store = tmp_path / "store"
     store.mkdir()
-    tamper(maintenance_built.mar, store / "maintenance.mar")
+    tamper(tiny_maintenance.mar, store / "maintenance.mar")
     with pytest.raises(TritonExportError, match="sha256"):
         export(store, "maintenance", tmp_path / "repo")

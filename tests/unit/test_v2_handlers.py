@@ -14,9 +14,9 @@ ROW = [1.0, 0.0, 0.0, 298.1, 308.6, 1551.0, 42.8, 0.0]
 
 
 @pytest.fixture(scope="module")
-def handlers(built_models, tmp_path_factory):
+def handlers(tiny_models, tmp_path_factory):
     classes = {"maintenance": "MaintenanceHandler", "digits": "DigitsHandler", "minilm": "MiniLMHandler"}
-    return {n: load_handler(built_models[n], tmp_path_factory.mktemp(n), c) for n, c in classes.items()}
+    return {n: load_handler(tiny_models[n], tmp_path_factory.mktemp(n), c) for n, c in classes.items()}
 
 
 def call(handler, *bodies):

@@ -19,13 +19,13 @@ from ort_base import InputError
 
 
 @pytest.fixture(scope="module")
-def digits_handler(built_models, tmp_path_factory):
-    return load_handler(built_models["digits"], tmp_path_factory.mktemp("digits"), "DigitsHandler")
+def digits_handler(tiny_models, tmp_path_factory):
+    return load_handler(tiny_models["digits"], tmp_path_factory.mktemp("digits"), "DigitsHandler")
 
 
 @pytest.fixture(scope="module")
-def minilm_handler(built_models, tmp_path_factory):
-    return load_handler(built_models["minilm"], tmp_path_factory.mktemp("minilm"), "MiniLMHandler")
+def minilm_handler(tiny_models, tmp_path_factory):
+    return load_handler(tiny_models["minilm"], tmp_path_factory.mktemp("minilm"), "MiniLMHandler")
 
 
 def call(handler, *bodies):
@@ -43,30 +43,29 @@ def png(grid: np.ndarray, scale: int = 12, fmt: str = "PNG", mode: str = "L", da
 
 
 # ---- digits -------------------------------------------------------------------------
-def test_digits_accuracy_meets_the_bar(built_models) -> None:
-    manifest = json.loads((built_models["digits"].build_dir / "manifest.json").read_text())
-    assert manifest["metrics"]["accuracy"] >= 0.97 and manifest["metrics"]["test_images"] == 360
-
-
-def test_digits_json_pixels_give_top5_like_onnx_runtime(digits_handler, built_models) -> None:
+def test_digits_json_pixels_give_top5_like_onnx_runtime(digits_handler, tiny_models) -> None:
     x_tr, y_tr, x_te, y_te = digits_model._split(*digits_model._arrays(), 0)
     bodies = [json.dumps({"pixels": x_te[i, 0].astype(int).tolist()}).encode() for i in range(30)]
     answers, ctx = call(digits_handler, *bodies)
-    probs = ort.InferenceSession(str(built_models["digits"].build_dir / "model.onnx")).run(None, {"pixels": x_te[:30]})[0]
+    probs = ort.InferenceSession(str(tiny_models["digits"].build_dir / "model.onnx")).run(None, {"pixels": x_te[:30]})[0]
     for answer, p in zip(answers, probs):
         assert list(answer) == [str(i) for i in np.argsort(-p, kind="stable")[:5]]
         assert list(answer.values()) == sorted(answer.values(), reverse=True)
-    assert np.mean([int(next(iter(a))) == y for a, y in zip(answers, y_te[:30])]) >= 0.95
     assert ctx.status == {}
 
 
 @pytest.mark.parametrize("fmt,mode,dark_ink,scale", [("PNG", "L", True, 12), ("JPEG", "RGB", True, 20),
                                                      ("PNG", "RGBA", True, 5), ("PNG", "L", False, 8)])
-def test_digits_images_are_read_like_the_training_scans(digits_handler, fmt, mode, dark_ink, scale) -> None:
-    x_tr, y_tr, x_te, y_te = digits_model._split(*digits_model._arrays(), 0)
-    answers, ctx = call(digits_handler, *[png(x_te[i, 0], scale, fmt, mode, dark_ink) for i in range(40)])
+def test_digits_images_become_the_scans_they_show(digits_handler, fmt, mode, dark_ink, scale) -> None:
+    """An upscaled scan in any ink, mode or format is read back as (nearly) the 8x8 grid it
+    came from: the answer is the one for the grid sent as JSON pixels."""
+    grids = [digits_model._arrays()[0][i, 0] for i in range(12)]
+    from_images, ctx = call(digits_handler, *[png(g, scale, fmt, mode, dark_ink) for g in grids])
+    from_pixels, _ = call(digits_handler, *[json.dumps({"pixels": g.astype(int).tolist()}).encode() for g in grids])
     assert ctx.status == {}
-    assert np.mean([int(next(iter(a))) == y for a, y in zip(answers, y_te[:40])]) >= 0.9
+    for image_answer, pixel_answer in zip(from_images, from_pixels):
+        assert next(iter(image_answer)) == next(iter(pixel_answer))
+        assert np.allclose(list(image_answer.values()), list(pixel_answer.values()), atol=0.02)
 
 
 GRID = [[0] * 8 for _ in range(8)]
@@ -103,24 +102,19 @@ def test_decompression_bomb_is_refused(digits_handler) -> None:
 
 
 # ---- minilm -------------------------------------------------------------------------
-def test_minilm_build_matched_sentence_transformers(built_models) -> None:
-    manifest = json.loads((built_models["minilm"].build_dir / "manifest.json").read_text())
-    assert manifest["metrics"]["worst_cosine"] >= 0.9999
-    assert manifest["parity"]["cases"][-1] == "batch 64, sequence 256"
-    assert (built_models["minilm"].build_dir / "model.onnx").stat().st_size > 80e6  # weights inside, one file
-
-
-def test_minilm_single_batched_and_plain_text_agree(minilm_handler) -> None:
+def test_minilm_single_batched_and_plain_text_agree(minilm_handler, tiny_models) -> None:
+    """One sentence per request, all in one, or as text/plain: the same vectors, equal to ONNX
+    Runtime on the archive's file (closeness to sentence-transformers needs the real weights:
+    tests/integration/test_trained_zoo.py)."""
     texts = minilm_model.SENTENCES
-    reference = minilm_model.reference_embeddings(texts)
+    session = ort.InferenceSession(str(tiny_models["minilm"].build_dir / "model.onnx"))
+    reference = np.concatenate([session.run(None, minilm_model.encode([t]))[0] for t in texts])
     singles, ctx = call(minilm_handler, *[json.dumps({"text": t}).encode() for t in texts])
     (batched,), _ = call(minilm_handler, json.dumps({"texts": texts}).encode())
     (plain,), _ = call(minilm_handler, texts[0])  # text/plain arrives as str
     single = np.array([a["embedding"] for a in singles])
-    together = np.array(batched["embeddings"])
-    for got in (single, together):
-        cos = np.sum(got * reference, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
-        assert cos.min() >= 0.9999, cos.min()
+    assert single.shape == (len(texts), minilm_model.EMBEDDING_DIM)
+    assert np.allclose(single, reference, atol=1e-4) and np.allclose(batched["embeddings"], reference, atol=1e-4)
     assert np.allclose(plain["embedding"], single[0], atol=1e-6)
     assert ctx.status == {}
 
