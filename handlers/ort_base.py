@@ -37,7 +37,7 @@ import numpy as np
 import onnxruntime as ort
 from http_reply import reply
 from inputs import InputError, clip, finite_number, parse_json, request_body, unicode_text
-from v2 import V2Request, looks_like_v2, v2_response, v2_tensors
+from v2 import V2Request, looks_like_v2, v2_refusal, v2_response, v2_tensors
 
 # What a model handler imports from here (the reading primitives live in inputs.py).
 __all__ = ["Arrays", "InputError", "ModelIntegrityError", "OrtHandler", "clip", "finite_number", "parse_json",
@@ -138,6 +138,7 @@ class OrtHandler:
         self.output_names: list[str] = []
         self.model_version = ""
         self.initialized = False
+        self._v2_ids: dict[int, Any] = {}  # the current batch's v2 requests (index -> id): see _reply
 
     # ---- lifecycle -----------------------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -264,6 +265,7 @@ class OrtHandler:
         started = time.perf_counter()
         responses: list[Any] = [None] * len(data)
         good: list[tuple[int, Arrays, Any]] = []
+        self._v2_ids = {}
         for idx, request in enumerate(data):
             v2 = None
             try:
@@ -273,6 +275,7 @@ class OrtHandler:
                     continue
                 v2 = looks_like_v2(body)
                 if v2 is not None:
+                    self._v2_ids[idx] = v2.get("id")
                     inputs, meta = v2_tensors(v2, self.manifest["inputs"], self.manifest["outputs"], self.max_items())
                     self.check_tensors(inputs)
                 else:
@@ -397,7 +400,10 @@ class OrtHandler:
             return None
 
     def _reply(self, context: Any, idx: int, body: Any, status: int) -> str | bytes:
-        """Every response goes through http_reply: fixed ASCII phrases, checked header values."""
+        """Every response goes through http_reply: fixed ASCII phrases, checked header values.
+        A refusal of a v2 request gets the envelope gRPC's Open Inference frontend needs (v2.py)."""
+        if status != 200 and idx in self._v2_ids and isinstance(body, dict):
+            body = v2_refusal(body, status, self._v2_ids[idx], self.manifest["name"], self.model_version)
         headers = {"X-Execution-Provider": self.provider}
         if self.model_version:
             headers["X-Model-Version"] = self.model_version

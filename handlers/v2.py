@@ -95,3 +95,20 @@ def v2_response(outputs: dict[str, np.ndarray], request: V2Request, model_name: 
     if request.id is not None:
         answer["id"] = request.id
     return answer
+
+
+def v2_refusal(body: dict[str, Any], status: int, request_id: Any, model_name: str, model_version: str) -> dict[str, Any]:
+    """A v2 request's error body that TorchServe 0.12's gRPC Open Inference frontend can carry.
+
+    That frontend turns every answer to a gRPC ModelInfer into a ModelInferResponse by reading
+    `id`, `model_name`, `model_version` and `outputs` from it, whatever its status; without them
+    it throws, and TorchServe kills the worker with every request of its batch. So a refusal
+    keeps the REST fields ({"error": ...} and ours) and adds those four; the message and status
+    travel as two outputs, `error` (BYTES) and `error_code` (INT32), the only part of an answer
+    that frontend copies (maas.grpc_client turns them back into a gRPC error).
+    """
+    message = str(body.get("error") or body.get("message") or "request refused")
+    return {**body, "id": "" if request_id is None else str(request_id), "model_name": model_name,
+            "model_version": model_version,
+            "outputs": [{"name": "error", "datatype": "BYTES", "shape": [1], "data": [message]},
+                        {"name": "error_code", "datatype": "INT32", "shape": [1], "data": [status]}]}

@@ -3,6 +3,8 @@
 Run through `maas loadtest MODEL` (headless, bounded, reports + release gate), or by hand:
   locust -f loadtests/locustfile.py --headless -u 8 -r 4 -t 20s \
          --host http://127.0.0.1:8080 --model maintenance --key-file run/key_file.json
+With `--protocol grpc` the same requests go to TorchServe's gRPC inference API (`--grpc-target`)
+instead, through Locust's gRPC recipe: gevent-cooperative grpc, each call fired as a request event.
 The inference key is read from TorchServe's key_file.json and re-read whenever the file
 changes (maas renews keys there), so a long run never sends an expired copy.
 """
@@ -14,11 +16,11 @@ import time
 from typing import Optional
 
 import gevent
-from locust import FastHttpUser, events, task
+from locust import FastHttpUser, User, events, task
 from locust.runners import WorkerRunner
 
 import payloads
-from maas.client import api_path
+from maas.client import TokenRefused, api_path
 
 KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
 
@@ -41,6 +43,25 @@ def _arguments(parser) -> None:
                              "(the per-second figures and plots are computed from them)")
     parser.add_argument("--warmup", type=float, default=0.0, env_var="MAAS_WARMUP",
                         help="seconds of load before the statistics are reset (excluded from the figures)")
+    parser.add_argument("--protocol", default="http", choices=["http", "grpc"], env_var="MAAS_PROTOCOL",
+                        help="HTTP /predictions (--host) or TorchServe's gRPC Predictions (--grpc-target)")
+    parser.add_argument("--grpc-target", default="127.0.0.1:7070", env_var="MAAS_GRPC_TARGET",
+                        help="host:port of TorchServe's gRPC inference API")
+    parser.add_argument("--grpc-ca", default="", env_var="MAAS_GRPC_CA",
+                        help="CA certificate to trust when TorchServe's gRPC uses TLS (empty: plain gRPC)")
+
+
+@events.init.add_listener
+def _one_protocol(environment, **_kwargs) -> None:
+    """Run the user class of --protocol only (both live in this file)."""
+    grpc = environment.parsed_options is not None and environment.parsed_options.protocol == "grpc"
+    wanted = GrpcModelUser if grpc else ModelUser
+    if wanted in environment.user_classes:
+        environment.user_classes[:] = [wanted]
+    if grpc:  # before any channel exists: grpc's polling must yield to gevent, or one call blocks every user
+        import grpc.experimental.gevent as grpc_gevent
+
+        grpc_gevent.init_gevent()
 
 
 @events.test_start.add_listener
@@ -80,15 +101,27 @@ class KeyFile:
     def __init__(self, path: str) -> None:
         self.path, self._mtime, self._key = path, None, None
 
-    def header(self, reread: bool = False) -> dict[str, str]:
+    def key(self, reread: bool = False) -> str | None:
         if not self.path:
-            return {}
+            return None
         mtime = os.stat(self.path).st_mtime_ns
         if reread or mtime != self._mtime:
             with open(self.path) as f:
                 self._key = json.load(f)["inference"]["key"]
             self._mtime = mtime
-        return {"Authorization": f"Bearer {self._key}"}
+        return self._key
+
+    def header(self, reread: bool = False) -> dict[str, str]:
+        key = self.key(reread)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def answer_problem(body, explaining: bool, check) -> Optional[str]:
+    """What is wrong with a decoded answer (None: it is right), over either protocol."""
+    if explaining:
+        found = isinstance(body, dict) and ("attributions" in body or "occlusion" in body)
+        return None if found else f"not an explanation: {str(body)[:120]}"
+    return check(body)
 
 
 class ModelUser(FastHttpUser):
@@ -133,7 +166,60 @@ class ModelUser(FastHttpUser):
             body = resp.json()
         except ValueError:
             return "response is not JSON"
-        if self.explaining:
-            found = isinstance(body, dict) and ("attributions" in body or "occlusion" in body)
-            return None if found else f"not an explanation: {str(body)[:120]}"
-        return self.payloads.check(body)
+        return answer_problem(body, self.explaining, self.payloads.check)
+
+
+class AnswerError(Exception):
+    """A gRPC reply that is not the right answer (reported as the request's failure)."""
+
+
+class GrpcModelUser(User):
+    """The same closed loop over TorchServe's gRPC Predictions call, every answer validated."""
+
+    def on_start(self) -> None:
+        from maas.grpc_client import GrpcInference
+
+        opts = self.environment.parsed_options
+        if opts.endpoint != "predictions":
+            raise ValueError("TorchServe's gRPC API has no explanations call: load it over HTTP")
+        self.model, self.version = opts.model, opts.model_version or None
+        self.name = f"gRPC Predictions {opts.model}" + (f" {opts.model_version}" if opts.model_version else "")
+        self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000,
+                                           version=opts.model_version, model_store=opts.model_store)
+        self.keys = KeyFile(opts.key_file)
+        root = open(opts.grpc_ca, "rb").read() if opts.grpc_ca else None
+        self._reread = False
+        self.client = GrpcInference(opts.grpc_target, lambda: self.keys.key(self._reread), None, root)
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    @task
+    def predict(self) -> None:
+        from maas.grpc_client import GrpcCallError, refused
+
+        body = self.payloads.next()
+        started, t0 = time.time(), time.perf_counter()
+        length, failure = 0, None
+        for attempt in range(1, KEY_RETRIES + 2):
+            self._reread = attempt > 1
+            try:
+                answer = self.client.predict_raw(self.model, body, self.version)
+            except TokenRefused as exc:  # renewed between reading the file and sending: as over HTTP
+                failure = exc
+                gevent.sleep(0.05 * attempt)
+                continue
+            except GrpcCallError as exc:
+                failure = exc
+                break
+            length, failure = len(answer), refused(answer)
+            if failure is None:
+                try:
+                    problem = answer_problem(json.loads(answer), False, self.payloads.check)
+                except ValueError:
+                    problem = "answer is not JSON"
+                failure = AnswerError(problem) if problem else None
+            break
+        self.environment.events.request.fire(
+            request_type="gRPC", name=self.name, response_time=(time.perf_counter() - t0) * 1000,
+            response_length=length, exception=failure, context={}, start_time=started)

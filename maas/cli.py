@@ -357,9 +357,21 @@ def undeploy(project: Project, model: str, version: str | None) -> None:
 @click.argument("file", type=click.File("rb"), default="-")
 @click.option("--version", "version", help="model version [the default version]")
 @click.option("--content-type", default="application/json", show_default=True)
+@click.option("--grpc", "use_grpc", is_flag=True,
+              help="call TorchServe's gRPC inference API (Predictions) instead of HTTP; the same answer")
 @click.pass_obj
-def predict(project: Project, model: str, file: Any, version: str | None, content_type: str) -> None:
+def predict(project: Project, model: str, file: Any, version: str | None, content_type: str, use_grpc: bool) -> None:
     """Send FILE (or stdin, '-') to /predictions/MODEL and print the answer."""
+    if use_grpc:
+        from maas.grpc_client import GrpcInference, refused
+
+        with GrpcInference.for_server(project.server()) as client:
+            answer = client.predict_raw(model, file.read(), version)
+        click.echo(answer.decode(errors="replace"))
+        refusal = refused(answer)
+        if refusal is not None:
+            raise click.ClickException(str(refusal))
+        return
     resp = project.server().client.predict(model, file.read(), content_type, version)
     click.echo(resp.text)
     if resp.status_code != 200:
@@ -406,16 +418,21 @@ def slo_options(command: Any) -> Any:
 @slo_options
 @click.option("--version", "version", default="", help="model version to target [default version]")
 @click.option("--explanations", is_flag=True, help="load /explanations/MODEL instead of /predictions/MODEL")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+              help="HTTP /predictions/MODEL, or TorchServe's gRPC Predictions call (same bodies, checks and gate)")
 @click.option("--find-capacity", is_flag=True, help="step users 1, 2, 4, ... until an SLO breaks")
 @click.option("--max-users", default=64, show_default=True, help="capacity search: the last step")
 @click.option("--step-time", default=10, show_default=True, help="capacity search: measured seconds per step")
 @click.pass_obj
 def loadtest(project: Project, model: str, slo_file: str | None, version: str, locust_workers: int,
-             explanations: bool, find_capacity: bool, max_users: int, step_time: int, **overrides: Any) -> None:
+             explanations: bool, protocol: str, find_capacity: bool, max_users: int, step_time: int,
+             **overrides: Any) -> None:
     """Load-test MODEL with Locust against its SLO; exit 0 only when every SLO holds."""
     from maas.loadtest import LoadTest
 
     slo = _slo(model, slo_file, project.root, **overrides)
+    if protocol == "grpc" and (explanations or find_capacity):
+        raise click.UsageError("--protocol grpc loads predictions at the SLO's users (no --explanations, --find-capacity)")
     if find_capacity:
         from maas.capacity import find_capacity as search
 
@@ -430,8 +447,8 @@ def loadtest(project: Project, model: str, slo_file: str | None, version: str, l
         sys.exit(0 if best else 1)
     endpoint = "explanations" if explanations else "predictions"
     summary = _loadtest(project, LoadTest(model, slo, version, locust_workers,
-                                          label="explanations" if explanations else "", endpoint=endpoint,
-                                          model_store=project.model_store))
+                                          label="explanations" if explanations else ("grpc" if protocol == "grpc" else ""),
+                                          endpoint=endpoint, model_store=project.model_store, protocol=protocol))
     if not summary["passed"]:
         sys.exit(1)
 
@@ -450,6 +467,11 @@ def _loadtest(project: Project, test: Any) -> dict[str, Any]:
     from maas.gate import format_summary
 
     server = _ready_for_load(project, test.slo.warmup_s + test.slo.run_time_s)
+    if test.protocol == "grpc":
+        from maas.grpc_client import grpc_target, tls_ca_file
+
+        test.grpc_target = grpc_target(server.props)
+        test.grpc_ca = tls_ca_file(server.props, server.layout.config.resolve().parent)
     described = server.client.describe(test.model, test.version or None)
     info = {"served_version": described[0].get("modelVersion") if described else None}
     renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None

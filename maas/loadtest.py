@@ -41,6 +41,9 @@ class LoadTest:
     payload: str = ""  # loadtests/payloads.py generator when not the model's own (benchmarks)
     endpoint: str = "predictions"  # or "explanations"
     model_store: Path | None = None  # where a packaged model's archive (and so its request bodies) is
+    protocol: str = "http"  # or "grpc": TorchServe's gRPC Predictions at grpc_target
+    grpc_target: str = ""
+    grpc_ca: Path | None = None  # CA to trust when the server's gRPC uses TLS
 
 
 def _progress(prefix: Path, started: float) -> None:
@@ -63,7 +66,8 @@ def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path)
               "--endpoint", test.endpoint,
               "--key-file", str(key_file or ""),
               "--model-store", str(test.model_store or ""),
-              "--warmup", str(slo.warmup_s)]
+              "--warmup", str(slo.warmup_s),
+              "--protocol", test.protocol, "--grpc-target", test.grpc_target, "--grpc-ca", str(test.grpc_ca or "")]
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
     runner = base + [
         "--headless", "--users", str(slo.users), "--spawn-rate", str(slo.spawn_rate),
@@ -101,8 +105,9 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
     prefix = out / "locust"
     commands = locust_commands(test, host, key_file, out)
     mode = f", distributed: 1 master + {test.workers} workers" if test.workers else ""
-    log.info("load test: %s%s, %d users, %d s warm-up + %d s measured%s -> %s", test.model,
-             f" {test.version}" if test.version else "", slo.users, slo.warmup_s, slo.run_time_s, mode, out)
+    log.info("load test: %s%s over %s, %d users, %d s warm-up + %d s measured%s -> %s", test.model,
+             f" {test.version}" if test.version else "", test.protocol, slo.users, slo.warmup_s, slo.run_time_s,
+             mode, out)
     started = time.monotonic()
     limit = slo.warmup_s + slo.run_time_s + 90
     procs = []
@@ -130,7 +135,7 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
         raise RuntimeError(f"Locust wrote no statistics (exit {procs[0].returncode}); see {out / 'locust.log'}")
 
     summary: dict[str, Any] = {"model": test.model, "model_version": test.version or "default",
-                               "endpoint": test.endpoint, **read_aggregate(prefix)}
+                               "endpoint": test.endpoint, "protocol": test.protocol, **read_aggregate(prefix)}
     summary["errors_by_status"] = read_errors(prefix)
     if worker_restarts is not None:
         after = worker_restarts()
@@ -139,7 +144,7 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
     summary["error_ratio"] = summary["failures"] / summary["requests"] if summary["requests"] else 1.0
     summary.update(
         users=slo.users, spawn_rate=slo.spawn_rate, run_time_s=slo.run_time_s, warmup_s=slo.warmup_s,
-        locust_workers=test.workers, host=host, cores=os.cpu_count(), locust_version=metadata.version("locust"),
+        locust_workers=test.workers, host=test.grpc_target if test.protocol == "grpc" else host, cores=os.cpu_count(), locust_version=metadata.version("locust"),
         torchserve_version=metadata.version("torchserve"),
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         thresholds=asdict(slo.thresholds), **(server_info or {}),

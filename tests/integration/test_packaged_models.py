@@ -181,6 +181,25 @@ def test_bad_tensors_are_a_4xx_naming_the_input(served) -> None:
     assert resp.status_code == 400 and "within [0, 256]" in resp.json()["message"]
 
 
+def test_packaged_models_answer_over_grpc_as_over_http(served) -> None:
+    from maas.grpc_client import GrpcCallError, GrpcInference
+
+    ts, _, _, builds = served
+    with GrpcInference.for_server(ts) as client:
+        for model in ("resnet", "distilbert", "magika"):
+            rows = samples(builds[model])
+            body = json.dumps({"inputs": {k: rows[k][0].tolist() for k in rows}}).encode()
+            over_http, over_grpc = ts.client.predict(model, body).json(), json.loads(client.predict(model, body))
+            assert set(over_grpc) == set(over_http)
+            for out, want in over_http["outputs"].items():
+                assert np.allclose(over_grpc["outputs"][out], want, rtol=1e-5, atol=1e-6), (model, out)
+        bad = json.dumps({"inputs": {"bytes": [999] * 2048}}).encode()
+        with pytest.raises(GrpcCallError) as refused:
+            client.predict("magika", bad)
+        assert refused.value.code == "INVALID_ARGUMENT"
+        assert refused.value.message == ts.client.predict("magika", bad).json()["message"]
+
+
 @pytest.mark.parametrize("model", ["resnet", "distilbert", "magika"])
 def test_a_short_load_test_passes_on_bodies_from_the_archive(served, model: str, tmp_path: Path) -> None:
     ts, store, *_ = served

@@ -84,3 +84,31 @@ BAD = [
 def test_bad_v2_requests_are_4xx_with_an_error_field(handlers, model, body, problem) -> None:
     (answer,), ctx = call(handlers[model], body)
     assert 400 <= ctx.status[0][0] < 500 and problem in answer["error"] and answer["error"] == answer["message"]
+
+
+# TorchServe 0.12's gRPC Open Inference frontend reads id, model_name, model_version and outputs
+# from every answer, refusals included, and kills the worker (and its batch) when one is missing.
+FRONTEND_READS = {"id", "model_name", "model_version", "outputs"}
+
+
+@pytest.mark.parametrize("bad,status,problem", [
+    (v2("features", "FP32", [1, 7], ROW[:7], id="r9"), 400, "shape must match"),
+    (v2("nope", "FP32", [1, 8], ROW), 400, "inputs must be exactly"),
+    (v2("features", "INT64", [1, 8], [1] * 8), 400, "datatype must be FP32"),
+    (v2("features", "FP32", [257, 8], ROW * 257), 413, "the limit is 256"),
+])
+def test_a_v2_refusal_carries_what_the_grpc_frontend_reads(handlers, bad, status, problem) -> None:
+    (refusal, good), ctx = call(handlers["maintenance"], bad, v2("features", "FP32", [1, 8], ROW))
+    assert ctx.status[0][0] == status and 1 not in ctx.status  # the neighbour is served
+    assert problem in refusal["error"] and refusal["message"] == refusal["error"]  # REST fields stay
+    assert FRONTEND_READS <= set(refusal) and refusal["id"] == bad.get("id", "")
+    assert refusal["model_name"] == "maintenance" and refusal["model_version"] == "1.0"
+    outputs = {o["name"]: o for o in refusal["outputs"]}
+    assert outputs["error"] == {"name": "error", "datatype": "BYTES", "shape": [1], "data": [refusal["error"]]}
+    assert outputs["error_code"]["data"] == [status] and outputs["error_code"]["datatype"] == "INT32"
+    assert FRONTEND_READS - {"id"} <= set(good)
+
+
+def test_refusals_of_other_requests_keep_their_own_shape(handlers) -> None:
+    (refusal,), ctx = call(handlers["maintenance"], {"type": "X"})
+    assert ctx.status[0][0] == 400 and "outputs" not in refusal and "model_name" not in refusal
