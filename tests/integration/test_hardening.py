@@ -167,8 +167,8 @@ def test_overload_beyond_the_job_queue_gets_fast_503s_and_drains(hard) -> None:
     assert hard.client.predict_json("maintenance", GOOD)["failure"] is False  # the queue drained
 
 
-def test_tls_option_serves_https_and_refuses_plain_http(tmp_path_factory: pytest.TempPathFactory,
-                                                        maintenance_built) -> None:
+def test_tls_option_serves_https_and_grpc_over_tls_and_refuses_plain(tmp_path_factory: pytest.TempPathFactory,
+                                                                     maintenance_built) -> None:
     import subprocess
     import sys
 
@@ -181,9 +181,18 @@ def test_tls_option_serves_https_and_refuses_plain_http(tmp_path_factory: pytest
     inf, mgmt, met = free_ports(3)
     ts = bare_server(tmp_path_factory, store, inference_address=f"https://127.0.0.1:{inf}",
                      management_address=f"https://127.0.0.1:{mgmt}", metrics_address=f"https://127.0.0.1:{met}",
-                     certificate_file=str(certs / "cert.pem"), private_key_file=str(certs / "key.pem"))
+                     certificate_file=str(certs / "cert.pem"), private_key_file=str(certs / "key.pem"),
+                     enable_grpc_ssl="true")
     try:
         d.deploy(ts.client, store, "maintenance")
+        from maas.grpc_client import GrpcCallError, GrpcInference, grpc_target
+
+        with GrpcInference.for_server(ts) as over_tls:  # trusts the server's certificate, as the HTTP client does
+            assert json.loads(over_tls.predict("maintenance", json.dumps(GOOD).encode()))["failure"] is False
+        with GrpcInference(grpc_target(ts.props), lambda: read_keys(ts.layout.key_file)["inference"].value) as plain:
+            with pytest.raises(GrpcCallError) as refused:  # plaintext gRPC on the TLS port: no connection
+                plain.predict("maintenance", json.dumps(GOOD).encode())
+            assert refused.value.code == "UNAVAILABLE"
         assert ts.client.predict_json("maintenance", GOOD)["failure"] is False  # https, certificate verified
         key = read_keys(ts.layout.key_file)["inference"].value
         for port in (inf, mgmt):  # plain HTTP on a TLS port: refused with 403, never served
