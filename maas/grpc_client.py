@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ from maas.properties import resolve_paths
 HTTP_TO_GRPC = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 409: "ALREADY_EXISTS", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED",
                 499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+ERROR_START = re.compile(rb'\s*\{\s*"code"\s*:')  # handlers' error bodies begin so (orjson or json.dumps)
 MAX_MESSAGE = 64 * 1024 * 1024  # the server's max_request_size / max_response_size are the caps that count
 
 
@@ -41,7 +43,7 @@ class GrpcCallError(ServeError):
 
 def handler_error(answer: bytes) -> dict[str, Any] | None:
     """The error body of a maas handler ({"code": 4xx/5xx, "type", "message", ...}), if `answer` is one."""
-    if not answer.startswith(b'{"code":'):
+    if not ERROR_START.match(answer):  # cheap: answers are not parsed twice
         return None
     try:
         body = json.loads(answer)

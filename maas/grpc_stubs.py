@@ -76,7 +76,11 @@ def stubs() -> SimpleNamespace:
     jar = frontend_jar()
     home = cache_root() / "grpc" / _jar_digest(jar)
     if not (home / PACKAGE / "inference_pb2_grpc.py").is_file():
-        home.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            home.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: this process's own copy
+            home = Path(tempfile.mkdtemp(prefix="maas-grpc-")) / _jar_digest(jar)
+            home.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=home.parent))
         try:
             _compile(jar, tmp)
