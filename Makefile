@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup java build demo test test-unit bench docs clean help
+.PHONY: setup java prometheus build demo test test-unit bench docs monitor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,21 +21,27 @@ $(STAMP): pyproject.toml
 java:
 	@bash scripts/ensure-java.sh $(VENV)
 
+prometheus:  ## Debian's Prometheus and promtool (the monitoring tests and `make monitor` need them)
+	@bash scripts/ensure-prometheus.sh
+
 build: setup  ## train, export, verify and archive every model into model_store/
 	$(BIN)/maas build
 
 demo: setup  ## build, serve, send real requests, run a short load test, stop
 	$(BIN)/maas demo
 
-test: setup  ## unit + integration tests (starts a real TorchServe on 127.0.0.1)
+test: setup prometheus  ## unit + integration tests (real TorchServes and a real Prometheus on 127.0.0.1)
 	$(BIN)/python -m pytest
 
-test-unit: setup  ## the fast tier: no server, tiny untrained zoo models (~45 s)
+test-unit: setup prometheus  ## the fast tier: no server, tiny untrained zoo models (~45 s)
 	$(BIN)/python -m pytest tests/unit
 
 bench: setup  ## ours (ORT FP32, fused, INT8) vs eager PyTorch, TorchScript, OpenVINO and in-process; reports/bench-*/
 	@$(BIN)/python -c "import openvino" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/maas bench
+
+monitor: setup prometheus  ## start Prometheus on 127.0.0.1:9090 watching the running TorchServe (maas monitor)
+	$(BIN)/maas monitor start
 
 docs: setup  ## build the documentation site into build/site/ (MkDocs, strict: a broken link fails)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
