@@ -68,6 +68,14 @@ def rules(slos: dict[str, SLO]) -> dict[str, Any]:
          "labels": {"severity": "warning"},
          "annotations": {"summary": "a worker of {{ $labels.ModelName }} died and was replaced in the last 5 min",
                          "description": "`maas serve status` counts restarts; the worker log says why"}},
+        # TorchServe 0.12 exports no worker states: a model it counts requests for while no
+        # handler of it answers any has no READY worker (or only stuck ones). Silent without traffic.
+        {"alert": "MaasModelNotServing",
+         "expr": f"{by_model} (rate(ts_inference_requests_total[1m])) > 0 unless on (model_name) "
+                 'label_replace(sum by (ModelName) (rate(MaasRequests[1m])) > 0, "model_name", "$1", "ModelName", "(.*)")',
+         "for": "1m", "labels": {"severity": "critical"},
+         "annotations": {"summary": "{{ $labels.model_name }} gets requests but no worker of it answers: "
+                                    "no READY worker (`maas serve status`)"}},
         {"alert": "MaasQueueTimeGrowing",
          "expr": "deriv(maas:queue_latency_ms:mean1m[5m]) > 0 and maas:queue_latency_ms:mean1m > 50", "for": "2m",
          "labels": {"severity": "warning"},
