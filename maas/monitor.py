@@ -80,8 +80,7 @@ def rules(slos: dict[str, SLO]) -> dict[str, Any]:
          "expr": "deriv(maas:queue_latency_ms:mean1m[5m]) > 0 and maas:queue_latency_ms:mean1m > 50", "for": "2m",
          "labels": {"severity": "warning"},
          "annotations": {"summary": "requests for {{ $labels.model_name }} wait over 50 ms in TorchServe's queue, "
-                                    "rising {{ $value | printf \"%.2f\" }} ms/s: more workers (`maas scale`) "
-                                    "or fewer requests"}},
+                                    "longer every minute: more workers (`maas scale`) or fewer requests"}},
     ]
     strictest = min((s.thresholds.max_error_ratio for s in slos.values()), default=SLO().thresholds.max_error_ratio)
     alerts.append({"alert": "MaasServerErrorRatio", "expr": f"maas:server_error_ratio:rate5m > {strictest:g}",
