@@ -225,6 +225,9 @@ def test_the_downstream_road_on_a_packaged_model(served, tmp_path: Path) -> None
     assert variant["name"] == "int8" and variant["accuracy"]["within_budget"]
     slo = SLO(users=2, spawn_rate=2, warmup_s=1, run_time_s=3)
     slo.thresholds.min_rps = 1.0
+    # The road, not the speed: 3 s runs on a shared 2-core machine move p95 by more than 50 %
+    # (seen: 13 -> 21 ms beside another test run); test_release.py tests the regression gate itself.
+    slo.regression.max_p95_increase, slo.regression.max_rps_decrease = 3.0, 0.75
     record = release(ts.client, ts.endpoints.inference, ts.layout.key_file, store, tmp_path, "resnet", "1.0-int8",
                      slo, worker_restarts=ts.worker_restarts)
     assert record["promoted"], record["reasons"]
