@@ -713,7 +713,7 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
 
     specs = [spec(m) for m in (models or (*zoo.models(), *packaged_models(project.model_store)))]
     result = export_all(specs, project.config, project.model_store, Path(kserve_dir), Path(kubernetes_dir),
-                        storage_uri)
+                        storage_uri, project.root)
     for path in result.manifests + result.archives:
         click.echo(f"wrote {path}")
     if result.missing:

@@ -47,7 +47,12 @@ def test_every_manifest_is_valid_offline() -> None:
     validate_all(every)
     kinds = [d["kind"] for d in every]
     assert kinds.count("InferenceService") == len(MODELS) == kinds.count("Deployment") == kinds.count("Service")
-    assert {"ServingRuntime", "NetworkPolicy", "PersistentVolumeClaim"} <= set(kinds)
+    assert {"ServingRuntime", "NetworkPolicy", "PersistentVolumeClaim", "ConfigMap"} <= set(kinds)
+
+
+def test_the_cluster_gets_the_same_prometheus_rules() -> None:
+    (rules_map,) = [d for d in docs(COMMITTED[1]) if d["kind"] == "ConfigMap"]
+    assert rules_map["data"]["maas-rules.yaml"] == (ROOT / "deploy" / "prometheus" / "maas-rules.yaml").read_text()
 
 
 def _isvc() -> dict:
