@@ -157,7 +157,8 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
             broken.append(f"Locust's users failed: {errors[-1][:300]} (see {out / 'locust.log'})")
     summary["passed"], summary["broken"] = not broken, broken
     png = plots.load_plot(out, out / "throughput_latency.png",
-                          f"{test.model}: {slo.users} users, {slo.warmup_s} s warm-up + {slo.run_time_s} s", slo.warmup_s)
+                          f"{test.model}{' over gRPC' if test.protocol == 'grpc' else ''}: {slo.users} users, "
+                          f"{slo.warmup_s} s warm-up + {slo.run_time_s} s", slo.warmup_s)
     summary["plot"] = png.name if png else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, out
