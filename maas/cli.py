@@ -269,24 +269,25 @@ def monitor() -> None:
     """Run a Prometheus that scrapes the local TorchServe, with maas's alert rules."""
 
 
-def _monitor(project: Project, port: int) -> Any:
+def _monitor(project: Project, port: int | None) -> Any:
     from maas.monitor import Monitor, slo_models
 
     server = project.server()
     ca = server.client.verify if isinstance(server.client.verify, str) else None
-    return Monitor(project.run_dir, server.endpoints.metrics, slo_models(project.root), port, ca)
+    return Monitor(project.run_dir, server.endpoints.metrics, slo_models(project.root),
+                   port or Monitor.last_port(project.run_dir), ca)
 
 
-MONITOR_PORT = click.option("--port", default=9090, show_default=True, envvar="MAAS_PROMETHEUS_PORT",
-                            help="Prometheus' port on 127.0.0.1")
+MONITOR_PORT = click.option("--port", type=int, envvar="MAAS_PROMETHEUS_PORT",
+                            help="Prometheus' port on 127.0.0.1 [start: 9090; status, stop: the one start used]")
 
 
 @monitor.command("start")
 @MONITOR_PORT
 @click.pass_obj
-def monitor_start(project: Project, port: int) -> None:
+def monitor_start(project: Project, port: int | None) -> None:
     """Start Prometheus on 127.0.0.1 with a generated scrape config and rules (run/prometheus/)."""
-    mon = _monitor(project, port)
+    mon = _monitor(project, port or 9090)
     mon.start()
     click.echo(f"Prometheus {mon.url} scraping {project.server().endpoints.metrics}/metrics every 5 s; "
                f"rules and config in {mon.home}")
@@ -295,7 +296,7 @@ def monitor_start(project: Project, port: int) -> None:
 @monitor.command("stop")
 @MONITOR_PORT
 @click.pass_obj
-def monitor_stop(project: Project, port: int) -> None:
+def monitor_stop(project: Project, port: int | None) -> None:
     """Stop the Prometheus `maas monitor start` started."""
     click.echo("stopped" if _monitor(project, port).stop() else "Prometheus was not running")
 
@@ -304,7 +305,7 @@ def monitor_stop(project: Project, port: int) -> None:
 @MONITOR_PORT
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_obj
-def monitor_status(project: Project, port: int, as_json: bool) -> None:
+def monitor_status(project: Project, port: int | None, as_json: bool) -> None:
     """Scrape targets and pending or firing alerts; exit 1 when Prometheus is not running."""
     from maas.monitor import format_status
 

@@ -140,6 +140,18 @@ class Monitor:
     def pid_file(self) -> Path:
         return self.home / "prometheus.pid"
 
+    @staticmethod
+    def port_file(run_dir: Path) -> Path:
+        return run_dir / "prometheus" / "prometheus.port"
+
+    @classmethod
+    def last_port(cls, run_dir: Path, default: int = 9090) -> int:
+        """The port the last `maas monitor start` of this run dir used (status and stop find it there)."""
+        try:
+            return int(cls.port_file(run_dir).read_text())
+        except (FileNotFoundError, ValueError):
+            return default
+
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text())
@@ -169,6 +181,7 @@ class Monitor:
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.pid_file.write_text(str(proc.pid))
+        self.port_file(self.run_dir).write_text(str(self.port))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
