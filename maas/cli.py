@@ -608,6 +608,11 @@ def demo(project: Project, run_time: int) -> None:
         click.echo(f"\nrequests ({server.endpoints.inference}/predictions/MODEL, token from {server.client.key_file}):")
         for line in d.request_rows(server, project.model_store, models, extra):
             click.echo(line)
+        from maas.grpc_client import grpc_target
+
+        click.echo(f"\nthe same over gRPC ({grpc_target(server.props)}, the same key; `maas predict --grpc`):")
+        for line in d.grpc_rows(server, project.model_store, models):
+            click.echo(line)
         slos = {model: _slo(model, None, project.root, run_time_s=run_time) for model in models}
         _ready_for_load(project, sum(s.warmup_s + s.run_time_s + 10 for s in slos.values()))
         renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None

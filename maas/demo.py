@@ -74,6 +74,40 @@ def request_rows(server: Any, model_store: Path, models: list[str],
     return lines
 
 
+def grpc_rows(server: Any, model_store: Path, models: list[str]) -> list[str]:
+    """Each model's manifest example over TorchServe's gRPC API, beside the HTTP answer to it."""
+    from maas.deploy import archive_manifest, find_archive
+    from maas.grpc_client import GrpcInference
+
+    lines = []
+    with GrpcInference.for_server(server) as client:
+        client.ping()  # the channel's connection, not the first model, pays the set-up
+        for model in models:
+            example = archive_manifest(find_archive(model_store, model, None)).get("example_request")
+            if example is None:
+                continue
+            body = json.dumps(example).encode()
+            started = time.perf_counter()
+            over_grpc = json.loads(client.predict(model, body))
+            ms = (time.perf_counter() - started) * 1000
+            over_http = server.client.predict(model, body).json()
+            same = _rounded(over_grpc) == _rounded(over_http)
+            lines.append(f"{model:<12} the manifest's example -> {'the same answer as over HTTP' if same else 'DIFFERENT from HTTP'}"
+                         f"  ({ms:.0f} ms)")
+    return lines
+
+
+def _rounded(value: Any) -> Any:
+    """JSON with floats to 5 places: two calls may be batched with different neighbours."""
+    if isinstance(value, float):
+        return round(value, 5)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _top_labels(answer: Any) -> str:
     """A packaged model's answer: its top labels when it has them, else its outputs' shapes."""
     from maas.summary import compact
