@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup java prometheus build demo test test-unit bench docs monitor clean help
+.PHONY: setup java prometheus haproxy build demo test test-unit bench docs monitor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,7 +22,10 @@ java:
 	@bash scripts/ensure-java.sh $(VENV)
 
 prometheus:  ## Debian's Prometheus and promtool (the monitoring tests and `make monitor` need them)
-	@bash scripts/ensure-prometheus.sh
+	@bash scripts/ensure-debian.sh prometheus prometheus promtool
+
+haproxy:  ## Debian's HAProxy (the cluster tests and `maas cluster` need it)
+	@bash scripts/ensure-debian.sh haproxy haproxy
 
 build: setup  ## train, export, verify and archive every model into model_store/
 	$(BIN)/maas build
@@ -30,7 +33,7 @@ build: setup  ## train, export, verify and archive every model into model_store/
 demo: setup  ## build, serve, send real requests, run a short load test, stop
 	$(BIN)/maas demo
 
-test: setup prometheus  ## unit + integration tests (real TorchServes and a real Prometheus on 127.0.0.1)
+test: setup prometheus haproxy  ## unit + integration tests (real TorchServes, Prometheus and HAProxy on 127.0.0.1)
 	$(BIN)/python -m pytest
 
 test-unit: setup prometheus  ## the fast tier: no server, tiny untrained zoo models (~45 s)

@@ -1,7 +1,7 @@
 """A real Prometheus beside TorchServe: a generated scrape config, maas's alert and recording
 rules, and a process maas starts and stops (`maas monitor start|stop|status`).
 
-Prometheus is Debian's (scripts/ensure-prometheus.sh); it listens on 127.0.0.1 only and keeps
+Prometheus is Debian's (`make prometheus` installs it); it listens on 127.0.0.1 only and keeps
 its data under run/prometheus/. TorchServe 0.12's metrics API wants no key (it listens on
 loopback only, as configured); an https metrics address is scraped with the server's CA.
 The rules are generated from the SLO files (`maas monitor rules`), so a budget is said once.
@@ -163,7 +163,7 @@ class Monitor:
     def start(self, timeout: float = 60.0) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
-            raise MonitorError("Prometheus is not installed: run `make monitor` (scripts/ensure-prometheus.sh)")
+            raise MonitorError("Prometheus is not installed: `apt-get install prometheus` (in a checkout: `make prometheus`)")
         if self.pid():
             raise MonitorError(f"a Prometheus of {self.run_dir} is already running (pid {self.pid()}) at {self.url}")
         self.home.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ RULES = ROOT / "deploy" / "prometheus" / "maas-rules.yaml"
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
     if shutil.which("promtool") is None:
-        pytest.fail("promtool is missing: `make test` installs it (scripts/ensure-prometheus.sh)")
+        pytest.fail("promtool is missing: `make test` installs it (make prometheus)")
     return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=120)
 
 
