@@ -19,6 +19,7 @@ from conftest import ROOT
 from maas import deploy as d
 from maas import loadtest
 from maas.cluster import Cluster, free_port
+from maas.release import release
 from maas.slo import SLO
 
 pytestmark = pytest.mark.integration
@@ -89,7 +90,8 @@ def test_a_killed_replica_costs_no_request_and_rejoins(cluster, tmp_path: Path) 
 
 
 def test_a_rolling_release_loses_no_request(cluster, tmp_path: Path, maintenance_v2) -> None:
-    """maintenance 2.0 to each replica in turn: drain, deploy, set default, check, re-enable."""
+    """maintenance 2.0 to each replica in turn: drain, deploy, set default, check, re-enable; on the
+    first, `maas release`'s gate (deploy, smoke checks, load test, promote) does the middle steps."""
     c, address = cluster
     shutil.copy(maintenance_v2.mar, c.model_store / maintenance_v2.mar.name)
     result: dict = {}
@@ -99,8 +101,15 @@ def test_a_rolling_release_loses_no_request(cluster, tmp_path: Path, maintenance
     for index, replica in enumerate(c.replicas(), 1):
         c.set_replica(index, "drain")
         wait_for(f"replica-{index} drained", lambda: c.server_states()[f"replica-{index}"] == "DRAIN", timeout=10)
-        d.deploy(replica.client, c.model_store, "maintenance", "2.0")
-        d.set_default(replica.client, "maintenance", "2.0")
+        if index == 1:  # the release gate runs on the first upgraded replica, before the rest follow
+            slo = SLO(users=2, spawn_rate=2, warmup_s=1, run_time_s=3)
+            slo.regression.max_p95_increase, slo.regression.max_rps_decrease = 3.0, 0.75  # the road, not the speed
+            record = release(replica.client, replica.endpoints.inference, None, c.model_store, tmp_path / "gate",
+                             "maintenance", "2.0", slo, worker_restarts=replica.worker_restarts)
+            assert record["promoted"], record["reasons"]
+        else:
+            d.deploy(replica.client, c.model_store, "maintenance", "2.0")
+            d.set_default(replica.client, "maintenance", "2.0")
         answer = replica.client.predict("maintenance", json.dumps(GOOD).encode())
         assert answer.status_code == 200 and answer.headers["X-Model-Version"] == "2.0"
         c.set_replica(index, "ready")
@@ -126,3 +135,26 @@ def test_throughput_through_haproxy_vs_one_replica_alone(cluster, tmp_path: Path
           f" the same replica directly: {direct['rps']:.0f} req/s p50 {direct['p50_ms']:.0f} p99 {direct['p99_ms']:.0f} ms;"
           f" ratio {through['rps'] / direct['rps']:.2f}")
     assert through["failures"] == 0 and direct["failures"] == 0
+
+
+def test_the_cluster_commands(cluster) -> None:
+    import subprocess
+    import sys
+
+    c, address = cluster
+    env = dict(os.environ, MAAS_CONFIG=str(ROOT / "config.properties"), MAAS_RUN_DIR=str(c.home.parent),
+               MAAS_MODEL_STORE=str(c.model_store))
+
+    def maas(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "maas.cli", "cluster", *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    status = maas("status")
+    assert status.returncode == 0 and address in status.stdout and "replica-2  UP" in status.stdout, status.stderr
+    assert maas("set", "2", "drain").returncode == 0 and c.server_states()["replica-2"] == "DRAIN"
+    assert maas("set", "2", "ready").returncode == 0
+    wait_for("replica-2 UP", lambda: c.server_states()["replica-2"] == "UP", timeout=10)
+    pid = c.replica(2).pid()
+    restarted = maas("restart", "2")
+    assert restarted.returncode == 0 and c.replica(2).pid() != pid, restarted.stderr
+    wait_for("replica-2 UP after its restart", lambda: c.server_states()["replica-2"] == "UP", timeout=15)
