@@ -75,7 +75,7 @@ class Cluster:
         """Start `replicas` TorchServes and HAProxy in front on 127.0.0.1:`port`; returns its address."""
         if shutil.which("haproxy") is None:
             raise ClusterError("HAProxy is not installed: `apt-get install haproxy` (in a checkout: `make haproxy`)")
-        if self.pid():
+        if self.pid() or any(server.is_running() for server in self.replicas()):
             raise ClusterError(f"a cluster of {self.home} is already running: `maas cluster stop` first")
         base = resolve_paths(read_properties(self.config), self.config.resolve().parent)
         base["disable_token_authorization"] = "true"  # HAProxy checks the key (see the module docstring)
