@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Optional
 
 import gevent
@@ -21,6 +22,7 @@ from locust.runners import WorkerRunner
 
 import payloads
 from maas.client import TokenRefused, api_path
+from maas.grpc_client import GrpcCallError, GrpcInference, refused  # grpc itself is imported on first use
 
 KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
 
@@ -177,8 +179,6 @@ class GrpcModelUser(User):
     """The same closed loop over TorchServe's gRPC Predictions call, every answer validated."""
 
     def on_start(self) -> None:
-        from maas.grpc_client import GrpcInference
-
         opts = self.environment.parsed_options
         if opts.endpoint != "predictions":
             raise ValueError("TorchServe's gRPC API has no explanations call: load it over HTTP")
@@ -187,7 +187,7 @@ class GrpcModelUser(User):
         self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000,
                                            version=opts.model_version, model_store=opts.model_store)
         self.keys = KeyFile(opts.key_file)
-        root = open(opts.grpc_ca, "rb").read() if opts.grpc_ca else None
+        root = Path(opts.grpc_ca).read_bytes() if opts.grpc_ca else None
         self._reread = False
         self.client = GrpcInference(opts.grpc_target, lambda: self.keys.key(self._reread), None, root)
 
@@ -196,8 +196,6 @@ class GrpcModelUser(User):
 
     @task
     def predict(self) -> None:
-        from maas.grpc_client import GrpcCallError, refused
-
         body = self.payloads.next()
         started, t0 = time.time(), time.perf_counter()
         length, failure = 0, None
