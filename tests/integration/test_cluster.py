@@ -127,8 +127,8 @@ def test_throughput_through_haproxy_vs_one_replica_alone(cluster, tmp_path: Path
     c, address = cluster
     c.set_replica(2, "maint")
     try:
-        through = load(address, c.key_file, tmp_path / "haproxy", seconds=8)
-        direct = load(c.replica(1).endpoints.inference, None, tmp_path / "direct", seconds=8)
+        through = load(address, c.key_file, tmp_path / "haproxy", seconds=6)
+        direct = load(c.replica(1).endpoints.inference, None, tmp_path / "direct", seconds=6)
     finally:
         c.set_replica(2, "ready")
     print(f"\none replica through HAProxy: {through['rps']:.0f} req/s p50 {through['p50_ms']:.0f} p99 {through['p99_ms']:.0f} ms;"

@@ -65,6 +65,26 @@ def send_traffic(ts, seconds: float = 12.0) -> int:
     return sent
 
 
+def test_a_model_without_workers_under_traffic_raises_model_not_serving(watched) -> None:
+    """First in this module: digits has answered nothing yet, so the alert does not wait out the
+    minute over which earlier answers would keep its handler's request rate above 0."""
+    ts, monitor = watched
+    d.scale(ts.client, "digits", 0)
+    try:
+        body = zoo.get("digits").smoke_cases()[0][1]
+        deadline = time.monotonic() + 90
+        found: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not found:
+            for _ in range(5):
+                assert ts.client.predict("digits", body).status_code == 503  # TorchServe: no worker
+            found = [a for a in monitor.alerts() if a["labels"]["alertname"] == "MaasModelNotServing"]
+            time.sleep(1)
+        assert [a["labels"]["model_name"] for a in found] == ["digits"], monitor.alerts()
+        assert found[0]["state"] in ("pending", "firing")
+    finally:
+        d.scale(ts.client, "digits", 1)
+
+
 def test_prometheus_scrapes_the_handler_and_torchserve_series(watched) -> None:
     ts, monitor = watched
     (target,) = eventually("the scrape target", monitor.targets)
@@ -119,21 +139,3 @@ def test_a_killed_worker_raises_the_restart_alert(watched) -> None:
     (alert,) = eventually("MaasWorkerRestarted pending or firing", restart_alert)
     assert "maintenance died and was replaced" in alert["annotations"]["summary"]
     assert not [a for a in monitor.alerts() if a["labels"].get("ModelName") == "digits"]  # the other model is fine
-
-
-def test_a_model_without_workers_under_traffic_raises_model_not_serving(watched) -> None:
-    ts, monitor = watched
-    d.scale(ts.client, "digits", 0)
-    try:
-        body = zoo.get("digits").smoke_cases()[0][1]
-        deadline = time.monotonic() + 90
-        found: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and not found:
-            for _ in range(5):
-                assert ts.client.predict("digits", body).status_code == 503  # TorchServe: no worker
-            found = [a for a in monitor.alerts() if a["labels"]["alertname"] == "MaasModelNotServing"]
-            time.sleep(1)
-        assert [a["labels"]["model_name"] for a in found] == ["digits"], monitor.alerts()
-        assert found[0]["state"] in ("pending", "firing")
-    finally:
-        d.scale(ts.client, "digits", 1)
