@@ -28,6 +28,7 @@ from pathlib import Path
 
 from maas.client import ServeError
 from maas.config_audit import audit
+from maas.pidfile import live_pid
 from maas.properties import (free_loopback_ports, on_free_loopback_ports, read_properties, resolve_paths,
                              write_properties)
 from maas.server import ServerLayout, TorchServe
@@ -130,12 +131,7 @@ class Cluster:
         raise ClusterError(f"HAProxy did not see every replica UP within {timeout:g} s: {self.server_states()}")
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-            return None
+        return live_pid(self.pid_file)
 
     def stop(self) -> bool:
         pid = self.pid()

@@ -23,6 +23,7 @@ import requests
 import yaml
 
 from maas.client import ServeError
+from maas.pidfile import live_pid
 from maas.slo import SLO, SLO_DIR
 
 RULES_FILE = "maas-rules.yaml"
@@ -153,12 +154,7 @@ class Monitor:
             return default
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-            return None
+        return live_pid(self.pid_file)
 
     def start(self, timeout: float = 60.0) -> None:
         binary = shutil.which("prometheus")
