@@ -259,6 +259,17 @@ def load_handler(built: Built, into: Path, handler_class: str):
     return handler
 
 
+ZOO_HANDLER_CLASSES = {"maintenance": "MaintenanceHandler", "digits": "DigitsHandler", "minilm": "MiniLMHandler"}
+# A heat-dissipation failure record: process - air = 8 K < 8.6 K and speed 1290 < 1380 rpm.
+HDF = {"type": "L", "air_temperature_k": 302.5, "process_temperature_k": 310.5,
+       "rotational_speed_rpm": 1290, "torque_nm": 52.0, "tool_wear_min": 30}
+
+
+def zoo_handlers(models: dict[str, Built], factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every zoo model's handler, initialised from its archive (tiny or trained builds)."""
+    return {n: load_handler(models[n], factory.mktemp(n), c) for n, c in ZOO_HANDLER_CLASSES.items()}
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path, tiny_maintenance: Built) -> Path:
     return unpacked(tiny_maintenance, tmp_path / "model_dir")

@@ -10,21 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FakeContext, load_handler
+from conftest import HDF, FakeContext, zoo_handlers
 from export.zoo import digits as digits_model
 from export.zoo import minilm as minilm_model
 
 pytestmark = pytest.mark.integration
 
-HDF = {"type": "L", "air_temperature_k": 302.5, "process_temperature_k": 310.5,  # difference 8 K < 8.6 K
-       "rotational_speed_rpm": 1290, "torque_nm": 52.0, "tool_wear_min": 30}      # and speed < 1380 rpm
-
-
 @pytest.fixture(scope="module")
 def handlers(built_models, tmp_path_factory):
-    return {"maintenance": load_handler(built_models["maintenance"], tmp_path_factory.mktemp("m"), "MaintenanceHandler"),
-            "digits": load_handler(built_models["digits"], tmp_path_factory.mktemp("d"), "DigitsHandler"),
-            "minilm": load_handler(built_models["minilm"], tmp_path_factory.mktemp("t"), "MiniLMHandler")}
+    return zoo_handlers(built_models, tmp_path_factory)
 
 
 def call(handler, bodies: list, explain: bool = False) -> tuple[list, FakeContext]:

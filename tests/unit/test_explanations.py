@@ -10,18 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FakeContext, load_handler
+from conftest import HDF, FakeContext, zoo_handlers
 from export.zoo import maintenance as m
-
-HDF = {"type": "L", "air_temperature_k": 302.5, "process_temperature_k": 310.5,  # difference 8 K < 8.6 K
-       "rotational_speed_rpm": 1290, "torque_nm": 52.0, "tool_wear_min": 30}      # and speed < 1380 rpm
-
 
 @pytest.fixture(scope="module")
 def handlers(tiny_models, tmp_path_factory):
-    return {"maintenance": load_handler(tiny_models["maintenance"], tmp_path_factory.mktemp("m"), "MaintenanceHandler"),
-            "digits": load_handler(tiny_models["digits"], tmp_path_factory.mktemp("d"), "DigitsHandler"),
-            "minilm": load_handler(tiny_models["minilm"], tmp_path_factory.mktemp("t"), "MiniLMHandler")}
+    return zoo_handlers(tiny_models, tmp_path_factory)
 
 
 def ask(handler, bodies: list, explain: list[bool]) -> tuple[list, FakeContext]:

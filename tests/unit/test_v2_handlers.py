@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FakeContext, load_handler
+from conftest import FakeContext, zoo_handlers
 from export.zoo import maintenance as m
 
 ROW = [1.0, 0.0, 0.0, 298.1, 308.6, 1551.0, 42.8, 0.0]
@@ -15,8 +15,7 @@ ROW = [1.0, 0.0, 0.0, 298.1, 308.6, 1551.0, 42.8, 0.0]
 
 @pytest.fixture(scope="module")
 def handlers(tiny_models, tmp_path_factory):
-    classes = {"maintenance": "MaintenanceHandler", "digits": "DigitsHandler", "minilm": "MiniLMHandler"}
-    return {n: load_handler(tiny_models[n], tmp_path_factory.mktemp(n), c) for n, c in classes.items()}
+    return zoo_handlers(tiny_models, tmp_path_factory)
 
 
 def call(handler, *bodies):
