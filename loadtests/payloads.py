@@ -13,8 +13,10 @@ from pathlib import Path
 
 from maas.bodies import Payloads, tensor_bodies, tensor_check
 
-# Benchmarks compare engines, not image decoding: "<model>-json" asks for JSON bodies only.
-JSON_ONLY = {"digits-json": ("digits", {"png_share": 0.0})}
+# Benchmark variants of a zoo model's bodies: "digits-json" compares engines, not image
+# decoding (JSON bodies only); "minilm-128"/"minilm-256" send texts of that many tokens.
+VARIANTS = {"digits-json": ("digits", {"png_share": 0.0}),
+            "minilm-128": ("minilm", {"tokens": 128}), "minilm-256": ("minilm", {"tokens": 256})}
 
 
 def from_archive(model: str, version: str = "", model_store: str = "", seed: int = 0) -> Payloads:
@@ -37,7 +39,7 @@ def for_model(model: str, seed: int = 0, version: str = "", model_store: str = "
     """The zoo model's own generator, else bodies from the model's archive (a packaged model)."""
     from export import zoo
 
-    name, options = JSON_ONLY.get(model, (model, {}))
+    name, options = VARIANTS.get(model, (model, {}))
     if name in zoo.models():
         return zoo.get(name).payloads(seed, **options)
     return from_archive(model, version, model_store, seed)

@@ -8,8 +8,13 @@ In one run on one machine, for each model family (minilm, digits) and each worke
   served    TorchServe + Locust, closed loop, at each client concurrency, each configuration
             alone on the server; CPU seconds of Locust and TorchServe beside every run;
             register-to-READY time and worker RSS per configuration
-  levers    ours INT8 with one change at a time (no length buckets, stdlib JSON, ORT thread
-            spinning on), to show what each choice pays
+  levers    ours INT8 with one change at a time (no length buckets, stdlib JSON), to show
+            what each choice pays
+  scaling   (minilm) the primary peer, ours FP32 and ours INT8 served with texts of 128 and
+            256 tokens beside the load test's short sentences, and in-process at batch sizes
+            1-16: throughput and p95 as the work grows
+Before the first measurement the frontend's JIT is warmed with a short unmeasured load: on
+a fresh JVM the first configuration measured would pay ~0.1 core of C2 compilation.
 Answers are checked to agree (cosine vs ours FP32, top-1 agreement) before anything is measured.
 
 Writes results.json, report.md and bench.png (maas/bench_report.py) into the output folder.
@@ -24,7 +29,7 @@ import shutil
 import threading
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,7 @@ import numpy as np
 import yaml
 
 from maas import bench_peers
-from maas.inprocess import ceiling
+from maas.inprocess import ceiling, ceilings
 from maas.loadtest import LoadTest, run as run_locust
 from maas.properties import on_free_loopback_ports, read_properties, write_properties
 from maas.server import ServerLayout, TorchServe
@@ -43,9 +48,14 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOADS = {"minilm": "minilm", "digits": "digits-json"}
 # Levers, one change at a time to ours INT8 (minilm): (the change, handler settings, layout index).
-LEVERS = (("no length buckets", {"length_buckets": False}, -1),
-          ("stdlib JSON of float64 lists", {"fast_json": False}, -1),
-          ("ORT intra-op spinning on", {"allow_spinning": True}, 0))
+# ORT intra-op spinning is not one: at 1 thread per worker it does nothing, and at 1x2 it
+# measured 0.84x and 1.11x in two runs (benchmarks/results/cpu-2core of 2026-11-24): noise.
+LEVERS = (("no length buckets", {"length_buckets": False}, 0),
+          ("stdlib JSON of float64 lists", {"fast_json": False}, 0))
+# Peers kept as a labelled record row, measured in the first layout only.
+RECORD_PEERS = {("minilm", "torchscript")}
+# Served at each sequence length and in-process at each batch size (minilm).
+SCALED = ("peer eager PyTorch", "ours FP32", "ours INT8")
 
 
 @dataclass(frozen=True)
@@ -73,12 +83,18 @@ class BenchPlan:
     families: tuple[str, ...] = ("minilm",)
     users: tuple[int, ...] = (8, 16)
     # Layouts every configuration (peers included) runs in: (workers, batchSize, maxBatchDelay ms);
-    # threads = cores // workers. Each configuration's fastest layout is the one compared.
-    layouts: tuple[tuple[int, int, int], ...] = ((1, 8, 10), (2, 4, 5))
+    # threads = cores // workers. Each configuration's fastest layout is the one compared. The
+    # first is minilm's shipped one; 1x2 b8/10ms lost for every engine on 2 cores (2026-11-24 run).
+    layouts: tuple[tuple[int, int, int], ...] = ((2, 4, 5), (2, 8, 5))
     run_time_s: int = 15
     warmup_s: int = 3
     ceiling_s: float = 8.0
     levers: bool = True
+    frontend_warmup_s: int = 20  # unmeasured load before the first configuration (0: none)
+    scaling: bool = True
+    sequence_payloads: tuple[str, ...] = ("minilm-128", "minilm-256")
+    scaling_batches: tuple[int, ...] = (1, 2, 4, 8, 16)
+    scaling_ceiling_s: float = 3.0
 
 
 @dataclass
@@ -89,6 +105,8 @@ class BenchResult:
     configs: list[dict[str, Any]] = field(default_factory=list)  # ceiling, memory, cold start
     equivalence: dict[str, Any] = field(default_factory=dict)
     padding: dict[str, Any] = field(default_factory=dict)
+    sequence_runs: list[dict[str, Any]] = field(default_factory=list)  # served, longer texts (scaling)
+    batch_runs: list[dict[str, Any]] = field(default_factory=list)  # in-process, per batch size (scaling)
 
 
 def cores() -> int:
@@ -118,7 +136,8 @@ def configurations(family: str, plan: BenchPlan) -> list[Served]:
         return Served(family, label, archive, workers, tuple((settings or {}).items()), lever, batch, delay)
 
     peers = [at(bench_peers.LABELS[p], f"{family}-{p}.mar", layout)
-             for layout in plan.layouts for p in bench_peers.peers_for(family)]
+             for layout in plan.layouts for p in bench_peers.peers_for(family)
+             if (family, p) not in RECORD_PEERS or layout == plan.layouts[0]]
     ours = [at(label, name, layout) for layout in plan.layouts for label, name, _ in OURS[family]]
     levers = []
     if plan.levers and family == "minilm":
@@ -224,11 +243,13 @@ class CpuSampler(threading.Thread):
         return (s1 - s0) / (t1 - t0), (o1 - o0) / (t1 - t0)
 
 
-def served_run(ts: TorchServe, served: Served, model: str, users: int, plan: BenchPlan, reports: Path) -> dict[str, Any]:
+def served_run(ts: TorchServe, served: Served, model: str, users: int, plan: BenchPlan, reports: Path,
+               payload: str = "") -> dict[str, Any]:
     slo = SLO(users=users, spawn_rate=float(users), run_time_s=plan.run_time_s, warmup_s=plan.warmup_s,
               thresholds=Thresholds(max_p95_ms=1e9, max_p99_ms=1e9, max_error_ratio=1.0, min_rps=0.0))
-    test = LoadTest(model, slo, version=served.version, payload=PAYLOADS[served.family],
-                    label=f"bench-{served.version}-{users}u")
+    payload = payload or PAYLOADS[served.family]
+    test = LoadTest(model, slo, version=served.version, payload=payload,
+                    label=f"bench-{served.version}-{payload}-{users}u")
     sampler = CpuSampler(ts.pid())
     sampler.start()
     try:
@@ -243,9 +264,9 @@ def served_run(ts: TorchServe, served: Served, model: str, users: int, plan: Ben
            "p50_ms": summary["p50_ms"], "p95_ms": summary["p95_ms"], "p99_ms": summary["p99_ms"],
            "batch_size": served.batch_size, "max_batch_delay_ms": served.max_batch_delay_ms,
            "requests": summary["requests"], "failures": summary["failures"], "locust_cores": locust_cores,
-           "server_cores": server_cores, "report": str(folder)}
-    log.info("%s %s%s, %d workers, %d users: %.0f req/s, p95 %.0f ms; Locust %.2f cores, TorchServe %.2f cores",
-             served.family, served.label, f" ({served.lever})" if served.lever else "", served.workers, users,
+           "server_cores": server_cores, "payload": payload, "report": str(folder)}
+    log.info("%s %s%s, %s, %d workers, %d users: %.0f req/s, p95 %.0f ms; Locust %.2f cores, TorchServe %.2f cores",
+             served.family, served.label, f" ({served.lever})" if served.lever else "", payload, served.workers, users,
              row["rps"], row["p95_ms"], row["locust_cores"], row["server_cores"])
     return row
 
@@ -267,8 +288,13 @@ def measure(ts: TorchServe, store: Path, served: Served, plan: BenchPlan, report
     from maas.deploy import deploy, undeploy
 
     model, mar = run_archive(store, served)
+    scaled = plan.scaling and served.family == "minilm" and served.label in SCALED and not served.lever and \
+        (served.workers, served.batch_size, served.max_batch_delay_ms) == plan.layouts[0]
     try:
         top = ceiling(mar, served.workers, request_bodies(served.family), served.batch_size, plan.ceiling_s)
+        if scaled:
+            result.batch_runs += [{"family": served.family, "label": served.label, **row} for row in ceilings(
+                mar, served.workers, request_bodies(served.family), list(plan.scaling_batches), plan.scaling_ceiling_s)]
         started = time.perf_counter()
         deploy(ts.client, store, model, served.version, workers=served.workers)
         ready_s = time.perf_counter() - started
@@ -276,6 +302,8 @@ def measure(ts: TorchServe, store: Path, served: Served, plan: BenchPlan, report
         try:
             for users in plan.users:
                 result.runs.append(served_run(ts, served, model, users, plan, reports))
+            for payload in plan.sequence_payloads if scaled else ():
+                result.sequence_runs.append(served_run(ts, served, model, max(plan.users), plan, reports, payload))
         finally:
             undeploy(ts.client, model, served.version)
     finally:
@@ -321,6 +349,29 @@ def check_equivalence(ts: TorchServe, store: Path, family: str, configs: list[Se
     return out
 
 
+def warm_frontend(ts: TorchServe, store: Path, plan: BenchPlan, reports: Path) -> None:
+    """Unmeasured load on ours (the cheapest configuration, so the most requests) so the
+    frontend's JIT compilation is done before the first configuration is measured."""
+    from maas.deploy import deploy, undeploy
+
+    if plan.frontend_warmup_s <= 0:
+        return
+    family = plan.families[0]
+    label, name, _ = OURS[family][-1]
+    workers, batch, delay = plan.layouts[0]
+    served = Served(family, "frontend warm-up", name, workers, batch_size=batch, max_batch_delay_ms=delay)
+    model, mar = run_archive(store, served)
+    try:
+        deploy(ts.client, store, model, served.version, workers=served.workers)
+        try:
+            served_run(ts, served, model, max(plan.users), replace(plan, run_time_s=plan.frontend_warmup_s, warmup_s=1),
+                       reports)
+        finally:
+            undeploy(ts.client, model, served.version)
+    finally:
+        mar.unlink()
+
+
 def bench_server(store: Path, run_dir: Path, config: Path) -> TorchServe:
     """The project's config on free loopback ports, on the bench store, loading nothing at start."""
     props = on_free_loopback_ports(read_properties(config))
@@ -357,6 +408,7 @@ def run_bench(plan: BenchPlan, out_dir: Path, store: Path | None = None,
     ts = bench_server(store, out_dir / "run", config)
     ts.start(timeout=300)
     try:
+        warm_frontend(ts, store, plan, reports)
         for family in plan.families:
             configs = configurations(family, plan)
             result.equivalence.update(check_equivalence(ts, store, family, configs))
@@ -399,5 +451,7 @@ def _cpu_name() -> str:
 def publish(out_dir: Path, dest: Path) -> None:
     """Copy the report, plot and JSON (not the archives or Locust folders) to a committed place."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("report.md", "bench.png", "results.json"):
+    for name in ("report.md", "bench.png", "scaling.png", "results.json"):
+        if not (out_dir / name).exists():  # scaling.png: only when minilm's scaling ran
+            continue
         shutil.copy(out_dir / name, dest / name)

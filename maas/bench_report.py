@@ -84,7 +84,9 @@ def markdown(result: Any) -> str:
         f"{plan['run_time_s']} s measured after {plan['warmup_s']} s warm-up, one request = one item. Locust runs on "
         f"the same cores as TorchServe (its CPU share, over the measured window, is in the table). Layout = "
         f"workers x intra-op threads (every handler, peers included, uses cores // workers), batchSize / "
-        f"maxBatchDelay; every configuration runs in every layout and is compared in its fastest.",
+        f"maxBatchDelay; every configuration runs in every layout (a record-only peer in the first) and is "
+        f"compared in its fastest. Before the first measurement, {plan.get('frontend_warmup_s', 0)} s of "
+        f"unmeasured load warm the frontend's JIT, so no configuration pays for its compilation.",
         "",
         "## Peers, and why",
         "",
@@ -136,7 +138,61 @@ def markdown(result: Any) -> str:
         lines.append(f"| {c['family']} | {name} | {layout(c)} | "
                      f"{c['register_to_ready_s']:.1f} | {rss} | {c['ceiling_rps']:.0f} |")
     lines += ["", "![throughput and p95 per configuration](bench.png)", ""]
+    lines += scaling_markdown(result)
     return "\n".join(lines)
+
+
+def sequence_table(result: Any) -> list[dict[str, Any]]:
+    """Served req/s and p95 per (configuration, input): the load test's sentences (the main runs,
+    same layout and users) and each longer-text payload."""
+    rows = []
+    for run in result.sequence_runs:
+        short = next((r for r in result.runs if not r["lever"] and r["family"] == run["family"] and
+                      r["label"] == run["label"] and r["users"] == run["users"] and layout(r) == layout(run)), None)
+        if short and not any(r["label"] == run["label"] and r["payload"] == short["payload"] for r in rows):
+            rows.append(short)
+        rows.append(run)
+    return rows
+
+
+def scaling_markdown(result: Any) -> list[str]:
+    if not result.sequence_runs and not result.batch_runs:
+        return []
+    lines = ["## Scaling with the work", ""]
+    seq = sequence_table(result)
+    if seq:
+        mean = result.padding.get("mean_tokens")
+        lines += [f"Served, {seq[0]['users']} users, {layout(seq[0])}: the load test's sentences"
+                  f"{f' ({mean:.0f} tokens on average)' if mean else ''} and texts of exactly 128 and 256 tokens "
+                  f"(256 is minilm's limit).", "",
+                  "| configuration | input | req/s | p50 ms | p95 ms | p99 ms | errors | x peer req/s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        peer = {r["payload"]: r for r in seq if r["label"] == bench_peers.primary_peer(r["family"])}
+        for r in seq:
+            base = peer.get(r["payload"])
+            ratio = f"{r['rps'] / base['rps']:.2f}x" if base and base["rps"] else ""
+            lines.append(f"| {r['label']} | {_input_name(r['payload'])} | {r['rps']:.0f} | {r['p50_ms']:.0f} | "
+                         f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} | {ratio} |")
+    if result.batch_runs:
+        first = result.batch_runs[0]
+        lines += ["", f"In-process (no server), {first['workers']} workers together, the load test's sentences: "
+                  f"items/s and the time one `handle()` of a whole batch takes.", "",
+                  "| configuration | batch | items/s | batch p50 ms | batch p95 ms |", "|---|---|---|---|---|"]
+        lines += [f"| {r['label']} | {r['batch']} | {r['items_per_s']:.0f} | {r['batch_p50_ms']:.1f} | "
+                  f"{r['batch_p95_ms']:.1f} |" for r in result.batch_runs]
+    lines += ["", "![throughput and p95 as inputs and batches grow](scaling.png)", ""]
+    return lines
+
+
+def _tokens(payload: str) -> int | None:
+    """Tokens per text of a fixed-length payload ("minilm-128"), None for the load test's own."""
+    suffix = payload.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else None
+
+
+def _input_name(payload: str) -> str:
+    tokens = _tokens(payload)
+    return f"{tokens} tokens" if tokens else "sentences"
 
 
 def plot(result: Any, path: Path) -> Path:
@@ -169,9 +225,47 @@ def plot(result: Any, path: Path) -> Path:
     return path
 
 
+def plot_scaling(result: Any, path: Path) -> Path:
+    """Throughput and p95 against input length (served) and batch size (in-process)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.4))
+    seq = sequence_table(result)
+    tokens = {r["payload"]: _tokens(r["payload"]) or result.padding.get("mean_tokens", 0.0) for r in seq}
+    for label in dict.fromkeys(r["label"] for r in seq):
+        rows = sorted((r for r in seq if r["label"] == label), key=lambda r: tokens[r["payload"]])
+        xs = [tokens[r["payload"]] for r in rows]
+        axes[0][0].plot(xs, [r["rps"] for r in rows], marker="o", label=label)
+        axes[0][1].plot(xs, [r["p95_ms"] for r in rows], marker="o", label=label)
+    for label in dict.fromkeys(r["label"] for r in result.batch_runs):
+        rows = [r for r in result.batch_runs if r["label"] == label]
+        axes[1][0].plot([r["batch"] for r in rows], [r["items_per_s"] for r in rows], marker="o", label=label)
+        axes[1][1].plot([r["batch"] for r in rows], [r["batch_p95_ms"] for r in rows], marker="o", label=label)
+    users = f", {seq[0]['users']} users" if seq else ""
+    titles = ((f"served throughput vs tokens per text{users}", "tokens per text", "req/s"),
+              (f"served p95 vs tokens per text{users}", "tokens per text", "ms"),
+              ("in-process throughput vs batch size", "batch size", "items/s"),
+              ("in-process p95 of one batch vs batch size", "batch size", "ms"))
+    for ax, (title, xlabel, ylabel) in zip(axes.flat, titles):
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        if "batch" in xlabel:
+            ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_outputs(result: Any, out_dir: Path) -> None:
     payload = {**asdict(result), "ratios": ratios(result), "levers": levers(result)}
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown(result))
     plot(result, out_dir / "bench.png")
+    if result.sequence_runs or result.batch_runs:
+        plot_scaling(result, out_dir / "scaling.png")
     log.info("bench: wrote %s, %s and %s", out_dir / "results.json", out_dir / "report.md", out_dir / "bench.png")

@@ -712,18 +712,19 @@ def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: 
 @cli.command("bench")
 @click.option("--models", "families", default="minilm", show_default=True, help="comma-separated: minilm, digits")
 @click.option("--users", default="8,16", show_default=True, help="client concurrencies (Locust users)")
-@click.option("--layouts", default="1:8:10,2:4:5", show_default=True,
+@click.option("--layouts", default="2:4:5,2:8:5", show_default=True,
               help="WORKERS:BATCH:DELAY_MS layouts every configuration runs in (threads = cores // workers)")
 @click.option("--run-time", "run_time_s", type=int, default=15, show_default=True, help="measured seconds per run")
 @click.option("--warmup", "warmup_s", type=int, default=3, show_default=True, help="warm-up seconds per run")
 @click.option("--no-levers", is_flag=True, help="skip the runs that take one optimisation away at a time")
+@click.option("--no-scaling", is_flag=True, help="skip the longer-text and batch-size runs (minilm)")
 @click.option("--store", type=click.Path(path_type=Path), help="bench model store to reuse [<out>/store]")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder [reports/bench-<UTC time>]")
 @click.option("--publish", type=click.Path(path_type=Path),
-              help="also copy report.md, bench.png and results.json here (e.g. benchmarks/results/cpu-2core)")
+              help="also copy report.md, the plots and results.json here (e.g. benchmarks/results/cpu-2core)")
 @click.pass_obj
 def bench(project: Project, families: str, users: str, layouts: str, run_time_s: int, warmup_s: int,
-          no_levers: bool, store: Path | None, out_dir: Path | None, publish: Path | None) -> None:
+          no_levers: bool, no_scaling: bool, store: Path | None, out_dir: Path | None, publish: Path | None) -> None:
     """Benchmark our ONNX Runtime handlers (FP32, fused FP32, INT8) against what a TorchServe user
     would serve instead (eager PyTorch, TorchScript, OpenVINO) and against each configuration's
     in-process ceiling, side by side in one run; writes JSON, markdown and a plot."""
@@ -740,10 +741,10 @@ def bench(project: Project, families: str, users: str, layouts: str, run_time_s:
     except ValueError:
         grid = ()
     if not grid or any(len(layout) != 3 or min(layout) < 0 or layout[0] < 1 for layout in grid):
-        raise click.UsageError(f"--layouts {layouts!r}: expected WORKERS:BATCH:DELAY_MS[,...], e.g. 1:8:10,2:4:5")
+        raise click.UsageError(f"--layouts {layouts!r}: expected WORKERS:BATCH:DELAY_MS[,...], e.g. 2:4:5,2:8:5")
     plan = bench_mod.BenchPlan(families=chosen, users=tuple(int(u) for u in users.split(",")),
                                layouts=grid, run_time_s=run_time_s,
-                               warmup_s=warmup_s, levers=not no_levers)
+                               warmup_s=warmup_s, levers=not no_levers, scaling=not no_scaling)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = out_dir or project.reports_dir / f"bench-{stamp}"
     bench_mod.run_bench(plan, out, store, project.config)

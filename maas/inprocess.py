@@ -3,7 +3,8 @@
 The archive is unpacked as TorchServe unpacks it, its handler class is found as TorchServe's
 model loader finds it (the one class its module defines) and initialised with a minimal
 context (model_dir, model-config.yaml, no GPU). Then `workers` processes, started together,
-each call `handle()` on batches of `batch` request bodies back to back for `seconds`: the
+each call `handle()` on batches of `batch` request bodies back to back for `seconds` (for
+each batch size in turn, `ceilings`, to show how the work scales): the
 same code, threads and layout the server runs, minus the frontend, the sockets and the load
 generator. Served throughput over this ceiling is what serving costs.
 """
@@ -79,23 +80,25 @@ def load_handler(mar: Path, into: Path, workers: int, handler_settings: dict[str
     return handler, context
 
 
-def _worker(mar: str, workers: int, settings: dict[str, Any], bodies: list[Any], batch: int, seconds: float,
+def _worker(mar: str, workers: int, settings: dict[str, Any], bodies: list[Any], batches: list[int], seconds: float,
             start: Any, results: Any) -> None:
     with tempfile.TemporaryDirectory(prefix="maas-ceiling-") as tmp:
         handler, context = load_handler(Path(mar), Path(tmp), workers, settings)
         requests = [{"body": b} for b in bodies]
-        handler.handle(requests[:batch], context)  # warm-up
-        start.wait()
-        done, i, latencies = 0, 0, []
-        began = time.perf_counter()
-        while time.perf_counter() - began < seconds:
-            chunk = [requests[(i + k) % len(requests)] for k in range(batch)]
-            i += batch
-            t = time.perf_counter()
-            handler.handle(chunk, context)
-            latencies.append((time.perf_counter() - t) * 1000)
-            done += batch
-        results.put((done / (time.perf_counter() - began), latencies))
+        i = 0
+        for batch in batches:  # every worker runs each batch size at the same time as the others
+            handler.handle(requests[:batch], context)  # warm-up (ORT plans per shape)
+            start.wait()
+            done, latencies = 0, []
+            began = time.perf_counter()
+            while time.perf_counter() - began < seconds:
+                chunk = [requests[(i + k) % len(requests)] for k in range(batch)]
+                i += batch
+                t = time.perf_counter()
+                handler.handle(chunk, context)
+                latencies.append((time.perf_counter() - t) * 1000)
+                done += batch
+            results.put((batch, done / (time.perf_counter() - began), latencies))
 
 
 def ceiling(mar: Path, workers: int, bodies: list[Any], batch: int, seconds: float,
@@ -104,17 +107,24 @@ def ceiling(mar: Path, workers: int, bodies: list[Any], batch: int, seconds: flo
 
     `bodies` are what TorchServe hands a handler: a dict for a JSON request (already decoded).
     """
+    return ceilings(mar, workers, bodies, [batch], seconds, handler_settings)[0]
+
+
+def ceilings(mar: Path, workers: int, bodies: list[Any], batches: list[int], seconds: float,
+             handler_settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`ceiling` at each batch size in turn (one model load per worker): how the work scales."""
     ctx = mp.get_context("spawn")  # a clean interpreter per worker, as TorchServe starts them
     start, results = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(mar), workers, handler_settings or {}, bodies, batch, seconds,
-                                               start, results), daemon=True) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(str(mar), workers, handler_settings or {}, bodies, list(batches),
+                                               seconds, start, results), daemon=True) for _ in range(workers)]
     for p in procs:
         p.start()
-    out: list[tuple[float, list[float]]] = []
-    deadline = time.monotonic() + seconds + 600  # loading a model takes seconds, not minutes
-    while len(out) < workers:
+    out: dict[int, list[tuple[float, list[float]]]] = {b: [] for b in batches}
+    deadline = time.monotonic() + seconds * len(batches) + 600  # loading a model takes seconds, not minutes
+    while sum(map(len, out.values())) < workers * len(batches):
         try:
-            out.append(results.get(timeout=5))
+            batch, rate, latencies = results.get(timeout=5)
+            out[batch].append((rate, latencies))
         except queue.Empty:
             if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
                 for p in procs:
@@ -123,6 +133,10 @@ def ceiling(mar: Path, workers: int, bodies: list[Any], batch: int, seconds: flo
                                    f"{[p.exitcode for p in procs]}) or timed out")
     for p in procs:
         p.join(timeout=60)
-    latencies = [ms for _, lat in out for ms in lat]
-    return {"items_per_s": float(sum(rate for rate, _ in out)), "batch": batch, "workers": workers,
-            "batch_p50_ms": float(np.percentile(latencies, 50)), "batch_p95_ms": float(np.percentile(latencies, 95))}
+    rows = []
+    for batch in batches:
+        latencies = [ms for _, lat in out[batch] for ms in lat]
+        rows.append({"items_per_s": float(sum(rate for rate, _ in out[batch])), "batch": batch, "workers": workers,
+                     "batch_p50_ms": float(np.percentile(latencies, 50)),
+                     "batch_p95_ms": float(np.percentile(latencies, 95))})
+    return rows

@@ -291,6 +291,13 @@ def sentence(rng: random.Random) -> str:
     return " ".join(words).capitalize() + rng.choice(".?!")
 
 
+def text_of_tokens(rng: random.Random, tokens: int) -> str:
+    """A text that tokenizes to `tokens` tokens, [CLS] and [SEP] included (the bench's long inputs)."""
+    words = " ".join(rng.choice(WORDS) for _ in range(tokens)).capitalize()
+    offsets = tokenizer().encode(words).offsets  # truncated at MAX_SEQ_LEN; the last is [SEP]'s
+    return words[:offsets[min(tokens, len(offsets)) - 2][1]]
+
+
 def check_embedding(answer: Any) -> Optional[str]:
     vec = answer.get("embedding") if isinstance(answer, dict) else None
     if not isinstance(vec, list) or len(vec) != EMBEDDING_DIM:
@@ -332,10 +339,11 @@ class MiniLM(ZooModel):
     def optimized_graph(self, trained: Trained | None) -> Callable[[Path], Path] | None:
         return optimized_graph(trained)
 
-    def payloads(self, seed: int = 0, pool: int = 512) -> Payloads:
-        """One 6-30 word sentence per request."""
+    def payloads(self, seed: int = 0, pool: int = 512, tokens: int | None = None) -> Payloads:
+        """One 6-30 word sentence per request, or (`tokens`) one text of that many tokens."""
         rng = random.Random(seed)
-        bodies = [json.dumps({"text": sentence(rng)}).encode() for _ in range(pool)]
+        texts = [sentence(rng) if tokens is None else text_of_tokens(rng, tokens) for _ in range(pool)]
+        bodies = [json.dumps({"text": text}).encode() for text in texts]
         return Payloads(bodies, "application/json", check_embedding)
 
     def demo_requests(self, example: Any) -> list[tuple[str, bytes, str]]:
