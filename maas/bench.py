@@ -195,52 +195,60 @@ def padding_report(bodies: list[Any], batch: int) -> dict[str, Any]:
 
 
 # ---- served runs --------------------------------------------------------------------------
-def _process_cpu(pid: int | None) -> float:
-    """CPU seconds of a process and all its children (TorchServe: Java frontend + workers)."""
+def _tree_cpu(pid: int | None, workers: dict[int, bool]) -> tuple[float, float]:
+    """CPU seconds of TorchServe's process tree: (frontend: the Java server and its launcher,
+    Python workers). `workers` caches which pids are workers (their command line is read once)."""
     import psutil
 
     if pid is None:
-        return 0.0
+        return 0.0, 0.0
     try:
         root = psutil.Process(pid)
         procs = [root] + root.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
+        return 0.0, 0.0
+    frontend = worker = 0.0
     for p in procs:
         try:
+            if p.pid not in workers:
+                workers[p.pid] = any("model_service_worker" in part for part in p.cmdline())
             t = p.cpu_times()
-            total += t.user + t.system
+            if workers[p.pid]:
+                worker += t.user + t.system
+            else:
+                frontend += t.user + t.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return frontend, worker
 
 
 class CpuSampler(threading.Thread):
-    """CPU seconds of TorchServe's process tree and of this process's other children (Locust),
-    sampled every 0.2 s, so the cores each used can be read over the measured window only
-    (not Locust's start-up or the warm-up)."""
+    """CPU seconds of TorchServe's frontend, of its workers and of this process's other
+    children (Locust), sampled every 0.2 s, so the cores each used can be read over the
+    measured window only (not Locust's start-up or the warm-up)."""
 
     def __init__(self, server_pid: int | None) -> None:
         super().__init__(daemon=True)
         self.server_pid, self.samples, self.done = server_pid, [], threading.Event()
+        self._workers: dict[int, bool] = {}
 
     def run(self) -> None:
         import psutil
 
         me = psutil.Process()
         while not self.done.wait(0.2):
-            server = _process_cpu(self.server_pid)
-            others = sum(_process_cpu(c.pid) for c in me.children() if c.pid != self.server_pid)
-            self.samples.append((time.time(), server, others))
+            frontend, workers = _tree_cpu(self.server_pid, self._workers)
+            others = sum(sum(_tree_cpu(c.pid, {})) for c in me.children() if c.pid != self.server_pid)
+            self.samples.append((time.time(), frontend, workers, others))
 
-    def cores(self, start: float, end: float) -> tuple[float, float]:
-        """(TorchServe cores, Locust cores) between two wall-clock times."""
+    def cores(self, start: float, end: float) -> dict[str, float]:
+        """Cores used between two wall-clock times: frontend, workers, TorchServe (both), Locust."""
         inside = [s for s in self.samples if start <= s[0] <= end]
         if len(inside) < 2:
-            return 0.0, 0.0
-        (t0, s0, o0), (t1, s1, o1) = inside[0], inside[-1]
-        return (s1 - s0) / (t1 - t0), (o1 - o0) / (t1 - t0)
+            return {"frontend": 0.0, "workers": 0.0, "server": 0.0, "locust": 0.0}
+        first, last = inside[0], inside[-1]
+        frontend, workers, locust = ((last[i] - first[i]) / (last[0] - first[0]) for i in (1, 2, 3))
+        return {"frontend": frontend, "workers": workers, "server": frontend + workers, "locust": locust}
 
 
 def served_run(ts: TorchServe, served: Served, model: str, users: int, plan: BenchPlan, reports: Path,
@@ -258,13 +266,14 @@ def served_run(ts: TorchServe, served: Served, model: str, users: int, plan: Ben
         sampler.done.set()
         sampler.join()
     start = float((folder / "requests-start.txt").read_text()) + plan.warmup_s
-    server_cores, locust_cores = sampler.cores(start, start + plan.run_time_s)
+    used = sampler.cores(start, start + plan.run_time_s)
     row = {"family": served.family, "label": served.label, "lever": served.lever, "workers": served.workers,
            "threads": max(1, cores() // served.workers), "users": users, "rps": summary["rps"],
            "p50_ms": summary["p50_ms"], "p95_ms": summary["p95_ms"], "p99_ms": summary["p99_ms"],
            "batch_size": served.batch_size, "max_batch_delay_ms": served.max_batch_delay_ms,
-           "requests": summary["requests"], "failures": summary["failures"], "locust_cores": locust_cores,
-           "server_cores": server_cores, "payload": payload, "report": str(folder)}
+           "requests": summary["requests"], "failures": summary["failures"], "locust_cores": used["locust"],
+           "server_cores": used["server"], "frontend_cores": used["frontend"], "worker_cores": used["workers"],
+           "payload": payload, "report": str(folder)}
     log.info("%s %s%s, %s, %d workers, %d users: %.0f req/s, p95 %.0f ms; Locust %.2f cores, TorchServe %.2f cores",
              served.family, served.label, f" ({served.lever})" if served.lever else "", payload, served.workers, users,
              row["rps"], row["p95_ms"], row["locust_cores"], row["server_cores"])

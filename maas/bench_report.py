@@ -49,8 +49,23 @@ def ratios(result: Any) -> list[dict[str, Any]]:
                              "rps": run["rps"], "vs_peer_rps": run["rps"] / peer["rps"], "p95_ms": run["p95_ms"],
                              "vs_peer_p95": run["p95_ms"] / peer["p95_ms"] if peer["p95_ms"] else None,
                              "peer": peer_label, "peer_layout": layout(peer), "peer_rps": peer["rps"],
-                             "peer_p95_ms": peer["p95_ms"], "vs_ceiling": run["rps"] / ceilings[_key(run)]})
+                             "peer_p95_ms": peer["p95_ms"], "vs_ceiling": run["rps"] / ceilings[_key(run)],
+                             **cores_split(run, ceilings[_key(run)], result.machine["cores"])})
     return rows
+
+
+def cores_split(run: dict[str, Any], ceiling_rps: float, cores: int) -> dict[str, Any]:
+    """Where a served run's cores went, and how fast its workers ran per core they got against
+    the in-process ceiling per core (1.0: serving cost the workers nothing; what is left of
+    the gap to the ceiling is the cores the frontend and Locust took, or that sat idle)."""
+    if "worker_cores" not in run:  # results from before the frontend/worker split
+        return {}
+    ceiling_cores = min(cores, run["workers"] * run["threads"])
+    idle = max(0.0, cores - run["locust_cores"] - run["server_cores"])
+    per_core = run["rps"] / run["worker_cores"] if run["worker_cores"] else 0.0
+    return {"locust_cores": run["locust_cores"], "frontend_cores": run["frontend_cores"],
+            "worker_cores": run["worker_cores"], "idle_cores": idle,
+            "worker_efficiency": per_core / (ceiling_rps / ceiling_cores) if ceiling_rps else None}
 
 
 def levers(result: Any) -> list[dict[str, Any]]:
@@ -105,16 +120,29 @@ def markdown(result: Any) -> str:
     for r in ratios(result):
         lines.append(f"| {r['family']} | {r['users']} | {r['label']} | {r['layout']} | {r['rps']:.0f} | "
                      f"{r['vs_peer_rps']:.2f}x | {r['p95_ms']:.0f} | {r['peer_p95_ms']:.0f} | {r['vs_ceiling']:.2f} |")
+    split = [r for r in ratios(result) if r.get("worker_efficiency") is not None]
+    if split:
+        lines += ["", f"Where the {result.machine['cores']} cores went in those runs: served / in-process is what is "
+                  "left after Locust and TorchServe's frontend take their share (and cores sit idle between a "
+                  "worker's batches); per worker core is the workers' req/s per core they got over the "
+                  "in-process ceiling's per core (1.00: serving cost the workers nothing).", "",
+                  "| model | users | configuration | served / in-process | Locust cores | frontend cores | "
+                  "worker cores | idle cores | per worker core vs in-process |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['family']} | {r['users']} | {r['label']} | {r['vs_ceiling']:.2f} | {r['locust_cores']:.2f} | "
+                  f"{r['frontend_cores']:.2f} | {r['worker_cores']:.2f} | {r['idle_cores']:.2f} | "
+                  f"{r['worker_efficiency']:.2f} |" for r in split]
     lines += ["", "## Every served run", "",
               "| model | configuration | layout | users | req/s | p50 ms | p95 ms | p99 ms | errors | in-process req/s | "
-              "served / in-process | Locust cores | TorchServe cores |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "served / in-process | Locust cores | frontend cores | worker cores |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.runs:
         c = ceilings[_key(r)]
         name = r["label"] + (f" ({r['lever']})" if r["lever"] else "")
         lines.append(f"| {r['family']} | {name} | {layout(r)} | {r['users']} | {r['rps']:.0f} | "
                      f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} | {c['ceiling_rps']:.0f} | "
-                     f"{r['rps'] / c['ceiling_rps']:.2f} | {r['locust_cores']:.2f} | {r['server_cores']:.2f} |")
+                     f"{r['rps'] / c['ceiling_rps']:.2f} | {r['locust_cores']:.2f} | {r.get('frontend_cores', 0):.2f} | "
+                     f"{r.get('worker_cores', r['server_cores']):.2f} |")
     lever_rows = levers(result)
     if lever_rows:
         lines += ["", "## Levers, one change at a time (ours INT8 as shipped vs the same with one change)", "",

@@ -32,7 +32,8 @@ def test_bench_digits_side_by_side(tmp_path: Path, model_store: Path, built_mode
     assert set(labels) == {"ours FP32", "peer TorchScript"}
     for row in labels.values():
         assert row["rps"] > 0 and row["failures"] == 0 and row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
-        assert row["locust_cores"] > 0 and row["server_cores"] > 0
+        assert row["locust_cores"] > 0 and row["frontend_cores"] > 0 and row["worker_cores"] > 0
+        assert abs(row["server_cores"] - row["frontend_cores"] - row["worker_cores"]) < 1e-9
     assert results["equivalence"]["digits: peer TorchScript top-1 agreement with ours FP32"] == 1.0
     ours = next(r for r in results["ratios"] if r["label"] == "ours FP32")
     assert ours["vs_peer_rps"] > 0 and ours["vs_ceiling"] > 0

@@ -14,7 +14,8 @@ from maas.bench_report import markdown, ratios, sequence_table, write_outputs
 def run(label: str, rps: float, p95: float, payload: str = "minilm", users: int = 16) -> dict:
     return {"family": "minilm", "label": label, "lever": "", "workers": 2, "threads": 1, "users": users, "rps": rps,
             "p50_ms": p95 / 2, "p95_ms": p95, "p99_ms": p95 * 1.2, "batch_size": 4, "max_batch_delay_ms": 5,
-            "requests": int(rps * 15), "failures": 0, "locust_cores": 0.1, "server_cores": 1.7, "payload": payload,
+            "requests": int(rps * 15), "failures": 0, "locust_cores": 0.1, "server_cores": 1.7, "frontend_cores": 0.2,
+            "worker_cores": 1.5, "payload": payload,
             "report": "x"}
 
 
@@ -44,6 +45,9 @@ def test_headline_ratios_are_against_the_primary_peer() -> None:
     rows = {r["label"]: r for r in ratios(made_up())}
     assert rows["ours INT8"]["vs_peer_rps"] == 2.7 and rows["ours INT8"]["vs_peer_p95"] == 0.4
     assert rows["ours INT8"]["vs_ceiling"] == 0.75
+    # 270 req/s on 1.5 worker cores = 180 per core, in-process 360 on 2 cores = 180 per core
+    assert abs(rows["ours INT8"]["worker_efficiency"] - 1.0) < 1e-9 and abs(rows["ours INT8"]["idle_cores"] - 0.2) < 1e-9
+    assert "| minilm | 16 | ours INT8 | 0.75 | 0.10 | 0.20 | 1.50 | 0.20 | 1.00 |" in markdown(made_up())
 
 
 def test_the_scaling_section_puts_the_short_run_beside_the_longer_texts() -> None:
