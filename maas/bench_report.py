@@ -101,7 +101,10 @@ def markdown(result: Any) -> str:
         f"workers x intra-op threads (every handler, peers included, uses cores // workers), batchSize / "
         f"maxBatchDelay; every configuration runs in every layout (a record-only peer in the first) and is "
         f"compared in its fastest. Before the first measurement, {plan.get('frontend_warmup_s', 0)} s of "
-        f"unmeasured load warm the frontend's JIT, so no configuration pays for its compilation.",
+        f"unmeasured load warm the frontend's JIT, so no configuration pays for its compilation. Served runs are "
+        f"repeated in {plan.get('rounds', 1)} interleaved rounds (the order reversed every other round); each "
+        f"figure is its point's fastest round (noise on a shared machine only slows a run down), every round's "
+        f"req/s is in the table of every run.",
         "",
         "## Peers, and why",
         "",
@@ -133,13 +136,15 @@ def markdown(result: Any) -> str:
                   f"{r['frontend_cores']:.2f} | {r['worker_cores']:.2f} | {r['idle_cores']:.2f} | "
                   f"{r['worker_efficiency']:.2f} |" for r in split]
     lines += ["", "## Every served run", "",
-              "| model | configuration | layout | users | req/s | p50 ms | p95 ms | p99 ms | errors | in-process req/s | "
+              "| model | configuration | layout | users | req/s | each round | p50 ms | p95 ms | p99 ms | errors | "
+              "in-process req/s | "
               "served / in-process | Locust cores | frontend cores | worker cores |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.runs:
         c = ceilings[_key(r)]
         name = r["label"] + (f" ({r['lever']})" if r["lever"] else "")
-        lines.append(f"| {r['family']} | {name} | {layout(r)} | {r['users']} | {r['rps']:.0f} | "
+        rounds = " / ".join(f"{x:.0f}" for x in r.get("rounds_rps", [r["rps"]]))
+        lines.append(f"| {r['family']} | {name} | {layout(r)} | {r['users']} | {r['rps']:.0f} | {rounds} | "
                      f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} | {c['ceiling_rps']:.0f} | "
                      f"{r['rps'] / c['ceiling_rps']:.2f} | {r['locust_cores']:.2f} | {r.get('frontend_cores', 0):.2f} | "
                      f"{r.get('worker_cores', r['server_cores']):.2f} |")

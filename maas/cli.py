@@ -714,20 +714,24 @@ def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: 
 @click.option("--users", default="8,16", show_default=True, help="client concurrencies (Locust users)")
 @click.option("--layouts", default="2:4:5,2:8:5", show_default=True,
               help="WORKERS:BATCH:DELAY_MS layouts every configuration runs in (threads = cores // workers)")
-@click.option("--run-time", "run_time_s", type=int, default=15, show_default=True, help="measured seconds per run")
+@click.option("--run-time", "run_time_s", type=int, default=10, show_default=True,
+              help="measured seconds per run and round")
 @click.option("--warmup", "warmup_s", type=int, default=3, show_default=True, help="warm-up seconds per run")
 @click.option("--no-levers", is_flag=True, help="skip the runs that take one optimisation away at a time")
 @click.option("--no-scaling", is_flag=True, help="skip the longer-text and batch-size runs (minilm)")
+@click.option("--rounds", type=int, default=2, show_default=True,
+              help="interleaved rounds of served runs; each point is its fastest round")
 @click.option("--store", type=click.Path(path_type=Path), help="bench model store to reuse [<out>/store]")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder [reports/bench-<UTC time>]")
 @click.option("--publish", type=click.Path(path_type=Path),
               help="also copy report.md, the plots and results.json here (e.g. benchmarks/results/cpu-2core)")
 @click.pass_obj
 def bench(project: Project, families: str, users: str, layouts: str, run_time_s: int, warmup_s: int,
-          no_levers: bool, no_scaling: bool, store: Path | None, out_dir: Path | None, publish: Path | None) -> None:
+          no_levers: bool, no_scaling: bool, rounds: int, store: Path | None, out_dir: Path | None, publish: Path | None) -> None:
     """Benchmark our ONNX Runtime handlers (FP32, fused FP32, INT8) against what a TorchServe user
     would serve instead (eager PyTorch, TorchScript, OpenVINO) and against each configuration's
-    in-process ceiling, side by side in one run; writes JSON, markdown and a plot."""
+    in-process ceiling, side by side in one run; writes JSON, markdown and plots (including how throughput and p95 scale
+    with input length and batch size)."""
     from datetime import datetime, timezone
 
     from maas import bench as bench_mod
@@ -744,7 +748,8 @@ def bench(project: Project, families: str, users: str, layouts: str, run_time_s:
         raise click.UsageError(f"--layouts {layouts!r}: expected WORKERS:BATCH:DELAY_MS[,...], e.g. 2:4:5,2:8:5")
     plan = bench_mod.BenchPlan(families=chosen, users=tuple(int(u) for u in users.split(",")),
                                layouts=grid, run_time_s=run_time_s,
-                               warmup_s=warmup_s, levers=not no_levers, scaling=not no_scaling)
+                               warmup_s=warmup_s, levers=not no_levers, scaling=not no_scaling,
+                               rounds=max(1, rounds))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = out_dir or project.reports_dir / f"bench-{stamp}"
     bench_mod.run_bench(plan, out, store, project.config)

@@ -340,8 +340,10 @@ class MiniLM(ZooModel):
         return optimized_graph(trained)
 
     def payloads(self, seed: int = 0, pool: int = 512, tokens: int | None = None) -> Payloads:
-        """One 6-30 word sentence per request, or (`tokens`) one text of that many tokens."""
+        """One 6-30 word sentence per request, or (`tokens`) one text of that many tokens (a pool
+        of at most 64 of those: each Locust user builds its own, and long ones take a while)."""
         rng = random.Random(seed)
+        pool = pool if tokens is None else min(pool, 64)
         texts = [sentence(rng) if tokens is None else text_of_tokens(rng, tokens) for _ in range(pool)]
         bodies = [json.dumps({"text": text}).encode() for text in texts]
         return Payloads(bodies, "application/json", check_embedding)

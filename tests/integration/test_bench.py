@@ -20,7 +20,7 @@ def test_bench_digits_side_by_side(tmp_path: Path, model_store: Path, built_mode
     store.mkdir()
     shutil.copy(model_store / "digits.mar", store / "digits.mar")
     plan = BenchPlan(families=("digits",), users=(2,), layouts=((1, 16, 5),), run_time_s=3, warmup_s=1, ceiling_s=1.0,
-                     levers=False, frontend_warmup_s=2)
+                     levers=False, frontend_warmup_s=2, rounds=1)
     run_bench(plan, tmp_path / "out", store)
 
     results = json.loads((tmp_path / "out" / "results.json").read_text())
