@@ -17,7 +17,7 @@ Before the first measurement the frontend's JIT is warmed with a short unmeasure
 a fresh JVM the first configuration measured would pay ~0.1 core of C2 compilation.
 Answers are checked to agree (cosine vs ours FP32, top-1 agreement) before anything is measured.
 
-Writes results.json, report.md and bench.png (maas/bench_report.py) into the output folder.
+Writes results.json, report.md, bench.png and scaling.png (maas/bench_report.py) into the output folder.
 """
 from __future__ import annotations
 
