@@ -21,6 +21,7 @@ Writes results.json, report.md, bench.png and scaling.png (maas/bench_report.py)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import yaml
@@ -315,6 +316,25 @@ def worker_rss_mb(ts: TorchServe, model: str, version: str) -> list[float]:
     return out
 
 
+@contextlib.contextmanager
+def registered(ts: TorchServe, store: Path, served: Served) -> Iterator[tuple[str, float]]:
+    """The configuration's run archive registered alone with its workers, unregistered and
+    deleted afterwards: yields (model name, register-to-READY seconds)."""
+    from maas.deploy import deploy, undeploy
+
+    model, mar = run_archive(store, served)
+    try:
+        started = time.perf_counter()
+        deploy(ts.client, store, model, served.version, workers=served.workers)
+        ready_s = time.perf_counter() - started
+        try:
+            yield model, ready_s
+        finally:
+            undeploy(ts.client, model, served.version)
+    finally:
+        mar.unlink()
+
+
 def is_scaled(served: Served, plan: BenchPlan) -> bool:
     """Whether this configuration also runs the scaling sweeps (longer texts, batch sizes)."""
     return plan.scaling and served.family == "minilm" and served.label in SCALED and not served.lever and \
@@ -342,24 +362,14 @@ def measure_in_process(served: Served, store: Path, plan: BenchPlan, result: Ben
 def measure_served(ts: TorchServe, store: Path, served: Served, plan: BenchPlan, reports: Path, result: BenchResult,
                    config: dict[str, Any], round_: int) -> None:
     """One round of a configuration alone on the server: cold start, memory, its served runs."""
-    from maas.deploy import deploy, undeploy
-
-    model, mar = run_archive(store, served)
-    try:
-        started = time.perf_counter()
-        deploy(ts.client, store, model, served.version, workers=served.workers)
-        config["register_to_ready_s"].append(time.perf_counter() - started)
+    with registered(ts, store, served) as (model, ready_s):
+        config["register_to_ready_s"].append(ready_s)
         config["worker_rss_mb"] += worker_rss_mb(ts, model, served.version)
-        try:
-            for users in plan.users:
-                result.runs.append({**served_run(ts, served, model, users, plan, reports), "round": round_})
-            for payload in plan.sequence_payloads if is_scaled(served, plan) else ():
-                result.sequence_runs.append({**served_run(ts, served, model, max(plan.users), plan, reports, payload),
-                                             "round": round_})
-        finally:
-            undeploy(ts.client, model, served.version)
-    finally:
-        mar.unlink()
+        for users in plan.users:
+            result.runs.append({**served_run(ts, served, model, users, plan, reports), "round": round_})
+        for payload in plan.sequence_payloads if is_scaled(served, plan) else ():
+            result.sequence_runs.append({**served_run(ts, served, model, max(plan.users), plan, reports, payload),
+                                         "round": round_})
 
 
 def best_of_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -378,20 +388,12 @@ def best_of_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def check_equivalence(ts: TorchServe, store: Path, family: str, configs: list[Served]) -> dict[str, Any]:
     """Every configuration answers what ours FP32 answers: worst cosine (minilm), top-1 agreement (digits)."""
-    from maas.deploy import deploy, undeploy
-
     bodies = request_bodies(family, 32, seed=1)
     answers: dict[str, list[Any]] = {}
     for served in {c.label: c for c in configs if not c.lever}.values():
         one = Served(family, served.label, served.archive, 1)
-        model, mar = run_archive(store, one)
-        version = one.version
-        try:
-            deploy(ts.client, store, model, version)
-            answers[served.label] = [ts.client.predict_json(model, b, version=version) for b in bodies]
-            undeploy(ts.client, model, version)
-        finally:
-            mar.unlink()
+        with registered(ts, store, one) as (model, _):
+            answers[served.label] = [ts.client.predict_json(model, b, version=one.version) for b in bodies]
     ours = answers.pop("ours FP32")
     out: dict[str, Any] = {}
     for label, got in answers.items():
@@ -409,24 +411,15 @@ def check_equivalence(ts: TorchServe, store: Path, family: str, configs: list[Se
 def warm_frontend(ts: TorchServe, store: Path, plan: BenchPlan, reports: Path) -> None:
     """Unmeasured load on ours (the cheapest configuration, so the most requests) so the
     frontend's JIT compilation is done before the first configuration is measured."""
-    from maas.deploy import deploy, undeploy
-
     if plan.frontend_warmup_s <= 0:
         return
     family = plan.families[0]
     label, name, _ = OURS[family][-1]
     workers, batch, delay = plan.layouts[0]
     served = Served(family, "frontend warm-up", name, workers, batch_size=batch, max_batch_delay_ms=delay)
-    model, mar = run_archive(store, served)
-    try:
-        deploy(ts.client, store, model, served.version, workers=served.workers)
-        try:
-            served_run(ts, served, model, max(plan.users), replace(plan, run_time_s=plan.frontend_warmup_s, warmup_s=1),
-                       reports)
-        finally:
-            undeploy(ts.client, model, served.version)
-    finally:
-        mar.unlink()
+    with registered(ts, store, served) as (model, _):
+        served_run(ts, served, model, max(plan.users), replace(plan, run_time_s=plan.frontend_warmup_s, warmup_s=1),
+                   reports)
 
 
 def bench_server(store: Path, run_dir: Path, config: Path) -> TorchServe:
