@@ -65,7 +65,21 @@ def cores_split(run: dict[str, Any], ceiling_rps: float, cores: int) -> dict[str
     per_core = run["rps"] / run["worker_cores"] if run["worker_cores"] else 0.0
     return {"locust_cores": run["locust_cores"], "frontend_cores": run["frontend_cores"],
             "worker_cores": run["worker_cores"], "idle_cores": idle,
-            "worker_efficiency": per_core / (ceiling_rps / ceiling_cores) if ceiling_rps else None}
+            "worker_efficiency": per_core / (ceiling_rps / ceiling_cores) if ceiling_rps else None,
+            "bound": served_bound(run, ceiling_rps, ceiling_cores, cores)}
+
+
+def served_bound(run: dict[str, Any], ceiling_rps: float, ceiling_cores: int, cores: int) -> float | None:
+    """The most served / in-process this machine allows with Locust beside the server: each
+    request costs Locust and the frontend the CPU seconds they were measured to take, the
+    workers run at their in-process speed per core and no core sits idle. From
+    rps x (locust + frontend s per request) + rps x ceiling_cores / ceiling_rps = cores:
+    bound = cores / (ceiling_rps x (locust + frontend s per request) + ceiling_cores).
+    A configuration faster in process has a lower bound: the load generator costs the same per request."""
+    if not run["rps"] or not ceiling_rps:
+        return None
+    per_request = (run["locust_cores"] + run["frontend_cores"]) / run["rps"]
+    return min(1.0, cores / (ceiling_rps * per_request + ceiling_cores))
 
 
 def levers(result: Any) -> list[dict[str, Any]]:
@@ -91,7 +105,7 @@ def markdown(result: Any) -> str:
     m, plan = result.machine, result.plan
     ceilings = {_key(c): c for c in result.configs}
     lines = [
-        f"# maas bench: {m['cores']} cores ({m['cpu']}), {m['date']}",
+        f"# maas bench: {m['cores']} cores ({m['cpu']}, {m.get('isa', 'instruction set not recorded')}), {m['date']}",
         "",
         f"torch {m['torch']}, onnxruntime {m['onnxruntime-gpu']} (CPU provider), TorchServe {m['torchserve']}, "
         f"Locust {m['locust']}, transformers {m['transformers']}, OpenVINO {m['openvino']}, Python {m['python']}. "
@@ -128,13 +142,17 @@ def markdown(result: Any) -> str:
         lines += ["", f"Where the {result.machine['cores']} cores went in those runs: served / in-process is what is "
                   "left after Locust and TorchServe's frontend take their share (and cores sit idle between a "
                   "worker's batches); per worker core is the workers' req/s per core they got over the "
-                  "in-process ceiling's per core (1.00: serving cost the workers nothing).", "",
-                  "| model | users | configuration | served / in-process | Locust cores | frontend cores | "
+                  "in-process ceiling's per core (1.00: serving cost the workers nothing). Bound is the most served / "
+                  "in-process could be on this machine with Locust on the same cores: Locust and the frontend cost "
+                  "what they were measured to cost per request, the workers run at their in-process speed and no "
+                  "core idles (cores / (in-process req/s x (Locust + frontend) CPU s per request + worker cores)). "
+                  "The faster a configuration runs in process, the lower its bound.", "",
+                  "| model | users | configuration | served / in-process | bound | Locust cores | frontend cores | "
                   "worker cores | idle cores | per worker core vs in-process |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['family']} | {r['users']} | {r['label']} | {r['vs_ceiling']:.2f} | {r['locust_cores']:.2f} | "
-                  f"{r['frontend_cores']:.2f} | {r['worker_cores']:.2f} | {r['idle_cores']:.2f} | "
-                  f"{r['worker_efficiency']:.2f} |" for r in split]
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['family']} | {r['users']} | {r['label']} | {r['vs_ceiling']:.2f} | {r['bound']:.2f} | "
+                  f"{r['locust_cores']:.2f} | {r['frontend_cores']:.2f} | {r['worker_cores']:.2f} | "
+                  f"{r['idle_cores']:.2f} | {r['worker_efficiency']:.2f} |" for r in split]
     lines += ["", "## Every served run", "",
               "| model | configuration | layout | users | req/s | each round | p50 ms | p95 ms | p99 ms | errors | "
               "in-process req/s | "

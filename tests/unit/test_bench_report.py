@@ -47,7 +47,30 @@ def test_headline_ratios_are_against_the_primary_peer() -> None:
     assert rows["ours INT8"]["vs_ceiling"] == 0.75
     # 270 req/s on 1.5 worker cores = 180 per core, in-process 360 on 2 cores = 180 per core
     assert abs(rows["ours INT8"]["worker_efficiency"] - 1.0) < 1e-9 and abs(rows["ours INT8"]["idle_cores"] - 0.2) < 1e-9
-    assert "| minilm | 16 | ours INT8 | 0.75 | 0.10 | 0.20 | 1.50 | 0.20 | 1.00 |" in markdown(made_up())
+    # Locust + frontend 0.3 cores at 270 req/s = 1/900 s per request; at the ceiling's 360 req/s that is
+    # 0.4 cores, so the workers' 2 cores leave at most 2 / 2.4 = 0.83 of the ceiling
+    assert abs(rows["ours INT8"]["bound"] - 2 / 2.4) < 1e-9
+    assert "| minilm | 16 | ours INT8 | 0.75 | 0.83 | 0.10 | 0.20 | 1.50 | 0.20 | 1.00 |" in markdown(made_up())
+
+
+def test_the_bound_falls_as_the_configuration_gets_faster_in_process() -> None:
+    from maas.bench_report import served_bound
+
+    slow, fast = run("x", 100, 100), run("x", 100, 100)
+    assert served_bound(slow, 100, 2, 2) > served_bound(fast, 800, 2, 2)
+    free = {**slow, "locust_cores": 0.0, "frontend_cores": 0.0}
+    assert served_bound(free, 800, 2, 2) == 1.0 and served_bound({**slow, "rps": 0}, 100, 2, 2) is None
+
+
+def test_the_report_names_the_instruction_set() -> None:
+    from maas.bench import cpu_isa
+
+    assert cpu_isa({"avx2", "fma"}) == "AVX2 (no VNNI)"
+    assert cpu_isa({"avx2", "avx512f", "avx512_vnni", "avx_vnni"}) == "AVX-512 VNNI"
+    assert cpu_isa(set()) == "unknown"
+    result = made_up()
+    result.machine["isa"] = "AVX-512 VNNI"
+    assert markdown(result).startswith("# maas bench: 2 cores (test CPU, AVX-512 VNNI), 2026-11-25")
 
 
 def test_the_scaling_section_puts_the_short_run_beside_the_longer_texts() -> None:

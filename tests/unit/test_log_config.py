@@ -1,0 +1,32 @@
+"""The log4j2 configuration maas starts TorchServe with: every line once, nothing per request
+but the access log, and what maas reads from the logs still written (tests/integration's
+hardening tests read the INTEGRITY line and count "Retry worker" lines on a real server)."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from maas.server import log_config
+
+
+def loggers(path: Path) -> dict[str, ET.Element]:
+    return {e.get("name", "root"): e for e in ET.parse(path).getroot().find("Loggers")}
+
+
+def test_the_packaged_configuration_writes_each_line_once_and_skips_per_request_chatter(tmp_path: Path) -> None:
+    (tmp_path / "config.properties").write_text("")
+    found = loggers(log_config(tmp_path / "config.properties"))
+    named = {k: v for k, v in found.items() if v.tag == "Logger" and v.findall("AppenderRef")}
+    assert named and all(v.get("additivity") == "false" for v in named.values())  # never again through the root
+    assert found["org.pytorch.serve"].get("level") == "info"  # TorchServe's own default is debug
+    assert found["ACCESS_LOG"].get("level") == "info"  # the audit trail stays: one line per request
+    for per_request in ("org.pytorch.serve.wlm.BatchAggregator", "org.pytorch.serve.wlm.WorkerLifeCycle"):
+        assert found[per_request].get("level") == "warn"
+    # WorkerThread's "Retry worker" (INFO) is what maas.worker_log counts: it must not be silenced
+    assert "org.pytorch.serve.wlm.WorkerThread" not in found
+
+
+def test_a_log4j2_xml_beside_the_config_wins(tmp_path: Path) -> None:
+    (tmp_path / "config.properties").write_text("")
+    (tmp_path / "log4j2.xml").write_text("<Configuration/>")
+    assert log_config(tmp_path / "config.properties") == (tmp_path / "log4j2.xml").resolve()
