@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAYLOADS = {"minilm": "minilm", "digits": "digits-json"}
 # Levers, one change at a time to ours INT8 (minilm): (the change, handler settings, layout index).
 # ORT intra-op spinning is not one: at 1 thread per worker it does nothing, and at 1x2 it
-# measured 0.84x and 1.11x in two runs (benchmarks/results/cpu-2core of 2026-11-24): noise.
+# measured 0.84x and 1.11x in two runs (benchmarks/results/cpu-2core-avx2 of 2026-11-24): noise.
 LEVERS = (("no length buckets", {"length_buckets": False}, 0),
           ("stdlib JSON of float64 lists", {"fast_json": False}, 0))
 # Peers kept as a labelled record row, measured in the first layout only.

@@ -724,7 +724,7 @@ def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: 
 @click.option("--store", type=click.Path(path_type=Path), help="bench model store to reuse [<out>/store]")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder [reports/bench-<UTC time>]")
 @click.option("--publish", type=click.Path(path_type=Path),
-              help="also copy report.md, the plots and results.json here (e.g. benchmarks/results/cpu-2core)")
+              help="also copy report.md, the plots and results.json here (e.g. benchmarks/results/cpu-2core-avx512-vnni)")
 @click.pass_obj
 def bench(project: Project, families: str, users: str, layouts: str, run_time_s: int, warmup_s: int,
           no_levers: bool, no_scaling: bool, rounds: int, store: Path | None, out_dir: Path | None, publish: Path | None) -> None:

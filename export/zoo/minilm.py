@@ -45,7 +45,7 @@ SPEC = ModelSpec(
     export_batch_size=4,
     parity_cases=({"batch": 1, "sequence": 9}, {"batch": 7, "sequence": 40}, {"batch": 64, "sequence": MAX_SEQ_LEN}),
     # 2 workers x (cores // 2) threads, batches of 4: on 2 cores the fastest layout for every engine
-    # measured by `maas bench` (benchmarks/results/cpu-2core), ours and the peers alike; a
+    # measured by `maas bench` (benchmarks/results/, AVX2 and AVX-512 machines), ours and peers alike; a
     # transformer's CPU cost is nearly linear in tokens, so small batches lose little.
     serving=ServingSpec(batch_size=4, max_batch_delay_ms=5, min_workers=2, max_workers=2, intra_op_threads=0,
                         max_items_per_request=64, worker_memory_mib=768),
