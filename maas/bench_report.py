@@ -151,7 +151,8 @@ def markdown(result: Any) -> str:
                   "| model | users | configuration | served / in-process | bound | Locust cores | frontend cores | "
                   "worker cores | idle cores | per worker core vs in-process |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['family']} | {r['users']} | {r['label']} | {r['vs_ceiling']:.2f} | {r['bound']:.2f} | "
+        lines += [f"| {r['family']} | {r['users']} | {r['label']} | {r['vs_ceiling']:.2f} | "
+                  f"{'' if r['bound'] is None else format(r['bound'], '.2f')} | "
                   f"{r['locust_cores']:.2f} | {r['frontend_cores']:.2f} | {r['worker_cores']:.2f} | "
                   f"{r['idle_cores']:.2f} | {r['worker_efficiency']:.2f} |" for r in split]
     lines += ["", "## Every served run", "",
