@@ -35,8 +35,9 @@ def test_bench_digits_side_by_side(tmp_path: Path, model_store: Path, built_mode
         assert row["locust_cores"] > 0 and row["frontend_cores"] > 0 and row["worker_cores"] > 0
         assert abs(row["server_cores"] - row["frontend_cores"] - row["worker_cores"]) < 1e-9
     assert results["equivalence"]["digits: peer TorchScript top-1 agreement with ours FP32"] == 1.0
-    ours = next(r for r in results["ratios"] if r["label"] == "ours FP32")
-    assert ours["vs_peer_rps"] > 0 and ours["vs_ceiling"] > 0
     report = (tmp_path / "out" / "report.md").read_text()
+    ours = next(r for r in results["ratios"] if r["label"] == "ours FP32")
+    assert ours["vs_peer_rps"] > 0 and ours["vs_ceiling"] > 0 and 0 < ours["bound"] <= 1
+    assert results["machine"]["isa"] and results["machine"]["isa"] in report.splitlines()[0]
     assert f"| digits | 2 | ours FP32 | 1x{cores()} b16/5ms |" in report and "## Memory and cold start" in report
     assert (tmp_path / "out" / "bench.png").stat().st_size > 10_000
