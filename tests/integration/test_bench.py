@@ -28,6 +28,7 @@ def test_bench_digits_side_by_side(tmp_path: Path, model_store: Path, built_mode
     assert set(configs) == {"ours FP32", "peer TorchScript"}
     for c in configs.values():
         assert c["ceiling_rps"] > 0 and c["register_to_ready_s"] > 0 and c["worker_rss_mb"] > 50
+        assert c["ceiling_rps"] == max(c["ceiling_rounds_rps"]) and len(c["ceiling_rounds_rps"]) == plan.rounds
     labels = {r["label"]: r for r in results["runs"]}
     assert set(labels) == {"ours FP32", "peer TorchScript"}
     for row in labels.values():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from export.zoo import get
 from export.zoo.minilm import text_of_tokens, tokenizer
-from maas.bench import BenchResult, best_of_rounds
+from maas.bench import BenchResult, best_of_rounds, keep_fastest_ceiling
 from maas.bench_report import markdown, ratios, sequence_table, write_outputs
 
 
@@ -116,3 +116,14 @@ def test_each_point_is_its_fastest_round_with_every_round_kept() -> None:
         ("ours INT8", "minilm", 270, [250, 270]), ("peer eager PyTorch", "minilm", 100, [100, 90]),
         ("ours INT8", "minilm-128", 60, [60])]
     assert best[0]["p95_ms"] == 80
+
+
+def test_each_ceiling_is_its_fastest_round_with_every_round_kept() -> None:
+    result = made_up()
+    measured = {**result.configs[1], "ceiling_rps": 300.0, "ceiling_rounds_rps": [300.0]}
+    keep_fastest_ceiling(measured, {"items_per_s": 360.0, "batch_p95_ms": 12.0})
+    keep_fastest_ceiling(measured, {"items_per_s": 330.0, "batch_p95_ms": 15.0})
+    assert measured["ceiling_rps"] == 360.0 and measured["ceiling_batch_p95_ms"] == 12.0
+    assert measured["ceiling_rounds_rps"] == [300.0, 360.0, 330.0]
+    result.configs[1] = measured
+    assert "| 360 | 300 / 360 / 330 |" in markdown(result)
