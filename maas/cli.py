@@ -720,7 +720,7 @@ def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: 
 @click.option("--no-levers", is_flag=True, help="skip the runs that take one optimisation away at a time")
 @click.option("--no-scaling", is_flag=True, help="skip the longer-text and batch-size runs (minilm)")
 @click.option("--rounds", type=int, default=2, show_default=True,
-              help="interleaved rounds of served runs; each point is its fastest round")
+              help="interleaved rounds of served runs and in-process ceilings; each point is its fastest round")
 @click.option("--store", type=click.Path(path_type=Path), help="bench model store to reuse [<out>/store]")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder [reports/bench-<UTC time>]")
 @click.option("--publish", type=click.Path(path_type=Path),
