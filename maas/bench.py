@@ -342,23 +342,18 @@ def is_scaled(served: Served, plan: BenchPlan) -> bool:
         (served.workers, served.batch_size, served.max_batch_delay_ms) == plan.layouts[0]
 
 
-def measure_in_process(served: Served, store: Path, plan: BenchPlan, result: BenchResult,
-                       config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The configuration's in-process ceiling, with no server load running; its batch sweep too
-    on the first measurement. Given the `config` of an earlier round, the faster ceiling is kept
-    (as for served runs, noise only ever slows a run down) and every round's is recorded."""
+def measure_in_process(served: Served, store: Path, plan: BenchPlan, result: BenchResult) -> dict[str, Any]:
+    """The configuration's in-process ceiling (and batch sweep), with no server load running."""
     model, mar = run_archive(store, served)
     try:
         top = ceiling(mar, served.workers, request_bodies(served.family), served.batch_size, plan.ceiling_s)
-        if config is None and is_scaled(served, plan):
+        if is_scaled(served, plan):
             result.batch_runs += [{"family": served.family, "label": served.label, **row} for row in ceilings(
                 mar, served.workers, request_bodies(served.family), list(plan.scaling_batches), plan.scaling_ceiling_s)]
     finally:
         mar.unlink()
     log.info("%s %s%s, %d workers: ceiling %.0f req/s", served.family, served.label,
              f" ({served.lever})" if served.lever else "", served.workers, top["items_per_s"])
-    if config is not None:
-        return keep_fastest_ceiling(config, top)
     return {"family": served.family, "label": served.label, "lever": served.lever, "workers": served.workers,
             "threads": max(1, cores() // served.workers), "batch_size": served.batch_size,
             "max_batch_delay_ms": served.max_batch_delay_ms, "ceiling_rps": top["items_per_s"],
@@ -366,12 +361,13 @@ def measure_in_process(served: Served, store: Path, plan: BenchPlan, result: Ben
             "register_to_ready_s": [], "worker_rss_mb": []}
 
 
-def keep_fastest_ceiling(config: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """A configuration's ceiling after one more measurement (`ceiling`'s row): every round's
-    recorded, the fastest (and its batch p95) kept."""
-    config["ceiling_rounds_rps"].append(top["items_per_s"])
-    if top["items_per_s"] > config["ceiling_rps"]:
-        config.update(ceiling_rps=top["items_per_s"], ceiling_batch_p95_ms=top["batch_p95_ms"])
+def keep_fastest_ceiling(config: dict[str, Any], again: dict[str, Any]) -> dict[str, Any]:
+    """A configuration after its ceiling was measured again (`again`, measure_in_process's row):
+    every round's recorded, the fastest (and its batch p95) kept, as for served runs (noise only
+    ever slows a run down)."""
+    config["ceiling_rounds_rps"].append(again["ceiling_rps"])
+    if again["ceiling_rps"] > config["ceiling_rps"]:
+        config.update(ceiling_rps=again["ceiling_rps"], ceiling_batch_p95_ms=again["ceiling_batch_p95_ms"])
     return config
 
 
@@ -488,8 +484,9 @@ def run_bench(plan: BenchPlan, out_dir: Path, store: Path | None = None,
                 order = list(zip(configs, offline))[::(-1 if round_ % 2 else 1)]
                 for served, config in tqdm(order, desc=f"served {family}, round {round_ + 1}/{plan.rounds}",
                                            unit="configuration", disable=None):
-                    if round_:
-                        measure_in_process(served, store, plan, result, config)
+                    if round_:  # the batch sweep runs once, in the first round
+                        keep_fastest_ceiling(config, measure_in_process(served, store, replace(plan, scaling=False),
+                                                                        result))
                     measure_served(ts, store, served, plan, reports, result, config, round_)
             for config in offline:
                 config["register_to_ready_s"] = float(np.median(config["register_to_ready_s"]))

@@ -121,8 +121,8 @@ def test_each_point_is_its_fastest_round_with_every_round_kept() -> None:
 def test_each_ceiling_is_its_fastest_round_with_every_round_kept() -> None:
     result = made_up()
     measured = {**result.configs[1], "ceiling_rps": 300.0, "ceiling_rounds_rps": [300.0]}
-    keep_fastest_ceiling(measured, {"items_per_s": 360.0, "batch_p95_ms": 12.0})
-    keep_fastest_ceiling(measured, {"items_per_s": 330.0, "batch_p95_ms": 15.0})
+    keep_fastest_ceiling(measured, {**measured, "ceiling_rps": 360.0, "ceiling_batch_p95_ms": 12.0})
+    keep_fastest_ceiling(measured, {**measured, "ceiling_rps": 330.0, "ceiling_batch_p95_ms": 15.0})
     assert measured["ceiling_rps"] == 360.0 and measured["ceiling_batch_p95_ms"] == 12.0
     assert measured["ceiling_rounds_rps"] == [300.0, 360.0, 330.0]
     result.configs[1] = measured
