@@ -13,10 +13,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import maas.handlers
 import yaml
 
-import maas.handlers
-from export.spec import ModelSpec
+from maas.core.errors import ExportError
+from maas.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ BASE_HANDLER_FILES = ("ort_base.py", "inputs.py", "v2.py", "http_reply.py", "dty
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".joblib")
 
 
-class ArchiveError(Exception):
+class ArchiveError(ExportError):
     """torch-model-archiver failed, or its output breaks a packaging rule."""
 
 

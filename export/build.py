@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from export import archive, onnx_export, variants, zoo
-from export.package import archive_model, package_variant
-from export.spec import ModelSpec
+from maas.export import archive, onnx_export, variants, zoo
+from maas.export.package import archive_model, package_variant
+
+from maas.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

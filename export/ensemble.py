@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import maas.handlers
 import numpy as np
 import yaml
-
-import maas.handlers
-
-from export.zoo import maintenance
-from export.build import build
-from export.variants import held_out_outputs
+from maas.export.build import build
+from maas.export.variants import held_out_outputs
+from maas.export.zoo import maintenance
 
 log = logging.getLogger(__name__)
 WORKFLOW = "maintenance-ensemble"

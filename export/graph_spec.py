@@ -11,12 +11,13 @@ import re
 from pathlib import Path
 
 import onnx
-
-from export.spec import Dim, TensorSpec
 from maas.handlers.dtypes import BY_ONNX
 
+from maas.core.errors import ExportError
+from maas.core.spec import Dim, TensorSpec
 
-class GraphSpecError(ValueError):
+
+class GraphSpecError(ExportError, ValueError):
     """The graph's inputs or outputs cannot be served as they are."""
 
 

@@ -16,15 +16,12 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 import torch
-
-from export.spec import ModelSpec
 from maas.handlers.dtypes import DTYPES
 
+from maas.core.errors import ExportError
+from maas.core.spec import ModelSpec
+
 log = logging.getLogger(__name__)
-
-
-class ExportError(Exception):
-    """An exported model that must not be packaged."""
 
 
 class CheckerError(ExportError):

@@ -22,12 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from maas.export import archive, onnx_export, sources
+from maas.export.graph_spec import GraphSpecError
 
-from export import archive, onnx_export, sources
-from export.graph_spec import GraphSpecError
-from export.sampling import draw
-from export.spec import ModelSpec, ServingSpec, TensorSpec
-from export.spec_file import SpecError, check_model_name, parse_input_flag, read_spec_file, spec_yaml
+from maas.core.sampling import draw
+from maas.core.spec import ModelSpec, ServingSpec, TensorSpec
+from maas.core.spec_file import (
+    SpecError,
+    check_model_name,
+    parse_input_flag,
+    read_spec_file,
+    spec_yaml,
+)
 
 log = logging.getLogger(__name__)
 
@@ -321,13 +327,17 @@ def package_variant(model_store: Path, build_root: Path, name: str, variant: str
     """A variant of an archive in the model store (zoo and packaged models alike): its verified FP32
     model made into `variant`, the cost measured (a zoo model on its held-out data, a packaged model
     on its archive's samples) and held to its budget, archived as <name>-<version>-<variant>.mar."""
-    import io
     import zipfile
 
     import yaml
+    from maas.export import variants, zoo
 
-    from export import variants, zoo
-    from maas.deploy import archive_manifest, archive_member, find_archive
+    from maas.core.store import (
+        archive_manifest,
+        archive_member,
+        archive_samples,
+        find_archive,
+    )
 
     started = time.perf_counter()
     source = find_archive(model_store, name, version)
@@ -353,11 +363,7 @@ def package_variant(model_store: Path, build_root: Path, name: str, variant: str
         except zoo.NoHeldOutEvaluation as exc:
             raise variants.VariantError(str(exc)) from None
     else:
-        if manifest.get("samples"):
-            with np.load(io.BytesIO(archive_member(source, manifest["samples"])), allow_pickle=False) as data:
-                samples = {k: data[k] for k in data.files}
-        else:
-            samples = synthesize(spec, SAMPLE_ROWS)
+        samples = archive_samples(source, manifest) or synthesize(spec, SAMPLE_ROWS)
         report = variant_cost(spec, fp32, made, samples)
     log.info("%s %s: %s %.4f (budget %.4f)", name, variant, report["cost_metric"], report["cost"], report["budget"])
     variants.check_budget(name, variant, report)

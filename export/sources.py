@@ -17,10 +17,15 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
+from maas.export.graph_spec import graph_io, merge_declared
+from maas.export.onnx_export import (
+    ExportError,
+    export_onnx,
+    external_files,
+    flatten_outputs,
+)
 
-from export.graph_spec import graph_io, merge_declared
-from export.onnx_export import ExportError, export_onnx, external_files, flatten_outputs
-from export.spec import Dim, ModelSpec, TensorSpec
+from maas.core.spec import Dim, ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import onnx
 
+from maas.core.errors import ExportError
+
 log = logging.getLogger(__name__)
 
 VARIANTS = {
@@ -29,8 +31,10 @@ VARIANTS = {
 }
 
 
-class VariantError(Exception):
+class VariantError(ExportError):
     """The variant cannot be made, or costs more accuracy than its budget allows."""
+
+    show_type = False
 
 
 def ort_offline_optimize(src: Path, dst: Path) -> Path:

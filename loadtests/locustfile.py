@@ -20,10 +20,14 @@ import gevent
 import orjson
 from locust import FastHttpUser, User, events, task
 from locust.runners import WorkerRunner
+from maas.loadtests import payloads
 
-import payloads
 from maas.client import TokenRefused, api_path
-from maas.grpc_client import GrpcCallError, GrpcInference, refused  # grpc itself is imported on first use
+from maas.grpc_client import (  # grpc itself is imported on first use
+    GrpcCallError,
+    GrpcInference,
+    refused,
+)
 
 KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
 

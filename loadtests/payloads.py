@@ -7,11 +7,10 @@ them costs the load generator nothing during the run.
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-from maas.bodies import Payloads, tensor_bodies, tensor_check
+from maas.core.bodies import Payloads, tensor_bodies, tensor_check
 
 # Benchmark variants of a zoo model's bodies: "digits-json" compares engines, not image
 # decoding (JSON bodies only); "minilm-128"/"minilm-256" send texts of that many tokens.
@@ -21,23 +20,18 @@ VARIANTS = {"digits-json": ("digits", {"png_share": 0.0}),
 
 def from_archive(model: str, version: str = "", model_store: str = "", seed: int = 0) -> Payloads:
     """Bodies for a model packaged with `maas package`, read from its archive in the model store."""
-    import numpy as np
 
-    from maas.deploy import archive_manifest, archive_member, find_archive
+    from maas.core.store import archive_manifest, archive_samples, find_archive
 
     store = Path(model_store or os.environ.get("MAAS_MODEL_STORE") or "model_store")
     archive = find_archive(store, model, version or None)
     manifest = archive_manifest(archive)
-    samples = None
-    if manifest.get("samples"):
-        with np.load(io.BytesIO(archive_member(archive, manifest["samples"])), allow_pickle=False) as data:
-            samples = {k: data[k] for k in data.files}
-    return Payloads(tensor_bodies(manifest, samples, seed), "application/json", tensor_check(manifest))
+    return Payloads(tensor_bodies(manifest, archive_samples(archive, manifest), seed), "application/json", tensor_check(manifest))
 
 
 def for_model(model: str, seed: int = 0, version: str = "", model_store: str = "") -> Payloads:
     """The zoo model's own generator, else bodies from the model's archive (a packaged model)."""
-    from export import zoo
+    from maas.export import zoo
 
     name, options = VARIANTS.get(model, (model, {}))
     if name in zoo.models():

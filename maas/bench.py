@@ -125,7 +125,7 @@ OURS = {"minilm": (("ours FP32", "minilm.mar", None), ("ours FP32 fused", "minil
 
 def build_store(families: tuple[str, ...], store: Path, work: Path) -> None:
     """Ours (every variant benchmarked) and the peers' archives; existing archives are reused."""
-    from export.build import build
+    from maas.export.build import build
 
     for family in families:
         for _, name, variant in OURS[family]:
@@ -183,7 +183,7 @@ def request_bodies(family: str, n: int = 512, seed: int = 0) -> list[Any]:
 
 def padding_report(bodies: list[Any], batch: int) -> dict[str, Any]:
     """Padding waste of minilm's batches, padded to the longest vs split into length buckets."""
-    from export.zoo.minilm import tokenizer
+    from maas.export.zoo.minilm import tokenizer
     from maas.handlers.buckets import length_groups, padding_waste
 
     lengths = [len(e.ids) for e in tokenizer().encode_batch([b["text"] for b in bodies])]
@@ -463,7 +463,7 @@ def run_bench(plan: BenchPlan, out_dir: Path, store: Path | None = None,
     build_store(plan.families, store, work)
     result = BenchResult(machine=machine_info(), plan=asdict(plan))
     if "minilm" in plan.families:
-        from export.zoo import get
+        from maas.export.zoo import get
 
         result.padding = padding_report(request_bodies("minilm"), get("minilm").spec.serving.batch_size)
 

@@ -51,7 +51,7 @@ def archive(family: str, peer: str, work: Path, store: Path, serialized: Path, h
 def build_torchscript(family: str, work: Path, store: Path) -> Path:
     import torch
 
-    from export import zoo
+    from maas.export import zoo
 
     model = zoo.get(family)
     trained = model.train()
@@ -65,8 +65,8 @@ def build_torchscript(family: str, work: Path, store: Path) -> Path:
 
 
 def build_eager(family: str, work: Path, store: Path) -> Path:
-    from export import zoo
-    from export.zoo.minilm import model_dir
+    from maas.export import zoo
+    from maas.export.zoo.minilm import model_dir
 
     source = model_dir()
     return archive(family, "eager", work, store, source / "model.safetensors", "eager_peer.py",
@@ -77,8 +77,8 @@ def build_openvino(family: str, work: Path, store: Path) -> Path:
     import openvino as ov
     import torch
 
-    from export import zoo
-    from export.zoo.minilm import model_dir
+    from maas.export import zoo
+    from maas.export.zoo.minilm import model_dir
 
     model = zoo.get(family)
     trained = model.train()

@@ -11,35 +11,26 @@ from typing import Any
 import click
 import yaml
 
-from export.variants import VARIANTS
 from maas import deploy as deploy_ops
-from maas.client import ServeError
-from maas.keys import KeyFileError
+from maas.core.errors import MaasError
+from maas.core.store import workflow_archive
+from maas.export.variants import VARIANTS
 from maas.project import Project
 
 log = logging.getLogger("maas")
 
 
 class FriendlyGroup(click.Group):
-    """Known failures become one line on stderr and exit 1, never a traceback."""
+    """Every error a user can cause (maas.core.errors.MaasError) becomes one or two lines on stderr
+    and exit 1, never a traceback; `maas -v` shows the traceback too."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from export.archive import ArchiveError
-        from export.graph_spec import GraphSpecError
-        from export.onnx_export import ExportError
-        from export.spec_file import SpecError
-        from maas.triton import TritonExportError
-
         try:
             return super().invoke(ctx)
-        except (ServeError, KeyFileError, ExportError, ArchiveError, GraphSpecError) as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-        except SpecError as exc:
-            raise click.ClickException(str(exc)) from None
-        except TritonExportError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyError as exc:
-            raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from None
+        except MaasError as exc:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("traceback of the error below", exc_info=True)
+            raise click.ClickException(exc.user_message()) from None
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -96,13 +87,12 @@ def cli(ctx: click.Context, config: str | None, model_store: str | None, run_dir
 def build(models: tuple[str, ...], version: str | None, seed: int | None, variant: str | None,
           ensemble: int | None) -> None:
     """Train (or load), export to ONNX, verify and package MODELS (default: all) into the model store."""
-    from export import zoo
-    from export.build import build as build_model
-    from export.variants import VariantError
+    from maas.export import zoo
+    from maas.export.build import build as build_model
 
     project: Project = click.get_current_context().obj
     if ensemble:
-        from export.ensemble import build_ensemble
+        from maas.export.ensemble import build_ensemble
 
         result = build_ensemble(ensemble, project.build_dir, project.model_store, project.workflow_store)
         rec = result.record
@@ -119,21 +109,15 @@ def build(models: tuple[str, ...], version: str | None, seed: int | None, varian
             if variant is None:
                 raise click.UsageError(f"{name} is not a zoo model ({', '.join(zoo_models)}); package your own model "
                                        f"with `maas package`, or build a variant of it with --variant")
-            from export.package import package_variant
+            from maas.export.package import package_variant
 
-            try:
-                made = package_variant(project.model_store, project.build_dir, name, variant, version)
-            except VariantError as exc:
-                raise click.ClickException(str(exc)) from None
+            made = package_variant(project.model_store, project.build_dir, name, variant, version)
             acc = made.manifest["variant"]["accuracy"]
             click.echo(f"built {made.mar} ({made.seconds:.1f} s)  {variant}: {acc['cost_metric']} {acc['cost']:.4f} "
                        f"(budget {acc['budget']:g})" + (f", top-1 agreement {acc['top1_agreement']}" if acc["top1_agreement"] else ""))
             continue
-        try:
-            result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed,
-                                 variant=variant)
-        except VariantError as exc:
-            raise click.ClickException(str(exc)) from None
+        result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed,
+                             variant=variant)
         manifest = json.loads((result.build_dir / "manifest.json").read_text())
         metrics = {k: float(f"{v:.8g}") for k, v in manifest["metrics"].items() if isinstance(v, float)}
         click.echo(f"built {result.mar} ({result.seconds:.1f} s)  metrics {metrics}  "
@@ -195,7 +179,7 @@ def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, e
     \b
     Then: maas deploy NAME, maas predict NAME body.json ({"inputs": {"<input>": [...]}}), maas loadtest NAME.
     """
-    from export.package import PackageOptions, package_model
+    from maas.export.package import PackageOptions, package_model
 
     opts = PackageOptions(onnx=onnx_file, torch=factory, exported_program=exported_program, name=name,
                           version=version, spec_file=spec_file, example=example, inputs=inputs, handler=handler,
@@ -430,7 +414,7 @@ def deploy(project: Project, model: str, version: str | None, workers: int, batc
            max_batch_delay: int | None, timeout: float) -> None:
     """Register MODEL's archive from the model store and wait until its workers are READY."""
     started = time.monotonic()
-    if version is None and deploy_ops.workflow_archive(project.workflow_store, model) is not None:
+    if version is None and workflow_archive(project.workflow_store, model) is not None:
         described = deploy_ops.deploy_workflow(project.server().client, project.workflow_store, model, timeout)
         click.echo(f"deployed workflow {model} in {time.monotonic() - started:.1f} s: "
                    f"POST /wfpredict/{model}\n{json.dumps(described, indent=2)}")
@@ -645,10 +629,10 @@ def release(project: Project, model: str, candidate: str, fresh_baseline: bool, 
 @click.pass_obj
 def demo(project: Project, run_time: int) -> None:
     """Build the zoo, package a third-party model, serve them, send real requests, load-test, stop."""
-    from export import zoo
-    from export.package import PackageOptions, package_model
     from maas import demo as d
     from maas import loadtest as lt
+    from maas.export import zoo
+    from maas.export.package import PackageOptions, package_model
     from maas.loadtest import LoadTest
 
     ctx = click.get_current_context()
@@ -697,7 +681,7 @@ def demo(project: Project, run_time: int) -> None:
 @click.pass_obj
 def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: bool) -> None:
     """Write MODELS' verified ONNX files (default: all in the store) as a Triton model repository."""
-    from maas.deploy import maas_archives
+    from maas.core.store import maas_archives
     from maas.triton import export
 
     archives, skipped = maas_archives(project.model_store)
@@ -772,9 +756,14 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
                   storage_uri: str) -> None:
     """Write KServe and Kubernetes manifests for MODELS (default: the whole zoo) and copy their
     archives into KServe's storage layout (config/config.properties + model-store/)."""
-    from export import zoo
-    from export.spec import ModelSpec
-    from maas.deploy import archive_manifest, archive_member, find_archive, packaged_models
+    from maas.core.spec import ModelSpec
+    from maas.core.store import (
+        archive_manifest,
+        archive_member,
+        find_archive,
+        packaged_models,
+    )
+    from maas.export import zoo
     from maas.kube import export_all
 
     def spec(name: str) -> ModelSpec:

@@ -14,14 +14,11 @@ from urllib.parse import quote
 
 import requests
 
+from maas.core.errors import ServeError
 from maas.keys import KeyFileError, read_keys
 from maas.properties import Endpoints
 
 log = logging.getLogger(__name__)
-
-
-class ServeError(Exception):
-    """A one-line, user-facing error from talking to TorchServe."""
 
 
 class ServerNotRunning(ServeError):

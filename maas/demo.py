@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from maas.summary import clip, error_line, request_line
+from maas.core.summary import clip, error_line, request_line
 
 MAGIKA = ("magika", "1.0.3", "magika/models/standard_v3_3")  # package, version, model folder in the wheel
 MAGIKA_SPEC = """\
@@ -50,8 +50,8 @@ def magika_request(data: bytes) -> dict[str, Any]:
 def request_rows(server: Any, model_store: Path, models: list[str],
                  extra: dict[str, list[tuple[str, bytes, str]]]) -> list[str]:
     """Send each model's demo requests; one line per request: model, input, answer, status, time."""
-    from export import zoo
-    from maas.deploy import archive_manifest, find_archive
+    from maas.export import zoo
+    from maas.core.store import archive_manifest, find_archive
 
     lines = []
     for model in models:
@@ -76,7 +76,7 @@ def request_rows(server: Any, model_store: Path, models: list[str],
 
 def grpc_rows(server: Any, model_store: Path, models: list[str]) -> list[str]:
     """Each model's manifest example over TorchServe's gRPC API, beside the HTTP answer to it."""
-    from maas.deploy import archive_manifest, find_archive
+    from maas.core.store import archive_manifest, find_archive
     from maas.grpc_client import GrpcInference
 
     lines = []
@@ -110,7 +110,7 @@ def _rounded(value: Any) -> Any:
 
 def _top_labels(answer: Any) -> str:
     """A packaged model's answer: its top labels when it has them, else its outputs' shapes."""
-    from maas.summary import compact
+    from maas.core.summary import compact
 
     predictions = answer.get("predictions") if isinstance(answer, dict) else None
     if predictions:

@@ -5,100 +5,16 @@ calls `maas deploy && maas predict` never races the server.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from maas.client import ApiError, ServeError, TorchServeClient, api_path
-from maas.names import name_problem
+from maas.core.names import name_problem
+from maas.core.store import Archive, find_archive, workflow_archive
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Archive:
-    path: Path
-    model: str
-    version: str
-
-
-def read_archive(path: Path) -> Archive | None:
-    """Model name and version from a .mar's MAR-INF/MANIFEST.json (None if it is not one)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
-        return None
-    model = manifest.get("model", {})
-    return Archive(path, model.get("modelName", ""), str(model.get("modelVersion", "")))
-
-
-def archive_member(archive: Archive, member: str) -> bytes:
-    """One file of an archive; a ServeError naming the archive when it is not there."""
-    try:
-        with zipfile.ZipFile(archive.path) as z:
-            return z.read(member)
-    except KeyError:
-        raise ServeError(f"{archive.path.name}: has no {member} (an archive maas did not build?)") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ServeError(f"{archive.path.name}: cannot be read ({exc})") from None
-
-
-def archive_manifest(archive: Archive) -> dict[str, Any]:
-    """The manifest.json maas writes into every archive it builds."""
-    try:
-        return json.loads(archive_member(archive, "manifest.json"))
-    except ValueError:
-        raise ServeError(f"{archive.path.name}: manifest.json is not JSON") from None
-
-
-def store_archives(model_store: Path) -> list[Archive]:
-    """Every TorchServe archive in the store (maas's or not)."""
-    found = (read_archive(p) for p in sorted(model_store.glob("*.mar")))
-    return [a for a in found if a is not None]
-
-
-def maas_archives(model_store: Path) -> tuple[list[Archive], list[str]]:
-    """(archives maas built, one line per .mar skipped and why): what store-wide commands work on."""
-    built, skipped = [], []
-    for path in sorted(model_store.glob("*.mar")):
-        archive = read_archive(path)
-        if archive is None:
-            skipped.append(f"skipped {path.name}: not a TorchServe archive (no MAR-INF/MANIFEST.json)")
-            continue
-        try:
-            archive_manifest(archive)
-        except ServeError as exc:
-            skipped.append(f"skipped {path.name}: {str(exc).split(': ', 1)[-1]}")
-            continue
-        built.append(archive)
-    return built, skipped
-
-
-def packaged_models(model_store: Path) -> list[str]:
-    """Names of the models in the store that `maas package` built (each once)."""
-    archives, _ = maas_archives(model_store)
-    return sorted({a.model for a in archives if archive_manifest(a).get("packaged_by") == "maas package"})
-
-
-def find_archive(model_store: Path, model: str, version: str | None) -> Archive:
-    """The store's archive of `model` (at `version`); a clear error when there is none or several."""
-    candidates = [a for a in store_archives(model_store) if a.model == model and (version is None or a.version == version)]
-    if not candidates:
-        what = f"{model} version {version}" if version else model
-        hint = f"maas build {model}" + (f" --version {version}" if version else "")
-        raise ServeError(f"no archive for {what} in {model_store}: build it with `{hint}`")
-    if len(candidates) > 1:
-        plain = [a for a in candidates if a.path.name == f"{model}.mar"]
-        if version is None and plain:
-            return plain[0]
-        versions = ", ".join(sorted(a.version for a in candidates))
-        raise ServeError(f"{model} has several archives ({versions}) in {model_store}: pick one with --version")
-    return candidates[0]
 
 
 def ready_workers(desc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -289,11 +205,6 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 # ---- workflows (TorchServe .war: a DAG of models and functions, e.g. maintenance-ensemble) ----
-def workflow_archive(workflow_store: Path, name: str) -> Path | None:
-    path = workflow_store / f"{name}.war"
-    return path if path.is_file() else None
-
-
 def registered_workflows(client: TorchServeClient) -> list[str]:
     return [w["workflowName"] for w in client.management("GET", "/workflows").get("workflows", [])]
 

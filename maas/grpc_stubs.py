@@ -18,11 +18,13 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+from maas.core.errors import ServeError
+
 PACKAGE = "torchserve_grpc"
 PROTOS = ("inference.proto", "management.proto", "open_inference_grpc.proto")
 
 
-class StubError(Exception):
+class StubError(ServeError):
     """The stubs could not be generated (one line saying why)."""
 
 

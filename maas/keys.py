@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from maas.core.errors import ServeError
 
-class KeyFileError(Exception):
+
+class KeyFileError(ServeError):
     """key_file.json is missing or unreadable."""
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from export.spec import ModelSpec
-from export.archive import archive_name as archive_file_name
-from maas.deploy import store_archives
+from maas.core.spec import ModelSpec
+from maas.export.archive import archive_name as archive_file_name
+from maas.core.store import store_archives
 from maas.properties import read_properties, write_properties
 
 IMAGE = "maas-torchserve:0.12.0"  # built from deploy/docker/Dockerfile

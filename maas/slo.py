@@ -5,8 +5,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import maas.loadtests
+from maas.core.errors import LoadTestError
 
 SLO_DIR = Path(maas.loadtests.__path__[0]) / "slo"  # the zoo's SLO files
+
+
+class SLOError(LoadTestError, ValueError):
+    """An SLO file that cannot be used as it is."""
+
+    show_type = False
 
 
 @dataclass
@@ -39,16 +46,30 @@ class SLO:
 
     @classmethod
     def from_file(cls, path: Path) -> "SLO":
-        """Load a YAML SLO file; unknown keys are an error, not silently ignored."""
+        """Load a YAML SLO file; unknown keys and unreadable values are an SLOError, not silently ignored."""
         import yaml
 
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise SLOError(f"{path}: cannot be read as YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise SLOError(f"{path}: expected a mapping of SLO keys (users, p95_ms, ...), got {type(raw).__name__}")
+        try:
+            return cls._from_mapping(raw, path)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, SLOError):
+                raise
+            raise SLOError(f"{path}: {exc}") from None
+
+    @classmethod
+    def _from_mapping(cls, raw: dict, path: Path) -> "SLO":
         slo = cls()
         keys = {"users", "spawn_rate", "run_time_s", "warmup_s", "p95_ms", "p99_ms", "max_error_ratio",
                 "min_rps", "regression"}
         unknown = sorted(set(raw) - keys)
         if unknown:
-            raise ValueError(f"{path}: unknown SLO keys {unknown}; known: {sorted(keys)}")
+            raise SLOError(f"{path}: unknown SLO keys {unknown}; known: {sorted(keys)}")
         for key in ("users", "spawn_rate", "run_time_s", "warmup_s"):
             if key in raw:
                 setattr(slo, key, type(getattr(slo, key))(raw[key]))
@@ -57,9 +78,12 @@ class SLO:
         for key, attr in mapping.items():
             if key in raw:
                 setattr(slo.thresholds, attr, float(raw[key]))
-        for key, value in (raw.get("regression") or {}).items():
+        regression = raw.get("regression") or {}
+        if not isinstance(regression, dict):
+            raise SLOError(f"{path}: regression must be a mapping (e.g. max_p95_increase: 0.2)")
+        for key, value in regression.items():
             if not hasattr(slo.regression, key):
-                raise ValueError(f"{path}: unknown regression key {key!r}")
+                raise SLOError(f"{path}: unknown regression key {key!r}")
             setattr(slo.regression, key, float(value))
         return slo
 

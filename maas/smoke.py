@@ -13,27 +13,24 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from maas.bodies import Case, Check
+from maas.core.bodies import Case, Check
 
 
 def archive_cases(model_store: Path, model: str, version: str | None, rows: int = 4) -> list[Case]:
     """A packaged model's cases: its archive's first sample rows, each expected to answer what ONNX
     Runtime answers in-process on the archive's own model file (within the manifest's tolerance)."""
-    import io
     import tempfile
 
     import numpy as np
     import onnxruntime as ort
 
-    from maas.deploy import archive_manifest, archive_member, find_archive
-    from maas.bodies import tensor_bodies
+    from maas.core.store import archive_manifest, archive_member, archive_samples, find_archive
+    from maas.core.bodies import tensor_bodies
 
     archive = find_archive(model_store, model, version)
     manifest = archive_manifest(archive)
-    samples = None
-    if manifest.get("samples"):
-        with np.load(io.BytesIO(archive_member(archive, manifest["samples"])), allow_pickle=False) as data:
-            samples = {k: data[k][:rows] for k in data.files}
+    samples = archive_samples(archive, manifest)
+    samples = {k: v[:rows] for k, v in samples.items()} if samples else None
     bodies = tensor_bodies(manifest, samples)[:rows]
     with tempfile.TemporaryDirectory() as tmp:
         for member in [manifest["model_file"], *(e["file"] for e in manifest.get("external_data", []))]:
@@ -67,11 +64,11 @@ def archive_cases(model_store: Path, model: str, version: str | None, rows: int 
 def zoo_cases(model: str, model_store: Path | None = None, version: str | None = None) -> list[Case]:
     """A zoo model's known-answer cases, and its manifest's example request (answered as its load
     tests check every answer) when the archive is at hand."""
-    from export import zoo
+    from maas.export import zoo
 
     found = list(zoo.get(model).smoke_cases())
     if model_store is not None:
-        from maas.deploy import archive_manifest, find_archive
+        from maas.core.store import archive_manifest, find_archive
 
         example = archive_manifest(find_archive(model_store, model, version)).get("example_request")
         if example is not None:
@@ -83,7 +80,7 @@ def zoo_cases(model: str, model_store: Path | None = None, version: str | None =
 def run_cases(client: Any, model: str, version: str, model_store: Path | None = None) -> list[str]:
     """The failed cases, each as 'title: problem'; empty when the version answers them all.
     The zoo's models have cases with known answers; a packaged model's come from its archive."""
-    from export import zoo
+    from maas.export import zoo
 
     problems = []
     if model in zoo.models():

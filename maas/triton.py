@@ -17,13 +17,16 @@ from typing import Any
 import yaml
 
 from maas.client import ServeError
-from maas.deploy import archive_manifest, archive_member, find_archive
+from maas.core.errors import ExportError
+from maas.core.store import archive_manifest, archive_member, find_archive
 from maas.handlers.dtypes import triton_name
 
 
 
-class TritonExportError(Exception):
+class TritonExportError(ExportError):
     """The archive cannot be exported as it is."""
+
+    show_type = False
 
 
 def _tensor(t: dict[str, Any], batched: bool) -> str:

@@ -52,8 +52,8 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def built_models(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> dict[str, Built]:
     """Every model of the zoo, built once per session into the session's model store."""
-    from export import zoo
-    from export.build import build
+    from maas.export import zoo
+    from maas.export.build import build
 
     build_root = tmp_path_factory.mktemp("build")
     built = {}
@@ -78,8 +78,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_store: Path) -> d
     """Every zoo model as its untrained stand-in (ZooModel.tiny) in tiny_store: the unit tier's
     models, built in seconds. Their answers have the right form, not the right values: what
     needs a trained model (held-out accuracy, known answers) uses built_models."""
-    from export import zoo
-    from export.build import build
+    from maas.export import zoo
+    from maas.export.build import build
 
     build_root = tmp_path_factory.mktemp("tiny_build")
     built = {}
@@ -97,7 +97,7 @@ def tiny_maintenance(tiny_models: dict[str, Built]) -> Built:
 @pytest.fixture(scope="session")
 def maintenance_v2(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """maintenance 2.0: a second training (seed 1), archived as maintenance-2.0.mar."""
-    from export.build import build
+    from maas.export.build import build
 
     result = build("maintenance", tmp_path_factory.mktemp("build_v2"), tmp_path_factory.mktemp("store_v2"),
                    version="2.0", seed=1)
@@ -109,7 +109,7 @@ def ensemble_built(tmp_path_factory: pytest.TempPathFactory):
     """3 maintenance members and their gate decision; the workflow is packaged either way, so
     the serving path is tested even where the gate (rightly) refuses to ship it.
     Returns (EnsembleResult, build dir, model store, workflow store)."""
-    from export.ensemble import build_ensemble, package_workflow, workflow_spec
+    from maas.export.ensemble import build_ensemble, package_workflow, workflow_spec
 
     work = tmp_path_factory.mktemp("ens_build")
     store, wf_store = tmp_path_factory.mktemp("ens_store"), tmp_path_factory.mktemp("ens_wf")
@@ -126,8 +126,8 @@ def package_variant(built: Built, store: Path, work: Path, archive_name: str, re
                     model_name: str | None = None, version: str = "1.0", **config: Any) -> Path:
     """An archive of `built`'s verified model whose handler source is rewritten (a test double
     for a broken or slow release), with optional model-config.yaml changes."""
-    from export.archive import package
-    from export.build import spec_of
+    from maas.export.archive import package
+    from maas.export.build import spec_of
 
     handlers, build = work / f"{archive_name}_handlers", work / f"{archive_name}_build"
     handlers.mkdir()

@@ -13,11 +13,12 @@ import pkgutil
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from export.spec import ModelSpec
-from maas.bodies import Case, Payloads
+from maas.core.bodies import Case, Payloads
+from maas.core.errors import ExportError, UnknownModel
+from maas.core.spec import ModelSpec
 
 
-class NoHeldOutEvaluation(Exception):
+class NoHeldOutEvaluation(ExportError):
     """The model has no held-out data to price a variant on."""
 
 
@@ -67,7 +68,7 @@ class ZooModel:
 
     def answer_summary(self, answer: Any) -> str:
         """An answer in a few words (what `maas demo` prints)."""
-        from maas.summary import compact
+        from maas.core.summary import compact
 
         return compact(answer, 70)
 
@@ -91,5 +92,5 @@ def models() -> dict[str, ZooModel]:
 def get(name: str) -> ZooModel:
     found = models()
     if name not in found:
-        raise KeyError(f"unknown model {name!r}; the zoo has {', '.join(found)}")
+        raise UnknownModel(f"unknown model {name!r}; the zoo has {', '.join(found)}")
     return found[name]

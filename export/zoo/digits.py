@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from maas.export.trained import Trained, fit
+from maas.export.zoo import ZooModel, register
 
-from export.spec import ModelSpec, ServingSpec, TensorSpec
-from export.trained import Trained, fit
-from export.zoo import ZooModel, register
-from maas.bodies import Case, Payloads
+from maas.core.bodies import Case, Payloads
+from maas.core.spec import ModelSpec, ServingSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def train(seed: int = 0, epochs: int = 60) -> Trained:
 
 def variant_report(fp32: Path, variant: Path) -> dict[str, Any]:
     """Held-out accuracy of both files on the 360 test scans; the cost is the drop in points."""
-    from export.variants import held_out_outputs
+    from maas.export.variants import held_out_outputs
 
     _, _, x_te, y_te = _split(*_arrays(), 0)
     base, cand = (float((held_out_outputs(p, {"pixels": x_te})[0].argmax(1) == y_te).mean()) for p in (fp32, variant))

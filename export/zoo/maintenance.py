@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from maas.export.trained import Trained, fit
+from maas.export.zoo import ZooModel, register
 
-from export.spec import ModelSpec, ServingSpec, TensorSpec
-from export.trained import Trained, fit
-from export.zoo import ZooModel, register
-from maas.bodies import Case, Check, Payloads
+from maas.core.bodies import Case, Check, Payloads
+from maas.core.spec import ModelSpec, ServingSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def split(n_records: int = 30_000, seed: int = 0) -> tuple[Records, Records]:
 
 def variant_report(fp32: Path, variant: Path) -> dict[str, Any]:
     """Held-out failure metrics of both files; the cost is the accuracy drop in points."""
-    from export.variants import held_out_outputs
+    from maas.export.variants import held_out_outputs
 
     _, test_set = split()
     feats = {"features": test_set.features()}

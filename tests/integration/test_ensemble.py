@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import Built, bare_server, package_variant
-from export.zoo import maintenance as m
-from export.ensemble import WORKFLOW, package_workflow, workflow_spec
-from export.variants import held_out_outputs
+from maas.export.zoo import maintenance as m
+from maas.export.ensemble import WORKFLOW, package_workflow, workflow_spec
+from maas.export.variants import held_out_outputs
 from maas.deploy import deploy_workflow, registered_workflows, undeploy_workflow
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from export import zoo
+from maas.export import zoo
 from maas import loadtest
 from maas.client import TokenRefused
 from maas.grpc_client import GrpcCallError, GrpcInference, grpc_target
@@ -134,7 +134,7 @@ def v2_inputs(name: str) -> dict[str, np.ndarray]:
 
 
 def _maintenance_rows() -> np.ndarray:
-    from export.zoo import maintenance
+    from maas.export.zoo import maintenance
 
     return maintenance.generate(3, seed=4).features()
 

@@ -29,10 +29,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from conftest import bare_server
-from export.ensemble import WORKFLOW
+from maas.export.ensemble import WORKFLOW
 from maas import deploy as d
-from export.zoo.digits import THREE
-from export.zoo.maintenance import HEALTHY, HEAT_FAILURE, OVERSTRAIN
+from maas.export.zoo.digits import THREE
+from maas.export.zoo.maintenance import HEALTHY, HEAT_FAILURE, OVERSTRAIN
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)

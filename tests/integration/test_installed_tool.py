@@ -55,9 +55,13 @@ def test_the_wheel_carries_the_handlers_and_nothing_of_the_checkout(venv: Path) 
     files = {line.split(",")[0] for line in record.splitlines()}
     for needed in ("maas/handlers/ort_base.py", "maas/handlers/tensor.py", "maas/handlers/http_reply.py",
                    "maas/handlers/dtypes.py", "maas/loadtests/locustfile.py", "maas/loadtests/slo/minilm.yaml",
-                   "maas/templates/config.properties", "maas/templates/maas.yaml", "export/package.py"):
+                   "maas/templates/config.properties", "maas/templates/maas.yaml", "maas/export/package.py",
+                   "maas/core/spec.py"):
         assert needed in files, needed
     assert not [f for f in files if f.startswith(("tests/", "build/", "benchmarks/")) or "/tests/" in f]
+    # one installed package: nothing but maas (and its scripts and metadata) reaches site-packages
+    top = {f.split("/")[0] for f in files if not f.startswith("..")}
+    assert {t for t in top if not t.startswith("maas-")} == {"maas"}, top
 
 
 def test_a_user_packages_serves_calls_and_load_tests_a_model_from_their_own_directory(venv: Path, tmp_path: Path) -> None:
@@ -67,8 +71,9 @@ def test_a_user_packages_serves_calls_and_load_tests_a_model_from_their_own_dire
     assert (home / "model_store").is_dir() and (home / "config.properties").is_file()
     # this test shares the machine with other servers: the same config on free loopback ports
     write_properties(home / "config.properties", on_free_loopback_ports(read_properties(home / "config.properties")))
-    shutil.copy(ROOT / "tests" / "thirdparty" / "hf_models.py", home / "hf_models.py")  # the user's code
-    out = run(venv, home, "package", "--torch", "hf_models:make_vit", "--name", "vit",
+    # the user's code, in a file named like one of maas's own folders (it used to import maas's export/)
+    shutil.copy(ROOT / "tests" / "thirdparty" / "hf_models.py", home / "export.py")
+    out = run(venv, home, "package", "--torch", "export:make_vit", "--name", "vit",
               "--input", "pixel_values:float32:[batch,3,32,32]")
     assert "packaged" in out.stdout and (home / "model_store" / "vit.mar").is_file()
     run(venv, home, "serve", "start", timeout=300)

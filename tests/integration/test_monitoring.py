@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from conftest import ROOT, bare_server, free_ports
-from export import zoo
+from maas.export import zoo
 from maas import deploy as d
 from maas.monitor import Monitor, slo_models
 

@@ -12,7 +12,7 @@ import psutil
 import pytest
 import requests
 
-from export.zoo import maintenance as m
+from maas.export.zoo import maintenance as m
 from maas.client import TokenRefused
 from maas.keys import read_keys
 

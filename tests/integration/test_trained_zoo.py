@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import HDF, FakeContext, zoo_handlers
-from export.zoo import digits as digits_model
-from export.zoo import minilm as minilm_model
+from maas.export.zoo import digits as digits_model
+from maas.export.zoo import minilm as minilm_model
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from export.zoo import maintenance as m
-from export.zoo import minilm as minilm_model
+from maas.export.zoo import maintenance as m
+from maas.export.zoo import minilm as minilm_model
 
 pytestmark = pytest.mark.integration
 

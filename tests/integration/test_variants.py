@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import bare_server
-from export.zoo import maintenance
-from export.build import build
-from export.variants import VariantError
+from maas.export.zoo import maintenance
+from maas.export.build import build
+from maas.export.variants import VariantError
 from maas.deploy import deploy
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from export.zoo import digits as digits_model
-from export.zoo import minilm as minilm_model
+from maas.export.zoo import digits as digits_model
+from maas.export.zoo import minilm as minilm_model
 
 pytestmark = pytest.mark.integration
 

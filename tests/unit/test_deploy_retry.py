@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from maas.client import ApiError
-from maas.deploy import Archive, _retry_workers
+from maas.core.store import Archive
+from maas.deploy import _retry_workers
 
 FAILED = ApiError(500, "Failed to start workers for model flaky version: 1.0")
 PARAMS = {"url": "flaky.mar", "initial_workers": 1, "synchronous": "true"}

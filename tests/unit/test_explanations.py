@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import HDF, FakeContext, zoo_handlers
-from export.zoo import maintenance as m
+from maas.export.zoo import maintenance as m
 
 @pytest.fixture(scope="module")
 def handlers(tiny_models, tmp_path_factory):

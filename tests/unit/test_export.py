@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from export.zoo import maintenance as m
-from export import onnx_export
-from export.archive import ArchiveError, check_no_pickle, sha256_file
-from export.spec import ModelSpec
+from maas.export.zoo import maintenance as m
+from maas.export import onnx_export
+from maas.export.archive import ArchiveError, check_no_pickle, sha256_file
+from maas.core.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")

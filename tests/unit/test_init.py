@@ -32,7 +32,7 @@ def test_init_writes_a_secure_project_and_keeps_what_exists(tmp_path: Path) -> N
 
 
 def test_the_spec_template_is_a_valid_spec(tmp_path: Path) -> None:
-    from export.spec_file import read_spec_file
+    from maas.core.spec_file import read_spec_file
 
     (tmp_path / "maas.yaml").write_text(template("maas.yaml"))
     fields = read_spec_file(tmp_path / "maas.yaml", require_io=True)

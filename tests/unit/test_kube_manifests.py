@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from export import zoo
-from export.build import spec_of
+from maas.export import zoo
+from maas.export.build import spec_of
 
 MODELS = list(zoo.models())
 from maas.config_audit import audit

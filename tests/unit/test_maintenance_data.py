@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from export.zoo import maintenance as m
+from maas.export.zoo import maintenance as m
 
 
 @pytest.fixture(scope="module")

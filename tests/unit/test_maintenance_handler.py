@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FakeContext
-from export.zoo import maintenance as m
+from maas.export.zoo import maintenance as m
 from ort_base import InputError, ModelIntegrityError, choose_providers, worker_threads
 
 GOOD = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,

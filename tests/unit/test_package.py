@@ -14,10 +14,10 @@ import torch
 from onnx import TensorProto, helper
 
 from conftest import FakeContext
-from export import onnx_export
-from export.graph_spec import GraphSpecError, graph_io
-from export.package import PackageOptions, package_model
-from export.spec_file import SpecError, parse_input_flag, read_spec_file
+from maas.export import onnx_export
+from maas.export.graph_spec import GraphSpecError, graph_io
+from maas.export.package import PackageOptions, package_model
+from maas.core.spec_file import SpecError, parse_input_flag, read_spec_file
 
 TINY = '''
 import torch
@@ -260,7 +260,7 @@ def test_rows_that_depend_on_each_other_are_refused(user_dir: Path) -> None:
 
 
 def test_parity_failure_names_the_worst_output(user_dir: Path) -> None:
-    from export import sources
+    from maas.export import sources
 
     result = package(user_dir, torch="tiny_models:make_mlp", inputs=("x:float32:[batch,6]",))
     wrong = lambda feeds: [np.zeros((len(feeds["x"]), 3), np.float32), np.ones((len(feeds["x"]), 3), np.float32)]  # noqa: E731
@@ -271,7 +271,7 @@ def test_parity_failure_names_the_worst_output(user_dir: Path) -> None:
 
 
 def test_clear_errors_for_bad_sources(user_dir: Path) -> None:
-    from export.sources import SourceError
+    from maas.export.sources import SourceError
 
     with pytest.raises(SourceError, match="not a torch.nn.Module"):
         package(user_dir, torch="tiny_models:make_not_a_module", inputs=("x:float32:[batch,6]",))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import FakeContext, zoo_handlers
-from export.zoo import maintenance as m
+from maas.export.zoo import maintenance as m
 
 ROW = [1.0, 0.0, 0.0, 298.1, 308.6, 1551.0, 42.8, 0.0]
 

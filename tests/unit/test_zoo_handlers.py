@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import FakeContext, load_handler
-from export.zoo import digits as digits_model
-from export.zoo import minilm as minilm_model
+from maas.export.zoo import digits as digits_model
+from maas.export.zoo import minilm as minilm_model
 from ort_base import InputError
 
 

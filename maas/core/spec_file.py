@@ -34,9 +34,10 @@ from typing import Any
 
 import yaml
 
-from export.spec import ModelSpec, ServingSpec, TensorSpec
+from maas.core.errors import SpecError
+from maas.core.names import NAME, name_problem
+from maas.core.spec import ModelSpec, ServingSpec, TensorSpec
 from maas.handlers.dtypes import DTYPES
-from maas.names import NAME, name_problem
 
 AXIS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP = {"name", "version", "description", "inputs", "outputs", "serving", "parity", "handler", "extra_files",
@@ -47,10 +48,6 @@ SERVING = {"batch_size", "max_batch_delay_ms", "workers", "min_workers", "max_wo
 PARITY = {"atol", "rtol", "constant_outputs"}
 SCORES = ("raw", "softmax", "sigmoid")
 ALIASES = {"float": "float32", "double": "float64", "half": "float16", "int": "int64", "long": "int64"}
-
-
-class SpecError(ValueError):
-    """A model spec (file or flags) that cannot be used; lists every problem found."""
 
 
 def check_model_name(name: str, what: str = "model name") -> str:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from export.sampling import draw
+from maas.core.sampling import draw
 
 Check = Callable[[Any], Optional[str]]  # an answer -> None when right, else what is wrong
 Case = tuple[str, bytes, str, Check]  # title, body, content type, check
