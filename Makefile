@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup java prometheus haproxy build demo test test-unit bench docs monitor clean help
+.PHONY: setup java prometheus haproxy build demo lint test test-unit bench docs monitor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,7 +33,10 @@ build: setup  ## train, export, verify and archive every model into model_store/
 demo: setup  ## build, serve, send real requests, run a short load test, stop
 	$(BIN)/maas demo
 
-test: setup prometheus haproxy  ## unit + integration tests (real TorchServes, Prometheus and HAProxy on 127.0.0.1)
+lint: setup  ## ruff (its rules in pyproject.toml)
+	$(BIN)/ruff check .
+
+test: setup prometheus haproxy lint  ## lint, then unit + integration tests (real TorchServes, Prometheus and HAProxy on 127.0.0.1)
 	$(BIN)/python -m pytest
 
 test-unit: setup prometheus  ## the fast tier: no server, tiny untrained zoo models (~45 s)

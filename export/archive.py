@@ -13,9 +13,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import maas.handlers
 import yaml
 
+import maas.handlers
 from maas.core.errors import ExportError
 from maas.core.spec import ModelSpec
 

@@ -12,10 +12,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from maas.core.spec import ModelSpec
 from maas.export import archive, onnx_export, variants, zoo
 from maas.export.package import archive_model, package_variant
-
-from maas.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

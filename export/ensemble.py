@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import maas.handlers
 import numpy as np
 import yaml
+
+import maas.handlers
 from maas.export.build import build
 from maas.export.variants import held_out_outputs
 from maas.export.zoo import maintenance

@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 
 import onnx
-from maas.handlers.dtypes import BY_ONNX
 
 from maas.core.errors import ExportError
 from maas.core.spec import Dim, TensorSpec
+from maas.handlers.dtypes import BY_ONNX
 
 
 class GraphSpecError(ExportError, ValueError):

@@ -16,10 +16,10 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 import torch
-from maas.handlers.dtypes import DTYPES
 
 from maas.core.errors import ExportError
 from maas.core.spec import ModelSpec
+from maas.handlers.dtypes import DTYPES
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from maas.export import archive, onnx_export, sources
-from maas.export.graph_spec import GraphSpecError
 
 from maas.core.sampling import draw
 from maas.core.spec import ModelSpec, ServingSpec, TensorSpec
@@ -34,6 +32,8 @@ from maas.core.spec_file import (
     read_spec_file,
     spec_yaml,
 )
+from maas.export import archive, onnx_export, sources
+from maas.export.graph_spec import GraphSpecError
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,6 @@ def package_variant(model_store: Path, build_root: Path, name: str, variant: str
     import zipfile
 
     import yaml
-    from maas.export import variants, zoo
 
     from maas.core.store import (
         archive_manifest,
@@ -338,6 +337,7 @@ def package_variant(model_store: Path, build_root: Path, name: str, variant: str
         archive_samples,
         find_archive,
     )
+    from maas.export import variants, zoo
 
     started = time.perf_counter()
     source = find_archive(model_store, name, version)

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
+
+from maas.core.spec import Dim, ModelSpec, TensorSpec
 from maas.export.graph_spec import graph_io, merge_declared
 from maas.export.onnx_export import (
     ExportError,
@@ -24,8 +26,6 @@ from maas.export.onnx_export import (
     external_files,
     flatten_outputs,
 )
-
-from maas.core.spec import Dim, ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -284,7 +284,7 @@ class OrtHandler:
             except InputError as err:
                 error = err.to_dict() if v2 is None else {"error": err.message, **err.to_dict()}
                 responses[idx] = self._reply(context, idx, error, err.status)
-            except Exception:  # noqa: BLE001 - a bug of ours, but only this request may pay for it
+            except Exception:
                 log.exception("request %d: unexpected failure while reading it", idx)
                 responses[idx] = self._reply(context, idx, INTERNAL_ERROR, 500)
         parsed = time.perf_counter()
@@ -293,7 +293,7 @@ class OrtHandler:
         if good:
             try:
                 results = self.run([inputs for _, inputs, _ in good])
-            except Exception:  # noqa: BLE001 - an ORT failure must not take the whole batch down
+            except Exception:
                 log.exception("batch of %d failed in ONNX Runtime; retrying each request alone", len(good))
                 results = [self._run_alone(inputs) for _, inputs, _ in good]
             inferred = time.perf_counter()
@@ -316,7 +316,7 @@ class OrtHandler:
             return self._reply(context, idx, answer, 200)
         except InputError as err:  # e.g. an answer that cannot be expressed for this request
             return self._reply(context, idx, err.to_dict(), err.status)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("request %d: postprocessing failed", idx)
             return self._reply(context, idx, INTERNAL_ERROR, 500)
 
@@ -352,7 +352,7 @@ class OrtHandler:
 
         try:
             emit(metrics, dims)
-        except Exception:  # noqa: BLE001 - metrics must never fail a prediction
+        except Exception:
             log.warning("could not emit handler metrics", exc_info=True)
 
     def _emit_metrics(self, context: Any, pre_ms: float, inf_ms: float, post_ms: float,
@@ -386,7 +386,7 @@ class OrtHandler:
             answer = self.explain(inputs, meta)
         except InputError:
             raise
-        except Exception:  # noqa: BLE001 - one failed explanation must not fail its batch
+        except Exception:
             log.exception("explanation failed")
             body = {"code": 500, "type": "InternalServerError", "message": "explanation failed for this request"}
             return self._reply(context, idx, body, 500)
@@ -395,7 +395,7 @@ class OrtHandler:
     def _run_alone(self, inputs: Arrays) -> Arrays | None:
         try:
             return self.run([inputs])[0]
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("request failed in ONNX Runtime")
             return None
 

@@ -20,7 +20,6 @@ import gevent
 import orjson
 from locust import FastHttpUser, User, events, task
 from locust.runners import WorkerRunner
-from maas.loadtests import payloads
 
 from maas.client import TokenRefused, api_path
 from maas.grpc_client import (  # grpc itself is imported on first use
@@ -28,6 +27,7 @@ from maas.grpc_client import (  # grpc itself is imported on first use
     GrpcInference,
     refused,
 )
+from maas.loadtests import payloads
 
 KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
 

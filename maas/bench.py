@@ -41,7 +41,8 @@ import yaml
 
 from maas import bench_peers
 from maas.inprocess import ceiling, ceilings
-from maas.loadtest import LoadTest, run as run_locust
+from maas.loadtest import LoadTest
+from maas.loadtest import run as run_locust
 from maas.properties import on_free_loopback_ports, read_properties, write_properties
 from maas.server import ServerLayout, TorchServe
 from maas.slo import SLO, Thresholds
@@ -501,9 +502,8 @@ def run_bench(plan: BenchPlan, out_dir: Path, store: Path | None = None,
 
 
 def machine_info() -> dict[str, Any]:
-    from importlib import metadata
-
     import platform
+    from importlib import metadata
 
     versions = {}
     for pkg in ("torch", "onnxruntime-gpu", "torchserve", "locust", "transformers", "openvino"):

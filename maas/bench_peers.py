@@ -25,7 +25,6 @@ from typing import Callable
 
 import yaml
 
-
 log = logging.getLogger(__name__)
 
 PEER_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "peer"

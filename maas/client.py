@@ -101,7 +101,8 @@ class TorchServeClient:
             raise TLSError(f"TLS with {url.split('/', 3)[2]} failed: {exc.args[0] if exc.args else exc}; "
                            "set MAAS_CA_BUNDLE to the CA that signed the server's certificate") from None
         except requests.ConnectionError:
-            raise ServerNotRunning(f"TorchServe is not answering at {url.split('/', 3)[:3][-1]}: start it with `maas serve start`") from None
+            raise ServerNotRunning(f"TorchServe is not answering at {url.split('/', 3)[:3][-1]}: "
+                                   "start it with `maas serve start`") from None
         except requests.Timeout:
             raise ServeError(f"TorchServe did not answer {method} {url.split('?')[0]} within {timeout:g} s") from None
 

@@ -50,8 +50,8 @@ def magika_request(data: bytes) -> dict[str, Any]:
 def request_rows(server: Any, model_store: Path, models: list[str],
                  extra: dict[str, list[tuple[str, bytes, str]]]) -> list[str]:
     """Send each model's demo requests; one line per request: model, input, answer, status, time."""
-    from maas.export import zoo
     from maas.core.store import archive_manifest, find_archive
+    from maas.export import zoo
 
     lines = []
     for model in models:

@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from maas.core.spec import ModelSpec
-from maas.export.archive import archive_name as archive_file_name
 from maas.core.store import store_archives
+from maas.export.archive import archive_name as archive_file_name
 from maas.properties import read_properties, write_properties
 
 IMAGE = "maas-torchserve:0.12.0"  # built from deploy/docker/Dockerfile

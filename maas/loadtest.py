@@ -144,7 +144,8 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
     summary["error_ratio"] = summary["failures"] / summary["requests"] if summary["requests"] else 1.0
     summary.update(
         users=slo.users, spawn_rate=slo.spawn_rate, run_time_s=slo.run_time_s, warmup_s=slo.warmup_s,
-        locust_workers=test.workers, host=test.grpc_target if test.protocol == "grpc" else host, cores=os.cpu_count(), locust_version=metadata.version("locust"),
+        locust_workers=test.workers, host=test.grpc_target if test.protocol == "grpc" else host, cores=os.cpu_count(),
+        locust_version=metadata.version("locust"),
         torchserve_version=metadata.version("torchserve"),
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         thresholds=asdict(slo.thresholds), **(server_info or {}),

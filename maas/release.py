@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from maas import deploy, loadtest, smoke
+from maas.client import ApiError, TorchServeClient
 from maas.gate import figures
 from maas.records import write_record
 from maas.slo import SLO, Regression
-from maas.client import ApiError, TorchServeClient
 
 log = logging.getLogger(__name__)
 

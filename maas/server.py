@@ -172,7 +172,7 @@ class TorchServe:
             text = self.layout.console_log.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return ""
-        picked = [l for l in text if "ERROR" in l or "Exception" in l or "Error:" in l] or text
+        picked = [line for line in text if "ERROR" in line or "Exception" in line or "Error:" in line] or text
         return "\n".join(picked[-lines:])
 
     def wait_ready(self, timeout: float = 240.0) -> None:

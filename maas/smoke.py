@@ -24,8 +24,8 @@ def archive_cases(model_store: Path, model: str, version: str | None, rows: int 
     import numpy as np
     import onnxruntime as ort
 
-    from maas.core.store import archive_manifest, archive_member, archive_samples, find_archive
     from maas.core.bodies import tensor_bodies
+    from maas.core.store import archive_manifest, archive_member, archive_samples, find_archive
 
     archive = find_archive(model_store, model, version)
     manifest = archive_manifest(archive)

@@ -22,7 +22,6 @@ from maas.core.store import archive_manifest, archive_member, find_archive
 from maas.handlers.dtypes import triton_name
 
 
-
 class TritonExportError(ExportError):
     """The archive cannot be exported as it is."""
 

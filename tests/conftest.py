@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import zipfile
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,8 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "handlers"))  # handlers import each other flat, as inside a .mar
 
-from maas.properties import (free_loopback_ports, on_free_loopback_ports, read_properties,  # noqa: E402
-                             resolve_paths, write_properties)
+from maas.properties import free_loopback_ports, on_free_loopback_ports, read_properties, resolve_paths, write_properties  # noqa: E402
 from maas.server import ServerLayout, TorchServe  # noqa: E402
 
 
@@ -165,7 +164,7 @@ def bare_server(tmp_path_factory: pytest.TempPathFactory, store: Path, **overrid
     """A started server on `store` that loads nothing at start (models come through deploy)."""
     run_dir = tmp_path_factory.mktemp("bare_run")
     config = server_config(run_dir / "config.properties", **overrides)
-    text = "\n".join(l for l in config.read_text().splitlines() if not l.startswith("load_models="))
+    text = "\n".join(line for line in config.read_text().splitlines() if not line.startswith("load_models="))
     config.write_text(text + "\n")
     ts = TorchServe(ServerLayout(config, store, run_dir))
     ts.start()

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from maas.export.trained import Trained, fit
-from maas.export.zoo import ZooModel, register
 
 from maas.core.bodies import Case, Check, Payloads
 from maas.core.spec import ModelSpec, ServingSpec, TensorSpec
+from maas.export.trained import Trained, fit
+from maas.export.zoo import ZooModel, register
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from maas.export.trained import Trained
-from maas.export.zoo import ZooModel, register
 
 from maas.core.bodies import Case, Payloads
 from maas.core.spec import ModelSpec, ServingSpec, TensorSpec
+from maas.export.trained import Trained
+from maas.export.zoo import ZooModel, register
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ def _wrapped(encoder: Any) -> Trained:
 def evaluate_onnx(path: Path, trained: Trained) -> dict[str, Any]:
     """Served path (tokenizers + ORT, each text alone and all batched) vs sentence-transformers."""
     import onnxruntime as ort
+
     from maas.export.onnx_export import AtolError
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -232,8 +233,9 @@ def optimized_graph(trained: Trained | None = None) -> Callable[[Path], Path]:
     """
     def make(dst: Path) -> Path:
         import torch
-        from maas.export.onnx_export import check_contract, check_parity
         from onnxruntime.transformers.optimizer import optimize_model
+
+        from maas.export.onnx_export import check_contract, check_parity
 
         loaded = trained or train()  # the pretrained module (loading it takes seconds)
 

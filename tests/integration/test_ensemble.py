@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import Built, bare_server, package_variant
-from maas.export.zoo import maintenance as m
+from maas.deploy import deploy_workflow, registered_workflows, undeploy_workflow
 from maas.export.ensemble import WORKFLOW, package_workflow, workflow_spec
 from maas.export.variants import held_out_outputs
-from maas.deploy import deploy_workflow, registered_workflows, undeploy_workflow
+from maas.export.zoo import maintenance as m
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from maas.export import zoo
 from maas import loadtest
 from maas.client import TokenRefused
+from maas.export import zoo
 from maas.grpc_client import GrpcCallError, GrpcInference, grpc_target
 from maas.slo import SLO
 

@@ -15,9 +15,9 @@ import requests
 from conftest import bare_server, package_variant, tamper
 from maas import deploy as d
 from maas import loadtest
-from maas.slo import SLO
 from maas.client import ServeError
 from maas.keys import read_keys
+from maas.slo import SLO
 
 pytestmark = pytest.mark.integration
 

@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from conftest import bare_server
-from maas.export.ensemble import WORKFLOW
 from maas import deploy as d
+from maas.export.ensemble import WORKFLOW
 from maas.export.zoo.digits import THREE
 from maas.export.zoo.maintenance import HEALTHY, HEAT_FAILURE, OVERSTRAIN
 

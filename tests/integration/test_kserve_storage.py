@@ -11,9 +11,9 @@ import requests
 import tritonclient.http as triton
 
 from conftest import Built
-from maas.export.zoo import maintenance, minilm
-from maas.export.build import spec_of
 from maas.config_audit import audit
+from maas.export.build import spec_of
+from maas.export.zoo import maintenance, minilm
 from maas.kube import MOUNT, _probes, export_all
 from maas.properties import on_free_loopback_ports, read_properties, write_properties
 from maas.server import ServerLayout, TorchServe

@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from conftest import ROOT, bare_server, free_ports
-from maas.export import zoo
 from maas import deploy as d
+from maas.export import zoo
 from maas.monitor import Monitor, slo_models
 
 pytestmark = pytest.mark.integration

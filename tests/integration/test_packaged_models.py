@@ -27,8 +27,8 @@ from click.testing import CliRunner
 from conftest import ROOT, bare_server
 from maas import deploy as d
 from maas import loadtest
-from maas.slo import SLO
 from maas.cli import cli
+from maas.slo import SLO
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import psutil
 import pytest
 import requests
 
-from maas.export.zoo import maintenance as m
 from maas.client import TokenRefused
+from maas.export.zoo import maintenance as m
 from maas.keys import read_keys
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import bare_server
-from maas.export.zoo import maintenance
+from maas.deploy import deploy
 from maas.export.build import build
 from maas.export.variants import VariantError
-from maas.deploy import deploy
+from maas.export.zoo import maintenance
 
 pytestmark = pytest.mark.integration
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maas.export.zoo import get
-from maas.export.zoo.minilm import text_of_tokens, tokenizer
 from maas.bench import BenchResult, best_of_rounds, keep_fastest_ceiling
 from maas.bench_report import markdown, ratios, sequence_table, write_outputs
+from maas.export.zoo import get
+from maas.export.zoo.minilm import text_of_tokens, tokenizer
 
 
 def run(label: str, rps: float, p95: float, payload: str = "minilm", users: int = 16) -> dict:

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import itertools
 
+from buckets import length_groups, padding_waste
 from hypothesis import given
 from hypothesis import strategies as st
-
-from buckets import length_groups, padding_waste
 
 
 def _cost(lengths: list[int], groups: list[list[int]], overhead: float) -> float:

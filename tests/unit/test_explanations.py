@@ -13,6 +13,7 @@ import pytest
 from conftest import HDF, FakeContext, zoo_handlers
 from maas.export.zoo import maintenance as m
 
+
 @pytest.fixture(scope="module")
 def handlers(tiny_models, tmp_path_factory):
     return zoo_handlers(tiny_models, tmp_path_factory)

@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from maas.export.zoo import maintenance as m
+from maas.core.spec import ModelSpec
 from maas.export import onnx_export
 from maas.export.archive import ArchiveError, check_no_pickle, sha256_file
-from maas.core.spec import ModelSpec
+from maas.export.zoo import maintenance as m
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from http_reply import header_value, reason_phrase, reply
 from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import FakeContext
-from http_reply import header_value, reason_phrase, reply
 from maas.worker_log import restarts_of, worker_restarts
 
 
@@ -66,7 +66,6 @@ def test_worker_restarts_are_counted_since_the_last_server_start(tmp_path: Path)
 
 def test_array_answers_take_the_fast_path_and_keep_float32_values() -> None:
     import numpy as np
-
     from http_reply import json_body
 
     vector = np.random.default_rng(0).standard_normal(384).astype(np.float32)

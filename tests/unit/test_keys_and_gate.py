@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from maas.keys import KeyFileError, read_keys
 from maas.gate import evaluate
+from maas.keys import KeyFileError, read_keys
 from maas.locust_csv import read_aggregate, read_errors
-from maas.slo import Thresholds
 from maas.properties import Endpoints, read_properties
+from maas.slo import Thresholds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,8 +87,8 @@ def test_slo_files_parse_and_reject_unknown_keys(tmp_path: Path) -> None:
 
 
 def test_regression_check_names_what_got_worse() -> None:
-    from maas.slo import Regression
     from maas.release import regressions
+    from maas.slo import Regression
 
     base = {"p95_ms": 10.0, "rps": 100.0}
     assert regressions({"p95_ms": 14.0, "rps": 80.0}, base, Regression(0.5, 0.3)) == []

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from manifest_schema import ManifestError, problems, validate, validate_all
 
+from maas.config_audit import audit
 from maas.export import zoo
 from maas.export.build import spec_of
-
-MODELS = list(zoo.models())
-from maas.config_audit import audit
 from maas.kube import DEFAULT_THREADS_PER_WORKER, cluster_properties, export_all, pod_resources
 from maas.properties import read_properties
-from manifest_schema import ManifestError, problems, validate, validate_all
+
+MODELS = list(zoo.models())
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = [ROOT / "deploy" / "kserve", ROOT / "deploy" / "kubernetes"]

@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ort_base import InputError, ModelIntegrityError, choose_providers, worker_threads
 
 from conftest import FakeContext
 from maas.export.zoo import maintenance as m
-from ort_base import InputError, ModelIntegrityError, choose_providers, worker_threads
 
 GOOD = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
         "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}
@@ -180,7 +180,6 @@ def test_io_binding_gives_the_same_answers(maintenance_handler) -> None:
 
 def test_a_silent_cpu_fallback_fails_loudly_when_cuda_is_required(model_dir: Path) -> None:
     import yaml
-
     from maintenance import MaintenanceHandler
 
     config = yaml.safe_load((model_dir / "model-config.yaml").read_text())

@@ -14,10 +14,10 @@ import torch
 from onnx import TensorProto, helper
 
 from conftest import FakeContext
+from maas.core.spec_file import SpecError, parse_input_flag, read_spec_file
 from maas.export import onnx_export
 from maas.export.graph_spec import GraphSpecError, graph_io
 from maas.export.package import PackageOptions, package_model
-from maas.core.spec_file import SpecError, parse_input_flag, read_spec_file
 
 TINY = '''
 import torch
@@ -93,7 +93,6 @@ def package(user_dir: Path, **options):
 
 def load(mar: Path, into: Path, handler: str = "tensor", cls: str = "TensorHandler"):
     import importlib
-
     import sys
 
     with zipfile.ZipFile(mar) as z:

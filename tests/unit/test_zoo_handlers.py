@@ -10,12 +10,12 @@ import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ort_base import InputError
 from PIL import Image
 
 from conftest import FakeContext, load_handler
 from maas.export.zoo import digits as digits_model
 from maas.export.zoo import minilm as minilm_model
-from ort_base import InputError
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,8 @@ def test_minilm_batch_pads_to_its_longest_sequence(minilm_handler) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
-                            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["text", "texts", "pixels", "x"]), c, max_size=3),
+                            lambda c: st.lists(c, max_size=4)
+                            | st.dictionaries(st.sampled_from(["text", "texts", "pixels", "x"]), c, max_size=3),
                             max_leaves=20) | st.binary(max_size=64))
 def test_zoo_preprocess_raises_only_input_error(digits_handler, minilm_handler, payload) -> None:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
