@@ -128,3 +128,48 @@ def load_table(summaries: list[tuple[dict[str, Any], Path]]) -> str:
                      f"{s['failures']:>7d} {s.get('worker_restarts', 0):>8}  {'PASS' if s['passed'] else 'FAIL'}"
                      for s, _ in summaries]
     return "\n".join(rows)
+
+
+def serve_and_show(project: Any, run_time: int, echo: Callable[[str], None]) -> None:
+    """After the zoo is built: package Magika, start the project's TorchServe, send each model its
+    example requests over HTTP and gRPC, load-test each for `run_time` s, stop the server."""
+    from maas import loadtest as lt
+    from maas.export import zoo
+    from maas.export.package import PackageOptions, package_model
+    from maas.grpc_client import grpc_target
+    from maas.slo import slo_for
+    from maas.status_table import server_summary
+
+    echo("packaging a model no one here wrote: Magika (its .onnx from the magika wheel on PyPI)")
+    model_file, spec = magika_files(project.build_dir / "third-party")
+    made = package_model(PackageOptions(onnx=model_file, spec_file=spec), project.build_dir, project.model_store)
+    echo(f"packaged {made.mar}")
+    models = [*zoo.models(), made.name]
+    server = project.server()
+    if server.is_running():
+        echo("stopping the TorchServe already running from this project")
+        server.stop()
+    server.start()
+    try:
+        echo(server_summary(server))
+        here = Path(__file__)
+        extra = {"magika": [(f"{p.name} ({p.stat().st_size // 1024} kB)", json.dumps(magika_request(p.read_bytes())).encode(),
+                             "application/json") for p in (here, here.parent / "templates" / "config.properties")]}
+        echo(f"\nrequests ({server.endpoints.inference}/predictions/MODEL, token from {server.client.key_file}):")
+        for line in request_rows(server, project.model_store, models, extra):
+            echo(line)
+        echo(f"\nthe same over gRPC ({grpc_target(server.props)}, the same key; `maas predict --grpc`):")
+        for line in grpc_rows(server, project.model_store, models):
+            echo(line)
+        slos = {model: slo_for(model, None, project.root, run_time_s=run_time) for model in models}
+        lt.ready_for_load(server, sum(s.warmup_s + s.run_time_s + 10 for s in slos.values()))
+        renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None
+        summaries = [lt.run(lt.LoadTest(model, slo, model_store=project.model_store), server.endpoints.inference,
+                            server.client.key_file, project.reports_dir, {}, renew, worker_restarts=server.worker_restarts)
+                     for model, slo in slos.items()]
+        echo(f"\nload tests ({run_time} s each after warm-up, closed loop):")
+        echo(load_table(summaries))
+        echo(f"reports: {project.reports_dir}/ (per run: summary.json, report.html, throughput_latency.png)")
+    finally:
+        server.stop()
+        echo("TorchServe stopped")

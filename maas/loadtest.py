@@ -163,3 +163,27 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
     summary["plot"] = png.name if png else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, out
+
+
+def ready_for_load(server: Any, seconds: float) -> Any:
+    """The server, checked up, with keys renewed if they would expire during `seconds` of load."""
+    server.client.ping()  # fails fast, with a clear message, when the server is down
+    # Locust re-reads key_file.json when it changes; renew now what would expire during the run.
+    server.client.fresh_key("inference", margin_s=seconds + 120)
+    return server
+
+
+def run_on_server(server: Any, test: LoadTest, reports_root: Path) -> tuple[dict[str, Any], Path]:
+    """`test` against a running maas TorchServe: keys renewed, the gRPC target read off its config,
+    the version it serves recorded; -> (summary, report folder)."""
+    ready_for_load(server, test.slo.warmup_s + test.slo.run_time_s)
+    if test.protocol == "grpc":
+        from maas.grpc_client import grpc_target, tls_ca_file
+
+        test.grpc_target = grpc_target(server.props)
+        test.grpc_ca = tls_ca_file(server.props, server.layout.config.resolve().parent)
+    described = server.client.describe(test.model, test.version or None)
+    info = {"served_version": described[0].get("modelVersion") if described else None}
+    renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None
+    return run(test, server.endpoints.inference, server.client.key_file, reports_root, info, renew,
+               worker_restarts=server.worker_restarts)

@@ -241,7 +241,7 @@ class TorchServe:
         return worker_restarts(self.layout.log_dir)
 
     def status(self) -> dict[str, Any]:
-        """Health and addresses (models: maas.deploy.status_rows)."""
+        """Health and addresses (models: maas.status_table.status_rows)."""
         info: dict[str, Any] = {"running": False, "pid": self.pid(), "endpoints": vars(self.endpoints),
                                 "log_dir": str(self.layout.log_dir)}
         try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import maas.loadtests
 from maas.core.errors import LoadTestError
@@ -95,3 +96,16 @@ class SLO:
                                           SLO_DIR / f"{model}.yaml"]
         found = next((p for p in candidates if p.exists()), None)
         return cls.from_file(found) if found else cls()
+
+
+def slo_for(model: str, slo_file: str | Path | None = None, project_dir: Path | None = None,
+            **overrides: Any) -> SLO:
+    """defaults < slo/<model>.yaml of the project or the zoo's (or `slo_file`) < overrides (flags; None = unset)."""
+    slo = SLO.for_model(model, Path(slo_file) if slo_file else None, project_dir)
+    for key in ("users", "spawn_rate", "run_time_s", "warmup_s"):
+        if overrides.get(key) is not None:
+            setattr(slo, key, overrides[key])
+    for key in ("max_p95_ms", "max_p99_ms", "max_error_ratio", "min_rps"):
+        if overrides.get(key) is not None:
+            setattr(slo.thresholds, key, overrides[key])
+    return slo

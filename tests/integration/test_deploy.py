@@ -14,6 +14,7 @@ from conftest import bare_server
 from maas import deploy as d
 from maas.client import ApiError
 from maas.server import TorchServe
+from maas.status_table import status_rows
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def test_versions_side_by_side_scale_default_and_undeploy(bare: TorchServe) -> N
     assert out.returncode == 0, out.stderr
     assert "deployed maintenance 1.0" in out.stdout and "READY" in out.stdout
     assert maas(bare, "deploy", "maintenance", "--version", "2.0", "--batch-size", "4").returncode == 0
-    rows = {r["version"]: r for r in d.status_rows(bare.client, "maintenance")}
+    rows = {r["version"]: r for r in status_rows(bare.client, "maintenance")}
     assert rows["1.0"]["default"] and not rows["2.0"]["default"] and rows["2.0"]["batch_size"] == 4
 
     # both versions answer at their own URL and say which answered; the two trainings differ
@@ -77,7 +78,7 @@ def test_versions_side_by_side_scale_default_and_undeploy(bare: TorchServe) -> N
 
     # undeploy removes exactly one version
     assert maas(bare, "undeploy", "maintenance", "--version", "1.0").returncode == 0
-    assert [r["version"] for r in d.status_rows(bare.client, "maintenance")] == ["2.0"]
+    assert [r["version"] for r in status_rows(bare.client, "maintenance")] == ["2.0"]
     assert bare.client.predict_json("maintenance", GOOD, version="2.0")
     assert maas(bare, "undeploy", "maintenance", "--version", "2.0").returncode == 0
     assert bare.client.list_models() == []

@@ -29,6 +29,7 @@ from maas import deploy as d
 from maas import loadtest
 from maas.cli import cli
 from maas.slo import SLO
+from maas.status_table import status_rows
 
 pytestmark = pytest.mark.integration
 
@@ -216,7 +217,7 @@ def test_the_downstream_road_on_a_packaged_model(served, tmp_path: Path) -> None
 
     ts, store, build, builds = served
     d.scale(ts.client, "resnet", 2)
-    (row,) = d.status_rows(ts.client, "resnet", restarts=ts.worker_restarts())
+    (row,) = status_rows(ts.client, "resnet", restarts=ts.worker_restarts())
     assert len(row["workers"]) == 2 and row["worker_restarts"] == 0
     d.scale(ts.client, "resnet", 1)
     maas(store, build, "build", "resnet", "--variant", "int8")

@@ -151,7 +151,7 @@ def test_dead_worker_is_replaced_and_the_server_keeps_answering(server) -> None:
     assert server.client.ping()["status"] == "Healthy"
     # The death is visible: in TorchServe's log (maas status), and as MaasWorkerRestarts for Prometheus.
     assert server.worker_restarts().get(("maintenance", "1.0"), 0) >= 1
-    from maas.deploy import status_rows
+    from maas.status_table import status_rows
 
     (row,) = [r for r in status_rows(server.client, "maintenance", restarts=server.worker_restarts())]
     assert row["worker_restarts"] >= 1

@@ -1,0 +1,134 @@
+"""build, package and init: models into the model store, a folder into a maas project."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from maas.export.variants import VARIANTS
+from maas.project import Project
+
+
+@click.command()
+@click.argument("models", nargs=-1)
+@click.option("--version", "version",
+              help="version to stamp; writes <model>-<version>.mar beside the others [the spec's version]; "
+                   "with --variant: the archive's version to make the variant from [the plain archive]")
+@click.option("--seed", type=int, help="training seed, e.g. for a second training as a new version")
+@click.option("--variant", type=click.Choice(list(VARIANTS)),
+              help="make this optimized variant of the model's verified FP32 archive, as version <version>-<variant>: opt (ORT graph "
+                   "optimizations), int8 (dynamic quantization, CPU), fp16 (GPU); refused over its accuracy budget")
+@click.option("--ensemble", type=click.IntRange(2, 16),
+              help="build N maintenance members (seeds 0..N-1) and the maintenance-ensemble workflow (.war); "
+                   "refused unless the ensemble's held-out AUROC is at least its best member's")
+def build(models: tuple[str, ...], version: str | None, seed: int | None, variant: str | None,
+          ensemble: int | None) -> None:
+    """Train (or load), export to ONNX, verify and package MODELS (default: all) into the model store."""
+    from maas.export import zoo
+    from maas.export.build import build as build_model
+
+    project: Project = click.get_current_context().obj
+    if ensemble:
+        from maas.export.ensemble import build_ensemble
+
+        result = build_ensemble(ensemble, project.build_dir, project.model_store, project.workflow_store)
+        rec = result.record
+        for name, m in [*rec["members"].items(), ("ensemble", rec["ensemble"])]:
+            click.echo(f"  {name:9s} AUROC {m['roc_auc']:.4f}  F1 {m['f1']:.4f}  accuracy {m['accuracy']:.4f}")
+        if not result.built:
+            raise click.ClickException(f"the ensemble's AUROC is below its best member's; no workflow built; "
+                                       f"keep {rec['member_archives'][rec['best_member']]}")
+        click.echo(f"built {result.war}: `maas deploy maintenance-ensemble`, then POST /wfpredict/maintenance-ensemble")
+        return
+    zoo_models = zoo.models()
+    for name in models or tuple(zoo_models):
+        if name not in zoo_models:  # a model packaged with `maas package`: only its variants are built here
+            if variant is None:
+                raise click.UsageError(f"{name} is not a zoo model ({', '.join(zoo_models)}); package your own model "
+                                       f"with `maas package`, or build a variant of it with --variant")
+            from maas.export.package import package_variant
+
+            made = package_variant(project.model_store, project.build_dir, name, variant, version)
+            acc = made.manifest["variant"]["accuracy"]
+            click.echo(f"built {made.mar} ({made.seconds:.1f} s)  {variant}: {acc['cost_metric']} {acc['cost']:.4f} "
+                       f"(budget {acc['budget']:g})" + (f", top-1 agreement {acc['top1_agreement']}" if acc["top1_agreement"] else ""))
+            continue
+        result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed,
+                             variant=variant)
+        manifest = json.loads((result.build_dir / "manifest.json").read_text())
+        metrics = {k: float(f"{v:.8g}") for k, v in manifest["metrics"].items() if isinstance(v, float)}
+        click.echo(f"built {result.mar} ({result.seconds:.1f} s)  metrics {metrics}  "
+                   f"parity max abs error {manifest['parity']['max_abs_error']:.2g}")
+        if "variant" in manifest:
+            acc = manifest["variant"]["accuracy"]
+            click.echo(f"  {variant}: {acc['cost_metric']} {acc['cost']:.4f} (budget {acc['budget']:g}), "
+                       f"{manifest['size_bytes'] / 1e6:.1f} MB")
+
+
+@click.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--force", is_flag=True, help="overwrite files maas init wrote before")
+def init(directory: Path, force: bool) -> None:
+    """Make DIRECTORY a maas project: config.properties with the secure defaults, metrics.yaml,
+    an empty model_store/, a commented model spec template (maas.yaml) and a .gitignore."""
+    from maas.init import init_project
+
+    for line in init_project(directory, force):
+        click.echo(line)
+    click.echo(f"next: cd {directory} && maas package --onnx model.onnx (or --torch MODULE:FUNCTION), "
+               "then maas serve start")
+
+
+@click.command("package")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), help="an existing ONNX file (external weights beside it travel too)")
+@click.option("--torch", "factory", metavar="MODULE:FUNCTION",
+              help="a function returning a torch.nn.Module, e.g. my_pkg.models:make_model (importable from here)")
+@click.option("--exported-program", type=click.Path(path_type=Path), help="a torch.export.save()d program (.pt2)")
+@click.option("--name", help="model name: letters, digits, '.', '_', '-' [the spec's, else the file's or function's]")
+@click.option("--version", "version", help="version; writes <name>-<version>.mar beside the others [the spec's, else 1.0]")
+@click.option("--spec", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="model spec YAML kept beside the model (inputs, outputs, serving, labels, handler, ...)")
+@click.option("--example", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="example inputs: a .npz with one array per input name")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:DTYPE:[DIMS]",
+              help="declare an input, e.g. pixels:float32:[batch,3,224,224] (names mark dynamic axes); repeatable")
+@click.option("--handler", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="your handler file (subclass tensor.TensorHandler) [the generic tensor handler]")
+@click.option("--extra-file", "extra_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="a file the handler reads from its model directory (labels.txt, tokenizer.json); repeatable")
+@click.option("--samples", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="sample inputs (.npz) for load tests and variant costs [the example]")
+@click.option("--write-spec", type=click.Path(dir_okay=False, path_type=Path),
+              help="only write a starting spec read off the graph to this file, then stop")
+@click.pass_obj
+def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, exported_program: Path | None,
+                name: str | None, version: str | None, spec_file: Path | None, example: Path | None,
+                inputs: tuple[str, ...], handler: Path | None, extra_files: tuple[Path, ...], samples: Path | None,
+                write_spec: Path | None) -> None:
+    """Package your own model: export where needed, verify, and archive it into the model store.
+
+    \b
+    Examples:
+      maas package --onnx model.onnx --name detector
+      maas package --torch my_pkg.models:make_model --input pixels:float32:[batch,3,224,224]
+      maas package --exported-program model.pt2 --spec maas.yaml
+      maas package --onnx model.onnx --write-spec maas.yaml    # then edit it and package with --spec
+    \b
+    Then: maas deploy NAME, maas predict NAME body.json ({"inputs": {"<input>": [...]}}), maas loadtest NAME.
+    """
+    from maas.export.package import PackageOptions, package_model
+
+    opts = PackageOptions(onnx=onnx_file, torch=factory, exported_program=exported_program, name=name,
+                          version=version, spec_file=spec_file, example=example, inputs=inputs, handler=handler,
+                          extra_files=extra_files, samples=samples)
+    result = package_model(opts, project.build_dir, project.model_store, write_spec)
+    if write_spec is not None:
+        click.echo(f"wrote {write_spec}: check it, then `maas package ... --spec {write_spec}`")
+        return
+    parity = result.manifest.get("parity", {})
+    figure = (f"parity max abs error {parity['max_abs_error']:.2g} on {', '.join(parity['cases'])}"
+              if "max_abs_error" in parity else "no PyTorch source: ONNX Runtime ran the example")
+    click.echo(f"packaged {result.mar} ({result.seconds:.1f} s): {result.name} {result.version}, "
+               f"inputs {', '.join(f'{t.name} {t.dtype}{list(t.shape)}' for t in result.spec.inputs)}; {figure}")
+    click.echo(f"next: maas deploy {result.name}" + (f" --version {result.version}" if opts.version else ""))

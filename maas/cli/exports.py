@@ -1,0 +1,119 @@
+"""export-triton, export-kserve and bench: the same archives elsewhere, and measured."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from maas.project import Project
+
+
+@click.command("export-triton")
+@click.argument("models", nargs=-1)
+@click.option("--out", "out_dir", default="model_repository", show_default=True, help="Triton model repository")
+@click.option("--gpu", is_flag=True, help="instance_group KIND_GPU instead of KIND_CPU")
+@click.pass_obj
+def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: bool) -> None:
+    """Write MODELS' verified ONNX files (default: all in the store) as a Triton model repository."""
+    from maas.core.store import maas_archives
+    from maas.triton import export
+
+    archives, skipped = maas_archives(project.model_store)
+    for line in skipped:
+        click.echo(line, err=True)
+    names = models or tuple(sorted({a.model for a in archives}))
+    for name in names:
+        folder = export(project.model_store, name, Path(out_dir), gpu=gpu)
+        click.echo(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx")
+
+
+@click.command("export-kserve")
+@click.argument("models", nargs=-1)
+@click.option("--kserve-dir", default="deploy/kserve", show_default=True,
+              help="InferenceServices, ServingRuntime and storage/<model>/ trees")
+@click.option("--kubernetes-dir", default="deploy/kubernetes", show_default=True,
+              help="plain Kubernetes Deployment + Service + NetworkPolicy per model")
+@click.option("--storage-uri", default="pvc://maas-models", show_default=True,
+              help="where storage/ is uploaded; each InferenceService reads <uri>/<model>")
+@click.pass_obj
+def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, kubernetes_dir: str,
+                  storage_uri: str) -> None:
+    """Write KServe and Kubernetes manifests for MODELS (default: the whole zoo) and copy their
+    archives into KServe's storage layout (config/config.properties + model-store/)."""
+    from maas.core.spec import ModelSpec
+    from maas.core.store import (
+        archive_manifest,
+        archive_member,
+        find_archive,
+        packaged_models,
+    )
+    from maas.export import zoo
+    from maas.kube import export_all
+
+    def spec(name: str) -> ModelSpec:
+        if name in zoo.models():
+            return zoo.get(name).spec
+        if name not in packaged_models(project.model_store):
+            raise click.UsageError(f"unknown model {name}: not in the zoo ({', '.join(zoo.models())}) and no archive "
+                                   f"packaged by maas in {project.model_store}")
+        archive = find_archive(project.model_store, name, None)
+        return ModelSpec.from_archive(archive_manifest(archive), yaml.safe_load(archive_member(archive, "model-config.yaml")))
+
+    specs = [spec(m) for m in (models or (*zoo.models(), *packaged_models(project.model_store)))]
+    result = export_all(specs, project.config, project.model_store, Path(kserve_dir), Path(kubernetes_dir),
+                        storage_uri, project.root)
+    for path in result.manifests + result.archives:
+        click.echo(f"wrote {path}")
+    if result.missing:
+        click.echo(f"not built, so no archive in storage/ for: {', '.join(result.missing)} (run `maas build`)", err=True)
+
+
+@click.command("bench")
+@click.option("--models", "families", default="minilm", show_default=True, help="comma-separated: minilm, digits")
+@click.option("--users", default="8,16", show_default=True, help="client concurrencies (Locust users)")
+@click.option("--layouts", default="2:4:5,2:8:5", show_default=True,
+              help="WORKERS:BATCH:DELAY_MS layouts every configuration runs in (threads = cores // workers)")
+@click.option("--run-time", "run_time_s", type=int, default=10, show_default=True,
+              help="measured seconds per run and round")
+@click.option("--warmup", "warmup_s", type=int, default=3, show_default=True, help="warm-up seconds per run")
+@click.option("--no-levers", is_flag=True, help="skip the runs that take one optimisation away at a time")
+@click.option("--no-scaling", is_flag=True, help="skip the longer-text and batch-size runs (minilm)")
+@click.option("--rounds", type=int, default=2, show_default=True,
+              help="interleaved rounds of served runs and in-process ceilings; each point is its fastest round")
+@click.option("--store", type=click.Path(path_type=Path), help="bench model store to reuse [<out>/store]")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder [reports/bench-<UTC time>]")
+@click.option("--publish", type=click.Path(path_type=Path),
+              help="also copy report.md, the plots and results.json here (e.g. benchmarks/results/cpu-2core-avx512-vnni)")
+@click.pass_obj
+def bench(project: Project, families: str, users: str, layouts: str, run_time_s: int, warmup_s: int,
+          no_levers: bool, no_scaling: bool, rounds: int, store: Path | None, out_dir: Path | None, publish: Path | None) -> None:
+    """Benchmark our ONNX Runtime handlers (FP32, fused FP32, INT8) against what a TorchServe user
+    would serve instead (eager PyTorch, TorchScript, OpenVINO) and against each configuration's
+    in-process ceiling, side by side in one run; writes JSON, markdown and plots (including how throughput and p95 scale
+    with input length and batch size)."""
+    from datetime import datetime, timezone
+
+    from maas import bench as bench_mod
+
+    chosen = tuple(f.strip() for f in families.split(",") if f.strip())
+    unknown = [f for f in chosen if f not in bench_mod.PAYLOADS]
+    if unknown:
+        raise click.UsageError(f"--models: unknown {unknown}; benchmarked models are {list(bench_mod.PAYLOADS)}")
+    try:
+        grid = tuple(tuple(int(v) for v in layout.split(":")) for layout in layouts.split(","))
+    except ValueError:
+        grid = ()
+    if not grid or any(len(layout) != 3 or min(layout) < 0 or layout[0] < 1 for layout in grid):
+        raise click.UsageError(f"--layouts {layouts!r}: expected WORKERS:BATCH:DELAY_MS[,...], e.g. 2:4:5,2:8:5")
+    plan = bench_mod.BenchPlan(families=chosen, users=tuple(int(u) for u in users.split(",")),
+                               layouts=grid, run_time_s=run_time_s,
+                               warmup_s=warmup_s, levers=not no_levers, scaling=not no_scaling,
+                               rounds=max(1, rounds))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = out_dir or project.reports_dir / f"bench-{stamp}"
+    bench_mod.run_bench(plan, out, store, project.config)
+    if publish:
+        bench_mod.publish(out, publish)
+    click.echo((out / "report.md").read_text())
+    click.echo(f"report: {out / 'report.md'}  plot: {out / 'bench.png'}  data: {out / 'results.json'}")
