@@ -8,7 +8,6 @@ import platform
 import subprocess
 import sys
 import zipfile
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 import maas.handlers
+from maas.core.clock import now_iso
 from maas.core.errors import ExportError
 from maas.core.spec import ModelSpec
 
@@ -75,7 +75,7 @@ def write_manifest(
         "name": spec.name,
         "version": version,
         "description": spec.description,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": now_iso(),
         "model_file": onnx_path.name,
         "sha256": sha256_file(onnx_path),
         "size_bytes": onnx_path.stat().st_size,

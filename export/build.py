@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from maas.core.spec import ModelSpec
 from maas.export import archive, onnx_export, variants, zoo
 from maas.export.package import archive_model, package_variant
 
@@ -26,10 +25,6 @@ class BuildResult:
     mar: Path
     build_dir: Path
     seconds: float
-
-
-def spec_of(name: str) -> ModelSpec:
-    return zoo.get(name).spec
 
 
 def build(name: str, build_root: Path, model_store: Path, version: str | None = None,

@@ -30,12 +30,7 @@ DTYPES: dict[str, DType] = {
     "uint64": DType(13, "tensor(uint64)", "UINT64"),
 }
 BY_ONNX = {d.onnx: name for name, d in DTYPES.items()}
-BY_ORT = {d.ort: name for name, d in DTYPES.items()}
 BY_V2 = {d.v2: name for name, d in DTYPES.items()}
-
-
-def v2_name(dtype: str) -> str:
-    return DTYPES[dtype].v2
 
 
 def triton_name(dtype: str) -> str:

@@ -25,14 +25,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import threading
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,6 +38,8 @@ import numpy as np
 import yaml
 
 from maas import bench_peers
+from maas.core.clock import now_iso
+from maas.core.machine import cores
 from maas.inprocess import ceiling, ceilings
 from maas.loadtest import LoadTest
 from maas.loadtest import run as run_locust
@@ -112,10 +112,6 @@ class BenchResult:
     sequence_runs: list[dict[str, Any]] = field(default_factory=list)  # served, longer texts (scaling)
     batch_runs: list[dict[str, Any]] = field(default_factory=list)  # in-process, per batch size (scaling)
     all_runs: list[dict[str, Any]] = field(default_factory=list)  # every round of `runs`
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # ---- the store ----------------------------------------------------------------------------
@@ -513,7 +509,7 @@ def machine_info() -> dict[str, Any]:
             versions[pkg] = "not installed"
     return {"cores": cores(), "cpu": _cpu_info("model name") or platform.processor() or platform.machine(),
             "isa": cpu_isa(set(_cpu_info("flags").split())), "python": platform.python_version(), **versions,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "date": now_iso()}
 
 
 def _cpu_info(field: str) -> str:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from maas import loadtest
+from maas.core.machine import cores
 from maas.gate import figures
 from maas.records import write_record
 from maas.slo import SLO
@@ -48,6 +48,6 @@ def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: 
         if best is None or summary["rps"] > best["rps"]:
             best = steps[-1]
     result = {"model": model, "version": version or "default", "slo": asdict(slo), "steps": steps,
-              "capacity": best, "cores": os.cpu_count()}
+              "capacity": best, "cores": cores()}
     result["path"] = str(write_record(reports_dir, model, "capacity", result))
     return result

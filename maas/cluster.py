@@ -29,7 +29,7 @@ from pathlib import Path
 from maas.client import ServeError
 from maas.config_audit import audit
 from maas.pidfile import live_pid
-from maas.properties import free_loopback_ports, on_free_loopback_ports, read_properties, resolve_paths, write_properties
+from maas.properties import on_free_loopback_ports, read_properties, resolve_paths, write_properties
 from maas.server import ServerLayout, TorchServe
 
 TOKEN_PROBLEM = "disable_token_authorization=true"
@@ -206,7 +206,3 @@ backend replicas
     http-check expect status 200
 {servers}
 """
-
-
-def free_port() -> int:
-    return free_loopback_ports(1)[0]

@@ -106,11 +106,6 @@ def _retry_workers(client: TorchServeClient, archive: Archive, workers: int, tim
                      f"with 0 workers: `maas undeploy {archive.model} --version {archive.version}`")
 
 
-def register_url(client: TorchServeClient, url: str) -> dict[str, Any]:
-    """Raw registration of any URL: the server's allowed_urls decides (used to prove refusals)."""
-    return client.management("POST", "/models", params={"url": url, "initial_workers": 1, "synchronous": "true"})
-
-
 def resolve_version(client: TorchServeClient, model: str, version: str | None) -> str:
     """`version`, or the model's current default version."""
     return version or str(client.describe(model)[0]["modelVersion"])

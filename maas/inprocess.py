@@ -56,9 +56,6 @@ class InProcessContext:
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
         pass
 
-    def get_response_headers(self, idx: int) -> dict[str, str]:
-        return self._headers.get(idx, {})
-
 
 def load_handler(mar: Path, into: Path, workers: int, handler_settings: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """(handler, context): the archive's handler initialised in this process, as a worker of `workers`."""

@@ -8,19 +8,19 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import maas.loadtests
 from maas import plots
+from maas.core.clock import now_iso, stamp
+from maas.core.machine import cores
 from maas.gate import evaluate
 from maas.locust_csv import number, read_aggregate, read_errors
 from maas.properties import free_loopback_ports
@@ -99,8 +99,8 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
 
     restarts_before = worker_restarts() if worker_restarts else None
     slo = test.slo
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")[:-4] + "Z"
-    out = reports_root / f"{stamp}-{test.model}{'-' + test.label if test.label else ''}"
+    when = stamp()
+    out = reports_root / f"{when}-{test.model}{'-' + test.label if test.label else ''}"
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / "locust"
     commands = locust_commands(test, host, key_file, out)
@@ -144,10 +144,10 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
     summary["error_ratio"] = summary["failures"] / summary["requests"] if summary["requests"] else 1.0
     summary.update(
         users=slo.users, spawn_rate=slo.spawn_rate, run_time_s=slo.run_time_s, warmup_s=slo.warmup_s,
-        locust_workers=test.workers, host=test.grpc_target if test.protocol == "grpc" else host, cores=os.cpu_count(),
+        locust_workers=test.workers, host=test.grpc_target if test.protocol == "grpc" else host, cores=cores(),
         locust_version=metadata.version("locust"),
         torchserve_version=metadata.version("torchserve"),
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        finished=now_iso(),
         thresholds=asdict(slo.thresholds), **(server_info or {}),
     )
     broken = evaluate(summary, slo.thresholds)

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from maas.core.clock import stamp
 
 
 def write_record(reports_dir: Path, model: str, kind: str, record: dict[str, Any]) -> Path:
     """reports/<UTC time>-<model>-<kind>/<kind>.json (release and capacity records)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = reports_dir / f"{stamp}-{model}-{kind}"
+    when = stamp()
+    out = reports_dir / f"{when}-{model}-{kind}"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{kind}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -15,12 +15,12 @@ import json
 import logging
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from maas import deploy, loadtest, smoke
 from maas.client import ApiError, TorchServeClient
+from maas.core.clock import now_iso
 from maas.gate import figures
 from maas.records import write_record
 from maas.slo import SLO, Regression
@@ -69,7 +69,7 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
     """Run the gate; returns the decision record (also written to release.json)."""
     started = time.monotonic()
     record: dict[str, Any] = {"model": model, "candidate": candidate, "slo": asdict(slo),
-                              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                              "started": now_iso()}
     default = current_default(client, model)
     record["previous_default"] = default
     registered = default is not None and any(
@@ -111,6 +111,6 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
         deploy.undeploy(client, model, candidate)
     record.update(promoted=promoted, reasons=reasons, default_now=current_default(client, model),
                   wall_time_s=round(time.monotonic() - started, 1),
-                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                  finished=now_iso())
     record["path"] = str(write_record(reports_dir, model, "release", record))
     return record

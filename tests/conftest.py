@@ -125,8 +125,8 @@ def package_variant(built: Built, store: Path, work: Path, archive_name: str, re
                     model_name: str | None = None, version: str = "1.0", **config: Any) -> Path:
     """An archive of `built`'s verified model whose handler source is rewritten (a test double
     for a broken or slow release), with optional model-config.yaml changes."""
+    from maas.export import zoo
     from maas.export.archive import package
-    from maas.export.build import spec_of
 
     handlers, build = work / f"{archive_name}_handlers", work / f"{archive_name}_build"
     handlers.mkdir()
@@ -141,7 +141,7 @@ def package_variant(built: Built, store: Path, work: Path, archive_name: str, re
         shutil.copy(built.build_dir / f, build / f)
     cfg = {**yaml.safe_load((built.build_dir / "model-config.yaml").read_text()), **config}
     (build / "model-config.yaml").write_text(yaml.safe_dump(cfg))
-    spec = spec_of(built.name)
+    spec = zoo.get(built.name).spec
     spec = spec.__class__(**{**spec.__dict__, "name": model_name or spec.name})
     return package(build, spec, store, version, archive_name, handlers_dir=handlers)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 import yaml
 
+from maas.core.clock import stamp
 from maas.project import Project
 
 
@@ -92,7 +93,6 @@ def bench(project: Project, families: str, users: str, layouts: str, run_time_s:
     would serve instead (eager PyTorch, TorchScript, OpenVINO) and against each configuration's
     in-process ceiling, side by side in one run; writes JSON, markdown and plots (including how throughput and p95 scale
     with input length and batch size)."""
-    from datetime import datetime, timezone
 
     from maas import bench as bench_mod
 
@@ -110,8 +110,8 @@ def bench(project: Project, families: str, users: str, layouts: str, run_time_s:
                                layouts=grid, run_time_s=run_time_s,
                                warmup_s=warmup_s, levers=not no_levers, scaling=not no_scaling,
                                rounds=max(1, rounds))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = out_dir or project.reports_dir / f"bench-{stamp}"
+    when = stamp()
+    out = out_dir or project.reports_dir / f"bench-{when}"
     bench_mod.run_bench(plan, out, store, project.config)
     if publish:
         bench_mod.publish(out, publish)

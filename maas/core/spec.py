@@ -31,10 +31,6 @@ class TensorSpec:
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
-    def concrete_shape(self, **sizes: int) -> tuple[int, ...]:
-        """Shape with each symbolic axis replaced by `sizes[name]` (default 1)."""
-        return tuple(d if isinstance(d, int) else sizes.get(d, 1) for d in self.shape)
-
 
 @dataclass(frozen=True)
 class ServingSpec:

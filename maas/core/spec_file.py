@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -311,10 +311,6 @@ def parse_input_flag(flag: str) -> TensorSpec:
     if c.problems or tensor is None:
         raise SpecError("; ".join(p.split(": ", 1)[1] for p in c.problems) or f"--input {flag!r} is not valid")
     return tensor
-
-
-def with_fields(spec: ModelSpec, **fields: Any) -> ModelSpec:
-    return replace(spec, **fields)
 
 
 def spec_yaml(spec: ModelSpec) -> str:

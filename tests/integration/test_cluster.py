@@ -18,7 +18,8 @@ import requests
 from conftest import ROOT
 from maas import deploy as d
 from maas import loadtest
-from maas.cluster import Cluster, free_port
+from maas.cluster import Cluster
+from maas.properties import free_loopback_ports
 from maas.release import release
 from maas.slo import SLO
 
@@ -35,7 +36,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, maintenance_built):
     store = tmp_path_factory.mktemp("cluster_store")
     shutil.copy(maintenance_built.mar, store / "maintenance.mar")
     c = Cluster(ROOT / "config.properties", store, tmp_path_factory.mktemp("cluster") / "cluster")
-    address = c.start(2, free_port())
+    address = c.start(2, free_loopback_ports(1)[0])
     yield c, address
     c.stop()
 

@@ -124,7 +124,7 @@ def test_scale_timeout_is_reported(bare: TorchServe) -> None:
 def test_registration_outside_the_model_store_is_refused(bare: TorchServe, url: str) -> None:
     before = sorted(p.name for p in bare.layout.model_store.iterdir())
     with pytest.raises(ApiError) as err:
-        d.register_url(bare.client, url)
+        bare.client.management("POST", "/models", params={"url": url, "initial_workers": 1, "synchronous": "true"})
     assert err.value.status in (400, 403, 404)
     assert sorted(p.name for p in bare.layout.model_store.iterdir()) == before
     assert bare.client.list_models() == []

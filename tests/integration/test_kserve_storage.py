@@ -12,7 +12,7 @@ import tritonclient.http as triton
 
 from conftest import Built
 from maas.config_audit import audit
-from maas.export.build import spec_of
+from maas.export import zoo
 from maas.export.zoo import maintenance, minilm
 from maas.kube import MOUNT, _probes, export_all
 from maas.properties import on_free_loopback_ports, read_properties, write_properties
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, model_store: Path, built_models: dict[str, Built]) -> Path:
     out = tmp_path_factory.mktemp("deploy")
-    result = export_all([spec_of(m) for m in built_models], ROOT / "config.properties", model_store,
+    result = export_all([zoo.get(m).spec for m in built_models], ROOT / "config.properties", model_store,
                         out / "kserve", out / "kubernetes")
     assert not result.missing and len(result.archives) == len(built_models)
     return out / "kserve" / "storage"
@@ -73,7 +73,7 @@ def test_storage_tree_serves_v2_without_keys(model: str, exported: Path, tmp_pat
         refused = requests.post(f"{ts.endpoints.management}/models", params={"url": f"{model}.mar"}, timeout=10)
         assert refused.status_code in (400, 403, 405), refused.text
         described = requests.get(f"{ts.endpoints.management}/models/{model}", timeout=10).json()[0]
-        spec = spec_of(model)
+        spec = zoo.get(model).spec
         assert described["batchSize"] == spec.serving.batch_size
         assert described["maxBatchDelay"] == spec.serving.max_batch_delay_ms
 

@@ -13,7 +13,6 @@ from manifest_schema import ManifestError, problems, validate, validate_all
 
 from maas.config_audit import audit
 from maas.export import zoo
-from maas.export.build import spec_of
 from maas.kube import DEFAULT_THREADS_PER_WORKER, cluster_properties, export_all, pod_resources
 from maas.properties import read_properties
 
@@ -30,7 +29,7 @@ def docs(folder: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("export")
-    export_all([spec_of(m) for m in MODELS], ROOT / "config.properties", None, out / "kserve", out / "kubernetes")
+    export_all([zoo.get(m).spec for m in MODELS], ROOT / "config.properties", None, out / "kserve", out / "kubernetes")
     return out / "kserve", out / "kubernetes"
 
 
@@ -92,7 +91,7 @@ def test_the_kubernetes_check_catches_broken_deployments(break_it) -> None:
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_resources_follow_workers_and_threads(model: str) -> None:
-    spec = spec_of(model)
+    spec = zoo.get(model).spec
     res = pod_resources(spec)
     threads = spec.serving.intra_op_threads or DEFAULT_THREADS_PER_WORKER
     assert res.ort_cores == spec.serving.max_workers * threads
@@ -111,7 +110,7 @@ def test_resources_follow_workers_and_threads(model: str) -> None:
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_pod_config_keeps_management_private(model: str) -> None:
-    spec = spec_of(model)
+    spec = zoo.get(model).spec
     props = cluster_properties(read_properties(ROOT / "config.properties"), spec)
     assert props["management_address"].startswith("http://127.0.0.1:")
     assert props["enable_model_api"] == "false" and props["install_py_dep_per_model"] == "false"
