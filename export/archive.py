@@ -1,6 +1,7 @@
 """Package a verified model: manifest.json + model-config.yaml + torch-model-archiver -> .mar."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -22,8 +23,6 @@ from maas.core.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 HANDLERS_DIR = Path(maas.handlers.__path__[0])  # handlers/ in a checkout, package data when installed
-# Shipped in every archive: the ORT base handler and its support modules (see handlers/ort_base.py).
-BASE_HANDLER_FILES = ("ort_base.py", "inputs.py", "v2.py", "http_reply.py", "dtypes.py", "buckets.py")
 # Pickled files can run code when loaded; an archive of ours never carries one.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".joblib")
 
@@ -96,6 +95,28 @@ def write_model_config(build_dir: Path, spec: ModelSpec) -> Path:
     return path
 
 
+def handler_support(handler: Path, handlers_dir: Path = HANDLERS_DIR) -> list[Path]:
+    """The modules of `handlers_dir` that `handler` imports, directly or through one another: what
+    its archive carries beside it (a handler file declares what it needs by importing it, flat, as
+    TorchServe's worker will)."""
+    found: dict[str, Path] = {}
+    todo = [handler]
+    while todo:
+        for node in ast.walk(ast.parse(todo.pop().read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                path = handlers_dir / f"{name.split('.')[0]}.py"
+                if path.is_file() and path.name not in found and path.resolve() != handler.resolve():
+                    found[path.name] = path
+                    todo.append(path)
+    return sorted(found.values())
+
+
 def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, archive_name: str,
             handlers_dir: Path = HANDLERS_DIR, handler_path: Path | None = None) -> Path:
     """Run torch-model-archiver; the .mar carries handler, support modules, model, manifest, config.
@@ -105,15 +126,15 @@ def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, a
     user's own handler file (default: handlers_dir/spec.handler).
     """
     model_store.mkdir(parents=True, exist_ok=True)
-    support = dict.fromkeys([*BASE_HANDLER_FILES, *spec.handler_support_files])
-    extra_files = [handlers_dir / f for f in support] + [build_dir / "manifest.json"]
+    handler = handler_path or handlers_dir / spec.handler
+    extra_files = [*handler_support(handler, handlers_dir), build_dir / "manifest.json"]
     extra_files += sorted(p for p in (build_dir / "assets").glob("*") if p.is_file()) if (build_dir / "assets").is_dir() else []
     cmd = [
         sys.executable, "-m", "model_archiver.model_packaging",
         "--model-name", spec.name,
         "--version", version,
         "--serialized-file", str(build_dir / "model.onnx"),
-        "--handler", str(handler_path or handlers_dir / spec.handler),
+        "--handler", str(handler),
         "--extra-files", ",".join(str(p) for p in extra_files),
         "--config-file", str(build_dir / "model-config.yaml"),
         "--export-path", str(build_dir),

@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 import maas.handlers
+from maas.export.archive import handler_support
 from maas.export.build import build
 from maas.export.variants import held_out_outputs
 from maas.export.zoo import maintenance
@@ -102,7 +103,7 @@ def package_workflow(work: Path, workflow_store: Path, name: str = WORKFLOW, han
     # ensemble.json: the gate's record (when there is one) and the threshold `aggregate` reads at load.
     record = json.loads((work / "ensemble.json").read_text()) if (work / "ensemble.json").exists() else {}
     (work / "ensemble.json").write_text(json.dumps({**record, "threshold": maintenance.THRESHOLD}, indent=2) + "\n")
-    extra = [handler.parent / "http_reply.py", work / "ensemble.json"]
+    extra = [*handler_support(handler, handler.parent), work / "ensemble.json"]
     cmd += ["--extra-files", ",".join(str(p) for p in extra)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

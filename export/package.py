@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from maas.core.sampling import draw
-from maas.core.spec import ModelSpec, ServingSpec, TensorSpec
+from maas.core.spec import ATOL, GENERIC_HANDLER, RTOL, ModelSpec, ServingSpec, TensorSpec
 from maas.core.spec_file import (
     SpecError,
     check_model_name,
@@ -38,7 +38,6 @@ from maas.export.graph_spec import GraphSpecError
 log = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "1.0"
-SUPPORT_NAMES = {*archive.BASE_HANDLER_FILES, "tensor.py"}
 SAMPLE_ROWS = 16
 MAX_EXAMPLE_REQUEST_BYTES = 64 * 1024
 
@@ -115,10 +114,12 @@ def declared_spec(opts: PackageOptions, loaded: sources.Loaded) -> ModelSpec:
     fields.pop("inputs", None)
     handler_file = str(opts.handler) if opts.handler else fields.pop("handler_file", None)
     fields.pop("handler_file", None)
-    if handler_file and Path(handler_file).name in SUPPORT_NAMES:
-        raise SpecError(f"handler {handler_file}: call it something else than the support modules {sorted(SUPPORT_NAMES)}")
     if opts.handler and not Path(opts.handler).is_file():
         raise SpecError(f"--handler {opts.handler}: no such file")
+    if handler_file and Path(handler_file).is_file():
+        support = sorted(p.name for p in archive.handler_support(Path(handler_file)))
+        if Path(handler_file).name in {GENERIC_HANDLER, *support}:
+            raise SpecError(f"handler {handler_file}: call it something else than the support modules {support}")
     extra = tuple(str(p) for p in opts.extra_files) + tuple(fields.pop("extra_files", ()))
     for f in opts.extra_files:
         if not Path(f).is_file():
@@ -128,9 +129,9 @@ def declared_spec(opts: PackageOptions, loaded: sources.Loaded) -> ModelSpec:
     return ModelSpec(
         name=name, version=version, description=fields.pop("description", f"{name} packaged by maas"),
         inputs=tuple(inputs), outputs=fields.pop("outputs", ()),
-        handler=Path(handler_file).name if handler_file else "tensor.py",
-        atol=fields.pop("atol", 1e-5), rtol=fields.pop("rtol", 1e-4), export_batch_size=2,
-        handler_support_files=("tensor.py",), serving=fields.pop("serving", ServingSpec()),
+        handler=Path(handler_file).name if handler_file else GENERIC_HANDLER,
+        atol=fields.pop("atol", ATOL), rtol=fields.pop("rtol", RTOL), export_batch_size=2,
+        serving=fields.pop("serving", ServingSpec()),
         handler_file=handler_file, extra_files=extra, samples=samples, **fields)
 
 
@@ -368,7 +369,7 @@ def package_variant(model_store: Path, build_root: Path, name: str, variant: str
     log.info("%s %s: %s %.4f (budget %.4f)", name, variant, report["cost_metric"], report["cost"], report["budget"])
     variants.check_budget(name, variant, report)
     shutil.copy(made, build_dir / "model.onnx")
-    code = {handler, *archive.BASE_HANDLER_FILES, "tensor.py", *spec.handler_support_files}
+    code = {handler, *(p.name for p in archive.handler_support(extracted / handler, extracted))}
     skip = {manifest["model_file"], "manifest.json", "model-config.yaml", *code,
             *(e["file"] for e in manifest.get("external_data", []))}
     for item in extracted.iterdir():
@@ -378,12 +379,11 @@ def package_variant(model_store: Path, build_root: Path, name: str, variant: str
     extra = {k: v for k, v in manifest.items() if k not in archive.MANIFEST_OWN_KEYS}
     extra.update(external_data=[], variant={"name": variant, "description": variants.VARIANTS[variant],
                                             "fp32_sha256": manifest["sha256"], "accuracy": report})
-    spec = replace(spec, version=new_version, handler=handler,
-                   handler_support_files=spec.handler_support_files if model else ("tensor.py",))
+    spec = replace(spec, version=new_version, handler=handler)
     archive.write_manifest(build_dir, spec, build_dir / "model.onnx", new_version, manifest.get("metrics", {}),
                            manifest.get("parity", {}), extra)
     (build_dir / "model-config.yaml").write_text(archive_member(source, "model-config.yaml").decode())
-    user_handler = extracted / handler if model is None and handler not in SUPPORT_NAMES else None
+    user_handler = extracted / handler if model is None and handler != GENERIC_HANDLER else None
     mar = archive.package(build_dir, spec, model_store, new_version, archive.archive_name(name, new_version),
                           handler_path=user_handler)
     result = json.loads((build_dir / "manifest.json").read_text())

@@ -40,6 +40,7 @@ import yaml
 from maas import bench_peers
 from maas.core.clock import now_iso
 from maas.core.machine import cores
+from maas.core.spec import ServingSpec
 from maas.inprocess import ceiling, ceilings
 from maas.loadtest import LoadTest
 from maas.loadtest import run as run_locust
@@ -161,10 +162,11 @@ def run_archive(store: Path, served: Served) -> tuple[str, Path]:
                 data = json.dumps(manifest).encode()
             elif item.filename == "model-config.yaml":
                 config = yaml.safe_load(data)
-                config.update(minWorkers=served.workers, maxWorkers=served.workers, batchSize=served.batch_size,
-                              maxBatchDelay=served.max_batch_delay_ms)
-                if served.settings:
-                    config["handler"] = {**(config.get("handler") or {}), **dict(served.settings)}
+                layout = replace(ServingSpec.from_model_config(config), min_workers=served.workers,
+                                 max_workers=served.workers, batch_size=served.batch_size,
+                                 max_batch_delay_ms=served.max_batch_delay_ms)
+                config = layout.written_over(config)
+                config["handler"].update(dict(served.settings or {}))
                 data = yaml.safe_dump(config, sort_keys=False).encode()
             zout.writestr(item, data)
     return model, dst

@@ -19,11 +19,14 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+
+from maas.core.spec import ServingSpec
 
 
 class _Metrics:
@@ -37,7 +40,8 @@ class InProcessContext:
     """The parts of TorchServe's Context a handler reads, for one unpacked archive."""
 
     def __init__(self, model_dir: Path, yaml_config: dict[str, Any], manifest: dict[str, Any]) -> None:
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": yaml_config.get("batchSize", 1)}
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None,
+                                  "batch_size": ServingSpec.from_model_config(yaml_config).batch_size}
         self.model_yaml_config = yaml_config
         self.manifest = manifest
         self.metrics = _Metrics()
@@ -63,9 +67,9 @@ def load_handler(mar: Path, into: Path, workers: int, handler_settings: dict[str
         z.extractall(into)
     mar_manifest = json.loads((into / "MAR-INF" / "MANIFEST.json").read_text())
     config = yaml.safe_load((into / "model-config.yaml").read_text()) if (into / "model-config.yaml").exists() else {}
-    config.update(minWorkers=workers, maxWorkers=workers)
-    if handler_settings:
-        config["handler"] = {**(config.get("handler") or {}), **handler_settings}
+    serving = ServingSpec.from_model_config(config)
+    config = replace(serving, min_workers=workers, max_workers=workers).written_over(config)
+    config["handler"].update(handler_settings or {})
     sys.path.insert(0, str(into))
     module = importlib.import_module(Path(mar_manifest["model"]["handler"]).stem)
     classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]

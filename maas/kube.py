@@ -86,9 +86,7 @@ def cluster_properties(project: dict[str, str], spec: ModelSpec, version: str | 
     s = spec.serving
     version = version or spec.version
     snapshot = {"name": "startup.cfg", "modelCount": 1, "models": {spec.name: {version: {
-        "defaultVersion": True, "marName": archive_name(spec, version),
-        "minWorkers": s.min_workers, "maxWorkers": s.max_workers, "batchSize": s.batch_size,
-        "maxBatchDelay": s.max_batch_delay_ms, "responseTimeout": s.response_timeout_s}}}}
+        "defaultVersion": True, "marName": archive_name(spec, version), **s.snapshot_settings()}}}}
     props = {
         "inference_address": f"http://0.0.0.0:{INFERENCE_PORT}",
         "management_address": f"http://127.0.0.1:{MANAGEMENT_PORT}",

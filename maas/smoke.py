@@ -51,7 +51,7 @@ def archive_cases(model_store: Path, model: str, version: str | None, rows: int 
                 return f"expected {{'outputs': ...}}, got {str(answer)[:120]}"
             for name, value in want.items():
                 array = np.asarray(got.get(name), dtype=np.float64)
-                bound = manifest.get("atol", 1e-5) + manifest.get("rtol", 1e-4) * float(np.max(np.abs(value)) if value.size else 0)
+                bound = manifest["atol"] + manifest["rtol"] * float(np.max(np.abs(value)) if value.size else 0)
                 if array.shape != value.shape or not np.all(np.abs(array - value) <= bound):
                     return f"output {name} differs from ONNX Runtime in-process on the archive's model"
             return None

@@ -18,6 +18,7 @@ import yaml
 
 from maas.client import ServeError
 from maas.core.errors import ExportError
+from maas.core.spec import ServingSpec
 from maas.core.store import archive_manifest, archive_member, find_archive
 from maas.handlers.dtypes import triton_name
 
@@ -42,10 +43,10 @@ def config_pbtxt(manifest: dict[str, Any], model_config: dict[str, Any], gpu: bo
     for t in manifest["inputs"] + manifest["outputs"]:
         if batched and t["shape"][0] != batch:
             raise TritonExportError(f"{manifest['name']}: tensor {t['name']} has no leading batch axis")
-    handler = model_config.get("handler") or {}
-    threads = int(handler.get("intra_op_threads") or 0)
+    serving = ServingSpec.from_model_config(model_config)
+    threads = serving.intra_op_threads
     # The largest batch one request may carry (the handler's item limit) or the batcher forms; 0: unbatched.
-    max_batch = max(int(model_config.get("batchSize", 8)), int(handler.get("max_items_per_request") or 0))
+    max_batch = max(serving.batch_size, serving.max_items_per_request)
     lines = [
         f'name: "{manifest["name"]}"',
         'backend: "onnxruntime"',
@@ -54,9 +55,9 @@ def config_pbtxt(manifest: dict[str, Any], model_config: dict[str, Any], gpu: bo
         "output [\n" + ",\n".join(_tensor(t, batched) for t in manifest["outputs"]) + "\n]",
     ]
     if batched:
-        lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(model_config.get('maxBatchDelay', 5)) * 1000}\n}}")
+        lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {serving.max_batch_delay_ms * 1000}\n}}")
     lines += [
-        f"instance_group [\n  {{\n    count: {int(model_config.get('minWorkers', 1))}\n"
+        f"instance_group [\n  {{\n    count: {serving.min_workers}\n"
         f"    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}\n  }}\n]",
         "version_policy: { specific: { versions: [ 1 ] } }",
     ]

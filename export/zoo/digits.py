@@ -32,7 +32,6 @@ SPEC = ModelSpec(
     inputs=(TensorSpec("pixels", "float32", ("batch", 1, 8, 8), "8x8 intensities 0 (background) to 16 (ink)"),),
     outputs=(TensorSpec("probabilities", "float32", ("batch", 10), "softmax over digits 0-9"),),
     handler="digits.py",
-    handler_support_files=("image_input.py",),
     atol=1e-5,
     serving=ServingSpec(batch_size=16, max_batch_delay_ms=5, intra_op_threads=1, max_items_per_request=64),
 )

@@ -32,6 +32,28 @@ class TensorSpec:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
 
+# The handler of every model without one of its own (`{"inputs": {...}}` and v2 in, `{"outputs": ...}` out).
+GENERIC_HANDLER = "tensor.py"
+
+# Default parity tolerances (a spec may set its own): the only place they are written.
+ATOL, RTOL = 1e-5, 1e-4
+
+# The one table of serving settings: the ServingSpec field (also its maas.yaml `serving:` key) and
+# where TorchServe's model-config.yaml keeps it ("handler." = the handler's own section). The spec
+# file, model-config.yaml both ways, the KServe snapshot, Triton's config and the bench read this.
+MODEL_CONFIG_KEYS: dict[str, str] = {
+    "batch_size": "batchSize",
+    "max_batch_delay_ms": "maxBatchDelay",
+    "min_workers": "minWorkers",
+    "max_workers": "maxWorkers",
+    "response_timeout_s": "responseTimeout",
+    "startup_timeout_s": "startupTimeout",
+    "intra_op_threads": "handler.intra_op_threads",
+    "max_items_per_request": "handler.max_items_per_request",
+    "worker_memory_mib": "handler.worker_memory_mib",
+}
+
+
 @dataclass(frozen=True)
 class ServingSpec:
     """What goes into `model-config.yaml`: TorchServe's batching/workers + handler settings."""
@@ -49,6 +71,37 @@ class ServingSpec:
     # Kubernetes resource requests written by `maas export-kserve`.
     worker_memory_mib: int = 384
 
+    def model_config(self) -> dict[str, Any]:
+        """These settings as model-config.yaml holds them (the handler's under `handler:`)."""
+        config: dict[str, Any] = {"handler": {}}
+        for name, key in MODEL_CONFIG_KEYS.items():
+            section, _, leaf = key.rpartition(".")
+            (config["handler"] if section else config)[leaf] = getattr(self, name)
+        return config
+
+    def written_over(self, config: dict[str, Any]) -> dict[str, Any]:
+        """`config` (a model-config.yaml) with these settings in place of its own; other keys kept."""
+        mine = self.model_config()
+        return {**config, **mine, "handler": {**(config.get("handler") or {}), **mine["handler"]}}
+
+    @classmethod
+    def from_model_config(cls, config: dict[str, Any]) -> "ServingSpec":
+        """The settings a model-config.yaml holds (defaults for what it leaves out)."""
+        handler = config.get("handler") or {}
+        values = {}
+        for name, key in MODEL_CONFIG_KEYS.items():
+            section, _, leaf = key.rpartition(".")
+            value = (handler if section else config).get(leaf)
+            if value is not None:
+                values[name] = int(value)
+        return cls(**values)
+
+    def snapshot_settings(self) -> dict[str, int]:
+        """The top-level model-config.yaml settings (workers, batching, timeouts), for TorchServe's
+        config snapshot (model_snapshot in config.properties)."""
+        return {key: getattr(self, name) for name, key in MODEL_CONFIG_KEYS.items()
+                if "." not in key and key != "startupTimeout"}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -57,17 +110,14 @@ class ModelSpec:
     description: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    handler: str  # file under handlers/
+    handler: str  # file under handlers/ (the support modules it imports travel with it: export.archive)
     opset: int = 18
-    atol: float = 1e-5
-    rtol: float = 1e-4
+    atol: float = ATOL  # parity: |ort - torch| <= atol + rtol * max|torch|, per output
+    rtol: float = RTOL
     export_batch_size: int = 16
     # Parity runs on sizes other than the export one, so dynamic axes must really be dynamic:
     # each case gives a size per symbolic axis (rows cycle for "batch", others are cut).
     parity_cases: tuple[dict[str, int], ...] = ({"batch": 1}, {"batch": 7}, {"batch": 64})
-    # handlers/ modules this model's handler imports beyond the base ones every archive carries
-    # (export.archive.BASE_HANDLER_FILES: ort_base.py, http_reply.py)
-    handler_support_files: tuple[str, ...] = ()
     serving: ServingSpec = field(default_factory=ServingSpec)
     # A model packaged with `maas package`: the user's own handler file (else handlers/<handler>),
     # files that travel in the archive beside the model, sample inputs (.npz) for load tests and
@@ -104,21 +154,9 @@ class ModelSpec:
 
     def model_config(self) -> dict[str, Any]:
         """TorchServe `model-config.yaml` contents for this model."""
-        s = self.serving
-        return {
-            "minWorkers": s.min_workers,
-            "maxWorkers": s.max_workers,
-            "batchSize": s.batch_size,
-            "maxBatchDelay": s.max_batch_delay_ms,
-            "responseTimeout": s.response_timeout_s,
-            "startupTimeout": s.startup_timeout_s,
-            "handler": {
-                "intra_op_threads": s.intra_op_threads,
-                "max_items_per_request": s.max_items_per_request,
-                "use_tensorrt": False,
-                "worker_memory_mib": s.worker_memory_mib,
-            },
-        }
+        config = self.serving.model_config()
+        config["handler"]["use_tensorrt"] = False
+        return config
 
     @classmethod
     def from_archive(cls, manifest: dict[str, Any], model_config: dict[str, Any]) -> "ModelSpec":
@@ -129,22 +167,11 @@ class ModelSpec:
                                     tuple(t["labels"]) if t.get("labels") else None, t.get("top_k", 1),
                                     t.get("scores", "raw")) for t in items)
 
-        handler = model_config.get("handler") or {}
-        defaults = ServingSpec()
-        serving = ServingSpec(
-            batch_size=int(model_config.get("batchSize", defaults.batch_size)),
-            max_batch_delay_ms=int(model_config.get("maxBatchDelay", defaults.max_batch_delay_ms)),
-            min_workers=int(model_config.get("minWorkers", defaults.min_workers)),
-            max_workers=int(model_config.get("maxWorkers", defaults.max_workers)),
-            response_timeout_s=int(model_config.get("responseTimeout", defaults.response_timeout_s)),
-            startup_timeout_s=int(model_config.get("startupTimeout", defaults.startup_timeout_s)),
-            intra_op_threads=int(handler.get("intra_op_threads", 0)),
-            max_items_per_request=int(handler.get("max_items_per_request", defaults.max_items_per_request)),
-            worker_memory_mib=int(handler.get("worker_memory_mib", defaults.worker_memory_mib)))
+        serving = ServingSpec.from_model_config(model_config)
         return cls(name=manifest["name"], version=str(manifest["version"]), description=manifest.get("description", ""),
-                   inputs=tensors(manifest["inputs"]), outputs=tensors(manifest["outputs"]), handler="tensor.py",
-                   opset=int(manifest.get("opset", 18)), atol=float(manifest.get("atol", 1e-5)),
-                   rtol=float(manifest.get("rtol", 1e-4)), serving=serving)
+                   inputs=tensors(manifest["inputs"]), outputs=tensors(manifest["outputs"]), handler=GENERIC_HANDLER,
+                   opset=int(manifest.get("opset", 18)), atol=float(manifest.get("atol", ATOL)),
+                   rtol=float(manifest.get("rtol", RTOL)), serving=serving)
 
 
 def _tensor_dict(t: TensorSpec, kind: str) -> dict[str, Any]:

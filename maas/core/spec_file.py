@@ -36,15 +36,14 @@ import yaml
 
 from maas.core.errors import SpecError
 from maas.core.names import NAME, name_problem
-from maas.core.spec import ModelSpec, ServingSpec, TensorSpec
+from maas.core.spec import MODEL_CONFIG_KEYS, ModelSpec, ServingSpec, TensorSpec
 from maas.handlers.dtypes import DTYPES
 
 AXIS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP = {"name", "version", "description", "inputs", "outputs", "serving", "parity", "handler", "extra_files",
        "samples", "opset"}
 TENSOR = {"name", "dtype", "shape", "description", "range", "pad", "labels", "top_k", "scores"}
-SERVING = {"batch_size", "max_batch_delay_ms", "workers", "min_workers", "max_workers", "response_timeout_s",
-           "startup_timeout_s", "intra_op_threads", "max_items_per_request", "worker_memory_mib"}
+SERVING = {"workers", *MODEL_CONFIG_KEYS}  # `workers` sets min_workers and max_workers at once
 PARITY = {"atol", "rtol", "constant_outputs"}
 SCORES = ("raw", "softmax", "sigmoid")
 ALIASES = {"float": "float32", "double": "float64", "half": "float16", "int": "int64", "long": "int64"}

@@ -119,3 +119,19 @@ def test_spec_shapes() -> None:
     t = m.SPEC.inputs[0]
     assert t.dynamic_axes() == {0: "batch"} and t.shape == ("batch", 8)
     assert np.dtype(t.dtype) == np.float32
+
+
+def test_a_handler_carries_exactly_the_modules_it_imports() -> None:
+    """handler_support: the handler's own imports, transitively, and nothing else (maintenance needs
+    no tokenizer buckets or image decoding; digits needs image decoding; minilm the length buckets)."""
+    from maas.export.archive import HANDLERS_DIR, handler_support
+
+    def carried(handler: str) -> set[str]:
+        return {p.name for p in handler_support(HANDLERS_DIR / handler)}
+
+    base = {"ort_base.py", "http_reply.py", "inputs.py", "v2.py", "dtypes.py"}
+    assert carried("maintenance.py") == base
+    assert carried("digits.py") == base | {"image_input.py"}
+    assert carried("minilm.py") == base | {"buckets.py"}
+    assert carried("tensor.py") >= base and "image_input.py" not in carried("tensor.py")
+    assert carried("ensemble_workflow.py") == {"http_reply.py"}
