@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from maas.core.errors import UnknownModel
 from maas.export import archive, onnx_export, variants, zoo
 from maas.export.package import archive_model, package_variant
 
@@ -29,7 +30,8 @@ class BuildResult:
 
 def build(name: str, build_root: Path, model_store: Path, version: str | None = None,
           seed: int | None = None, variant: str | None = None, tiny: bool = False) -> BuildResult:
-    """Build one zoo model into build_root/<archive>/ and model_store/<archive>.mar.
+    """Build one zoo model into build_root/<archive>/ and model_store/<archive>.mar (or, for any
+    other model in the store, only its `variant`).
 
     With `variant` (see export/variants.py) the variant is made from the model's verified FP32
     archive (`version`, else the plain one; built first when the store lacks it) and archived as
@@ -38,7 +40,13 @@ def build(name: str, build_root: Path, model_store: Path, version: str | None = 
     model's own quality checks, and the manifest says so: for fast tests, never for serving.
     """
     start = time.perf_counter()
-    model = zoo.get(name)
+    model = zoo.models().get(name)
+    if model is None:  # a model packaged with `maas package`: only its variants are built here
+        if variant is None:
+            raise UnknownModel(f"{name} is not a zoo model ({', '.join(zoo.models())}); package your own model "
+                               "with `maas package`, or build a variant of it with --variant")
+        made = package_variant(model_store, build_root, name, variant, version)
+        return BuildResult(name, made.version, made.mar, made.build_dir, made.seconds)
     spec = model.spec
     if variant is not None:
         if variant not in variants.VARIANTS:

@@ -51,16 +51,14 @@ def request_rows(server: Any, model_store: Path, models: list[str],
                  extra: dict[str, list[tuple[str, bytes, str]]]) -> list[str]:
     """Send each model's demo requests; one line per request: model, input, answer, status, time."""
     from maas.core.store import archive_manifest, find_archive
-    from maas.export import zoo
+    from maas.export.clients import client_for
 
     lines = []
     for model in models:
+        client = client_for(model, model_store)
         example = archive_manifest(find_archive(model_store, model, None)).get("example_request")
         requests = [("the manifest's example", json.dumps(example).encode(), "application/json")] if example else []
-        if model in zoo.models():
-            requests += zoo.get(model).demo_requests(example)
-        requests += extra.get(model, [])
-        summarize: Callable[[Any], str] = (zoo.get(model).answer_summary if model in zoo.models() else _top_labels)
+        requests += client.demo_requests(example) + extra.get(model, [])
         for _title, body, content_type in requests:
             started = time.perf_counter()
             resp = server.client.predict(model, body, content_type)
@@ -69,7 +67,7 @@ def request_rows(server: Any, model_store: Path, models: list[str],
                 answer = resp.json()
             except ValueError:
                 answer = resp.text
-            said = summarize(answer) if resp.status_code == 200 else error_line(resp.status_code, answer)
+            said = client.answer_summary(answer) if resp.status_code == 200 else error_line(resp.status_code, answer)
             lines.append(f"{model:<12} {request_line(body, content_type, 48):<48} -> {clip(said, 90)}  ({ms:.0f} ms)")
     return lines
 
@@ -106,19 +104,6 @@ def _rounded(value: Any) -> Any:
     if isinstance(value, list):
         return [_rounded(v) for v in value]
     return value
-
-
-def _top_labels(answer: Any) -> str:
-    """A packaged model's answer: its top labels when it has them, else its outputs' shapes."""
-    from maas.core.summary import compact
-
-    predictions = answer.get("predictions") if isinstance(answer, dict) else None
-    if predictions:
-        name, top = next(iter(predictions.items()))
-        while top and isinstance(top[0], list):  # a batch: its first item
-            top = top[0]
-        return f"{name}: " + ", ".join(f"{t['label']} ({t['score']:.3f})" for t in top)
-    return compact(answer.get("outputs", answer) if isinstance(answer, dict) else answer, 80)
 
 
 def load_table(summaries: list[tuple[dict[str, Any], Path]]) -> str:

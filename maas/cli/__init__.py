@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from maas.cli import build, cluster, demo, exports, load, models, monitor, serve
-from maas.core.errors import MaasError
+from maas.core.errors import MaasError, UnknownModel
 from maas.project import Project
 
 log = logging.getLogger("maas")
@@ -27,6 +27,8 @@ class FriendlyGroup(click.Group):
         except MaasError as exc:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("traceback of the error below", exc_info=True)
+            if isinstance(exc, UnknownModel):  # a wrong argument: exit 2, as click's own usage errors
+                raise click.UsageError(exc.user_message()) from None
             raise click.ClickException(exc.user_message()) from None
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -41,29 +42,24 @@ def build(models: tuple[str, ...], version: str | None, seed: int | None, varian
                                        f"keep {rec['member_archives'][rec['best_member']]}")
         click.echo(f"built {result.war}: `maas deploy maintenance-ensemble`, then POST /wfpredict/maintenance-ensemble")
         return
-    zoo_models = zoo.models()
-    for name in models or tuple(zoo_models):
-        if name not in zoo_models:  # a model packaged with `maas package`: only its variants are built here
-            if variant is None:
-                raise click.UsageError(f"{name} is not a zoo model ({', '.join(zoo_models)}); package your own model "
-                                       f"with `maas package`, or build a variant of it with --variant")
-            from maas.export.package import package_variant
+    for name in models or tuple(zoo.models()):
+        result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed, variant=variant)
+        for line in built_lines(result.mar, result.seconds, json.loads((result.build_dir / "manifest.json").read_text())):
+            click.echo(line)
 
-            made = package_variant(project.model_store, project.build_dir, name, variant, version)
-            acc = made.manifest["variant"]["accuracy"]
-            click.echo(f"built {made.mar} ({made.seconds:.1f} s)  {variant}: {acc['cost_metric']} {acc['cost']:.4f} "
-                       f"(budget {acc['budget']:g})" + (f", top-1 agreement {acc['top1_agreement']}" if acc["top1_agreement"] else ""))
-            continue
-        result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed,
-                             variant=variant)
-        manifest = json.loads((result.build_dir / "manifest.json").read_text())
-        metrics = {k: float(f"{v:.8g}") for k, v in manifest["metrics"].items() if isinstance(v, float)}
-        click.echo(f"built {result.mar} ({result.seconds:.1f} s)  metrics {metrics}  "
-                   f"parity max abs error {manifest['parity']['max_abs_error']:.2g}")
-        if "variant" in manifest:
-            acc = manifest["variant"]["accuracy"]
-            click.echo(f"  {variant}: {acc['cost_metric']} {acc['cost']:.4f} (budget {acc['budget']:g}), "
-                       f"{manifest['size_bytes'] / 1e6:.1f} MB")
+
+def built_lines(mar: Path, seconds: float, manifest: dict[str, Any]) -> list[str]:
+    """What `maas build` says of an archive it made: its metrics and parity, and a variant's cost."""
+    metrics = {k: float(f"{v:.8g}") for k, v in manifest.get("metrics", {}).items() if isinstance(v, float)}
+    parity = manifest.get("parity", {})
+    first = f"built {mar} ({seconds:.1f} s)" + (f"  metrics {metrics}" if metrics else "") + (
+        f"  parity max abs error {parity['max_abs_error']:.2g}" if "max_abs_error" in parity else "")
+    if "variant" not in manifest:
+        return [first]
+    acc = manifest["variant"]["accuracy"]
+    top1 = f", top-1 agreement {acc['top1_agreement']}" if acc.get("top1_agreement") else ""
+    return [first, f"  {manifest['variant']['name']}: {acc['cost_metric']} {acc['cost']:.4f} (budget {acc['budget']:g})"
+            f"{top1}, {manifest['size_bytes'] / 1e6:.1f} MB"]
 
 
 @click.command("init")

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import yaml
 
 from maas.core.clock import stamp
 from maas.project import Project
@@ -42,26 +41,11 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
                   storage_uri: str) -> None:
     """Write KServe and Kubernetes manifests for MODELS (default: the whole zoo) and copy their
     archives into KServe's storage layout (config/config.properties + model-store/)."""
-    from maas.core.spec import ModelSpec
-    from maas.core.store import (
-        archive_manifest,
-        archive_member,
-        find_archive,
-        packaged_models,
-    )
-    from maas.export import zoo
+    from maas.export.clients import model_names, spec_for
     from maas.kube import export_all
 
-    def spec(name: str) -> ModelSpec:
-        if name in zoo.models():
-            return zoo.get(name).spec
-        if name not in packaged_models(project.model_store):
-            raise click.UsageError(f"unknown model {name}: not in the zoo ({', '.join(zoo.models())}) and no archive "
-                                   f"packaged by maas in {project.model_store}")
-        archive = find_archive(project.model_store, name, None)
-        return ModelSpec.from_archive(archive_manifest(archive), yaml.safe_load(archive_member(archive, "model-config.yaml")))
-
-    specs = [spec(m) for m in (models or (*zoo.models(), *packaged_models(project.model_store)))]
+    names = models or tuple(model_names(project.model_store))
+    specs = [spec_for(m, project.model_store) for m in names]
     result = export_all(specs, project.config, project.model_store, Path(kserve_dir), Path(kubernetes_dir),
                         storage_uri, project.root)
     for path in result.manifests + result.archives:
