@@ -102,3 +102,13 @@ def test_no_generic_top_level_package_is_importable_from_maas(name: str) -> None
     out = subprocess.run([sys.executable, "-c", f"import importlib.util as u; s = u.find_spec({name!r}); "
                           "print(s.origin if s else None)"], cwd="/", capture_output=True, text=True)
     assert "maas" not in out.stdout and str(ROOT) not in out.stdout, out.stdout
+
+
+def test_every_package_folder_is_installed() -> None:
+    """pyproject.toml lists packages by hand (the folders map into maas): a new subpackage missing
+    there would work in this checkout (editable) and be absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {module_name(init) for folder in FOLDERS for init in (ROOT / folder).rglob("__init__.py")}
+    assert folders <= listed, f"add to [tool.setuptools] packages: {sorted(folders - listed)}"
