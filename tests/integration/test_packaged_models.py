@@ -166,7 +166,7 @@ def test_unequal_token_lengths_share_a_batch_and_come_back_cut(served) -> None:
 
 def test_magika_recognises_a_python_file(served) -> None:
     ts, *_ = served
-    data = (ROOT / "maas" / "cli.py").read_bytes()
+    data = (ROOT / "maas" / "server.py").read_bytes()
     begin = list(data[:1024]) + [256] * (1024 - len(data[:1024]))
     end = [256] * (1024 - len(data[-1024:])) + list(data[-1024:])
     answer = ts.client.predict_json("magika", {"inputs": {"bytes": begin + end}})
