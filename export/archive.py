@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -169,3 +170,22 @@ def _pickled(data: bytes) -> bool:
     if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return True
     return data[:4] == b"PK\x03\x04" and b"data.pkl" in data[:4096]  # torch.save's zip format
+
+
+def archive_model(build_dir: Path, spec: ModelSpec, path: Path, model_store: Path, archive_name: str, *,
+                  parity: dict[str, Any], metrics: dict[str, Any], extra_manifest: dict[str, Any],
+                  assets: list[Path], external: list[str]) -> Path:
+    """The last stretch of the road, for packaged and zoo models alike: the files the handler reads
+    (and external weights) into the archive, manifest.json with the sha256s, model-config.yaml,
+    torch-model-archiver -> model_store/<archive_name>.mar."""
+    (build_dir / "assets").mkdir(exist_ok=True)
+    for asset in assets:
+        shutil.copy(asset, build_dir / "assets" / Path(asset).name)
+    for name in external:
+        shutil.copy(build_dir / name, build_dir / "assets" / name)
+    extra = {**extra_manifest,
+             "external_data": [{"file": n, "sha256": sha256_file(build_dir / n)} for n in external]}
+    write_manifest(build_dir, spec, path, spec.version, metrics, parity, extra)
+    write_model_config(build_dir, spec)
+    handler = Path(spec.handler_file) if spec.handler_file else None
+    return package(build_dir, spec, model_store, spec.version, archive_name, handler_path=handler)

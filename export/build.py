@@ -2,7 +2,7 @@
 
 A zoo model (export/zoo/) trains its module and says what the handler reads; from there it
 takes the same road as a user's model: export (export.onnx_export), verification, and
-export.package.archive_model.
+export.archive.archive_model.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from maas.core.errors import UnknownModel
 from maas.export import archive, onnx_export, variants, zoo
-from maas.export.package import archive_model, package_variant
+from maas.export.archive import archive_model
+from maas.export.variant_archive import package_variant
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import onnx
 
 from maas.core.errors import ExportError
@@ -133,7 +134,6 @@ def check_budget(name: str, variant: str, report: dict[str, Any]) -> None:
 
 def held_out_outputs(path: Path, inputs: dict[str, Any], batch: int = 256) -> list[Any]:
     """Every output of `path` on held-out inputs, run in batches on the CPU provider."""
-    import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -103,8 +103,19 @@ def layout(row: dict[str, Any]) -> str:
 
 
 def markdown(result: Any) -> str:
+    """The report: how it was measured, the peers, the headline, where the cores went, every run,
+    the levers, memory and cold start, the plots and scaling."""
+    lines = _method(result)
+    for section in (_peers, _headline, _cores, _every_run, _levers_and_padding, _memory):
+        lines += section(result)
+    lines += ["", "![throughput and p95 per configuration](bench.png)", ""]
+    lines += scaling_markdown(result)
+    return "\n".join(lines)
+
+
+def _method(result: Any) -> list[str]:
+    """The title, versions and the measuring protocol."""
     m, plan = result.machine, result.plan
-    ceilings = {_key(c): c for c in result.configs}
     lines = [
         f"# maas bench: {m['cores']} cores ({m['cpu']}, {m.get('isa', 'instruction set not recorded')}), {m['date']}",
         "",
@@ -122,9 +133,14 @@ def markdown(result: Any) -> str:
         f"req/s is in the table of every run. Each configuration's in-process ceiling is measured in every round "
         f"too (from the second, just before its served runs) and its fastest is the one compared.",
         "",
-        "## Peers, and why",
-        "",
     ]
+    return lines
+
+
+def _peers(result: Any) -> list[str]:
+    """Each peer and why it is the one a user would run."""
+    plan = result.plan
+    lines: list[str] = ["## Peers, and why", ""]
     for family in plan["families"]:
         for peer in bench_peers.peers_for(family):
             label = bench_peers.LABELS[peer]
@@ -132,6 +148,12 @@ def markdown(result: Any) -> str:
     if result.equivalence:
         lines += ["", "Same weights, same answers (measured through the servers, 32 requests): " +
                   "; ".join(f"{k} {v:.6f}" for k, v in result.equivalence.items()) + "."]
+    return lines
+
+
+def _headline(result: Any) -> list[str]:
+    """Each configuration against the primary peer, each in its fastest layout."""
+    lines: list[str] = []
     lines += ["", "## Headline: against the primary peer, each in its fastest layout", "",
               "| model | users | configuration | its fastest layout | req/s | x peer req/s | p95 ms | peer p95 ms "
               "| served / in-process |",
@@ -139,6 +161,12 @@ def markdown(result: Any) -> str:
     for r in ratios(result):
         lines.append(f"| {r['family']} | {r['users']} | {r['label']} | {r['layout']} | {r['rps']:.0f} | "
                      f"{r['vs_peer_rps']:.2f}x | {r['p95_ms']:.0f} | {r['peer_p95_ms']:.0f} | {r['vs_ceiling']:.2f} |")
+    return lines
+
+
+def _cores(result: Any) -> list[str]:
+    """Where the cores went: Locust, the frontend, the workers, idle."""
+    lines: list[str] = []
     split = [r for r in ratios(result) if r.get("worker_efficiency") is not None]
     if split:
         lines += ["", f"Where the {result.machine['cores']} cores went in those runs: served / in-process is what is "
@@ -156,6 +184,13 @@ def markdown(result: Any) -> str:
                   f"{'' if r['bound'] is None else format(r['bound'], '.2f')} | "
                   f"{r['locust_cores']:.2f} | {r['frontend_cores']:.2f} | {r['worker_cores']:.2f} | "
                   f"{r['idle_cores']:.2f} | {r['worker_efficiency']:.2f} |" for r in split]
+    return lines
+
+
+def _every_run(result: Any) -> list[str]:
+    """Every served run with its rounds, latencies and CPU shares."""
+    ceilings = {_key(c): c for c in result.configs}
+    lines: list[str] = []
     lines += ["", "## Every served run", "",
               "| model | configuration | layout | users | req/s | each round | p50 ms | p95 ms | p99 ms | errors | "
               "in-process req/s | "
@@ -169,6 +204,12 @@ def markdown(result: Any) -> str:
                      f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} | {c['ceiling_rps']:.0f} | "
                      f"{r['rps'] / c['ceiling_rps']:.2f} | {r['locust_cores']:.2f} | {r.get('frontend_cores', 0):.2f} | "
                      f"{r.get('worker_cores', r['server_cores']):.2f} |")
+    return lines
+
+
+def _levers_and_padding(result: Any) -> list[str]:
+    """The levers, one change at a time, and how much of a padded batch is padding."""
+    lines: list[str] = []
     lever_rows = levers(result)
     if lever_rows:
         lines += ["", "## Levers, one change at a time (ours INT8 as shipped vs the same with one change)", "",
@@ -183,6 +224,12 @@ def markdown(result: Any) -> str:
                   f"tokens on average): {100 * p['waste_padded_to_longest']:.0f} % of the tokens computed are padding "
                   f"when a batch is padded to its longest; {100 * p['waste_length_buckets']:.0f} % with length buckets "
                   f"({p['runs_per_batch']:.1f} runs per batch)."]
+    return lines
+
+
+def _memory(result: Any) -> list[str]:
+    """Memory and cold start per configuration, with every round's in-process ceiling."""
+    lines: list[str] = []
     lines += ["", "## Memory and cold start", "",
               "| model | configuration | layout | register to READY s | RSS per worker MB | in-process req/s | "
               "each round |",
@@ -193,9 +240,7 @@ def markdown(result: Any) -> str:
         rounds = " / ".join(f"{r:.0f}" for r in c.get("ceiling_rounds_rps", [c["ceiling_rps"]]))
         lines.append(f"| {c['family']} | {name} | {layout(c)} | "
                      f"{c['register_to_ready_s']:.1f} | {rss} | {c['ceiling_rps']:.0f} | {rounds} |")
-    lines += ["", "![throughput and p95 per configuration](bench.png)", ""]
-    lines += scaling_markdown(result)
-    return "\n".join(lines)
+    return lines
 
 
 def sequence_table(result: Any) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import maas.loadtests
 from maas import plots
 from maas.core.clock import now_iso, stamp
+from maas.core.errors import LoadTestError
 from maas.core.machine import cores
 from maas.gate import evaluate
 from maas.locust_csv import number, read_aggregate, read_errors
@@ -99,57 +100,17 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
 
     restarts_before = worker_restarts() if worker_restarts else None
     slo = test.slo
-    when = stamp()
-    out = reports_root / f"{when}-{test.model}{'-' + test.label if test.label else ''}"
+    out = reports_root / f"{stamp()}-{test.model}{'-' + test.label if test.label else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    prefix = out / "locust"
-    commands = locust_commands(test, host, key_file, out)
     mode = f", distributed: 1 master + {test.workers} workers" if test.workers else ""
     log.info("load test: %s%s over %s, %d users, %d s warm-up + %d s measured%s -> %s", test.model,
              f" {test.version}" if test.version else "", test.protocol, slo.users, slo.warmup_s, slo.run_time_s,
              mode, out)
-    started = time.monotonic()
-    limit = slo.warmup_s + slo.run_time_s + 90
-    procs = []
-    with open(out / "locust.log", "wb") as console:
-        for cmd in commands:
-            procs.append(subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, cwd=LOCUSTFILE.parent))
-        try:
-            while procs[0].poll() is None:
-                if time.monotonic() - started > limit:
-                    raise RuntimeError(f"Locust did not stop within {limit} s; see {out / 'locust.log'}")
-                time.sleep(5 if slo.run_time_s > 10 else 1)
-                if keep_keys_fresh is not None:
-                    keep_keys_fresh()
-                _progress(prefix, started)
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    if not Path(f"{prefix}_stats.csv").exists():
-        raise RuntimeError(f"Locust wrote no statistics (exit {procs[0].returncode}); see {out / 'locust.log'}")
-
-    summary: dict[str, Any] = {"model": test.model, "model_version": test.version or "default",
-                               "endpoint": test.endpoint, "protocol": test.protocol, **read_aggregate(prefix)}
-    summary["errors_by_status"] = read_errors(prefix)
+    _run_locust(locust_commands(test, host, key_file, out), out, slo, keep_keys_fresh)
+    summary = _summary(test, host, out / "locust", server_info)
     if worker_restarts is not None:
-        after = worker_restarts()
-        summary["worker_restarts"] = (restarts_of(after, test.model, test.version)
+        summary["worker_restarts"] = (restarts_of(worker_restarts(), test.model, test.version)
                                       - restarts_of(restarts_before, test.model, test.version))
-    summary["error_ratio"] = summary["failures"] / summary["requests"] if summary["requests"] else 1.0
-    summary.update(
-        users=slo.users, spawn_rate=slo.spawn_rate, run_time_s=slo.run_time_s, warmup_s=slo.warmup_s,
-        locust_workers=test.workers, host=test.grpc_target if test.protocol == "grpc" else host, cores=cores(),
-        locust_version=metadata.version("locust"),
-        torchserve_version=metadata.version("torchserve"),
-        finished=now_iso(),
-        thresholds=asdict(slo.thresholds), **(server_info or {}),
-    )
     broken = evaluate(summary, slo.thresholds)
     if summary["requests"] == 0:  # say why: Locust's users usually failed to start (see locust.log)
         errors = [line for line in (out / "locust.log").read_text(errors="replace").splitlines()
@@ -163,6 +124,52 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
     summary["plot"] = png.name if png else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, out
+
+
+def _run_locust(commands: list[list[str]], out: Path, slo: SLO, keep_keys_fresh: Callable[[], Any] | None) -> None:
+    """Locust's processes until the master exits (bounded), printing progress and renewing keys;
+    whatever happens, every process is stopped."""
+    started = time.monotonic()
+    limit = slo.warmup_s + slo.run_time_s + 90
+    procs = []
+    with open(out / "locust.log", "wb") as console:
+        for cmd in commands:
+            procs.append(subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, cwd=LOCUSTFILE.parent))
+        try:
+            while procs[0].poll() is None:
+                if time.monotonic() - started > limit:
+                    raise LoadTestError(f"Locust did not stop within {limit} s; see {out / 'locust.log'}")
+                time.sleep(5 if slo.run_time_s > 10 else 1)
+                if keep_keys_fresh is not None:
+                    keep_keys_fresh()
+                _progress(out / "locust", started)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    if not (out / "locust_stats.csv").exists():
+        raise LoadTestError(f"Locust wrote no statistics (exit {procs[0].returncode}); see {out / 'locust.log'}")
+
+
+def _summary(test: LoadTest, host: str, prefix: Path, server_info: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's figures from Locust's CSVs, with the load, the machine and the versions that made them."""
+    slo = test.slo
+    summary: dict[str, Any] = {"model": test.model, "model_version": test.version or "default",
+                               "endpoint": test.endpoint, "protocol": test.protocol, **read_aggregate(prefix)}
+    summary["errors_by_status"] = read_errors(prefix)
+    summary["error_ratio"] = summary["failures"] / summary["requests"] if summary["requests"] else 1.0
+    summary.update(
+        users=slo.users, spawn_rate=slo.spawn_rate, run_time_s=slo.run_time_s, warmup_s=slo.warmup_s,
+        locust_workers=test.workers, host=test.grpc_target if test.protocol == "grpc" else host, cores=cores(),
+        locust_version=metadata.version("locust"), torchserve_version=metadata.version("torchserve"),
+        finished=now_iso(), thresholds=asdict(slo.thresholds), **(server_info or {}),
+    )
+    return summary
 
 
 def ready_for_load(server: Any, seconds: float) -> Any:

@@ -217,6 +217,32 @@ def from_dict(data: dict[str, Any], where: _Lines, base: Path, require_io: bool 
     """The ModelSpec fields a spec mapping declares (validated); raises SpecError listing every problem."""
     c = _Checker(where)
     c.keys(data, TOP, "")
+    fields: dict[str, Any] = {**_identity(c, data)}
+    for kind in ("inputs", "outputs"):
+        if kind in data:
+            tensors = _tensors(c, data[kind], kind, base)
+            if tensors is not None:
+                fields[kind] = tensors
+        elif require_io:
+            c.fail(kind, "missing: list the model's " + kind)
+    if "serving" in data:
+        fields["serving"] = _serving(c, data["serving"])
+    if "parity" in data:
+        fields.update(_parity(c, data["parity"]))
+    if "opset" in data and c.number(data["opset"], "opset", positive=True, integer=True) is not None:
+        fields["opset"] = data["opset"]
+    fields.update(_files(c, data, base))
+    outputs = {t.name for t in fields.get("outputs", ())}
+    for name in fields.get("constant_outputs", ()):
+        if outputs and name not in outputs:
+            c.fail("parity.constant_outputs", f"{name!r} is not an output")
+    if c.problems:
+        ordered = sorted(c.problems, key=lambda p: int(m.group(1)) if (m := re.search(r":(\d+): ", p)) else 0)
+        raise SpecError(f"{len(c.problems)} problem(s) in the model spec:\n  " + "\n  ".join(ordered))
+    return fields
+
+
+def _identity(c: _Checker, data: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if "name" in data:
         try:
@@ -230,37 +256,40 @@ def from_dict(data: dict[str, Any], where: _Lines, base: Path, require_io: bool 
         fields["version"] = version
     if "description" in data:
         fields["description"] = str(data["description"])
-    for kind in ("inputs", "outputs"):
-        if kind not in data:
-            if require_io:
-                c.fail(kind, "missing: list the model's " + kind)
-            continue
-        if not isinstance(data[kind], list) or not data[kind]:
-            c.fail(kind, "must be a non-empty list")
-            continue
-        tensors = [_tensor(c, t, f"{kind}[{i}]", kind[:-1], base) for i, t in enumerate(data[kind])]
-        names = [t.name for t in tensors if t is not None]
-        for dup in sorted({n for n in names if names.count(n) > 1}):
-            c.fail(kind, f"{dup!r} is declared twice")
-        fields[kind] = tuple(t for t in tensors if t is not None)
-    if "serving" in data:
-        fields["serving"] = _serving(c, data["serving"])
-    if "parity" in data:
-        parity = data["parity"]
-        if not isinstance(parity, dict):
-            c.fail("parity", "must be a mapping, e.g. {atol: 1.0e-4, rtol: 1.0e-3}")
-        else:
-            c.keys(parity, PARITY, "parity")
-            for key in ("atol", "rtol"):
-                if key in parity and c.number(parity[key], f"parity.{key}", positive=True) is not None:
-                    fields[key] = float(parity[key])
-            constant = parity.get("constant_outputs", [])
-            if not isinstance(constant, list) or not all(isinstance(n, str) for n in constant):
-                c.fail("parity.constant_outputs", "must be a list of output names")
-            else:
-                fields["constant_outputs"] = tuple(constant)
-    if "opset" in data and c.number(data["opset"], "opset", positive=True, integer=True) is not None:
-        fields["opset"] = data["opset"]
+    return fields
+
+
+def _tensors(c: _Checker, raw: Any, kind: str, base: Path) -> tuple[TensorSpec, ...] | None:
+    if not isinstance(raw, list) or not raw:
+        c.fail(kind, "must be a non-empty list")
+        return None
+    tensors = [_tensor(c, t, f"{kind}[{i}]", kind[:-1], base) for i, t in enumerate(raw)]
+    names = [t.name for t in tensors if t is not None]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        c.fail(kind, f"{dup!r} is declared twice")
+    return tuple(t for t in tensors if t is not None)
+
+
+def _parity(c: _Checker, parity: Any) -> dict[str, Any]:
+    if not isinstance(parity, dict):
+        c.fail("parity", "must be a mapping, e.g. {atol: 1.0e-4, rtol: 1.0e-3}")
+        return {}
+    c.keys(parity, PARITY, "parity")
+    fields: dict[str, Any] = {}
+    for key in ("atol", "rtol"):
+        if key in parity and c.number(parity[key], f"parity.{key}", positive=True) is not None:
+            fields[key] = float(parity[key])
+    constant = parity.get("constant_outputs", [])
+    if not isinstance(constant, list) or not all(isinstance(n, str) for n in constant):
+        c.fail("parity.constant_outputs", "must be a list of output names")
+    else:
+        fields["constant_outputs"] = tuple(constant)
+    return fields
+
+
+def _files(c: _Checker, data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """handler, samples and extra_files, relative to the spec file, each checked to exist."""
+    fields: dict[str, Any] = {}
     for key in ("handler", "samples"):
         if key in data:
             file = base / str(data[key])
@@ -278,13 +307,6 @@ def from_dict(data: dict[str, Any], where: _Lines, base: Path, require_io: bool 
                 if not (base / str(f)).is_file():
                     c.fail(f"extra_files[{i}]", f"file {base / str(f)} does not exist")
             fields["extra_files"] = tuple(str(base / str(f)) for f in extra)
-    outputs = {t.name for t in fields.get("outputs", ())}
-    for name in fields.get("constant_outputs", ()):
-        if outputs and name not in outputs:
-            c.fail("parity.constant_outputs", f"{name!r} is not an output")
-    if c.problems:
-        ordered = sorted(c.problems, key=lambda p: int(m.group(1)) if (m := re.search(r":(\d+): ", p)) else 0)
-        raise SpecError(f"{len(c.problems)} problem(s) in the model spec:\n  " + "\n  ".join(ordered))
     return fields
 
 

@@ -1,0 +1,121 @@
+"""A variant of any archive in the model store (zoo and packaged models alike): made from the
+archive's verified FP32 model (maas.export.variants), its accuracy cost measured and held to its
+budget, archived beside the source as <name>-<version>-<variant>.mar with the same assets and
+handler settings."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maas.core.spec import GENERIC_HANDLER, ModelSpec
+from maas.core.store import Archive, archive_manifest, archive_member, archive_samples, find_archive
+from maas.export import archive, onnx_export
+from maas.export.package import SAMPLE_ROWS, Packaged, synthesize
+from maas.export.variants import VARIANTS, VariantError, check_budget, make_variant
+
+log = logging.getLogger(__name__)
+
+
+VARIANT_COSINE_BUDGET = 0.01  # 1 - mean cosine vs FP32, per output
+VARIANT_TOP1_BUDGET = 0.95  # top-1 agreement with FP32, for outputs with labels
+
+
+def variant_cost(spec: ModelSpec, fp32: Path, candidate: Path, samples: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The variant's answers vs FP32's on the samples: mean and worst cosine per row, max abs error,
+    and top-1 agreement for labelled outputs. Cost = 1 - the lowest mean cosine."""
+    base = onnx_export.cpu_session(fp32).run(spec.output_names, samples)
+    cand = onnx_export.cpu_session(candidate).run(spec.output_names, samples)
+    per_output, top1 = {}, {}
+    for t, b, c in zip(spec.outputs, base, cand):
+        rows_b = b.reshape(len(b), -1).astype(np.float64) if spec.batch_axis else b.reshape(1, -1).astype(np.float64)
+        rows_c = c.reshape(rows_b.shape).astype(np.float64)
+        norms = np.linalg.norm(rows_b, axis=1) * np.linalg.norm(rows_c, axis=1)
+        cos = np.where(norms > 0, np.sum(rows_b * rows_c, axis=1) / np.maximum(norms, 1e-30), 1.0)
+        per_output[t.name] = {"mean_cosine": float(cos.mean()), "worst_cosine": float(cos.min()),
+                              "max_abs_error": float(np.max(np.abs(rows_b - rows_c)))}
+        if t.labels:
+            top1[t.name] = float(np.mean(b.argmax(axis=-1) == c.argmax(axis=-1)))
+    cost = 1.0 - min(o["mean_cosine"] for o in per_output.values())
+    within = cost <= VARIANT_COSINE_BUDGET and all(a >= VARIANT_TOP1_BUDGET for a in top1.values())
+    return {"cost_metric": "1 - mean cosine vs FP32 (worst output)", "cost": cost, "budget": VARIANT_COSINE_BUDGET,
+            "within_budget": within, "outputs": per_output, "top1_agreement": top1,
+            "top1_budget": VARIANT_TOP1_BUDGET if top1 else None, "samples": int(len(next(iter(samples.values()))))}
+
+
+def package_variant(model_store: Path, build_root: Path, name: str, variant: str, version: str | None = None) -> Packaged:
+    """A variant of an archive in the model store (zoo and packaged models alike): its verified FP32
+    model made into `variant`, the cost measured (a zoo model on its held-out data, a packaged model
+    on its archive's samples) and held to its budget, archived as <name>-<version>-<variant>.mar."""
+    import zipfile
+
+    import yaml
+
+    from maas.export import zoo
+
+    started = time.perf_counter()
+    source = find_archive(model_store, name, version)
+    manifest = archive_manifest(source)
+    model = zoo.models().get(name)
+    spec = model.spec if model else ModelSpec.from_archive(manifest, yaml.safe_load(archive_member(source, "model-config.yaml")))
+    new_version = f"{manifest['version']}-{variant}"
+    build_dir = build_root / archive.archive_name(name, new_version)
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    (build_dir / "assets").mkdir(parents=True)
+    with zipfile.ZipFile(source.path) as z:
+        z.extractall(build_dir / "archive")
+        handler = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["handler"]
+    extracted = build_dir / "archive"
+    fp32 = extracted / manifest["model_file"]
+    made = make_variant(variant, fp32, build_dir, model.optimized_graph(None) if model else None)
+    onnx_export.check_contract(made, spec)
+    report = _cost(model, spec, fp32, made, source, manifest)
+    log.info("%s %s: %s %.4f (budget %.4f)", name, variant, report["cost_metric"], report["cost"], report["budget"])
+    check_budget(name, variant, report)
+    shutil.copy(made, build_dir / "model.onnx")
+    spec = replace(spec, version=new_version, handler=handler)
+    mar = _rearchive(build_dir, spec, manifest, source, variant, report,
+                     extracted / handler if model is None and handler != GENERIC_HANDLER else None)
+    result = json.loads((build_dir / "manifest.json").read_text())
+    return Packaged(name, new_version, mar, build_dir, spec, result, time.perf_counter() - started)
+
+
+def _cost(model: Any, spec: ModelSpec, fp32: Path, made: Path, source: Archive, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The variant's accuracy cost: a zoo model's own held-out evaluation, else the archive's samples."""
+    from maas.export import zoo
+
+    if model is None:
+        return variant_cost(spec, fp32, made, archive_samples(source, manifest) or synthesize(spec, SAMPLE_ROWS))
+    try:
+        return model.variant_report(fp32, made)
+    except zoo.NoHeldOutEvaluation as exc:
+        raise VariantError(str(exc)) from None
+
+
+def _rearchive(build_dir: Path, spec: ModelSpec, manifest: dict[str, Any], source: Archive, variant: str,
+               report: dict[str, Any], user_handler: Path | None) -> Path:
+    """The variant's archive: the source archive's assets and handler settings, a manifest that
+    records the variant and its cost, the same model-config.yaml."""
+    extracted = build_dir / "archive"
+    code = {spec.handler, *(p.name for p in archive.handler_support(extracted / spec.handler, extracted))}
+    skip = {manifest["model_file"], "manifest.json", "model-config.yaml", *code,
+            *(e["file"] for e in manifest.get("external_data", []))}
+    for item in extracted.iterdir():
+        if item.is_file() and item.name not in skip:
+            shutil.copy(item, build_dir / "assets" / item.name)
+    # What the handler reads besides the I/O spec (limits, labels, tokenizer, ...) stays as it was.
+    extra = {k: v for k, v in manifest.items() if k not in archive.MANIFEST_OWN_KEYS}
+    extra.update(external_data=[], variant={"name": variant, "description": VARIANTS[variant],
+                                            "fp32_sha256": manifest["sha256"], "accuracy": report})
+    archive.write_manifest(build_dir, spec, build_dir / "model.onnx", spec.version, manifest.get("metrics", {}),
+                           manifest.get("parity", {}), extra)
+    (build_dir / "model-config.yaml").write_text(archive_member(source, "model-config.yaml").decode())
+    return archive.package(build_dir, spec, source.path.parent, spec.version,
+                           archive.archive_name(spec.name, spec.version), handler_path=user_handler)
