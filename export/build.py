@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from maas.core.errors import UnknownModel
+from maas.core.extras import require
 from maas.export import archive, onnx_export, variants, zoo
 from maas.export.archive import archive_model
 from maas.export.variant_archive import package_variant
@@ -49,6 +50,7 @@ def build(name: str, build_root: Path, model_store: Path, version: str | None = 
         made = package_variant(model_store, build_root, name, variant, version)
         return BuildResult(name, made.version, made.mar, made.build_dir, made.seconds)
     spec = model.spec
+    require("zoo", f"building the zoo's {name}")
     if variant is not None:
         if variant not in variants.VARIANTS:
             raise variants.VariantError(f"unknown variant {variant!r}; known: {', '.join(variants.VARIANTS)}")

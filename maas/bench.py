@@ -39,6 +39,7 @@ import yaml
 
 from maas import bench_peers
 from maas.core.clock import now_iso
+from maas.core.extras import require
 from maas.core.machine import cores
 from maas.core.spec import ServingSpec
 from maas.inprocess import ceiling, ceilings
@@ -447,6 +448,8 @@ def run_bench(plan: BenchPlan, out_dir: Path, store: Path | None = None,
               config: Path = ROOT / "config.properties") -> BenchResult:
     """Everything in the module docstring; returns (and writes) the results."""
     from tqdm import tqdm
+
+    require("zoo", "maas bench (its peers run the zoo's minilm)")
 
     from maas.bench_report import write_outputs
 

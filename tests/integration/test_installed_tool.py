@@ -33,10 +33,11 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
     # --no-compile: byte-compiling all of torch and onnxruntime up front is ~45 s of this test's ~95 s;
     # Python compiles what maas imports on first use, so what runs is the same.
-    done = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile",
-                           str(checkout)],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # The base install (no extras); the user's model code needs transformers, which the user installs.
+    for what in (str(checkout), "transformers==5.23.0"):
+        done = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile", what],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
     return env
 
 
@@ -62,6 +63,17 @@ def test_the_wheel_carries_the_handlers_and_nothing_of_the_checkout(venv: Path) 
     # one installed package: nothing but maas (and its scripts and metadata) reaches site-packages
     top = {f.split("/")[0] for f in files if not f.startswith("..")}
     assert {t for t in top if not t.startswith("maas-")} == {"maas"}, top
+    # no extra was asked for: the zoo's training stack is not there, and building the zoo says so
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    assert not (site / "sklearn").exists() and not (site / "sentence_transformers").exists()
+
+
+def test_building_the_zoo_without_its_extra_says_which_to_install(venv: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_") and k != "PYTHONPATH"}
+    out = subprocess.run([str(venv / "bin" / "maas"), "build", "maintenance"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "pip install 'maas[zoo]'" in out.stderr, out.stderr
 
 
 def test_a_user_packages_serves_calls_and_load_tests_a_model_from_their_own_directory(venv: Path, tmp_path: Path) -> None:
