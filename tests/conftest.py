@@ -24,6 +24,13 @@ from maas.properties import free_loopback_ports, on_free_loopback_ports, read_pr
 from maas.server import ServerLayout, TorchServe  # noqa: E402
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration/ starts real servers: marked `integration` here, once."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
 def free_ports(n: int) -> list[int]:
     return free_loopback_ports(n)
 
@@ -203,6 +210,31 @@ class RecordedMetrics:
 
     def values(self, name: str) -> list[float]:
         return [v for n, v, _ in self.emitted if n == name]
+
+
+def call(handler: Any, *bodies: Any, explain: bool = False) -> tuple[list[Any], "FakeContext"]:
+    """One handle() of a batch, as TorchServe makes it: bytes and str bodies as they are (TorchServe
+    hands text/plain over as str), others JSON-encoded; -> the decoded answers and the context
+    that recorded statuses, headers and metrics."""
+    ctx = FakeContext(Path("."))
+    if explain:
+        ctx.request_headers = {i: {"explain": "True"} for i in range(len(bodies))}
+    out = handler.handle([{"body": b if isinstance(b, (bytes, str)) else json.dumps(b).encode()} for b in bodies], ctx)
+    return [json.loads(o) for o in out], ctx
+
+
+def png(grid: Any, scale: int = 12, fmt: str = "PNG", mode: str = "L", dark_ink: bool = True) -> bytes:
+    """A digit grid (0-16) as an image file, the way a scanner or a phone would send it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ink = np.kron(grid, np.ones((scale, scale))) / 16 * 255
+    img = Image.fromarray((255 - ink if dark_ink else ink).astype(np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
 
 
 class FakeContext:

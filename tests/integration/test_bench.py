@@ -8,11 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from maas.bench import BenchPlan, cores, run_bench
-
-pytestmark = pytest.mark.integration
 
 
 def test_bench_digits_side_by_side(tmp_path: Path, model_store: Path, built_models) -> None:

@@ -10,11 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import server_config
-
-pytestmark = pytest.mark.integration
-
-GOOD = {"type": "M", "air_temperature_k": 302.5, "process_temperature_k": 310.8,
-        "rotational_speed_rpm": 1320, "torque_nm": 52.0, "tool_wear_min": 40}
+from maas.export.zoo.maintenance import HEAT_FAILURE
 
 
 def maas(server, *args: str, stdin: bytes | None = None, reports: Path | None = None, config: Path | None = None):
@@ -27,7 +23,7 @@ def maas(server, *args: str, stdin: bytes | None = None, reports: Path | None = 
 
 
 def test_predict_from_stdin(server) -> None:
-    out = maas(server, "predict", "maintenance", "-", stdin=json.dumps(GOOD).encode())
+    out = maas(server, "predict", "maintenance", "-", stdin=json.dumps(HEAT_FAILURE).encode())
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert answer["failure"] is True and answer["failure_modes"]["HDF"] > 0.5  # heat-dissipation rule

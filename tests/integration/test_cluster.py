@@ -19,14 +19,10 @@ from conftest import ROOT
 from maas import deploy as d
 from maas import loadtest
 from maas.cluster import Cluster
+from maas.export.zoo.maintenance import HEALTHY
 from maas.properties import free_loopback_ports
 from maas.release import release
 from maas.slo import SLO
-
-pytestmark = pytest.mark.integration
-
-GOOD = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
-        "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +55,11 @@ def load(address: str, key_file: Path, out: Path, seconds: int, users: int = 8) 
 def test_one_address_with_the_key_checked(cluster) -> None:
     c, address = cluster
     key = json.loads(c.key_file.read_text())["inference"]["key"]
-    ok = requests.post(f"{address}/predictions/maintenance", json=GOOD, headers={"Authorization": f"Bearer {key}"},
+    ok = requests.post(f"{address}/predictions/maintenance", json=HEALTHY, headers={"Authorization": f"Bearer {key}"},
                        timeout=10)
     assert ok.status_code == 200 and ok.json()["failure"] is False
     for headers in ({}, {"Authorization": "Bearer wrong"}):
-        refused = requests.post(f"{address}/predictions/maintenance", json=GOOD, headers=headers, timeout=10)
+        refused = requests.post(f"{address}/predictions/maintenance", json=HEALTHY, headers=headers, timeout=10)
         assert refused.status_code == 401 and "missing or wrong key" in refused.json()["message"]
     assert c.server_states() == {"replica-1": "UP", "replica-2": "UP"}
     for replica in c.replicas():  # the replicas themselves listen on loopback only
@@ -111,14 +107,14 @@ def test_a_rolling_release_loses_no_request(cluster, tmp_path: Path, maintenance
         else:
             d.deploy(replica.client, c.model_store, "maintenance", "2.0")
             d.set_default(replica.client, "maintenance", "2.0")
-        answer = replica.client.predict("maintenance", json.dumps(GOOD).encode())
+        answer = replica.client.predict("maintenance", json.dumps(HEALTHY).encode())
         assert answer.status_code == 200 and answer.headers["X-Model-Version"] == "2.0"
         c.set_replica(index, "ready")
         wait_for(f"replica-{index} back", lambda: c.server_states()[f"replica-{index}"] == "UP", timeout=10)
     runner.join()
     assert result["failures"] == 0 and result["requests"] > 200, result["errors_by_status"]
     key = json.loads(c.key_file.read_text())["inference"]["key"]
-    versions = {requests.post(f"{address}/predictions/maintenance", json=GOOD, timeout=10,
+    versions = {requests.post(f"{address}/predictions/maintenance", json=HEALTHY, timeout=10,
                               headers={"Authorization": f"Bearer {key}"}).headers["X-Model-Version"] for _ in range(8)}
     assert versions == {"2.0"}
 

@@ -16,8 +16,6 @@ from maas.client import ApiError
 from maas.server import TorchServe
 from maas.status_table import status_rows
 
-pytestmark = pytest.mark.integration
-
 GOOD = {"type": "L", "air_temperature_k": 299.0, "process_temperature_k": 309.5,
         "rotational_speed_rpm": 1400, "torque_nm": 55.0, "tool_wear_min": 190}
 

@@ -15,8 +15,6 @@ from maas.export.ensemble import WORKFLOW, package_workflow, workflow_spec
 from maas.export.variants import held_out_outputs
 from maas.export.zoo import maintenance as m
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def ensemble(ensemble_built):

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-import pytest
-
 from maas.loadtest import LoadTest, run
 from maas.slo import SLO, Thresholds
 
-pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
 HDF = {"type": "L", "air_temperature_k": 302.5, "process_temperature_k": 310.5,
        "rotational_speed_rpm": 1290, "torque_nm": 52.0, "tool_wear_min": 30}

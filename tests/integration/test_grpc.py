@@ -21,8 +21,6 @@ from maas.export import zoo
 from maas.grpc_client import GrpcCallError, GrpcInference, grpc_target
 from maas.slo import SLO
 
-pytestmark = pytest.mark.integration
-
 # One refused request per zoo model: (body, the field the HTTP 400 names).
 BAD = {
     "maintenance": (json.dumps({"type": "X", "air_temperature_k": 300, "process_temperature_k": 310,

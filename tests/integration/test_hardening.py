@@ -16,14 +16,9 @@ from conftest import bare_server, package_variant, tamper
 from maas import deploy as d
 from maas import loadtest
 from maas.client import ServeError
+from maas.export.zoo.maintenance import HEALTHY
 from maas.keys import read_keys
 from maas.slo import SLO
-
-pytestmark = pytest.mark.integration
-
-GOOD = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
-        "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}
-
 
 FLAKY = """
 
@@ -82,25 +77,25 @@ def test_tampered_model_fails_its_check_and_the_server_stays_up(hard) -> None:
     assert hard.client.ping()["status"] == "Healthy"
     tampered = hard.client.describe("tampered")[0]  # the model's status says it is not serving
     assert tampered["minWorkers"] == 0 and not [w for w in tampered["workers"] if w["status"] == "READY"]
-    resp = hard.client.predict("tampered", json.dumps(GOOD).encode())
+    resp = hard.client.predict("tampered", json.dumps(HEALTHY).encode())
     assert resp.status_code == 503 and "no worker" in resp.json()["message"]
     logs = "".join(p.read_text(errors="replace") for p in hard.layout.log_dir.glob("*.log"))
     assert "INTEGRITY: model.onnx sha256" in logs and "does not match manifest" in logs
-    assert hard.client.predict_json("maintenance", GOOD)["failure"] is False  # others keep serving
+    assert hard.client.predict_json("maintenance", HEALTHY)["failure"] is False  # others keep serving
     d.undeploy(hard.client, "tampered")
 
 
 def test_keys_expire_and_maas_renews_them(hard) -> None:
     stale = read_keys(hard.layout.key_file)["inference"].value
     url = f"{hard.endpoints.inference}/predictions/maintenance"
-    assert requests.post(url, json=GOOD, headers={"Authorization": f"Bearer {stale}"}, timeout=10).status_code == 200
+    assert requests.post(url, json=HEALTHY, headers={"Authorization": f"Bearer {stale}"}, timeout=10).status_code == 200
     time.sleep(7)  # past token_expiration_min=0.1
-    expired = requests.post(url, json=GOOD, headers={"Authorization": f"Bearer {stale}"}, timeout=10)
+    expired = requests.post(url, json=HEALTHY, headers={"Authorization": f"Bearer {stale}"}, timeout=10)
     assert expired.status_code in (400, 401) and "Token Authorization failed" in expired.text
     ping = requests.get(f"{hard.endpoints.inference}/ping", timeout=10)
     assert ping.status_code in (400, 401)  # TorchServe 0.12 wants the key even on /ping
     assert hard.client.ping()["status"] == "Healthy"  # the client renews, then answers
-    assert hard.client.predict_json("maintenance", GOOD)["failure"] is False
+    assert hard.client.predict_json("maintenance", HEALTHY)["failure"] is False
     assert read_keys(hard.layout.key_file)["inference"].value != stale
 
 
@@ -142,11 +137,11 @@ def test_killed_worker_under_load_recovers_with_bounded_loss(hard, tmp_path: Pat
     # and the load test says a worker died, whatever the figures: the gate fails on it
     assert summary["worker_restarts"] == 1 and not summary["passed"]
     assert any("worker restart" in b for b in summary["broken"]), summary["broken"]
-    assert hard.client.predict_json("maintenance", GOOD)["failure"] is False
+    assert hard.client.predict_json("maintenance", HEALTHY)["failure"] is False
 
 
 def test_overload_beyond_the_job_queue_gets_fast_503s_and_drains(hard) -> None:
-    body = json.dumps([GOOD] * 256).encode()  # heavier requests, so the 4-slot queue overflows
+    body = json.dumps([HEALTHY] * 256).encode()  # heavier requests, so the 4-slot queue overflows
     key = hard.client.fresh_key("inference")
 
     def send(_):
@@ -164,7 +159,7 @@ def test_overload_beyond_the_job_queue_gets_fast_503s_and_drains(hard) -> None:
           f"(median {sorted(rejected)[len(rejected) // 2] if rejected else 0:.1f} ms)")
     assert set(codes) <= {200, 503} and rejected and accepted
     assert sorted(rejected)[len(rejected) // 2] < 100  # a fast refusal, not a hang
-    assert hard.client.predict_json("maintenance", GOOD)["failure"] is False  # the queue drained
+    assert hard.client.predict_json("maintenance", HEALTHY)["failure"] is False  # the queue drained
 
 
 def test_tls_option_serves_https_and_grpc_over_tls_and_refuses_plain(tmp_path_factory: pytest.TempPathFactory,
@@ -188,12 +183,12 @@ def test_tls_option_serves_https_and_grpc_over_tls_and_refuses_plain(tmp_path_fa
         from maas.grpc_client import GrpcCallError, GrpcInference, grpc_target
 
         with GrpcInference.for_server(ts) as over_tls:  # trusts the server's certificate, as the HTTP client does
-            assert json.loads(over_tls.predict("maintenance", json.dumps(GOOD).encode()))["failure"] is False
+            assert json.loads(over_tls.predict("maintenance", json.dumps(HEALTHY).encode()))["failure"] is False
         with GrpcInference(grpc_target(ts.props), lambda: read_keys(ts.layout.key_file)["inference"].value) as plain:
             with pytest.raises(GrpcCallError) as refused:  # plaintext gRPC on the TLS port: no connection
-                plain.predict("maintenance", json.dumps(GOOD).encode())
+                plain.predict("maintenance", json.dumps(HEALTHY).encode())
             assert refused.value.code == "UNAVAILABLE"
-        assert ts.client.predict_json("maintenance", GOOD)["failure"] is False  # https, certificate verified
+        assert ts.client.predict_json("maintenance", HEALTHY)["failure"] is False  # https, certificate verified
         key = read_keys(ts.layout.key_file)["inference"].value
         for port in (inf, mgmt):  # plain HTTP on a TLS port: refused with 403, never served
             plain = requests.get(f"http://127.0.0.1:{port}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
@@ -207,21 +202,21 @@ def test_tls_option_serves_https_and_grpc_over_tls_and_refuses_plain(tmp_path_fa
 def test_a_model_whose_first_load_fails_comes_up_without_operator_action(hard) -> None:
     desc = d.deploy(hard.client, hard.layout.model_store, "flaky", timeout=90)
     assert [w["status"] for w in desc["workers"]] == ["READY"]
-    assert hard.client.predict_json("flaky", GOOD)["failure"] is False
+    assert hard.client.predict_json("flaky", HEALTHY)["failure"] is False
     d.undeploy(hard.client, "flaky")
 
 
 def test_a_handler_slower_than_response_timeout_fails_clearly_and_the_worker_recovers(hard) -> None:
     d.deploy(hard.client, hard.layout.model_store, "slow", timeout=90)
     started = time.perf_counter()
-    resp = hard.client.predict("slow", json.dumps({**GOOD, "tool_wear_min": 999}).encode())
+    resp = hard.client.predict("slow", json.dumps({**HEALTHY, "tool_wear_min": 999}).encode())
     waited = time.perf_counter() - started
     print(f"\nslow handler: HTTP {resp.status_code} after {waited:.1f} s: {resp.text[:120]}")
     assert resp.status_code in (408, 500, 503, 504) and resp.json()["message"]
     assert waited < 8  # answered at responseTimeout (2 s), not when the handler finally returns
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        ok = hard.client.predict("slow", json.dumps(GOOD).encode())
+        ok = hard.client.predict("slow", json.dumps(HEALTHY).encode())
         if ok.status_code == 200:
             break
         time.sleep(0.5)

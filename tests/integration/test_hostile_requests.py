@@ -34,7 +34,6 @@ from maas.export.ensemble import WORKFLOW
 from maas.export.zoo.digits import THREE
 from maas.export.zoo.maintenance import HEALTHY, HEAT_FAILURE, OVERSTRAIN
 
-pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
 
 CLIENTS = int(os.environ.get("MAAS_HOSTILE_CLIENTS", "12"))

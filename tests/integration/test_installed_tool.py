@@ -14,8 +14,6 @@ import pytest
 from conftest import ROOT
 from maas.properties import on_free_loopback_ports, read_properties, write_properties
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:

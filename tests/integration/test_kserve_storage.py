@@ -19,9 +19,6 @@ from maas.properties import on_free_loopback_ports, read_properties, write_prope
 from maas.server import ServerLayout, TorchServe
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.integration
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, model_store: Path, built_models: dict[str, Built]) -> Path:
     out = tmp_path_factory.mktemp("deploy")

@@ -6,15 +6,12 @@ import re
 import shutil
 
 import onnxruntime as ort
-import pytest
 import requests
 import yaml
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.integration
-
-GOOD = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
+HEALTHY = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
         "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}
 
 
@@ -33,7 +30,7 @@ def scrape(server) -> dict[tuple[str, str], float]:
 def test_handler_metrics_after_traffic(server) -> None:
     before = scrape(server).get(("MaasRequests", "maintenance"), 0.0)
     for _ in range(5):
-        assert server.client.predict_json("maintenance", [GOOD, GOOD])
+        assert server.client.predict_json("maintenance", [HEALTHY, HEALTHY])
     assert server.client.predict("maintenance", b"{bad").status_code == 400
     server.client.predict_json("minilm", {"text": "metrics please"})
     metrics = scrape(server)
@@ -53,7 +50,7 @@ def test_handler_metrics_after_traffic(server) -> None:
 
 
 def test_response_names_the_execution_provider(server) -> None:
-    resp = server.client.predict("maintenance", json.dumps(GOOD).encode())
+    resp = server.client.predict("maintenance", json.dumps(HEALTHY).encode())
     # CPU here; on a GPU host TorchServe assigns a gpu_id and the handler takes CUDA when ORT has it.
     assert resp.headers["X-Execution-Provider"] == ("CUDAExecutionProvider" if gpu_host() else "CPUExecutionProvider")
 

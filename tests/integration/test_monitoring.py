@@ -17,8 +17,6 @@ from maas import deploy as d
 from maas.export import zoo
 from maas.monitor import Monitor, slo_models
 
-pytestmark = pytest.mark.integration
-
 MODELS = ("maintenance", "digits")
 
 

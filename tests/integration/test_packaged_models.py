@@ -31,8 +31,6 @@ from maas.cli import cli
 from maas.slo import SLO
 from maas.status_table import status_rows
 
-pytestmark = pytest.mark.integration
-
 THIRD_PARTY = ROOT / "tests" / "thirdparty"
 MAGIKA = ("magika", "1.0.3", "magika/models/standard_v3_3")
 IMAGE = "pixel_values:float32:[batch,3,32,32]"

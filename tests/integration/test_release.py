@@ -12,8 +12,6 @@ import pytest
 
 from conftest import bare_server, package_variant
 
-pytestmark = pytest.mark.integration
-
 FAST_SLO = """
 users: 4
 spawn_rate: 4

@@ -14,12 +14,8 @@ import requests
 
 from maas.client import TokenRefused
 from maas.export.zoo import maintenance as m
+from maas.export.zoo.maintenance import HEALTHY
 from maas.keys import read_keys
-
-pytestmark = pytest.mark.integration
-
-GOOD = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
-        "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}
 
 
 def worker_pids(server, model: str = "maintenance") -> list[int]:
@@ -53,7 +49,7 @@ def test_served_answers_equal_in_process_onnx_runtime(server, maintenance_built)
 
 
 def test_response_names_the_version_that_answered(server) -> None:
-    resp = post(server, json.dumps(GOOD).encode())
+    resp = post(server, json.dumps(HEALTHY).encode())
     assert resp.status_code == 200 and resp.headers["X-Model-Version"] == "1.0"
     assert resp.headers["content-type"].startswith("application/json")
 
@@ -63,15 +59,15 @@ BAD = [
     (b"", "application/json", "empty"),
     (b"\x00\xff\xfe junk \x80", "application/octet-stream", "not UTF-8"),
     (b"[" * 50_000 + b"]" * 50_000, "application/json", "nested too deeply"),
-    (json.dumps({**GOOD, "torque_nm": "x"}).encode(), "application/json", "torque_nm"),
-    (json.dumps({**GOOD, "type": "Z"}).encode(), "application/json", "type"),
-    (json.dumps({k: v for k, v in GOOD.items() if k != "tool_wear_min"}).encode(), "application/json", "tool_wear_min"),
-    (json.dumps({**GOOD, "extra": 1}).encode(), "application/json", "extra"),
+    (json.dumps({**HEALTHY, "torque_nm": "x"}).encode(), "application/json", "torque_nm"),
+    (json.dumps({**HEALTHY, "type": "Z"}).encode(), "application/json", "type"),
+    (json.dumps({k: v for k, v in HEALTHY.items() if k != "tool_wear_min"}).encode(), "application/json", "tool_wear_min"),
+    (json.dumps({**HEALTHY, "extra": 1}).encode(), "application/json", "extra"),
     (b'{"type": "L", "air_temperature_k": NaN, "process_temperature_k": 308.6, "rotational_speed_rpm": 1551,'
      b' "torque_nm": 42.8, "tool_wear_min": 0}', "application/json", "finite"),
-    (json.dumps({**GOOD, "torque_nm": 1e308}).encode(), "application/json", "outside the accepted range"),
+    (json.dumps({**HEALTHY, "torque_nm": 1e308}).encode(), "application/json", "outside the accepted range"),
     (b"[]", "application/json", "empty list"),
-    (json.dumps(GOOD).encode(), "text/plain", None),  # JSON sent as text/plain is still understood
+    (json.dumps(HEALTHY).encode(), "text/plain", None),  # JSON sent as text/plain is still understood
 ]
 
 
@@ -86,18 +82,18 @@ def test_bad_input_gets_4xx_json_and_the_worker_survives(server, body, content_t
         error = resp.json()
         assert error["code"] == 400 and (expected in error["message"] or expected == error.get("field"))
     assert worker_pids(server) == before
-    assert post(server, json.dumps(GOOD).encode()).status_code == 200
+    assert post(server, json.dumps(HEALTHY).encode()).status_code == 200
 
 
 def test_oversized_body_is_413_and_the_server_keeps_serving(server) -> None:
     cap = int(server.props["max_request_size"])
     resp = post(server, b"[" + b"1," * (cap // 2) + b"1]")
     assert resp.status_code == 413
-    assert post(server, json.dumps(GOOD).encode()).status_code == 200
+    assert post(server, json.dumps(HEALTHY).encode()).status_code == 200
 
 
 def test_bad_requests_never_fail_batch_neighbours(server) -> None:
-    good, bad = json.dumps(GOOD).encode(), json.dumps({**GOOD, "torque_nm": None}).encode()
+    good, bad = json.dumps(HEALTHY).encode(), json.dumps({**HEALTHY, "torque_nm": None}).encode()
     bodies = [bad if i % 3 == 0 else good for i in range(60)]
     with ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(lambda b: post(server, b).status_code, bodies))
@@ -105,7 +101,7 @@ def test_bad_requests_never_fail_batch_neighbours(server) -> None:
 
 
 def test_missing_or_wrong_token_is_refused(server) -> None:
-    body = json.dumps(GOOD).encode()
+    body = json.dumps(HEALTHY).encode()
     assert post(server, body, token=None).status_code in (400, 401)
     assert post(server, body, token="wrong").status_code in (400, 401)
     mgmt = f"{server.endpoints.management}/models"
@@ -120,8 +116,8 @@ def test_client_renews_a_key_the_server_no_longer_accepts(server) -> None:
     old = read_keys(server.layout.key_file)["inference"].value
     server.client.renew_key("inference")
     assert read_keys(server.layout.key_file)["inference"].value != old
-    assert post(server, json.dumps(GOOD).encode(), token=old).status_code in (400, 401)
-    assert server.client.predict_json("maintenance", GOOD)["failure"] is False
+    assert post(server, json.dumps(HEALTHY).encode(), token=old).status_code in (400, 401)
+    assert server.client.predict_json("maintenance", HEALTHY)["failure"] is False
 
 
 def test_wrong_key_file_gives_a_clear_error(server, tmp_path) -> None:
@@ -147,7 +143,7 @@ def test_dead_worker_is_replaced_and_the_server_keeps_answering(server) -> None:
         time.sleep(0.5)
     else:
         pytest.fail("worker was not replaced within 120 s")
-    assert server.client.predict_json("maintenance", GOOD)["failure"] is False
+    assert server.client.predict_json("maintenance", HEALTHY)["failure"] is False
     assert server.client.ping()["status"] == "Healthy"
     # The death is visible: in TorchServe's log (maas status), and as MaasWorkerRestarts for Prometheus.
     assert server.worker_restarts().get(("maintenance", "1.0"), 0) >= 1

@@ -2,39 +2,19 @@
 quality in the manifests, answers that are right, not just well-formed, through the handlers."""
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import HDF, FakeContext, zoo_handlers
+from conftest import HDF, call, png, zoo_handlers
 from maas.export.zoo import digits as digits_model
 from maas.export.zoo import minilm as minilm_model
 
-pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def handlers(built_models, tmp_path_factory):
     return zoo_handlers(built_models, tmp_path_factory)
-
-
-def call(handler, bodies: list, explain: bool = False) -> tuple[list, FakeContext]:
-    ctx = FakeContext(Path("."))
-    if explain:
-        ctx.request_headers = {i: {"explain": "True"} for i in range(len(bodies))}
-    out = handler.handle([{"body": b} for b in bodies], ctx)
-    return [json.loads(o) for o in out], ctx
-
-
-def png(grid: np.ndarray, scale: int, fmt: str, mode: str, dark_ink: bool) -> bytes:
-    ink = np.kron(grid, np.ones((scale, scale))) / 16 * 255
-    img = Image.fromarray((255 - ink if dark_ink else ink).astype(np.uint8)).convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def test_maintenance_held_out_quality(built_models) -> None:
@@ -44,7 +24,7 @@ def test_maintenance_held_out_quality(built_models) -> None:
 
 
 def test_shapley_values_blame_heat_dissipation(handlers) -> None:
-    (answer,), ctx = call(handlers["maintenance"], [json.dumps(HDF).encode()], explain=True)
+    (answer,), ctx = call(handlers["maintenance"], HDF, explain=True)
     assert answer["failure_probability"] > 0.5  # the rule fires and the model sees it
     phi = answer["attributions"]
     heat = abs(phi["air_temperature_k"]) + abs(phi["process_temperature_k"]) + abs(phi["rotational_speed_rpm"])
@@ -61,7 +41,7 @@ def test_digits_accuracy_meets_the_bar(built_models) -> None:
                                                      ("PNG", "RGBA", True, 5), ("PNG", "L", False, 8)])
 def test_digits_images_are_read_like_the_training_scans(handlers, fmt, mode, dark_ink, scale) -> None:
     x_tr, y_tr, x_te, y_te = digits_model._split(*digits_model._arrays(), 0)
-    answers, ctx = call(handlers["digits"], [png(x_te[i, 0], scale, fmt, mode, dark_ink) for i in range(40)])
+    answers, ctx = call(handlers["digits"], *[png(x_te[i, 0], scale, fmt, mode, dark_ink) for i in range(40)])
     assert ctx.status == {}
     assert np.mean([int(next(iter(a))) == y for a, y in zip(answers, y_te[:40])]) >= 0.9
 
@@ -70,7 +50,7 @@ def test_digits_occlusion_names_the_right_digit(handlers) -> None:
     from sklearn.datasets import load_digits
 
     image = load_digits().images[7]
-    (answer,), _ = call(handlers["digits"], [json.dumps({"pixels": image.astype(int).tolist()}).encode()], explain=True)
+    (answer,), _ = call(handlers["digits"], {"pixels": image.astype(int).tolist()}, explain=True)
     assert answer["label"] == str(load_digits().target[7])
 
 
@@ -84,8 +64,8 @@ def test_minilm_build_matched_sentence_transformers(built_models) -> None:
 def test_minilm_answers_equal_sentence_transformers(handlers) -> None:
     texts = minilm_model.SENTENCES
     reference = minilm_model.reference_embeddings(texts)
-    singles, ctx = call(handlers["minilm"], [json.dumps({"text": t}).encode() for t in texts])
-    (batched,), _ = call(handlers["minilm"], [json.dumps({"texts": texts}).encode()])
+    singles, ctx = call(handlers["minilm"], *[{"text": t} for t in texts])
+    (batched,), _ = call(handlers["minilm"], {"texts": texts})
     for got in (np.array([a["embedding"] for a in singles]), np.array(batched["embeddings"])):
         cos = np.sum(got * reference, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
         assert cos.min() >= 0.9999, cos.min()

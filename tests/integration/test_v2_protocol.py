@@ -5,14 +5,11 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 import requests
 import tritonclient.http as httpclient
 
 from maas.export.zoo import maintenance as m
 from maas.export.zoo import minilm as minilm_model
-
-pytestmark = pytest.mark.integration
 
 
 def client_and_headers(server):

@@ -16,8 +16,6 @@ from maas.export.build import build
 from maas.export.variants import VariantError
 from maas.export.zoo import maintenance
 
-pytestmark = pytest.mark.integration
-
 
 def manifest_of(mar: Path) -> dict:
     with zipfile.ZipFile(mar) as z:

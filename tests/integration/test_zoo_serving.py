@@ -13,8 +13,6 @@ from PIL import Image
 from maas.export.zoo import digits as digits_model
 from maas.export.zoo import minilm as minilm_model
 
-pytestmark = pytest.mark.integration
-
 
 def worker_pid(server, model: str) -> int:
     return server.client.describe(model)[0]["workers"][0]["pid"]

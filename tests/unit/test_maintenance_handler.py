@@ -12,17 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ort_base import InputError, ModelIntegrityError, choose_providers, worker_threads
 
-from conftest import FakeContext
+from conftest import FakeContext, call
 from maas.export.zoo import maintenance as m
 
 GOOD = {"type": "L", "air_temperature_k": 298.1, "process_temperature_k": 308.6,
         "rotational_speed_rpm": 1551, "torque_nm": 42.8, "tool_wear_min": 0}
-
-
-def call(handler, *bodies):
-    ctx = FakeContext(Path("."))
-    out = handler.handle([{"body": b} for b in bodies], ctx)
-    return [json.loads(o) for o in out], ctx
 
 
 def test_single_record_answer_shape(maintenance_handler) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import FakeContext
+from conftest import FakeContext, call
 from maas.core.spec_file import SpecError, parse_input_flag, read_spec_file
 from maas.export import onnx_export
 from maas.export.graph_spec import GraphSpecError, graph_io
@@ -103,12 +103,6 @@ def load(mar: Path, into: Path, handler: str = "tensor", cls: str = "TensorHandl
     h = getattr(module, cls)()
     h.initialize(FakeContext(into, name=mar.stem))
     return h
-
-
-def call(handler, *bodies):
-    ctx = FakeContext(Path("."))
-    out = handler.handle([{"body": json.dumps(b).encode() if not isinstance(b, bytes) else b} for b in bodies], ctx)
-    return [json.loads(o) for o in out], ctx
 
 
 # ---- the spec file ------------------------------------------------------------------------

@@ -1,13 +1,10 @@
 """Open Inference Protocol (KServe v2) requests through every handler, with a fake context."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from conftest import FakeContext, zoo_handlers
+from conftest import call, zoo_handlers
 from maas.export.zoo import maintenance as m
 
 ROW = [1.0, 0.0, 0.0, 298.1, 308.6, 1551.0, 42.8, 0.0]
@@ -16,12 +13,6 @@ ROW = [1.0, 0.0, 0.0, 298.1, 308.6, 1551.0, 42.8, 0.0]
 @pytest.fixture(scope="module")
 def handlers(tiny_models, tmp_path_factory):
     return zoo_handlers(tiny_models, tmp_path_factory)
-
-
-def call(handler, *bodies):
-    ctx = FakeContext(Path("."))
-    out = handler.handle([{"body": json.dumps(b).encode()} for b in bodies], ctx)
-    return [json.loads(o) for o in out], ctx
 
 
 def v2(name, datatype, shape, data, **extra):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 from ort_base import InputError
 from PIL import Image
 
-from conftest import FakeContext, load_handler
+from conftest import call, load_handler, png
 from maas.export.zoo import digits as digits_model
 from maas.export.zoo import minilm as minilm_model
 
@@ -26,20 +25,6 @@ def digits_handler(tiny_models, tmp_path_factory):
 @pytest.fixture(scope="module")
 def minilm_handler(tiny_models, tmp_path_factory):
     return load_handler(tiny_models["minilm"], tmp_path_factory.mktemp("minilm"), "MiniLMHandler")
-
-
-def call(handler, *bodies):
-    ctx = FakeContext(Path("."))
-    out = handler.handle([{"body": b} for b in bodies], ctx)
-    return [json.loads(o) for o in out], ctx
-
-
-def png(grid: np.ndarray, scale: int = 12, fmt: str = "PNG", mode: str = "L", dark_ink: bool = True) -> bytes:
-    ink = np.kron(grid, np.ones((scale, scale))) / 16 * 255
-    img = Image.fromarray((255 - ink if dark_ink else ink).astype(np.uint8)).convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 # ---- digits -------------------------------------------------------------------------
