@@ -68,7 +68,3 @@ def test_zoo_bad_input_gets_4xx_and_the_worker_keeps_serving(server, model, body
     assert resp.status_code == status and resp.json()["code"] == status and resp.json()["message"]
     assert worker_pid(server, model) == before
 
-
-def test_oversized_minilm_body_is_413(server) -> None:
-    resp = server.client.predict("minilm", json.dumps({"text": "x" * 2_000_000}).encode())
-    assert resp.status_code == 413
