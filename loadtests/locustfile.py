@@ -21,7 +21,7 @@ import orjson
 from locust import FastHttpUser, User, events, task
 from locust.runners import WorkerRunner
 
-from maas.client import TokenRefused, api_path
+from maas.client import TokenRefused, api_path, says_token_refused
 from maas.grpc_client import (  # grpc itself is imported on first use
     GrpcCallError,
     GrpcInference,
@@ -164,7 +164,7 @@ class ModelUser(FastHttpUser):
 
     @staticmethod
     def _token_refused(resp) -> bool:
-        return resp.status_code in (400, 401) and "Token Authorization failed" in (resp.text or "")
+        return resp.status_code in (400, 401) and says_token_refused(resp.text)
 
     def _problem(self, resp) -> Optional[str]:
         if resp.status_code != 200:

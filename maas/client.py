@@ -45,9 +45,14 @@ def api_path(*parts: str | None) -> str:
     return "/" + "/".join(quote(str(p), safe="") for p in parts if p)
 
 
+def says_token_refused(text: str) -> bool:
+    """TorchServe 0.12's words for a bad or expired key (over HTTP with a 400, not 401; over gRPC
+    with PERMISSION_DENIED): the one check the CLI, the gRPC client and Locust's users share."""
+    return "token authorization failed" in (text or "").lower()
+
+
 def _token_refused(resp: requests.Response) -> bool:
-    # TorchServe 0.12 answers 400 "Token Authorization failed" (not 401) for a bad/expired key.
-    return resp.status_code in (400, 401) and "token authorization failed" in resp.text.lower()
+    return resp.status_code in (400, 401) and says_token_refused(resp.text)
 
 
 def error_message(resp: requests.Response) -> str:

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from maas.client import ServeError, TokenRefused
+from maas.client import ServeError, TokenRefused, says_token_refused
 from maas.properties import resolve_paths
 
 # The gRPC code for each HTTP status a handler answers with (the mapping gRPC's own docs give
@@ -112,7 +112,7 @@ class GrpcInference:
                 return method(request, metadata=metadata, timeout=self.timeout)
             except grpc.RpcError as exc:
                 code, details = exc.code(), (exc.details() or "").split("\n")[0]
-                if code == grpc.StatusCode.PERMISSION_DENIED and "Token Authorization failed" in details:
+                if code == grpc.StatusCode.PERMISSION_DENIED and says_token_refused(details):
                     if attempt == 1 and self.renew is not None:
                         self.renew()  # expired between reading and sending: renew once and retry
                         continue
