@@ -50,7 +50,8 @@ from maas.server import ServerLayout, TorchServe
 from maas.slo import SLO, Thresholds
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
+# The secure defaults `maas init` writes; the CLI passes the project's own config.properties.
+TEMPLATE_CONFIG = Path(__file__).resolve().parent / "templates" / "config.properties"
 PAYLOADS = {"minilm": "minilm", "digits": "digits-json"}
 # Levers, one change at a time to ours INT8 (minilm): (the change, handler settings, layout index).
 # ORT intra-op spinning is not one: at 1 thread per worker it does nothing, and at 1x2 it
@@ -445,7 +446,7 @@ def bench_server(store: Path, run_dir: Path, config: Path) -> TorchServe:
 
 
 def run_bench(plan: BenchPlan, out_dir: Path, store: Path | None = None,
-              config: Path = ROOT / "config.properties") -> BenchResult:
+              config: Path = TEMPLATE_CONFIG) -> BenchResult:
     """Everything in the module docstring; returns (and writes) the results."""
     from tqdm import tqdm
 

@@ -10,7 +10,7 @@
               installed by `make bench`; skipped with one line without it)
 
 Each is archived with torch-model-archiver as `<family>-<peer>.mar`, handler from
-benchmarks/peer/. The weights are the ones ours are built from; the bench checks the
+maas/peer_handlers/. The weights are the ones ours are built from; the bench checks the
 answers agree before it measures anything.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-PEER_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "peer"
+PEER_DIR = Path(__file__).resolve().parent / "peer_handlers"  # package data: the bench works from a wheel
 # minilm's tokenizer and config files the eager and OpenVINO handlers load with AutoTokenizer/AutoModel.
 HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 

@@ -8,7 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
-from maas.bench import BenchPlan, cores, run_bench
+from maas.bench import BenchPlan, run_bench
+from maas.core.machine import cores
 
 
 def test_bench_digits_side_by_side(tmp_path: Path, model_store: Path, built_models) -> None:
