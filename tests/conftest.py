@@ -280,17 +280,19 @@ def unpacked(built: Built, into: Path) -> Path:
     return into
 
 
-def load_handler(built: Built, into: Path, handler_class: str):
+def load_handler(built: Built, into: Path):
+    """The archive's handler class (the one its handler module defines, as TorchServe finds it), initialised."""
     import importlib
+    import inspect
 
     model_dir = unpacked(built, into)
     module = importlib.import_module(built.name)
-    handler = getattr(module, handler_class)()
+    (cls,) = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__
+              and hasattr(c, "handle")]
+    handler = cls()
     handler.initialize(FakeContext(model_dir, name=built.name))
     return handler
 
-
-ZOO_HANDLER_CLASSES = {"maintenance": "MaintenanceHandler", "digits": "DigitsHandler", "minilm": "MiniLMHandler"}
 # A heat-dissipation failure record: process - air = 8 K < 8.6 K and speed 1290 < 1380 rpm.
 HDF = {"type": "L", "air_temperature_k": 302.5, "process_temperature_k": 310.5,
        "rotational_speed_rpm": 1290, "torque_nm": 52.0, "tool_wear_min": 30}
@@ -298,7 +300,9 @@ HDF = {"type": "L", "air_temperature_k": 302.5, "process_temperature_k": 310.5,
 
 def zoo_handlers(models: dict[str, Built], factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every zoo model's handler, initialised from its archive (tiny or trained builds)."""
-    return {n: load_handler(models[n], factory.mktemp(n), c) for n, c in ZOO_HANDLER_CLASSES.items()}
+    from maas.export import zoo
+
+    return {n: load_handler(models[n], factory.mktemp(n)) for n in zoo.models()}
 
 
 @pytest.fixture
@@ -308,4 +312,4 @@ def model_dir(tmp_path: Path, tiny_maintenance: Built) -> Path:
 
 @pytest.fixture
 def maintenance_handler(tmp_path: Path, tiny_maintenance: Built):
-    return load_handler(tiny_maintenance, tmp_path / "maintenance", "MaintenanceHandler")
+    return load_handler(tiny_maintenance, tmp_path / "maintenance")

@@ -19,12 +19,12 @@ from maas.export.zoo import minilm as minilm_model
 
 @pytest.fixture(scope="module")
 def digits_handler(tiny_models, tmp_path_factory):
-    return load_handler(tiny_models["digits"], tmp_path_factory.mktemp("digits"), "DigitsHandler")
+    return load_handler(tiny_models["digits"], tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="module")
 def minilm_handler(tiny_models, tmp_path_factory):
-    return load_handler(tiny_models["minilm"], tmp_path_factory.mktemp("minilm"), "MiniLMHandler")
+    return load_handler(tiny_models["minilm"], tmp_path_factory.mktemp("minilm"))
 
 
 # ---- digits -------------------------------------------------------------------------
