@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import logging
 import platform
@@ -20,6 +19,7 @@ import maas.handlers
 from maas.core.clock import now_iso
 from maas.core.errors import ExportError
 from maas.core.spec import ModelSpec
+from maas.handlers.integrity import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,6 @@ def archive_name(name: str, version: str | None, own_version: str | None = None)
     """The archive's file name (without .mar): <name> for the model's own version (or none given),
     <name>-<version> for a stamped one, so versions sit side by side in a model store."""
     return name if version in (None, own_version) else f"{name}-{version}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:

@@ -20,11 +20,10 @@ and optionally collate()/split() when requests need padding to one batch (text).
 
 Its support modules, shipped beside it: inputs.py (InputError and the request-reading
 primitives), v2.py (the Open Inference Protocol), http_reply.py (the one place statuses and
-headers are set), dtypes.py (tensor types).
+headers are set), dtypes.py (tensor types), integrity.py (the model file's sha256).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ import numpy as np
 import onnxruntime as ort
 from http_reply import reply
 from inputs import InputError, clip, finite_number, parse_json, request_body, unicode_text
+from integrity import sha256_file
 from v2 import V2Request, looks_like_v2, v2_refusal, v2_response, v2_tensors
 
 # What a model handler imports from here (the reading primitives live in inputs.py).
@@ -50,14 +50,6 @@ Arrays = dict[str, np.ndarray]
 
 class ModelIntegrityError(RuntimeError):
     """The model file is not the one that was verified and packaged."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 MAX_EXPLAINED_ITEMS = 16

@@ -58,13 +58,16 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def built_models(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> dict[str, Built]:
     """Every model of the zoo, built once per session into the session's model store."""
+    return build_zoo(tmp_path_factory.mktemp("build"), model_store, tiny=False)
+
+
+def build_zoo(build_root: Path, store: Path, tiny: bool) -> dict[str, Built]:
     from maas.export import zoo
     from maas.export.build import build
 
-    build_root = tmp_path_factory.mktemp("build")
     built = {}
     for name in zoo.models():
-        result = build(name, build_root, model_store)
+        result = build(name, build_root, store, tiny=tiny)
         built[name] = Built(name, result.build_dir, result.mar)
     return built
 
@@ -84,15 +87,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_store: Path) -> d
     """Every zoo model as its untrained stand-in (ZooModel.tiny) in tiny_store: the unit tier's
     models, built in seconds. Their answers have the right form, not the right values: what
     needs a trained model (held-out accuracy, known answers) uses built_models."""
-    from maas.export import zoo
-    from maas.export.build import build
-
-    build_root = tmp_path_factory.mktemp("tiny_build")
-    built = {}
-    for name in zoo.models():
-        result = build(name, build_root, tiny_store, tiny=True)
-        built[name] = Built(name, result.build_dir, result.mar)
-    return built
+    return build_zoo(tmp_path_factory.mktemp("tiny_build"), tiny_store, tiny=True)
 
 
 @pytest.fixture(scope="session")

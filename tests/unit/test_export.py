@@ -13,8 +13,9 @@ import yaml
 
 from maas.core.spec import ModelSpec
 from maas.export import onnx_export
-from maas.export.archive import ArchiveError, check_no_pickle, sha256_file
+from maas.export.archive import ArchiveError, check_no_pickle
 from maas.export.zoo import maintenance as m
+from maas.handlers.integrity import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_a_handler_carries_exactly_the_modules_it_imports() -> None:
     def carried(handler: str) -> set[str]:
         return {p.name for p in handler_support(HANDLERS_DIR / handler)}
 
-    base = {"ort_base.py", "http_reply.py", "inputs.py", "v2.py", "dtypes.py"}
+    base = {"ort_base.py", "http_reply.py", "inputs.py", "v2.py", "dtypes.py", "integrity.py"}
     assert carried("maintenance.py") == base
     assert carried("digits.py") == base | {"image_input.py"}
     assert carried("minilm.py") == base | {"buckets.py"}
