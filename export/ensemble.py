@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 import maas.handlers
+from maas.core.errors import ExportError
 from maas.export.archive import handler_support
 from maas.export.build import build
 from maas.export.variants import held_out_outputs
@@ -107,7 +108,7 @@ def package_workflow(work: Path, workflow_store: Path, name: str = WORKFLOW, han
     cmd += ["--extra-files", ",".join(str(p) for p in extra)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"torch-workflow-archiver failed: {done.stderr.strip() or done.stdout.strip()}")
+        raise ExportError(f"torch-workflow-archiver failed: {done.stderr.strip() or done.stdout.strip()}")
     war = workflow_store / f"{name}.war"
     log.info("packaged %s", war)
     return war

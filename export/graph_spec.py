@@ -3,7 +3,8 @@
 Exporters name dynamic axes as they like ("unk__214", "s0", "batch_size"); when every input
 has a symbolic axis 0, that axis is the batch axis TorchServe batches along, and it is called
 `batch` in the spec (outputs' symbolic axis 0 too). Other symbolic axes keep their names;
-an axis with neither a size nor a name gets one (`<tensor>_<axis>`).
+an axis with neither a size nor a name, or with a placeholder name such as `?` (Paddle2ONNX),
+gets one of its own (`<tensor>_<axis>`): only axes sharing a real name must agree.
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[Dim]:
     for axis, d in enumerate(value_info.type.tensor_type.shape.dim):
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
-        elif d.HasField("dim_param") and d.dim_param:
+        elif d.HasField("dim_param") and re.search(r"\w", d.dim_param):
             dims.append(re.sub(r"\W", "_", d.dim_param))
-        else:
+        else:  # no name, or a placeholder such as "?": independent of every other axis
             dims.append(re.sub(r"\W", "_", f"{value_info.name}_{axis}"))
     return dims
 

@@ -182,12 +182,37 @@ class RuntimeLoadError(ExportError):
     """ONNX Runtime cannot load the model (an IR version or operator it does not know, ...)."""
 
 
+class RunError(ExportError):
+    """The model refused the inputs maas ran it on (sizes it does not accept, say)."""
+
+
+SIZES_HINT = ("give an example with sizes the model accepts (--example inputs.npz, one array per input), "
+              "or fixed sizes in the spec (e.g. --input x:float32:[batch,3,224,224])")
+
+
+def run_model(run: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarray], engine: str) -> Any:
+    """run(feeds), with the engine's own failure (ONNX Runtime's or PyTorch's, from any user's
+    model) turned into a RunError naming the input shapes, the engine's words and the fix."""
+    try:
+        return run(feeds)
+    except Exception as exc:  # noqa: BLE001 - each engine raises its own kinds, and a user's model anything
+        shapes = ", ".join(f"{name} {list(np.shape(a))}" for name, a in feeds.items())
+        words = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"{engine} refused inputs {shapes}: {words[:400]}", hint=SIZES_HINT) from None
+
+
+def ort_run(session: Any, spec: ModelSpec, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return run_model(lambda f: session.run(spec.output_names, f), feeds, "ONNX Runtime")
+
+
 def cpu_session(path: Path) -> Any:
     """An ONNX Runtime CPU session on `path`, or a RuntimeLoadError saying why there is none."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a run the model refuses becomes a RunError; ORT's own log would repeat it
     try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/... kinds
         raise RuntimeLoadError(f"ONNX Runtime {ort.__version__} cannot load {path.name}: "
                                f"{str(exc).split(' : ')[-1][:400]}") from None
@@ -241,8 +266,8 @@ def check_parity(path: Path, reference: Reference | torch.nn.Module, spec: Model
     for case in cases or spec.parity_cases:
         label = ", ".join(f"{k} {v}" for k, v in case.items()) or "the example"
         inputs = _take(spec, sample, case)
-        expected = reference(inputs)
-        actual = session.run(spec.output_names, inputs)
+        expected = run_model(reference, inputs, "the PyTorch model")
+        actual = ort_run(session, spec, inputs)
         if len(expected) != len(actual):
             raise OutputMatchError(f"{spec.name}: PyTorch returned {len(expected)} outputs, the graph {len(actual)}")
         worst = 0.0
@@ -298,10 +323,10 @@ def check_batch_independence(path: Path, spec: ModelSpec, sample: dict[str, np.n
         return 0.0
     session = cpu_session(path)
     batch = _take(spec, sample, {"batch": rows})
-    together = session.run(spec.output_names, batch)
+    together = ort_run(session, spec, batch)
     worst, problems = 0.0, []
     for i in range(rows):
-        alone = session.run(spec.output_names, {k: v[i:i + 1] for k, v in batch.items()})
+        alone = ort_run(session, spec, {k: v[i:i + 1] for k, v in batch.items()})
         for name, t, a in zip(spec.output_names, together, alone):
             if t.ndim == 0 or t.shape[0] != rows:
                 problems.append(f"output {name} has shape {t.shape}: no batch axis of {rows} rows")
@@ -317,7 +342,7 @@ def check_batch_independence(path: Path, spec: ModelSpec, sample: dict[str, np.n
 
 def runs_finite(path: Path, spec: ModelSpec, sample: dict[str, np.ndarray]) -> bool:
     """ONNX Runtime answers the sample with finite numbers (what can be checked without a reference)."""
-    outputs = cpu_session(path).run(spec.output_names, sample)
+    outputs = ort_run(cpu_session(path), spec, sample)
     finite = all(np.isfinite(o).all() for o in outputs if np.issubdtype(o.dtype, np.floating))
     if not finite:
         log.warning("%s: the model answers the sample with NaN or infinity", spec.name)

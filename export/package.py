@@ -145,8 +145,10 @@ def _inputs_from_example(example: dict[str, np.ndarray]) -> tuple[TensorSpec, ..
     return tuple(TensorSpec(n, str(a.dtype), ("batch", *a.shape[1:])) for n, a in example.items())
 
 
-def example_inputs(opts: PackageOptions, loaded: sources.Loaded, spec: ModelSpec) -> tuple[ModelSpec, dict]:
-    """(spec with inputs, example arrays): from --example, the source, or drawn from the spec."""
+def example_inputs(opts: PackageOptions, loaded: sources.Loaded, spec: ModelSpec,
+                   path: Path | None = None) -> tuple[ModelSpec, dict]:
+    """(spec with inputs, example arrays): from --example, the source, or drawn from the spec at
+    sizes the model accepts (`path`: the ONNX file, when the source is one)."""
     example = read_npz(Path(opts.example), "--example") if opts.example else loaded.example
     if example is not None:
         if not spec.inputs:
@@ -163,7 +165,50 @@ def example_inputs(opts: PackageOptions, loaded: sources.Loaded, spec: ModelSpec
     if not spec.inputs:
         raise SpecError("declare the model's inputs: --example inputs.npz (one array per input), "
                         "--input NAME:DTYPE:[DIMS] (e.g. pixels:float32:[batch,3,224,224]) or inputs: in the spec")
-    return spec, synthesize(spec, SAMPLE_ROWS, opts.seed)
+    return spec, drawn_example(spec, opts.seed, _runner(loaded, spec, path))
+
+
+# Sizes tried, in order, for every dynamic axis but the batch axis when maas must draw inputs:
+# 8 suits most tabular and token models, 32-multiples and 224 convolutional vision models (stride
+# 32), 1024 and 16000 audio front ends (a 16 kHz second). A row over MAX_PROBE_ELEMENTS is skipped.
+SIZE_CANDIDATES = (8, 32, 64, 224, 1024, 16000)
+MAX_PROBE_ELEMENTS = 1 << 22
+
+
+def drawn_example(spec: ModelSpec, seed: int, run: Any) -> dict[str, np.ndarray]:
+    """Inputs drawn within the spec, at the first candidate size the model runs on (`run`: the
+    ONNX Runtime session or PyTorch model); a RunError naming every size tried when none runs."""
+    axes = sorted({d for t in spec.inputs for d in t.shape if isinstance(d, str) and d != spec.batch_axis})
+    if not axes or run is None:
+        return synthesize(spec, SAMPLE_ROWS, seed)
+    refused = []
+    for size in SIZE_CANDIDATES:
+        sizes = dict.fromkeys(axes, size)
+        probe = synthesize(spec, 2, seed, sizes)
+        per_row = max(a[0].size if spec.batch_axis else a.size for a in probe.values())
+        if per_row > MAX_PROBE_ELEMENTS:
+            break
+        try:
+            onnx_export.run_model(run, probe, "the model")
+        except onnx_export.RunError as exc:
+            refused.append(f"{size}: {str(exc).split(': ', 1)[-1][:200]}")
+            continue
+        if size != SIZE_CANDIDATES[0]:
+            log.info("%s: the model runs with %s = %d (it refused %s)", spec.name, ", ".join(axes), size,
+                     ", ".join(r.split(":")[0] for r in refused))
+        return synthesize(spec, SAMPLE_ROWS, seed, sizes)
+    raise onnx_export.RunError(
+        f"{spec.name}: maas drew inputs for the dynamic axes {', '.join(axes)} at sizes "
+        f"{', '.join(r.split(':')[0] for r in refused)}, and the model refused each ({refused[0] if refused else ''})",
+        hint=onnx_export.SIZES_HINT)
+
+
+def _runner(loaded: sources.Loaded, spec: ModelSpec, path: Path | None) -> Any:
+    """What probing runs: the ONNX file in ONNX Runtime, else the PyTorch model (None: nothing to run)."""
+    if loaded.kind == "onnx" and path is not None:
+        session = onnx_export.cpu_session(path)
+        return lambda feeds: session.run(None, feeds)
+    return sources.reference(loaded, spec)
 
 
 def user_declared(opts: PackageOptions) -> bool:
@@ -235,7 +280,7 @@ def package_model(opts: PackageOptions, build_root: Path, model_store: Path, wri
         step("copy the ONNX file and read its inputs and outputs")
         path = sources.to_onnx(loaded, spec, {}, build_dir)
         spec = sources.graph_spec(path, spec)
-        spec, example = example_inputs(opts, loaded, spec)
+        spec, example = example_inputs(opts, loaded, spec, path)
     else:
         spec, example = example_inputs(opts, loaded, spec)
         named = spec if spec.outputs else replace(spec, outputs=tuple(

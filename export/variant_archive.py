@@ -30,8 +30,8 @@ VARIANT_TOP1_BUDGET = 0.95  # top-1 agreement with FP32, for outputs with labels
 def variant_cost(spec: ModelSpec, fp32: Path, candidate: Path, samples: dict[str, np.ndarray]) -> dict[str, Any]:
     """The variant's answers vs FP32's on the samples: mean and worst cosine per row, max abs error,
     and top-1 agreement for labelled outputs. Cost = 1 - the lowest mean cosine."""
-    base = onnx_export.cpu_session(fp32).run(spec.output_names, samples)
-    cand = onnx_export.cpu_session(candidate).run(spec.output_names, samples)
+    base = onnx_export.ort_run(onnx_export.cpu_session(fp32), spec, samples)
+    cand = onnx_export.ort_run(onnx_export.cpu_session(candidate), spec, samples)
     per_output, top1 = {}, {}
     for t, b, c in zip(spec.outputs, base, cand):
         rows_b = b.reshape(len(b), -1).astype(np.float64) if spec.batch_axis else b.reshape(1, -1).astype(np.float64)

@@ -179,7 +179,7 @@ class OrtHandler:
         binding = self.settings.get("io_binding", "auto")
         self.use_io_binding = self.provider == "CUDAExecutionProvider" if binding == "auto" else bool(binding)
         self._check_io()
-        self._warm_up()
+        self._warm_up(model_dir)
         self._emit_start_metrics(context)
         self.initialized = True
         log.info("%s %s ready: provider %s, intra-op threads %d, sha256 %s",
@@ -194,11 +194,29 @@ class OrtHandler:
         if got_in != want_in or got_out != want_out:
             raise ModelIntegrityError(f"graph I/O {got_in} -> {got_out} differs from manifest {want_in} -> {want_out}")
 
-    def _warm_up(self) -> None:
-        """One run on zeros shaped by the spec (dynamic axes = 1), so the first request is not slow."""
-        feeds = {t["name"]: np.zeros([d if isinstance(d, int) else 1 for d in t["shape"]], dtype=t["dtype"])
-                 for t in self.manifest["inputs"]}
-        self.session.run(None, feeds)
+    def _warm_up(self, model_dir: Path) -> None:
+        """One run before the worker reports ready, so the first request is not slow: on the
+        archive's first sample when it carries samples (sizes the model is known to accept), else
+        on zeros shaped by the spec (dynamic axes = 1). A warm-up the model refuses (a convolution
+        longer than 1 sample, say) costs only the warm-up: logged, and the worker serves."""
+        feeds = self._warm_up_feeds(model_dir)
+        try:
+            self.session.run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - a shape the model refuses must not cost the worker
+            shapes = {name: list(a.shape) for name, a in feeds.items()}
+            log.warning("warm-up skipped: the model refused %s (%s); requests of sizes it accepts are served",
+                        shapes, str(exc).splitlines()[0][:300])
+
+    def _warm_up_feeds(self, model_dir: Path) -> Arrays:
+        inputs, batched = self.manifest["inputs"], bool(self.manifest.get("batch_axis"))
+        samples = self.manifest.get("samples")
+        if samples and (model_dir / samples).is_file():
+            with np.load(model_dir / samples, allow_pickle=False) as data:
+                if all(t["name"] in data.files for t in inputs):
+                    return {t["name"]: np.asarray(data[t["name"]][:1] if batched else data[t["name"]], dtype=t["dtype"])
+                            for t in inputs}
+        return {t["name"]: np.zeros([d if isinstance(d, int) else 1 for d in t["shape"]], dtype=t["dtype"])
+                for t in inputs}
 
     # ---- per-model hooks ------------------------------------------------------------
     def setup(self, model_dir: Path) -> None:

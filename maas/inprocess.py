@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from maas.core.errors import ServeError
 from maas.core.spec import ServingSpec
 
 
@@ -74,7 +75,7 @@ def load_handler(mar: Path, into: Path, workers: int, handler_settings: dict[str
     module = importlib.import_module(Path(mar_manifest["model"]["handler"]).stem)
     classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
     if len(classes) != 1:
-        raise ValueError(f"{mar.name}: its handler module defines {len(classes)} classes, TorchServe needs one")
+        raise ServeError(f"{mar.name}: its handler module defines {len(classes)} classes, TorchServe needs one")
     context = InProcessContext(into, config, mar_manifest)
     handler = classes[0]()
     handler.initialize(context)
@@ -130,7 +131,7 @@ def ceilings(mar: Path, workers: int, bodies: list[Any], batches: list[int], sec
             if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
                 for p in procs:
                     p.kill()
-                raise RuntimeError(f"in-process ceiling of {mar.name}: a worker failed (exit codes "
+                raise ServeError(f"in-process ceiling of {mar.name}: a worker failed (exit codes "
                                    f"{[p.exitcode for p in procs]}) or timed out")
     for p in procs:
         p.join(timeout=60)

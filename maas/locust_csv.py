@@ -5,6 +5,8 @@ import csv
 import re
 from pathlib import Path
 
+from maas.core.errors import LoadTestError
+
 
 def number(row: dict[str, str], key: str) -> float:
     try:
@@ -18,7 +20,7 @@ def read_aggregate(prefix: Path) -> dict[str, float]:
     with open(f"{prefix}_stats.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
     if not rows:
-        raise RuntimeError(f"{prefix}_stats.csv has no Aggregated row: did Locust run?")
+        raise LoadTestError(f"{prefix}_stats.csv has no Aggregated row: did Locust run?")
     r = rows[0]
     return {
         "requests": int(number(r, "Request Count")),

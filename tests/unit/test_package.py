@@ -378,3 +378,84 @@ def test_a_handler_of_your_own_with_its_labels_file(user_dir: Path, tmp_path: Pa
     assert one["label"] in {"cat", "dog", "bird"} and 0 < one["score"] <= 1
     assert len(many) == 2 and all(a["label"] in {"cat", "dog", "bird"} for a in many)
     assert ctx.status[2][0] == 400 and "needs 6" in bad["message"]  # the spec's checks still apply
+
+
+def test_placeholder_axes_are_independent_and_named_axes_agree(tmp_path: Path) -> None:
+    """Paddle2ONNX declares x [None, 3, '?', '?']: the two '?' are two axes (a 48x192 image is
+    valid), not one symbol; axes that share a real name stay tied."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, "?", "?"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, "?", "?"])
+    mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [None, "seq"])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, "seq"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["mask"], ["out"])],
+                              "g", [x, mask], [y, out])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    inputs, outputs = graph_io(path)
+    assert inputs[0].shape == ("batch", 3, "x_2", "x_3") and outputs[0].shape == ("batch", 3, "y_2", "y_3")
+    assert inputs[1].shape == ("batch", "seq") and outputs[1].shape == ("batch", "seq")
+
+
+def test_warm_up_uses_the_archives_samples_and_a_refused_warm_up_never_costs_the_worker(
+        user_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A convolution over a dynamic length refuses the length-1 zeros a spec-shaped warm-up would
+    send (a speech model's worker used to die there, forever): the archive's own sample warms it
+    up; without samples the refusal is logged and the worker still answers valid requests."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 1, 5), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, "samples"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, "frames"])
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "conv", [x], [y], [w])
+    model = user_dir / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(model))
+    np.savez(user_dir / "x.npz", x=np.random.default_rng(0).standard_normal((2, 1, 16)).astype(np.float32))
+    result = package(user_dir, onnx=model, name="conv", example=user_dir / "x.npz")
+    body = {"inputs": {"x": np.ones((1, 16)).tolist()}}
+    with caplog.at_level("WARNING"):
+        (answer,), ctx = call(load(result.mar, tmp_path / "with-samples"), body)
+    assert answer["outputs"]["y"] == [[5.0] * 12] * 2 and ctx.status == {}
+    assert "warm-up skipped" not in caplog.text
+    unpacked = tmp_path / "without-samples"
+    with zipfile.ZipFile(result.mar) as z:
+        z.extractall(unpacked)
+    (unpacked / "samples.npz").unlink()
+    from tensor import TensorHandler
+
+    handler = TensorHandler()
+    with caplog.at_level("WARNING"):
+        handler.initialize(FakeContext(unpacked, name="conv"))
+    assert "warm-up skipped" in caplog.text
+    (answer,), _ = call(handler, body)
+    assert answer["outputs"]["y"] == [[5.0] * 12] * 2
+
+
+def _conv_onnx(path: Path, kernel: int) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 1, kernel), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, "samples"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, "frames"])
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "conv", [x], [y], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    return path
+
+
+def test_drawn_sizes_are_ones_the_model_accepts(user_dir: Path) -> None:
+    """No example: maas tries sizes until the model runs (a kernel of 10 refuses 8 samples)."""
+    result = package(user_dir, onnx=_conv_onnx(user_dir / "conv10.onnx", 10), name="conv10")
+    with zipfile.ZipFile(result.mar) as z, z.open("samples.npz") as f, np.load(f) as samples:
+        assert samples["x"].shape[1:] == (1, 32)
+
+
+def test_a_model_that_refuses_every_drawn_size_is_one_clear_error(user_dir: Path) -> None:
+    from maas.export.onnx_export import RunError
+
+    with pytest.raises(RunError, match="refused each") as caught:
+        package(user_dir, onnx=_conv_onnx(user_dir / "conv99k.onnx", 99_999), name="huge")
+    assert "--example" in caught.value.user_message()
