@@ -112,7 +112,8 @@ def archive_cases(archive: Archive, rows: int = 4) -> list[Case]:
 
     manifest = archive_manifest(archive)
     samples = archive_samples(archive, manifest)
-    samples = {k: v[:rows] for k, v in samples.items()} if samples else None
+    if samples and manifest.get("batch_axis"):
+        samples = {k: v[:rows] for k, v in samples.items()}
     bodies = tensor_bodies(manifest, samples)[:rows]
     with tempfile.TemporaryDirectory() as tmp:
         for member in [manifest["model_file"], *(e["file"] for e in manifest.get("external_data", []))]:

@@ -33,7 +33,6 @@ from maas.core.spec_file import (
     spec_yaml,
 )
 from maas.export import archive, onnx_export, sources
-from maas.export.graph_spec import GraphSpecError
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +210,6 @@ def _runner(loaded: sources.Loaded, spec: ModelSpec, path: Path | None) -> Any:
     return sources.reference(loaded, spec)
 
 
-def user_declared(opts: PackageOptions) -> bool:
-    """Inputs the user wrote down (flags or spec file), as opposed to read off the source."""
-    return bool(opts.inputs) or bool(opts.spec_file and "inputs" in read_spec_file(Path(opts.spec_file)))
 
 
 def varied(spec: ModelSpec, example: dict[str, np.ndarray], seed: int, rows: int = 8) -> dict[str, np.ndarray]:
@@ -231,6 +227,17 @@ def varied(spec: ModelSpec, example: dict[str, np.ndarray], seed: int, rows: int
     log.info("%s: the example has %d distinct row(s); parity also runs on %d drawn within the spec", spec.name,
              distinct, rows)
     return {n: np.concatenate([example[n], drawn[n]]) for n in spec.input_names}
+
+
+def unbatched(spec: ModelSpec) -> ModelSpec:
+    """A graph whose inputs share no dynamic leading axis (a state tensor batched on axis 1, a
+    scalar, fixed sizes) is served as it is: each request one run with its tensors exactly as
+    given, so TorchServe's batch size is 1 (a larger one would only add its batch delay)."""
+    shapes = "; ".join(f"{t.name} {list(t.shape)}" for t in spec.inputs)
+    log.info("%s: no dynamic batch axis shared by every input (%s): served unbatched, batch size 1, each "
+             "request a whole set of tensors; to batch, export with a dynamic first axis "
+             "(torch.export: dynamic_shapes={'<input>': {0: torch.export.Dim('batch')}})", spec.name, shapes)
+    return replace(spec, serving=replace(spec.serving, batch_size=1))
 
 
 def parity_cases(spec: ModelSpec, example: dict[str, np.ndarray]) -> tuple[dict[str, int], ...]:
@@ -251,6 +258,8 @@ def _samples(opts: PackageOptions, spec: ModelSpec, example: dict[str, np.ndarra
     missing = [n for n in spec.input_names if n not in samples]
     if missing:
         raise SpecError(f"samples {spec.samples}: missing arrays for inputs {missing}")
+    if spec.batch_axis is None:  # one whole set of tensors, as a request sends them
+        return {n: np.ascontiguousarray(samples[n]).astype(t.dtype) for n, t in zip(spec.input_names, spec.inputs)}
     rows = min(len(samples[n]) for n in spec.input_names)
     per_row = sum(samples[n][0].nbytes for n in spec.input_names) or 1
     keep = max(1, min(rows, 64, (8 << 20) // per_row))
@@ -288,13 +297,8 @@ def package_model(opts: PackageOptions, build_root: Path, model_store: Path, wri
         step("export to ONNX (torch.onnx dynamo exporter)")
         path = sources.to_onnx(loaded, named, example, build_dir)
         spec = sources.graph_spec(path, spec)
-    if spec.batch_axis is None and not user_declared(opts):
-        shapes = "; ".join(f"{t.name} {list(t.shape)}" for t in spec.inputs)
-        raise GraphSpecError(
-            f"{spec.name}: the graph has no dynamic batch axis ({shapes}), so TorchServe could not batch "
-            "requests and every request would need exactly these sizes. Export with a dynamic first axis "
-            "(torch.export: dynamic_shapes={'<input>': {0: torch.export.Dim('batch')}}), or declare the inputs "
-            "(--input or inputs: in the spec) with a fixed first axis to serve it unbatched")
+    if spec.batch_axis is None:
+        spec = unbatched(spec)
     spec = replace(spec, parity_cases=parity_cases(spec, example))
     if write_spec is not None:
         write_spec.write_text(spec_yaml(spec))

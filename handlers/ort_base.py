@@ -286,7 +286,8 @@ class OrtHandler:
                 v2 = looks_like_v2(body)
                 if v2 is not None:
                     self._v2_ids[idx] = v2.get("id")
-                    inputs, meta = v2_tensors(v2, self.manifest["inputs"], self.manifest["outputs"], self.max_items())
+                    inputs, meta = v2_tensors(v2, self.manifest["inputs"], self.manifest["outputs"], self.max_items(),
+                                              bool(self.manifest.get("batch_axis")))
                     self.check_tensors(inputs)
                 else:
                     inputs, meta = self.preprocess(body)

@@ -36,8 +36,9 @@ def looks_like_v2(body: Any) -> Any:
 
 
 def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec: list[dict[str, Any]],
-               max_items: int) -> tuple[dict[str, np.ndarray], V2Request]:
-    """Named tensors checked against the manifest's inputs (names, datatypes, shapes, finite values)."""
+               max_items: int, batched: bool = True) -> tuple[dict[str, np.ndarray], V2Request]:
+    """Named tensors checked against the manifest's inputs (names, datatypes, shapes, finite values);
+    `batched`: every input's axis 0 is the batch (a model served unbatched takes tensors as given)."""
     tensors = {}
     for i, t in enumerate(payload["inputs"]):
         where = f"inputs[{i}]"
@@ -58,11 +59,12 @@ def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec:
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
                 or any(isinstance(want, int) and d != want for d, want in zip(shape, s["shape"]))):
             raise InputError(f"shape must match {s['shape']}, got {shape}", where)
-        if shape[0] > max_items:
-            raise InputError(f"batch of {shape[0]}; the limit is {max_items}", where, 413)
-        if batch is not None and shape[0] != batch:
-            raise InputError("all inputs must have the same batch size", where)
-        batch = shape[0]
+        if batched:
+            if shape[0] > max_items:
+                raise InputError(f"batch of {shape[0]}; the limit is {max_items}", where, 413)
+            if batch is not None and shape[0] != batch:
+                raise InputError("all inputs must have the same batch size", where)
+            batch = shape[0]
         try:
             array = np.asarray(t["data"], dtype=np.float64 if dtype.startswith("float") else np.int64)
         except (TypeError, ValueError, OverflowError):

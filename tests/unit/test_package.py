@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from conftest import FakeContext, call
 from maas.core.spec_file import SpecError, parse_input_flag, read_spec_file
 from maas.export import onnx_export
-from maas.export.graph_spec import GraphSpecError, graph_io
+from maas.export.graph_spec import graph_io
 from maas.export.package import PackageOptions, package_model
 
 TINY = '''
@@ -210,12 +210,50 @@ def test_a_tampered_external_weights_file_is_refused_at_load(user_dir: Path, tmp
         TensorHandler().initialize(FakeContext(tmp_path / "x"))
 
 
-def test_a_graph_without_a_batch_axis_needs_declared_inputs(user_dir: Path) -> None:
+def test_a_graph_without_a_batch_axis_is_served_unbatched(user_dir: Path) -> None:
     fixed = tiny_onnx(user_dir / "fixed.onnx", batch_names=(1, 1))
-    with pytest.raises(GraphSpecError, match="no dynamic batch axis"):
-        package(user_dir, onnx=fixed)
-    result = package(user_dir, onnx=fixed, inputs=("x:float32:[1,4]",))
-    assert result.manifest["batch_axis"] is None
+    for declared in ((), ("x:float32:[1,4]",)):
+        result = package(user_dir, onnx=fixed, inputs=declared)
+        assert result.manifest["batch_axis"] is None and result.spec.serving.batch_size == 1
+
+
+def test_a_stateful_model_batched_on_another_axis_round_trips_its_state(user_dir: Path, tmp_path: Path) -> None:
+    """A voice-activity detector's shape: audio [batch, samples], a state [2, batch, 128] batched on
+    axis 1 and a scalar sample rate. Served unbatched: each request one run with its tensors as given,
+    and the state it answers goes back in with the next request."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    audio = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "samples"])
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 128])
+    rate = helper.make_tensor_value_info("sr", TensorProto.INT64, [])
+    prob = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1])
+    new_state = helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", 128])
+    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1], keepdims=1),
+             helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["mean", "srf"], ["scaled"]),
+             helper.make_node("Sigmoid", ["scaled"], ["output"]),
+             helper.make_node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])),
+             helper.make_node("Add", ["state", "one"], ["stateN"])]
+    graph = helper.make_graph(nodes, "vad", [audio, state, rate], [prob, new_state])
+    model = user_dir / "vad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(model))
+    result = package(user_dir, onnx=model, name="vad")
+    assert result.manifest["batch_axis"] is None and result.spec.serving.batch_size == 1
+    handler, carried = load(result.mar, tmp_path / "served"), [[[0.0] * 128]] * 2
+    for step in (1, 2):
+        body = {"inputs": {"input": [[0.5] * 512], "state": carried, "sr": 16000}}
+        (answer,), ctx = call(handler, body)
+        assert ctx.status == {} and answer["outputs"]["output"][0][0] > 0.5
+        carried = answer["outputs"]["stateN"]
+        assert carried[0][0][0] == float(step)
+    v2 = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 512], "data": [0.5] * 512},
+                     {"name": "state", "datatype": "FP32", "shape": [2, 1, 128], "data": np.ravel(carried).tolist()},
+                     {"name": "sr", "datatype": "INT64", "shape": [], "data": [16000]}]}
+    (answer,), ctx = call(handler, v2)
+    got = {o["name"]: o for o in answer["outputs"]}
+    assert ctx.status == {} and got["stateN"]["shape"] == [2, 1, 128] and got["stateN"]["data"][0] == 3.0
+
 
 
 # ---- PyTorch sources ------------------------------------------------------------------------
