@@ -22,13 +22,28 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from maas.client import ServeError, ServerNotRunning, TLSError, TorchServeClient
+from maas.client import ApiError, ServeError, ServerNotRunning, TLSError, TorchServeClient, api_path
 from maas.config_audit import audit
 from maas.java import have_java, java_home
 from maas.properties import Endpoints, read_properties, resolve_paths, write_properties
-from maas.worker_log import worker_restarts
+from maas.worker_log import load_failure, worker_restarts
 
 log = logging.getLogger(__name__)
+
+LOAD_ATTEMPTS = 3  # failed loads of one model at start before its workers are stopped
+
+
+class ModelsNotLoaded(ServeError):
+    """The server is up and serves its other models; these could not load (why, from the worker log)."""
+
+    show_type = False
+
+    def __init__(self, failed: dict[str, str]) -> None:
+        self.failed = failed
+        lines = "\n".join(f"  - {model}: {why}" for model, why in sorted(failed.items()))
+        super().__init__(f"TorchServe is up, but {len(failed)} model(s) could not load and are held at 0 workers:\n"
+                         f"{lines}", hint="fix or remove the archive, then `maas deploy MODEL` "
+                                          "(or `maas undeploy MODEL --version V`); the other models are serving")
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,7 @@ class TorchServe:
         self.client = TorchServeClient(self.endpoints, None if token_off else layout.key_file,
                                        verify=self._ca_bundle())
         self._proc: subprocess.Popen | None = None
+        self._given_up: set[str] = set()
 
     def _ca_bundle(self) -> bool | str:
         """How the client checks https endpoints: $MAAS_CA_BUNDLE, else the server's own
@@ -163,6 +179,8 @@ class TorchServe:
         log.info("TorchServe starting (pid %d), logs in %s", self._proc.pid, self.layout.log_dir)
         try:
             self.wait_ready(timeout)
+        except ModelsNotLoaded:
+            raise  # the server is up and serves every other model
         except BaseException:
             self.stop()
             raise
@@ -176,24 +194,49 @@ class TorchServe:
         return "\n".join(picked[-lines:])
 
     def wait_ready(self, timeout: float = 240.0) -> None:
+        """Until every model has READY workers. A model whose workers keep failing to load
+        (LOAD_ATTEMPTS times) is stopped at 0 workers, so TorchServe does not restart them forever,
+        and named with the reason from its worker log in a ModelsNotLoaded once the others are READY."""
         deadline = time.monotonic() + timeout
-        pending = "the server"
+        pending, failed = "the server", {}
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 raise ServeError(f"TorchServe exited with code {self._proc.returncode} while starting; "
                                  f"log: {self.layout.console_log}\n{self._log_tail()}")
             try:
                 self.client.ping()
-                pending = ", ".join(self.models_not_ready()) or ""
+                failed.update(self._stop_failing_loads())
+                pending = ", ".join(w for w in self.models_not_ready() if w.split(" ")[0] not in failed)
                 if not pending:
+                    if failed:
+                        raise ModelsNotLoaded(failed)
                     return
-            except TLSError:
+            except (TLSError, ModelsNotLoaded):
                 raise
             except ServeError:
                 pass
             time.sleep(0.5)
         raise ServeError(f"TorchServe did not become ready in {timeout:g} s (waiting for {pending}); "
                          f"log: {self.layout.console_log}\n{self._log_tail()}")
+
+    def _stop_failing_loads(self) -> dict[str, str]:
+        """{"model/version": why} for each model whose workers failed to load LOAD_ATTEMPTS times,
+        now held at 0 workers (it stays registered: `maas status` shows it, `maas undeploy` removes it)."""
+        stopped = {}
+        for (model, version), restarts in self.worker_restarts().items():
+            key = f"{model}/{version}"
+            if restarts < LOAD_ATTEMPTS or key in self._given_up:
+                continue
+            try:
+                self.client.management("PUT", api_path("models", model, version),
+                                       params={"min_worker": 0, "max_worker": 0, "synchronous": "false"})
+            except ApiError as err:
+                if err.status != 404:
+                    raise
+            self._given_up.add(key)
+            stopped[key] = load_failure(self.layout.log_dir, model, version) or "see model_log.log"
+            log.warning("%s: workers failed to load %d times; stopped at 0 workers: %s", key, restarts, stopped[key])
+        return stopped
 
     def models_not_ready(self) -> list[str]:
         """Registered models (name/version) whose workers are not all READY yet."""

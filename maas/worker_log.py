@@ -37,3 +37,17 @@ def worker_restarts(log_dir: Path) -> dict[tuple[str, str], int]:
 def restarts_of(counts: dict[tuple[str, str], int], model: str, version: str | None = None) -> int:
     """Restarts of `model` (all versions, or one)."""
     return sum(n for (m, v), n in counts.items() if m == model and (version in (None, "") or v == version))
+
+
+def load_failure(log_dir: Path, model: str, version: str) -> str | None:
+    """The last error a worker of `model` `version` logged while loading (model_log.log), in one line."""
+    path = log_dir / "model_log.log"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    tag = f"-{model}_{version}"
+    errors = [line for line in lines if tag in line and re.search(r"Error|Exception|INTEGRITY", line)]
+    if not errors:
+        return None
+    return re.sub(r"^.*?MODEL_LOG - ", "", errors[-1]).strip()[:300]

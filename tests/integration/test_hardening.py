@@ -222,3 +222,37 @@ def test_a_handler_slower_than_response_timeout_fails_clearly_and_the_worker_rec
         time.sleep(0.5)
     assert ok.status_code == 200 and ok.json()["failure"] is False
     d.undeploy(hard.client, "slow")
+
+
+def test_a_model_that_cannot_load_never_keeps_the_others_from_serving(tmp_path_factory, maintenance_built) -> None:
+    """`maas serve start` on a store holding a tampered archive: the server comes up and serves the
+    good model; the bad one is named with the reason from its worker log, held at 0 workers (no
+    restart loop), and the command exits 1."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import server_config
+    from maas.server import ServerLayout, TorchServe
+
+    store, run_dir = tmp_path_factory.mktemp("partial_store"), tmp_path_factory.mktemp("partial_run")
+    shutil.copy(maintenance_built.mar, store / "maintenance.mar")
+    tamper(maintenance_built.mar, store / "tampered.mar", "tampered")
+    config = server_config(run_dir / "config.properties")
+    env = {**os.environ, "MAAS_CONFIG": str(config), "MAAS_MODEL_STORE": str(store), "MAAS_RUN_DIR": str(run_dir)}
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "maas.cli", "serve", "start", "--timeout", "180"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    ts = TorchServe(ServerLayout(config, store, run_dir))
+    try:
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "tampered/1.0" in out.stderr and "sha256" in out.stderr and "maintenance" not in out.stderr.split(":")[0]
+        assert ts.client.predict_json("maintenance", HEALTHY)["failure"] is False
+        tampered = ts.client.describe("tampered")[0]
+        assert tampered["minWorkers"] == 0
+        restarts = ts.worker_restarts()[("tampered", "1.0")]
+        time.sleep(5)
+        assert ts.worker_restarts()[("tampered", "1.0")] == restarts  # no restart loop
+        assert time.monotonic() - started < 120
+    finally:
+        ts.stop()
