@@ -340,6 +340,39 @@ def check_batch_independence(path: Path, spec: ModelSpec, sample: dict[str, np.n
     return worst
 
 
+def batch_variance(path: Path, spec: ModelSpec, sample: dict[str, np.ndarray], probes: int = 3,
+                   seed: int = 0) -> dict[str, Any]:
+    """How far one row's answer moves with what TorchServe batches it with. Each probe row is
+    answered alone, then at a random position among random neighbours (other sample rows) at
+    batch sizes up to the model's batchSize; and twice at the fixed shape (batchSize rows, other
+    neighbours, another position), the handler's fixed_batch_rows mode. Max abs differences."""
+    if not spec.batch_axis:
+        return {}
+    session, rng = cpu_session(path), np.random.default_rng(seed)
+    rows, top = len(sample[spec.input_names[0]]), max(2, spec.serving.batch_size)
+    sizes = sorted({2, 3, 4, 8, top} & set(range(2, top + 1)))
+    by_size, fixed = dict.fromkeys(sizes, 0.0), 0.0
+
+    def answer_in(i: int, size: int) -> list[np.ndarray]:
+        neighbours = list(rng.integers(0, rows, size - 1))
+        position = int(rng.integers(0, size))
+        order = neighbours[:position] + [i] + neighbours[position:]
+        outs = ort_run(session, spec, {k: v[order] for k, v in sample.items()})
+        return [o[position:position + 1] for o in outs]
+
+    def gap(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+        return max((float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0)
+                   for x, y in zip(a, b))
+
+    for i in range(min(probes, rows)):
+        alone = ort_run(session, spec, {k: v[i:i + 1] for k, v in sample.items()})
+        for size in sizes:
+            by_size[size] = max(by_size[size], gap(answer_in(i, size), alone))
+        fixed = max(fixed, gap(answer_in(i, top), answer_in(i, top)))
+    return {"alone_vs_batched_max_abs": max(by_size.values()), "by_batch_size": {str(k): v for k, v in by_size.items()},
+            "fixed_shape_max_abs": fixed, "fixed_shape_rows": top}
+
+
 def runs_finite(path: Path, spec: ModelSpec, sample: dict[str, np.ndarray]) -> bool:
     """ONNX Runtime answers the sample with finite numbers (what can be checked without a reference)."""
     outputs = ort_run(cpu_session(path), spec, sample)
@@ -368,4 +401,5 @@ def verify(path: Path, reference: Reference | torch.nn.Module | None, spec: Mode
     else:
         report = check_parity(path, reference, spec, sample, cases)
     report["batch_independence_max_abs_error"] = check_batch_independence(path, spec, sample)
+    report["batch_variance"] = batch_variance(path, spec, sample)
     return report

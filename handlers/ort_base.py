@@ -256,6 +256,26 @@ class OrtHandler:
         return self.split(outputs, counts)
 
     def _session_run(self, feeds: Arrays) -> list[np.ndarray]:
+        rows = int(self.settings.get("fixed_batch_rows") or 0)
+        if rows > 0 and self.manifest.get("batch_axis"):
+            return self._fixed_shape_run(feeds, rows)
+        return self._engine_run(feeds)
+
+    def _fixed_shape_run(self, feeds: Arrays, rows: int) -> list[np.ndarray]:
+        """Every engine run at exactly `rows` rows (the batch cut into chunks, the last padded with
+        copies of its first row): ONNX Runtime then computes a row with the same kernels whatever
+        it shares the batch with, so a request gets the same bits under any traffic."""
+        total = len(next(iter(feeds.values())))
+        parts = []
+        for start in range(0, total, rows):
+            chunk = {name: a[start:start + rows] for name, a in feeds.items()}
+            real = len(next(iter(chunk.values())))
+            if real < rows:
+                chunk = {name: np.concatenate([a, np.repeat(a[:1], rows - real, axis=0)]) for name, a in chunk.items()}
+            parts.append([out[:real] for out in self._engine_run(chunk)])
+        return [np.concatenate([part[i] for part in parts]) for i in range(len(parts[0]))]
+
+    def _engine_run(self, feeds: Arrays) -> list[np.ndarray]:
         if not self.use_io_binding:
             return self.session.run(self.output_names, feeds)
         binding = self.session.io_binding()

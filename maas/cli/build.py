@@ -127,4 +127,9 @@ def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, e
               if "max_abs_error" in parity else "no PyTorch source: ONNX Runtime ran the example")
     click.echo(f"packaged {result.mar} ({result.seconds:.1f} s): {result.name} {result.version}, "
                f"inputs {', '.join(f'{t.name} {t.dtype}{list(t.shape)}' for t in result.spec.inputs)}; {figure}")
+    variance = parity.get("batch_variance")
+    if variance:
+        click.echo(f"batch variance: a row's answer moves by up to {variance['alone_vs_batched_max_abs']:.2g} with what it "
+                   f"is batched with ({variance['fixed_shape_max_abs']:.2g} with serving.fixed_batch_rows: "
+                   f"{variance['fixed_shape_rows']})")
     click.echo(f"next: maas deploy {result.name}" + (f" --version {result.version}" if opts.version else ""))

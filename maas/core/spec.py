@@ -51,6 +51,7 @@ MODEL_CONFIG_KEYS: dict[str, str] = {
     "intra_op_threads": "handler.intra_op_threads",
     "max_items_per_request": "handler.max_items_per_request",
     "worker_memory_mib": "handler.worker_memory_mib",
+    "fixed_batch_rows": "handler.fixed_batch_rows",
 }
 
 
@@ -70,6 +71,10 @@ class ServingSpec:
     # Memory a worker needs beyond the Java frontend (Python + ORT + the model), for the
     # Kubernetes resource requests written by `maas export-kserve`.
     worker_memory_mib: int = 384
+    # > 0: every ONNX Runtime run at exactly this many rows (split or padded), so a request's answer
+    # is bit-identical whatever it is batched with (the manifest's parity.batch_variance says
+    # how much answers move without it); 0: runs at the batch's own size (faster at low load).
+    fixed_batch_rows: int = 0
 
     def model_config(self) -> dict[str, Any]:
         """These settings as model-config.yaml holds them (the handler's under `handler:`)."""

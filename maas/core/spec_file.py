@@ -201,8 +201,9 @@ def _serving(c: _Checker, raw: Any) -> ServingSpec:
         return ServingSpec()
     c.keys(raw, SERVING, "serving")
     values = {}
+    may_be_zero = ("intra_op_threads", "fixed_batch_rows")  # 0: derived / off
     for key, value in raw.items():
-        if key in SERVING and c.number(value, f"serving.{key}", positive=key != "intra_op_threads", integer=True) is not None:
+        if key in SERVING and c.number(value, f"serving.{key}", positive=key not in may_be_zero, integer=True) is not None:
             values[key] = value
     workers = values.pop("workers", None)
     if workers is not None:

@@ -497,3 +497,35 @@ def test_a_model_that_refuses_every_drawn_size_is_one_clear_error(user_dir: Path
     with pytest.raises(RunError, match="refused each") as caught:
         package(user_dir, onnx=_conv_onnx(user_dir / "conv99k.onnx", 99_999), name="huge")
     assert "--example" in caught.value.user_message()
+
+
+def test_batch_variance_is_measured_and_the_fixed_shape_mode_answers_the_same_bits(user_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    """The manifest says how far a row's answer moves with its batch neighbours; with
+    fixed_batch_rows every run has that many rows (split or padded), and a request gets the same
+    bits alone, among others, and in a request larger than the fixed shape."""
+    import yaml
+
+    result = package(user_dir, onnx=tiny_onnx(user_dir / "v" / "model.onnx"), name="variance")
+    variance = result.manifest["parity"]["batch_variance"]
+    assert set(variance) == {"alone_vs_batched_max_abs", "by_batch_size", "fixed_shape_max_abs", "fixed_shape_rows"}
+    assert variance["fixed_shape_rows"] == result.spec.serving.batch_size and variance["fixed_shape_max_abs"] >= 0
+    served = tmp_path / "fixed"
+    with zipfile.ZipFile(result.mar) as z:
+        z.extractall(served)
+    config = yaml.safe_load((served / "model-config.yaml").read_text())
+    config["handler"]["fixed_batch_rows"] = 4
+    (served / "model-config.yaml").write_text(yaml.safe_dump(config))
+    from tensor import TensorHandler
+
+    handler = TensorHandler()
+    handler.initialize(FakeContext(served, name="variance"))
+    runs = []
+    engine = handler._engine_run
+    handler._engine_run = lambda feeds: runs.append(len(feeds["x"])) or engine(feeds)
+    row = [0.1, 0.2, 0.3, 0.4]
+    (alone,), _ = call(handler, {"inputs": {"x": row}})
+    crowd, _ = call(handler, *({"inputs": {"x": [float(i), 1.0, 2.0, 3.0]}} for i in range(2)), {"inputs": {"x": row}})
+    (big,), _ = call(handler, {"inputs": {"x": [[9.0] * 4] * 5 + [row]}})
+    assert alone["outputs"]["y"] == crowd[2]["outputs"]["y"] == big["outputs"]["y"][5]
+    assert set(runs) == {4}  # every engine run had exactly the fixed rows, 6 rows as 4 + 4 padded
