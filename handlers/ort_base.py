@@ -263,8 +263,8 @@ class OrtHandler:
 
     def _fixed_shape_run(self, feeds: Arrays, rows: int) -> list[np.ndarray]:
         """Every engine run at exactly `rows` rows (the batch cut into chunks, the last padded with
-        copies of its first row): ONNX Runtime then computes a row with the same kernels whatever
-        it shares the batch with, so a request gets the same bits under any traffic."""
+        copies of its first row): ONNX Runtime then computes a row with the same kernels and shapes
+        whatever it shares the batch with (parity.batch_variance measures what is left)."""
         total = len(next(iter(feeds.values())))
         parts = []
         for start in range(0, total, rows):

@@ -71,9 +71,9 @@ class ServingSpec:
     # Memory a worker needs beyond the Java frontend (Python + ORT + the model), for the
     # Kubernetes resource requests written by `maas export-kserve`.
     worker_memory_mib: int = 384
-    # > 0: every ONNX Runtime run at exactly this many rows (split or padded), so a request's answer
-    # is bit-identical whatever it is batched with (the manifest's parity.batch_variance says
-    # how much answers move without it); 0: runs at the batch's own size (faster at low load).
+    # > 0: every ONNX Runtime run at exactly this many rows (split or padded), so the kernels do not
+    # change with the batch size (batch 1 vs >= 2 can differ); the manifest's parity.batch_variance
+    # says how far answers move with and without it. 0: runs at the batch's own size (faster).
     fixed_batch_rows: int = 0
 
     def model_config(self) -> dict[str, Any]:
