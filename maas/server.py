@@ -209,7 +209,7 @@ class TorchServe:
                 pending = ", ".join(w for w in self.models_not_ready() if w.split(" ")[0] not in failed)
                 if not pending:
                     if failed:
-                        raise ModelsNotLoaded(failed)
+                        raise ModelsNotLoaded(self._load_failures(failed))
                     return
             except (TLSError, ModelsNotLoaded):
                 raise
@@ -234,9 +234,19 @@ class TorchServe:
                 if err.status != 404:
                     raise
             self._given_up.add(key)
-            stopped[key] = load_failure(self.layout.log_dir, model, version) or "see model_log.log"
-            log.warning("%s: workers failed to load %d times; stopped at 0 workers: %s", key, restarts, stopped[key])
+            stopped[key] = "see model_log.log"
+            log.warning("%s: workers failed to load %d times; stopped at 0 workers", key, restarts)
         return stopped
+
+    def _load_failures(self, failed: dict[str, str], wait_s: float = 10.0) -> dict[str, str]:
+        """Each failed model's reason from its worker log; the worker's last lines can reach the
+        file a moment after TorchServe logged the retry, so wait a little for them."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            found = {key: load_failure(self.layout.log_dir, *key.split("/", 1)) for key in failed}
+            if all(found.values()) or time.monotonic() > deadline:
+                return {key: why or failed[key] for key, why in found.items()}
+            time.sleep(0.5)
 
     def models_not_ready(self) -> list[str]:
         """Registered models (name/version) whose workers are not all READY yet."""

@@ -40,14 +40,18 @@ def restarts_of(counts: dict[tuple[str, str], int], model: str, version: str | N
 
 
 def load_failure(log_dir: Path, model: str, version: str) -> str | None:
-    """The last error a worker of `model` `version` logged while loading (model_log.log), in one line."""
+    """Why the last worker of `model` `version` failed to load, in one line, from model_log.log:
+    TorchServe's worker says "Failed to load model M, exception <why>"; else the handler's own
+    error line (its traceback ends in the worker's wrapping RuntimeError, which says nothing)."""
     path = log_dir / "model_log.log"
     try:
         lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return None
     tag = f"-{model}_{version}"
-    errors = [line for line in lines if tag in line and re.search(r"Error|Exception|INTEGRITY", line)]
-    if not errors:
-        return None
-    return re.sub(r"^.*?MODEL_LOG - ", "", errors[-1]).strip()[:300]
+    said = [re.sub(r"^.*?MODEL_LOG - ", "", line).strip() for line in lines if tag in line]
+    for pattern in (r"^Failed to load model \S+, exception (.+)", r"^(INTEGRITY: .+)", r"^(\w[\w.]*(?:Error|Exception): .+)"):
+        found = [m.group(1) for text in said if (m := re.match(pattern, text)) and "Unknown exception" not in text]
+        if found:
+            return found[-1][:300]
+    return None
