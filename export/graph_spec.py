@@ -15,6 +15,7 @@ import onnx
 
 from maas.core.errors import ExportError
 from maas.core.spec import Dim, TensorSpec
+from maas.export.zipmap import output_labels
 from maas.handlers.dtypes import BY_ONNX
 
 
@@ -36,7 +37,8 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[Dim]:
 
 def _tensor(value_info: onnx.ValueInfoProto) -> tuple[str, str, list[Dim]]:
     if not value_info.type.HasField("tensor_type"):
-        raise GraphSpecError(f"{value_info.name!r} is not a tensor (sequences and maps are not served)")
+        raise GraphSpecError(f"{value_info.name!r} is not a tensor (sequences and maps are not served; a "
+                             f"scikit-learn classifier's ZipMap output is served as its probability tensor)")
     elem = value_info.type.tensor_type.elem_type
     if elem not in BY_ONNX:
         raise GraphSpecError(f"{value_info.name!r} has element type {onnx.TensorProto.DataType.Name(elem)}, "
@@ -57,8 +59,9 @@ def graph_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]
         for _, _, dims in inputs + outputs:
             if dims and isinstance(dims[0], str):
                 dims[0] = "batch"
+    labels = output_labels(model)
     return (tuple(TensorSpec(n, t, tuple(d)) for n, t, d in inputs),
-            tuple(TensorSpec(n, t, tuple(d)) for n, t, d in outputs))
+            tuple(TensorSpec(n, t, tuple(d), labels=labels.get(n)) for n, t, d in outputs))
 
 
 def merge_declared(graph: tuple[TensorSpec, ...], declared: tuple[TensorSpec, ...], kind: str) -> tuple[TensorSpec, ...]:

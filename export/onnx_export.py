@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -56,7 +57,7 @@ class BatchIndependenceError(ExportError):
 
 
 def _as_tensors(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in spec.input_names)
+    return tuple(torch.from_numpy(np.asarray(arrays[name], order="C")) for name in spec.input_names)
 
 
 def _take(spec: ModelSpec, arrays: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -76,7 +77,7 @@ def _take(spec: ModelSpec, arrays: dict[str, np.ndarray], sizes: dict[str, int])
                 a = np.take(a, np.arange(sizes[dim]) % a.shape[axis], axis=axis)
             else:
                 a = np.take(a, np.arange(min(sizes[dim], a.shape[axis])), axis=axis)
-        out[t.name] = np.ascontiguousarray(a)
+        out[t.name] = np.asarray(a, order="C")  # ascontiguousarray would make a scalar 1-d
     return out
 
 
@@ -214,8 +215,17 @@ def cpu_session(path: Path) -> Any:
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/... kinds
-        raise RuntimeLoadError(f"ONNX Runtime {ort.__version__} cannot load {path.name}: "
-                               f"{str(exc).split(' : ')[-1][:400]}") from None
+        raise RuntimeLoadError(f"ONNX Runtime {ort.__version__} cannot load {path.name}: {ort_words(exc)}",
+                               hint="export with an opset and IR version this ONNX Runtime supports (torch.onnx.export's "
+                                    "opset_version, or onnx.version_converter) and only standard operators") from None
+
+
+def ort_words(exc: Exception) -> str:
+    """ONNX Runtime's message without its C++ source location and signature (what a user can act on)."""
+    text = str(exc).split(" : ")[-1]
+    text = re.sub(r"^Load model from \S+ failed:", "", text).strip()
+    text = re.sub(r"^/\S+:\d+ .*?\) (?=[A-Z])", "", text)  # "/onnxruntime_src/...cc:256 void onnxruntime::F(...) "
+    return text[:400]
 
 
 def check_contract(path: Path, spec: ModelSpec) -> None:

@@ -159,7 +159,7 @@ def example_inputs(opts: PackageOptions, loaded: sources.Loaded, spec: ModelSpec
             a = example[t.name]
             if a.ndim != len(t.shape) or any(isinstance(d, int) and d != n for d, n in zip(t.shape, a.shape)):
                 raise SpecError(f"example {t.name}: shape {list(a.shape)} does not fit the declared {list(t.shape)}")
-        example = {t.name: np.ascontiguousarray(example[t.name]).astype(t.dtype) for t in spec.inputs}
+        example = {t.name: np.asarray(example[t.name], order="C").astype(t.dtype) for t in spec.inputs}
         return spec, example
     if not spec.inputs:
         raise SpecError("declare the model's inputs: --example inputs.npz (one array per input), "
@@ -169,20 +169,38 @@ def example_inputs(opts: PackageOptions, loaded: sources.Loaded, spec: ModelSpec
 
 # Sizes tried, in order, for every dynamic axis but the batch axis when maas must draw inputs:
 # 8 suits most tabular and token models, 32-multiples and 224 convolutional vision models (stride
-# 32), 1024 and 16000 audio front ends (a 16 kHz second). A row over MAX_PROBE_ELEMENTS is skipped.
+# 32), 1024 and 16000 audio front ends (a 16 kHz second). The spatial axes of an image-like input
+# ([N, 1|3, H, W]) try strides of 32 and common resolutions instead. A row over MAX_PROBE_ELEMENTS
+# is skipped.
 SIZE_CANDIDATES = (8, 32, 64, 224, 1024, 16000)
+IMAGE_SIZE_CANDIDATES = (32, 64, 224, 320, 640)
 MAX_PROBE_ELEMENTS = 1 << 22
 
 
+def image_axes(spec: ModelSpec) -> set[str]:
+    """Symbolic axes that are an image's height or width: a 4-d float input with 1 or 3 channels."""
+    return {d for t in spec.inputs if len(t.shape) == 4 and t.dtype.startswith("float") and t.shape[1] in (1, 3)
+            for d in t.shape[2:] if isinstance(d, str)}
+
+
+def size_candidates(spec: ModelSpec, axes: list[str]) -> list[dict[str, int]]:
+    """Sizes for `axes`, one dict per attempt: each axis walks its own modality's list."""
+    images = image_axes(spec)
+    lists = {a: IMAGE_SIZE_CANDIDATES if a in images else SIZE_CANDIDATES for a in axes}
+    attempts = max(len(v) for v in lists.values())
+    return [{a: v[min(i, len(v) - 1)] for a, v in lists.items()} for i in range(attempts)]
+
+
 def drawn_example(spec: ModelSpec, seed: int, run: Any) -> dict[str, np.ndarray]:
-    """Inputs drawn within the spec, at the first candidate size the model runs on (`run`: the
+    """Inputs drawn within the spec, at the first candidate sizes the model runs on (`run`: the
     ONNX Runtime session or PyTorch model); a RunError naming every size tried when none runs."""
     axes = sorted({d for t in spec.inputs for d in t.shape if isinstance(d, str) and d != spec.batch_axis})
     if not axes or run is None:
         return synthesize(spec, SAMPLE_ROWS, seed)
-    refused = []
-    for size in SIZE_CANDIDATES:
-        sizes = dict.fromkeys(axes, size)
+    refused: list[tuple[str, str]] = []
+    for sizes in size_candidates(spec, axes):
+        tried = ", ".join(f"{a}={n}" for a, n in sizes.items()) if len(set(sizes.values())) > 1 \
+            else f"{', '.join(axes)} = {sizes[axes[0]]}"
         probe = synthesize(spec, 2, seed, sizes)
         per_row = max(a[0].size if spec.batch_axis else a.size for a in probe.values())
         if per_row > MAX_PROBE_ELEMENTS:
@@ -190,15 +208,14 @@ def drawn_example(spec: ModelSpec, seed: int, run: Any) -> dict[str, np.ndarray]
         try:
             onnx_export.run_model(run, probe, "the model")
         except onnx_export.RunError as exc:
-            refused.append(f"{size}: {str(exc).split(': ', 1)[-1][:200]}")
+            refused.append((tried, str(exc).split(": ", 1)[-1][:200]))
             continue
-        if size != SIZE_CANDIDATES[0]:
-            log.info("%s: the model runs with %s = %d (it refused %s)", spec.name, ", ".join(axes), size,
-                     ", ".join(r.split(":")[0] for r in refused))
+        if refused:
+            log.info("%s: the model runs with %s (it refused %s)", spec.name, tried, "; ".join(t for t, _ in refused))
         return synthesize(spec, SAMPLE_ROWS, seed, sizes)
     raise onnx_export.RunError(
-        f"{spec.name}: maas drew inputs for the dynamic axes {', '.join(axes)} at sizes "
-        f"{', '.join(r.split(':')[0] for r in refused)}, and the model refused each ({refused[0] if refused else ''})",
+        f"{spec.name}: maas drew inputs for the dynamic axes at sizes {'; '.join(t for t, _ in refused)}, "
+        f"and the model refused each ({': '.join(refused[0]) if refused else ''})",
         hint=onnx_export.SIZES_HINT)
 
 
@@ -259,7 +276,7 @@ def _samples(opts: PackageOptions, spec: ModelSpec, example: dict[str, np.ndarra
     if missing:
         raise SpecError(f"samples {spec.samples}: missing arrays for inputs {missing}")
     if spec.batch_axis is None:  # one whole set of tensors, as a request sends them
-        return {n: np.ascontiguousarray(samples[n]).astype(t.dtype) for n, t in zip(spec.input_names, spec.inputs)}
+        return {n: np.asarray(samples[n], order="C").astype(t.dtype) for n, t in zip(spec.input_names, spec.inputs)}
     rows = min(len(samples[n]) for n in spec.input_names)
     per_row = sum(samples[n][0].nbytes for n in spec.input_names) or 1
     keep = max(1, min(rows, 64, (8 << 20) // per_row))

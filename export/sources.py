@@ -26,6 +26,7 @@ from maas.export.onnx_export import (
     external_files,
     flatten_outputs,
 )
+from maas.export.zipmap import unzip_maps
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def reference(loaded: Loaded, spec: ModelSpec) -> Reference | None:
     call = loaded.model.module() if loaded.kind == "exported-program" else loaded.model
 
     def run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = tuple(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.input_names)
+        args = tuple(torch.from_numpy(np.asarray(inputs[n], order="C")) for n in spec.input_names)
         with torch.no_grad():
             out = call(*args)
         return [t.detach().cpu().numpy() for _, t in flatten_outputs(out)]
@@ -190,7 +191,9 @@ def to_onnx(loaded: Loaded, spec: ModelSpec, example: dict[str, np.ndarray], bui
     """build_dir/model.onnx: the user's file (with its external weights, flattened beside it) or an export."""
     target = build_dir / "model.onnx"
     if loaded.kind == "onnx":
-        return _copy_onnx(loaded.onnx_file, target)
+        _copy_onnx(loaded.onnx_file, target)
+        unzip_maps(target)
+        return target
     size = _weight_bytes(loaded.model)
     try:
         return export_onnx(loaded.model, spec, example, target, external_data=size > EXTERNAL_DATA_BYTES)

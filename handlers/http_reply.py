@@ -97,3 +97,15 @@ def reply(context: Any, idx: int, body: Any, status: int = 200, headers: dict[st
     if status != 200:
         set_status(context, idx, status)
     return json_body(body, fast_json)
+
+
+def reply_binary(context: Any, idx: int, header: dict[str, Any], data: bytes,
+                 headers: dict[str, Any] | None = None) -> bytes:
+    """An answer of the Open Inference Protocol's binary tensor data extension: the JSON header,
+    then raw tensor bytes; the header's length in Inference-Header-Content-Length."""
+    head = json_body(header)
+    head = head.encode("ascii") if isinstance(head, str) else head
+    context.set_response_content_type(idx, "application/octet-stream")
+    for name, value in {**(headers or {}), "Inference-Header-Content-Length": len(head)}.items():
+        set_header(context, idx, name, value)
+    return head + data

@@ -44,6 +44,16 @@ def request_body(request: dict[str, Any]) -> Any:
     raise InputError("request has no body")
 
 
+def request_header(context: Any, idx: int, name: str) -> Any:
+    """Request `idx`'s header `name`, whatever its case (None when absent, or outside TorchServe)."""
+    try:
+        headers = context.get_all_request_header(idx) or {}
+    except Exception:  # noqa: BLE001 - a context without headers (unit tests, workflows)
+        return None
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if str(k).lower() == wanted), None)
+
+
 def parse_json(body: Any) -> Any:
     """The request's JSON value; TorchServe has already decoded application/json bodies."""
     if isinstance(body, (dict, list)):

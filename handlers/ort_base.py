@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from http_reply import reply
-from inputs import InputError, clip, finite_number, parse_json, request_body, unicode_text
+from http_reply import reply, reply_binary
+from inputs import InputError, clip, finite_number, parse_json, request_body, request_header, unicode_text
 from integrity import sha256_file
-from v2 import V2Request, looks_like_v2, v2_refusal, v2_response, v2_tensors
+from v2 import HEADER_LENGTH, BinaryAnswer, V2Request, looks_like_v2, v2_refusal, v2_response, v2_tensors
 
 # What a model handler imports from here (the reading primitives live in inputs.py).
 __all__ = ["Arrays", "InputError", "ModelIntegrityError", "OrtHandler", "clip", "finite_number", "parse_json",
@@ -54,9 +54,11 @@ class ModelIntegrityError(RuntimeError):
 
 MAX_EXPLAINED_ITEMS = 16
 INTERNAL_ERROR = {"code": 500, "type": "InternalServerError", "message": "inference failed for this request"}
-# TorchServe's frontend drops a worker whose batch answer exceeds max_response_size
-# (config.properties: 8 MiB); the handler keeps each batch under this, by default 6 MiB.
-DEFAULT_BATCH_RESPONSE_BYTES = 6 * 1024 * 1024
+# TorchServe's frontend reads every answer of a batch with max_response_size as its limit
+# (ModelResponseDecoder checks each length field, not the batch's sum) and drops the worker on a
+# longer one, failing the whole batch. So the cap is per answer: an answer's neighbours never
+# matter. The default fits config.properties' max_response_size (8 MiB) with room for headers.
+DEFAULT_MAX_ANSWER_BYTES = 8 * 1024 * 1024 - 16 * 1024
 
 
 def wants_explanation(context: Any, idx: int) -> bool:
@@ -231,7 +233,7 @@ class OrtHandler:
     def check_tensors(self, inputs: Arrays) -> None:
         """Model-specific limits on raw v2 tensors (e.g. token ids within the vocabulary)."""
 
-    def v2_response(self, outputs: Arrays, request: V2Request) -> dict[str, Any]:
+    def v2_response(self, outputs: Arrays, request: V2Request) -> dict[str, Any] | BinaryAnswer:
         """The Open Inference Protocol answer (handlers/v2.py)."""
         return v2_response(outputs, request, self.manifest["name"], self.model_version)
 
@@ -280,7 +282,7 @@ class OrtHandler:
             return self.session.run(self.output_names, feeds)
         binding = self.session.io_binding()
         for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            binding.bind_cpu_input(name, np.asarray(array, order="C"))  # keeps a scalar 0-d
         for name in self.output_names:
             binding.bind_output(name)  # allocated by the provider, on its device
         self.session.run_with_iobinding(binding)
@@ -303,7 +305,7 @@ class OrtHandler:
                 if wants_explanation(context, idx):
                     responses[idx] = self._explain_one(context, idx, body)
                     continue
-                v2 = looks_like_v2(body)
+                v2 = looks_like_v2(body, request_header(context, idx, HEADER_LENGTH))
                 if v2 is not None:
                     self._v2_ids[idx] = v2.get("id")
                     inputs, meta = v2_tensors(v2, self.manifest["inputs"], self.manifest["outputs"], self.max_items(),
@@ -352,16 +354,15 @@ class OrtHandler:
             return self._reply(context, idx, INTERNAL_ERROR, 500)
 
     def _cap_response_sizes(self, context: Any, responses: list[Any]) -> None:
-        """TorchServe drops a worker whose batch response exceeds the frontend's max_response_size:
-        replace the largest answers by a 413 until the batch fits (neighbours keep theirs)."""
-        budget = int(self.settings.get("max_batch_response_bytes", DEFAULT_BATCH_RESPONSE_BYTES))
-        sizes = [len(r) if isinstance(r, (str, bytes)) else 0 for r in responses]
-        while sum(sizes) > budget:
-            idx = max(range(len(sizes)), key=sizes.__getitem__)
-            body = InputError(f"the answer is {sizes[idx]} bytes, more than this model may send in one batch "
-                              f"({budget}); send fewer items per request", status=413).to_dict()
-            responses[idx] = self._reply(context, idx, body, 413)
-            sizes[idx] = len(responses[idx])
+        """An answer the frontend would refuse (over max_response_size) becomes that request's 413."""
+        cap = int(self.settings.get("max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES))
+        for idx, response in enumerate(responses):
+            if isinstance(response, (str, bytes)) and len(response) > cap:
+                body = InputError(f"the answer is {len(response)} bytes, more than the server sends for one request "
+                                  f"({cap}, under config.properties' max_response_size); ask for binary tensors "
+                                  f"(v2: parameters.binary_data_output), fewer outputs, or fewer items per request",
+                                  status=413).to_dict()
+                responses[idx] = self._reply(context, idx, body, 413)
 
     def _emit_start_metrics(self, context: Any) -> None:
         """MaasWorkerRestarts: +1 when this worker replaces one that died (0 on a first start, so
@@ -438,4 +439,6 @@ class OrtHandler:
         headers = {"X-Execution-Provider": self.provider}
         if self.model_version:
             headers["X-Model-Version"] = self.model_version
+        if isinstance(body, BinaryAnswer):
+            return reply_binary(context, idx, body.header, body.data, headers)
         return reply(context, idx, body, status, headers, fast_json=bool(self.settings.get("fast_json", True)))

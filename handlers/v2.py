@@ -3,58 +3,110 @@
 Requests ({"inputs": [{name, datatype, shape, data}]}, sent to /v2/models/NAME/infer) are
 recognised per request (safe with TorchServe's batching), checked against the manifest's
 I/O spec, batched with the others, and answered with the graph's output tensors.
+
+The binary tensor data extension (as Triton and KServe implement it; tritonclient's
+`binary_data=True`) is served both ways: the body is the JSON header, then each binary input's
+raw little-endian bytes in the order of `inputs` (`parameters.binary_data_size` each; the
+header's length in the `Inference-Header-Content-Length` request header, or found by parsing);
+outputs asked for with `parameters.binary_data` (per output) or `parameters.binary_data_output`
+(all) come back the same way, 4-5x smaller than JSON numbers and without their parsing.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 from dtypes import BY_V2, DTYPES
 from inputs import InputError, parse_json
 
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
 
 class V2Request:
     """An Open Inference Protocol (KServe v2) request: tensors in, tensors out, per request."""
 
-    def __init__(self, request_id: str | None, outputs: list[str] | None) -> None:
-        self.id, self.outputs = request_id, outputs
+    def __init__(self, request_id: str | None, outputs: list[str] | None, binary: set[str] | bool = False) -> None:
+        self.id, self.outputs, self.binary = request_id, outputs, binary
 
 
-def looks_like_v2(body: Any) -> Any:
-    """The parsed v2 payload when `body` is an inference request of the Open Inference Protocol, else None."""
+class V2Body(dict):
+    """A v2 request's JSON header, with the binary tensor data that followed it."""
+
+    binary: bytes = b""
+
+
+class BinaryAnswer:
+    """A v2 answer with binary outputs: the JSON header, then the outputs' raw bytes."""
+
+    def __init__(self, header: dict[str, Any], data: bytes) -> None:
+        self.header, self.data = header, data
+
+
+def looks_like_v2(body: Any, header_length: Any = None) -> Any:
+    """The parsed v2 payload when `body` is an inference request of the Open Inference Protocol, else
+    None; with the binary extension a V2Body (`header_length`: the request's Inference-Header-Content-Length)."""
     if isinstance(body, (bytes, bytearray, str)):
         head = body[:4096] if isinstance(body, str) else bytes(body[:4096]).decode("utf-8", "replace")
         if not head.lstrip().startswith("{") or '"inputs"' not in head:
             return None
+        split = _split_binary(bytes(body), header_length) if isinstance(body, (bytes, bytearray)) else None
         try:
-            body = parse_json(body)
+            body = parse_json(body if split is None else split[0])
         except InputError:
             return None
+        if split is not None and isinstance(body, dict):
+            body = V2Body(body)
+            body.binary = split[1]
     if isinstance(body, dict) and isinstance(body.get("inputs"), list):
         return body
     return None
+
+
+def _split_binary(data: bytes, header_length: Any) -> tuple[bytes, bytes] | None:
+    """(JSON header, binary tail) of a binary-extension body; None when it is all JSON."""
+    if header_length is not None:
+        text = header_length.decode("ascii", "replace") if isinstance(header_length, bytes) else str(header_length)
+        if not text.strip().isdigit():
+            raise InputError(f"{HEADER_LENGTH} must be a byte count, got {text[:40]!r}", HEADER_LENGTH)
+        length = int(text)
+        if length > len(data):
+            raise InputError(f"{HEADER_LENGTH} is {length}; the body has {len(data)} bytes", HEADER_LENGTH)
+        return (data[:length], data[length:]) if length < len(data) else None
+    if data.isascii():
+        return None
+    try:  # latin-1 maps each byte to one character, so the JSON's end offset is a byte offset
+        _, end = json.JSONDecoder().raw_decode(data.decode("latin-1"))
+    except ValueError:
+        return None
+    return (data[:end], data[end:]) if end < len(data) else None
 
 
 def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec: list[dict[str, Any]],
                max_items: int, batched: bool = True) -> tuple[dict[str, np.ndarray], V2Request]:
     """Named tensors checked against the manifest's inputs (names, datatypes, shapes, finite values);
     `batched`: every input's axis 0 is the batch (a model served unbatched takes tensors as given)."""
-    tensors = {}
+    tensors, raw = {}, _binary_inputs(payload)
     for i, t in enumerate(payload["inputs"]):
         where = f"inputs[{i}]"
-        if not isinstance(t, dict) or not {"name", "datatype", "shape", "data"} <= set(t):
-            raise InputError("each input needs name, datatype, shape and data (JSON tensors; the binary extension is not served)", where)
-        tensors[t["name"]] = (t, where)
+        if not isinstance(t, dict) or not {"name", "datatype", "shape"} <= set(t) or ("data" not in t and i not in raw):
+            raise InputError("each input needs name, datatype, shape and data (or parameters.binary_data_size, "
+                             "with the binary tensor data extension)", where)
+        if not isinstance(t["name"], str):
+            raise InputError("name must be a string", where)
+        tensors[t["name"]] = (t, where, raw.get(i))
     wanted = [s["name"] for s in spec]
     if sorted(tensors) != sorted(wanted):
         raise InputError(f"inputs must be exactly {wanted}, got {sorted(tensors)}", "inputs")
     arrays, batch = {}, None
     for s in spec:
-        t, where = tensors[s["name"]]
+        t, where, binary = tensors[s["name"]]
         dtype = BY_V2.get(str(t["datatype"]))
         if dtype != s["dtype"]:
             raise InputError(f"datatype must be {DTYPES[s['dtype']].v2}, got {t['datatype']!r}", where)
         shape = t["shape"]
+        if shape == [1] and not s["shape"]:  # a scalar input, sent as Triton clients send one: shape [1]
+            shape = []
         if (not isinstance(shape, list) or len(shape) != len(s["shape"])
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
                 or any(isinstance(want, int) and d != want for d, want in zip(shape, s["shape"]))):
@@ -65,10 +117,13 @@ def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec:
             if batch is not None and shape[0] != batch:
                 raise InputError("all inputs must have the same batch size", where)
             batch = shape[0]
-        try:
-            array = np.asarray(t["data"], dtype=np.float64 if dtype.startswith("float") else np.int64)
-        except (TypeError, ValueError, OverflowError):
-            raise InputError(f"data must be {dtype} numbers", where) from None
+        if binary is not None:
+            array = _from_bytes(binary, dtype, shape, where)
+        else:
+            try:
+                array = np.asarray(t["data"], dtype=np.float64 if dtype.startswith("float") else np.int64)
+            except (TypeError, ValueError, OverflowError):
+                raise InputError(f"data must be {dtype} numbers", where) from None
         if array.size != int(np.prod(shape)):
             raise InputError(f"data has {array.size} values; shape {shape} needs {int(np.prod(shape))}", where)
         if dtype.startswith("float") and not np.isfinite(array).all():
@@ -81,22 +136,75 @@ def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec:
         if name not in known:
             raise InputError(f"unknown output {name!r}; outputs are {known}", "outputs")
     request_id = payload.get("id")
-    return arrays, V2Request(str(request_id) if request_id is not None else None, names)
+    return arrays, V2Request(str(request_id) if request_id is not None else None, names, _binary_outputs(payload))
+
+
+def _parameters(entry: Any) -> dict[str, Any]:
+    params = entry.get("parameters") if isinstance(entry, dict) else None
+    return params if isinstance(params, dict) else {}
+
+
+def _binary_inputs(payload: dict[str, Any]) -> dict[int, bytes]:
+    """Each binary input's bytes (by its index in `inputs`), cut from the body's tail in order."""
+    tail, offset, cut = getattr(payload, "binary", b""), 0, {}
+    for i, t in enumerate(payload["inputs"]):
+        size = _parameters(t).get("binary_data_size")
+        if size is None:
+            continue
+        where = f"inputs[{i}].parameters.binary_data_size"
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InputError("binary_data_size must be a byte count", where)
+        if "data" in t:
+            raise InputError("give data or binary_data_size, not both", where)
+        if offset + size > len(tail):
+            raise InputError(f"the inputs' binary data needs {offset + size} bytes after the JSON header; "
+                             f"the body has {len(tail)}", where)
+        cut[i], offset = tail[offset:offset + size], offset + size
+    if offset != len(tail):
+        raise InputError(f"{len(tail) - offset} bytes follow the JSON header beyond the inputs' binary_data_size",
+                         "inputs")
+    return cut
+
+
+def _from_bytes(data: bytes, dtype: str, shape: list[int], where: str) -> np.ndarray:
+    item = np.dtype(dtype).newbyteorder("<")
+    want = int(np.prod(shape)) * item.itemsize
+    if len(data) != want:
+        raise InputError(f"binary data is {len(data)} bytes; shape {shape} of {dtype} needs {want}", where)
+    return np.frombuffer(data, dtype=item).astype(dtype)
+
+
+def _binary_outputs(payload: dict[str, Any]) -> set[str] | bool:
+    """The outputs to send as binary data: True for all (binary_data_output), else those named."""
+    if _parameters(payload).get("binary_data_output") is True:
+        return True
+    outputs = payload.get("outputs")
+    return {o["name"] for o in outputs if isinstance(o, dict) and _parameters(o).get("binary_data") is True} \
+        if isinstance(outputs, list) else set()
 
 
 
 
-def v2_response(outputs: dict[str, np.ndarray], request: V2Request, model_name: str, model_version: str) -> dict[str, Any]:
-    """The answer: the graph's output tensors (all, or those the request named), flattened."""
+def v2_response(outputs: dict[str, np.ndarray], request: V2Request, model_name: str,
+                model_version: str) -> dict[str, Any] | BinaryAnswer:
+    """The answer: the graph's output tensors (all, or those the request named), flattened; those
+    asked for as binary data as raw little-endian bytes after the JSON header (a BinaryAnswer)."""
     names = request.outputs or list(outputs)
-    answer: dict[str, Any] = {
-        "model_name": model_name, "model_version": model_version,
-        "outputs": [{"name": n, "datatype": DTYPES[str(outputs[n].dtype)].v2, "shape": list(outputs[n].shape),
-                     "data": outputs[n].ravel().tolist()} for n in names],
-    }
+    entries, tail = [], []
+    for n in names:
+        value = outputs[n]
+        entry: dict[str, Any] = {"name": n, "datatype": DTYPES[str(value.dtype)].v2, "shape": list(value.shape)}
+        if request.binary is True or (request.binary and n in request.binary):
+            raw = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+        else:  # the array itself: orjson writes float32 in its shortest form (http_reply), half of tolist()'s bytes
+            entry["data"] = np.ascontiguousarray(value).ravel()
+        entries.append(entry)
+    answer: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": entries}
     if request.id is not None:
         answer["id"] = request.id
-    return answer
+    return BinaryAnswer(answer, b"".join(tail)) if tail else answer
 
 
 def v2_refusal(body: dict[str, Any], status: int, request_id: Any, model_name: str, model_version: str) -> dict[str, Any]:

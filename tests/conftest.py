@@ -249,6 +249,9 @@ class FakeContext:
     def get_request_header(self, idx: int, key: str) -> str | None:
         return self.request_headers.get(idx, {}).get(key)
 
+    def get_all_request_header(self, idx: int) -> dict[str, str]:
+        return self.request_headers.get(idx, {})
+
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
         framed(phrase)
         self.status[idx] = (code, phrase)

@@ -26,12 +26,42 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (home / "bad-slo.yaml").write_text("users: [1\n")
     (home / "wrong-slo.yaml").write_text("users: 2\np95: 100\n")
     (home / "not.onnx").write_text("not a model")
+    broken_onnx_files(home, graph)
     return home
+
+
+def broken_onnx_files(home: Path, graph: onnx.GraphProto) -> None:
+    """Files a user may be handed: truncated, from a newer ONNX, with a custom op, with missing
+    external weights, with a sequence output."""
+    good = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (home / "truncated.onnx").write_bytes(good.SerializeToString()[:40])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 99)], ir_version=9), str(home / "new-opset.onnx"))
+    newer = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    newer.ir_version = 99
+    (home / "new-ir.onnx").write_bytes(newer.SerializeToString())
+    x, y = graph.input[0], graph.output[0]
+    custom = helper.make_graph([helper.make_node("FancyRelu", ["x"], ["y"], domain="com.example")], "custom", [x], [y])
+    onnx.save(helper.make_model(custom, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+                                ir_version=9), str(home / "custom-op.onnx"))
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], bytes(16), raw=True)  # raw data: what goes external
+    weighted = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "weighted", [x], [y], initializer=[w])
+    model = helper.make_model(weighted, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, str(home / "external.onnx"), save_as_external_data=True, location="gone.bin", size_threshold=0)
+    (home / "gone.bin").unlink()
+    seq = helper.make_tensor_sequence_value_info("ys", TensorProto.FLOAT, None)
+    listed = helper.make_graph([helper.make_node("SequenceConstruct", ["x"], ["ys"])], "seq", [x], [seq])
+    onnx.save(helper.make_model(listed, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(home / "sequence.onnx"))
 
 
 MISTAKES = {
     "missing onnx file": (["package", "--onnx", "missing.onnx"], "no such file"),
     "not an onnx file": (["package", "--onnx", "not.onnx"], "not an ONNX model"),
+    "truncated onnx file": (["package", "--onnx", "truncated.onnx"], "truncated.onnx"),
+    "onnx opset too new": (["package", "--onnx", "new-opset.onnx"], "opset"),
+    "onnx IR version too new": (["package", "--onnx", "new-ir.onnx"], "IR version"),
+    "onnx custom operator": (["package", "--onnx", "custom-op.onnx"], "FancyRelu"),
+    "onnx external weights missing": (["package", "--onnx", "external.onnx"], "gone.bin"),
+    "onnx sequence output": (["package", "--onnx", "sequence.onnx"], "sequences and maps"),
     "bad spec": (["package", "--onnx", "model.onnx", "--spec", "bad-spec.yaml"], "bad-spec.yaml"),
     "bad input flag": (["package", "--onnx", "model.onnx", "--input", "x:float99:[batch"], "x:float99"),
     "unknown torch module": (["package", "--torch", "nosuch:make", "--input", "x:float32:[batch,2]"], "nosuch"),

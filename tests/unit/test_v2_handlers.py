@@ -1,10 +1,13 @@
 """Open Inference Protocol (KServe v2) requests through every handler, with a fake context."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from conftest import call, zoo_handlers
+from conftest import FakeContext, call, zoo_handlers
 from maas.export.zoo import maintenance as m
 
 ROW = [1.0, 0.0, 0.0, 298.1, 308.6, 1551.0, 42.8, 0.0]
@@ -102,3 +105,72 @@ def test_a_v2_refusal_carries_what_the_grpc_frontend_reads(handlers, bad, status
 def test_refusals_of_other_requests_keep_their_own_shape(handlers) -> None:
     (refusal,), ctx = call(handlers["maintenance"], {"type": "X"})
     assert ctx.status[0][0] == 400 and "outputs" not in refusal and "model_name" not in refusal
+
+
+# ---- the binary tensor data extension ----------------------------------------------------------
+def binary_body(arrays: dict[str, np.ndarray], **extra) -> tuple[bytes, int]:
+    """(body, JSON header length) as tritonclient sends it with binary_data=True."""
+    from maas.handlers.dtypes import DTYPES
+
+    header = json.dumps({"inputs": [{"name": n, "datatype": DTYPES[str(a.dtype)].v2, "shape": list(a.shape),
+                                     "parameters": {"binary_data_size": a.nbytes}} for n, a in arrays.items()],
+                         **extra}).encode()
+    return header + b"".join(a.astype(a.dtype.newbyteorder("<")).tobytes() for a in arrays.values()), len(header)
+
+
+def split_answer(raw: bytes, length: int) -> dict[str, np.ndarray]:
+    from maas.handlers.dtypes import BY_V2
+
+    header, tail, out = json.loads(raw[:length]), raw[length:], {}
+    for o in header["outputs"]:
+        size = o["parameters"]["binary_data_size"]
+        out[o["name"]] = np.frombuffer(tail[:size], dtype=np.dtype(BY_V2[o["datatype"]]).newbyteorder("<")).reshape(o["shape"])
+        tail = tail[size:]
+    assert not tail
+    return out
+
+
+@pytest.mark.parametrize("with_header", [True, False])
+def test_binary_tensors_in_and_out_equal_json_ones(handlers, with_header: bool) -> None:
+    rows = m.generate(3, seed=4).features().astype(np.float32)
+    body, length = binary_body({"features": rows}, parameters={"binary_data_output": True})
+    ctx = FakeContext(Path("."))
+    if with_header:  # tritonclient sends it; without it the JSON header's end is found by parsing
+        ctx.request_headers = {0: {"inference-header-content-length": str(length)}}
+    json_body = json.dumps(v2("features", "FP32", [3, 8], rows.ravel().tolist())).encode()
+    raw, as_json = handlers["maintenance"].handle([{"body": body}, {"body": json_body}], ctx)
+    assert ctx.status == {} and ctx.headers[0]["content-type"] == "application/octet-stream"
+    got = split_answer(raw, int(ctx.headers[0]["Inference-Header-Content-Length"]))
+    want = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in json.loads(as_json)["outputs"]}
+    assert set(got) == set(want) and all(np.allclose(got[n], want[n], atol=1e-6) for n in want)
+    assert len(raw) - int(ctx.headers[0]["Inference-Header-Content-Length"]) == 4 * (3 + 3 * 5)  # float32 bytes
+
+
+def test_binary_outputs_can_be_asked_for_one_by_one(handlers) -> None:
+    rows = m.generate(2, seed=5).features().astype(np.float32)
+    body = v2("features", "FP32", [2, 8], rows.ravel().tolist(),
+              outputs=[{"name": "failure_probability", "parameters": {"binary_data": True}}, {"name": "mode_probabilities"}])
+    ctx = FakeContext(Path("."))
+    (raw,) = handlers["maintenance"].handle([{"body": json.dumps(body).encode()}], ctx)
+    length = int(ctx.headers[0]["Inference-Header-Content-Length"])
+    header = json.loads(raw[:length])
+    assert [o["name"] for o in header["outputs"]] == ["failure_probability", "mode_probabilities"]
+    assert "data" not in header["outputs"][0] and len(header["outputs"][1]["data"]) == 10
+    assert len(raw) - length == header["outputs"][0]["parameters"]["binary_data_size"] == 8
+
+
+@pytest.mark.parametrize("cut,problem", [
+    (lambda b, n: (b[:-4], n), "needs 32 bytes after the JSON header; the body has 28"),
+    (lambda b, n: (b + b"xx", n), "2 bytes follow the JSON header"),
+    (lambda b, n: (b, "abc"), "must be a byte count"),
+    (lambda b, n: (b, len(b) + 5), "the body has"),
+    (lambda b, n: (b.replace(b'"binary_data_size": 32', b'"binary_data_size": -1'), n), "must be a byte count"),
+])
+def test_broken_binary_requests_are_400_naming_the_problem(handlers, cut, problem) -> None:
+    body, length = binary_body({"features": np.ones((1, 8), np.float32)})
+    body, length = cut(body, length)
+    ctx = FakeContext(Path("."))
+    ctx.request_headers = {0: {"Inference-Header-Content-Length": str(length)}, 1: {}}
+    bad, good = handlers["maintenance"].handle([{"body": body}, {"body": json.dumps(v2("features", "FP32", [1, 8], ROW)).encode()}], ctx)
+    assert ctx.status[0][0] in (400, 413) and problem in json.loads(bad)["message"], bad
+    assert 1 not in ctx.status and json.loads(good)["outputs"]
