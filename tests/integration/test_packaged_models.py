@@ -2,7 +2,9 @@
 
 - transformers architectures built from configs with seeded random weights (tests/thirdparty/
   hf_models.py plays the user's code): ResNet and MobileNetV2 through --torch, ViT through
-  --exported-program, DistilBERT through both (with a spec padding unequal lengths);
+  --exported-program, DistilBERT through both (with a spec padding unequal lengths), and
+  Wav2Vec2 for CTC (speech), SegFormer (segmentation) and T5's encoder through --torch with
+  nothing but their inputs' names and axes;
 - Google's Magika file-type model, the .onnx inside the `magika` wheel on PyPI
   (`pip download --no-deps`, never installed).
 Each answers /predictions and v2 exactly as ONNX Runtime does in-process, and is load-tested;
@@ -66,6 +68,14 @@ def packaged(tmp_path_factory: pytest.TempPathFactory):
             serving: {batch_size: 8, max_batch_delay_ms: 5}
             """))
         maas(store, build, "package", "--torch", "hf_models:make_distilbert", "--spec", str(work / "distilbert.yaml"))
+        # modalities beyond vision and text classifiers: speech (CTC), segmentation, an encoder-decoder's encoder;
+        # no --example: maas finds sizes each runs on (wav2vec2's convolutions refuse 8 and 32 samples)
+        maas(store, build, "package", "--torch", "hf_models:make_wav2vec2", "--name", "wav2vec2",
+             "--input", "input_values:float32:[batch,samples]")
+        maas(store, build, "package", "--torch", "hf_models:make_segformer", "--name", "segformer",
+             "--input", "pixel_values:float32:[batch,3,height,width]")
+        maas(store, build, "package", "--torch", "hf_models:make_t5_encoder", "--name", "t5-encoder",
+             "--input", "input_ids:int64:[batch,sequence]")
     vit = torch.export.export(hf_models.make_vit(), (torch.randn(2, 3, 32, 32),),
                               dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(vit, str(work / "vit.pt2"))
@@ -90,7 +100,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory):
         serving: {batch_size: 16, max_batch_delay_ms: 5}
         """))
     maas(store, build, "package", "--onnx", str(model_file), "--spec", str(work / "magika.yaml"))
-    names = ["resnet", "mobilenet", "distilbert", "vit", "distilbert-ep", "magika"]
+    names = ["resnet", "mobilenet", "distilbert", "vit", "distilbert-ep", "magika", "wav2vec2", "segformer", "t5-encoder"]
     assert sorted(p.name for p in store.glob("*.mar")) == sorted(f"{n}.mar" for n in names)
     return store, build, work, {n: build / n for n in names}
 
@@ -126,7 +136,8 @@ def test_mobilenet_as_initialised_is_refused_as_degenerate_evidence(tmp_path: Pa
     assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("*.mar"))
 
 
-@pytest.mark.parametrize("model", ["resnet", "mobilenet", "distilbert", "vit", "distilbert-ep", "magika"])
+@pytest.mark.parametrize("model", ["resnet", "mobilenet", "distilbert", "vit", "distilbert-ep", "magika", "wav2vec2",
+                                   "segformer", "t5-encoder"])
 def test_served_answers_equal_onnx_runtime_in_process(served, model: str) -> None:
     ts, _, _, builds = served
     rows = samples(builds[model])

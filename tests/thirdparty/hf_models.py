@@ -53,3 +53,36 @@ def make_distilbert() -> torch.nn.Module:
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=500, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)
     return DistilBertModel(config).eval()
+
+
+def make_wav2vec2() -> torch.nn.Module:
+    """Speech: raw 16 kHz samples -> per-frame character logits (CTC), as an ASR model serves."""
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, do_stable_layer_norm=True,
+                            feat_extract_norm="layer")
+    return Wav2Vec2ForCTC(config).eval()
+
+
+def make_segformer() -> torch.nn.Module:
+    """Segmentation: an image -> per-pixel class logits at a quarter of its size."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(0)
+    config = SegformerConfig(num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                             patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                             decoder_hidden_size=32, num_labels=5)
+    return SegformerForSemanticSegmentation(config).eval()
+
+
+def make_t5_encoder() -> torch.nn.Module:
+    """The encoder of an encoder-decoder model (T5): token ids -> hidden states."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=500, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=32)
+    return T5EncoderModel(config).eval()
