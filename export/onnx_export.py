@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -381,6 +382,28 @@ def batch_variance(path: Path, spec: ModelSpec, sample: dict[str, np.ndarray], p
         fixed = max(fixed, gap(answer_in(i, top), answer_in(i, top)))
     return {"alone_vs_batched_max_abs": max(by_size.values()), "by_batch_size": {str(k): v for k, v in by_size.items()},
             "fixed_shape_max_abs": fixed, "fixed_shape_rows": top}
+
+
+def batch_invariance(spec: ModelSpec, parity: dict[str, Any]) -> ModelSpec:
+    """serving.fixed_batch_rows from the measured batch variance, when the spec leaves it at 0.
+
+    Kept at 0 (batch freely) when a row's answer moves with its batch neighbours by no more than
+    the tolerance parity already accepts against PyTorch (atol): batching then changes answers
+    less than exporting did, and costs nothing. Set to 1 when it moves more: every row runs
+    alone, so a request's answer is bit-identical whatever traffic it shares a batch with, at
+    the cost of batching's throughput. The choice and its reason go into the manifest."""
+    variance = parity.get("batch_variance")
+    if not variance or spec.serving.fixed_batch_rows:
+        return spec
+    moved, tolerance = variance["alone_vs_batched_max_abs"], spec.atol
+    if moved <= tolerance:
+        variance["default"] = (f"fixed_batch_rows 0: answers move by {moved:.2g} with their neighbours, within "
+                               f"the parity tolerance {tolerance:g}; batching is kept")
+        return spec
+    variance["default"] = (f"fixed_batch_rows 1: answers move by {moved:.2g} with their neighbours, more than the "
+                           f"parity tolerance {tolerance:g}; each row runs alone (bit-identical whatever the traffic)")
+    log.info("%s: %s", spec.name, variance["default"])
+    return replace(spec, serving=replace(spec.serving, fixed_batch_rows=1))
 
 
 def runs_finite(path: Path, spec: ModelSpec, sample: dict[str, np.ndarray]) -> bool:

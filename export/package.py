@@ -327,6 +327,7 @@ def package_model(opts: PackageOptions, build_root: Path, model_store: Path, wri
     step("verify: onnx.checker, ONNX Runtime, I/O contract, " +
          ("parity vs PyTorch" if reference else "a run of the example") + ", batch independence")
     parity = onnx_export.verify(path, reference, spec, example, allow_external_data=True)
+    spec = onnx_export.batch_invariance(spec, parity)
     external = onnx_export.external_files(path)
 
     step(f"manifest, model-config.yaml and {archive_name}.mar")

@@ -131,5 +131,5 @@ def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, e
     if variance:
         click.echo(f"batch variance: a row's answer moves by up to {variance['alone_vs_batched_max_abs']:.2g} with what it "
                    f"is batched with ({variance['fixed_shape_max_abs']:.2g} with serving.fixed_batch_rows: "
-                   f"{variance['fixed_shape_rows']})")
+                   f"{variance['fixed_shape_rows']}); {variance.get('default', '')}")
     click.echo(f"next: maas deploy {result.name}" + (f" --version {result.version}" if opts.version else ""))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import textwrap
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from maas.cli import cli
 from maas.slo import SLO
 from maas.status_table import status_rows
 
+log = logging.getLogger(__name__)
 THIRD_PARTY = ROOT / "tests" / "thirdparty"
 MAGIKA = ("magika", "1.0.3", "magika/models/standard_v3_3")
 IMAGE = "pixel_values:float32:[batch,3,32,32]"
@@ -100,7 +102,13 @@ def packaged(tmp_path_factory: pytest.TempPathFactory):
         serving: {batch_size: 16, max_batch_delay_ms: 5}
         """))
     maas(store, build, "package", "--onnx", str(model_file), "--spec", str(work / "magika.yaml"))
-    names = ["resnet", "mobilenet", "distilbert", "vit", "distilbert-ep", "magika", "wav2vec2", "segformer", "t5-encoder"]
+    # the batch-invariant mode: every row run alone, so an answer never depends on its batch neighbours
+    invariant = (work / "magika.yaml").read_text().replace("name: magika", "name: magika-invariant").replace(
+        "max_batch_delay_ms: 5}", "max_batch_delay_ms: 5, fixed_batch_rows: 1}")
+    (work / "magika-invariant.yaml").write_text(invariant)
+    maas(store, build, "package", "--onnx", str(model_file), "--spec", str(work / "magika-invariant.yaml"))
+    names = ["resnet", "mobilenet", "distilbert", "vit", "distilbert-ep", "magika", "wav2vec2", "segformer", "t5-encoder",
+             "magika-invariant"]
     assert sorted(p.name for p in store.glob("*.mar")) == sorted(f"{n}.mar" for n in names)
     return store, build, work, {n: build / n for n in names}
 
@@ -171,6 +179,33 @@ def test_unequal_token_lengths_share_a_batch_and_come_back_cut(served) -> None:
         hidden = np.asarray(answer["outputs"]["last_hidden_state"])
         alone = in_process(builds["distilbert"], {k: np.asarray([v]) for k, v in body["inputs"].items()})
         assert hidden.shape == (n, 32) and np.allclose(hidden, alone["last_hidden_state"][0], atol=1e-4)
+
+
+def test_the_batch_invariant_mode_is_bit_identical_under_concurrent_load(served) -> None:
+    """Eight files, each answered alone first, then 48 requests of them in a shuffled order from 8
+    clients at once (TorchServe batches them with one another): with serving.fixed_batch_rows: 1
+    every answer is byte-for-byte the one it got alone. The default mode's deviation and both
+    modes' throughput are logged (a figure, not a timed assertion)."""
+    import random
+    import time
+
+    ts, _, _, builds = served
+    bodies = [json.dumps({"inputs": {"bytes": row.tolist()}}).encode() for row in samples(builds["magika"])["bytes"][:8]]
+    mixed = bodies * 6
+    random.Random(3).shuffle(mixed)
+    figures = {}
+    for model in ("magika", "magika-invariant"):
+        alone = {b: ts.client.predict(model, b).json() for b in bodies}  # one at a time: each its own batch
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda b: ts.client.predict(model, b), mixed))
+        rate = len(mixed) / (time.perf_counter() - started)
+        gaps = [float(np.max(np.abs(np.asarray(a.json()["outputs"]["target_label"]) -
+                                    np.asarray(alone[b]["outputs"]["target_label"])))) for a, b in zip(answers, mixed)]
+        figures[model] = {"differ": sum(g > 0 for g in gaps), "max_abs": max(gaps), "requests_per_s": round(rate, 1)}
+    log.info("batch invariance through the server (48 requests, 8 clients): %s", figures)
+    assert figures["magika-invariant"]["differ"] == 0
+    assert figures["magika"]["max_abs"] < 1e-5  # within parity tolerance: why batching stays the default
 
 
 def test_magika_recognises_a_python_file(served) -> None:
