@@ -529,3 +529,48 @@ def test_batch_variance_is_measured_and_the_fixed_shape_mode_answers_the_same_bi
     (big,), _ = call(handler, {"inputs": {"x": [[9.0] * 4] * 5 + [row]}})
     assert alone["outputs"]["y"] == crowd[2]["outputs"]["y"] == big["outputs"]["y"][5]
     assert set(runs) == {4}  # every engine run had exactly the fixed rows, 6 rows as 4 + 4 padded
+
+
+# ---- NumPy bodies -----------------------------------------------------------------------------
+def npy(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_npy_and_npz_bodies_answer_as_json_does(user_dir: Path, tmp_path: Path) -> None:
+    handler = load(package(user_dir, torch="tiny_models:make_mlp", inputs=("x:float32:[batch,6]",)).mar,
+                   tmp_path / "mlp")
+    x = np.random.default_rng(0).random((3, 6), dtype=np.float32)
+    (as_json, as_npy, as_npz, one_row), ctx = call(handler, {"inputs": {"x": x.tolist()}}, npy(x), npz(x=x), npy(x[0]))
+    assert ctx.status == {}
+    for answer in (as_npy, as_npz):
+        assert np.allclose(answer["outputs"]["logits"], as_json["outputs"]["logits"], atol=1e-7)
+    assert np.allclose(one_row["outputs"]["logits"], as_json["outputs"]["logits"][0], atol=1e-6)
+
+
+@pytest.mark.parametrize("body,problem", [
+    (npy(np.array([{"a": 1}], dtype=object)), "object arrays are refused"),
+    (npy(np.ones((2, 6), np.float32))[:-8], "not a readable .npy"),
+    (npz(y=np.ones((2, 6), np.float32)), "unknown input"),
+    (npz(x=np.ones((2, 5), np.float32)), "needs 6"),
+    (npy(np.full((1, 6), np.nan, np.float32)), "finite"),
+    (b"PK\x03\x04" + b"\0" * 40, "not one"),
+])
+def test_bad_numpy_bodies_are_400_and_spare_their_neighbours(user_dir: Path, tmp_path: Path, body: bytes,
+                                                               problem: str) -> None:
+    handler = load(package(user_dir, torch="tiny_models:make_mlp", inputs=("x:float32:[batch,6]",)).mar,
+                   tmp_path / "mlp")
+    (bad, good), ctx = call(handler, body, {"inputs": {"x": [0.1] * 6}})
+    assert ctx.status[0][0] == 400 and problem in bad["message"], bad
+    assert 1 not in ctx.status and good["outputs"]["logits"]
