@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from maas.core.bodies import Case, Check, Payloads, tensor_bodies, tensor_check
+from maas.core.bodies import Case, Check, Payloads, tensor_items, tensor_payloads
 from maas.core.errors import UnknownModel
 from maas.core.spec import ModelSpec
 from maas.core.store import Archive, archive_manifest, archive_member, archive_samples, find_archive, packaged_models
@@ -39,8 +39,7 @@ class ArchiveClient:
     def payloads(self, seed: int = 0, **options: Any) -> Payloads:
         archive = self.archive()
         manifest = archive_manifest(archive)
-        return Payloads(tensor_bodies(manifest, archive_samples(archive, manifest), seed), "application/json",
-                        tensor_check(manifest))
+        return tensor_payloads(manifest, archive_samples(archive, manifest), seed)
 
     def smoke_cases(self) -> list[Case]:
         return archive_cases(self.archive())
@@ -114,16 +113,16 @@ def archive_cases(archive: Archive, rows: int = 4) -> list[Case]:
     samples = archive_samples(archive, manifest)
     if samples and manifest.get("batch_axis"):
         samples = {k: v[:rows] for k, v in samples.items()}
-    bodies = tensor_bodies(manifest, samples)[:rows]
+    payloads = tensor_payloads(manifest, samples)
+    items = tensor_items(manifest, samples)[:rows]
     with tempfile.TemporaryDirectory() as tmp:
         for member in [manifest["model_file"], *(e["file"] for e in manifest.get("external_data", []))]:
             (Path(tmp) / member).write_bytes(archive_member(archive, member))
         session = ort.InferenceSession(str(Path(tmp) / manifest["model_file"]), providers=["CPUExecutionProvider"])
         batched = bool(manifest.get("batch_axis"))
         expected = []
-        for body in bodies:
-            feeds = {n: np.asarray(v, dtype=t["dtype"]) for (n, v), t in zip(json.loads(body)["inputs"].items(),
-                                                                           manifest["inputs"])}
+        for item in items:
+            feeds = {t["name"]: np.asarray(item[t["name"]], dtype=t["dtype"]) for t in manifest["inputs"]}
             outs = session.run(None, {n: a[None] if batched else a for n, a in feeds.items()})
             expected.append({o["name"]: (v[0] if batched else v) for o, v in zip(manifest["outputs"], outs)})
 
@@ -140,8 +139,8 @@ def archive_cases(archive: Archive, rows: int = 4) -> list[Case]:
             return None
         return check
 
-    return [(f"sample {i} equals ONNX Runtime in-process", body, "application/json", same_as(want))
-            for i, (body, want) in enumerate(zip(bodies, expected))]
+    return [(f"sample {i} equals ONNX Runtime in-process", body, payloads.content_type, same_as(want))
+            for i, (body, want) in enumerate(zip(payloads.bodies[:rows], expected))]
 
 
 def top_labels(answer: Any) -> str:

@@ -6,6 +6,7 @@ processes import this.
 """
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Callable, Optional
 
@@ -29,17 +30,42 @@ class Payloads:
         return self.bodies[self._i]
 
 
-def tensor_bodies(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None, seed: int = 0,
-                  pool: int = 64) -> list[bytes]:
+# Items whose JSON body would be larger than this travel as .npz bodies (raw bytes, no parsing)
+JSON_BODY_LIMIT = 256 * 1024
+
+
+def tensor_items(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None, seed: int = 0,
+                 pool: int = 64) -> list[dict[str, np.ndarray]]:
     """One item per request: the archive's samples, else inputs drawn within the spec's ranges."""
     names = [t["name"] for t in manifest["inputs"]]
     batch = manifest.get("batch_axis")
     if not samples:
         samples = draw(manifest["inputs"], batch, pool if batch else 1, seed)
     if not batch:
-        return [json.dumps({"inputs": {n: samples[n].tolist() for n in names}}).encode()]
+        return [{n: samples[n] for n in names}]
     order = np.random.default_rng(seed).permutation(len(samples[names[0]]))
-    return [json.dumps({"inputs": {n: samples[n][i].tolist() for n in names}}).encode() for i in order]
+    return [{n: samples[n][i] for n in names} for i in order]
+
+
+def tensor_bodies(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None, seed: int = 0,
+                  pool: int = 64) -> list[bytes]:
+    """The items as the generic handler's JSON bodies."""
+    return [json.dumps({"inputs": {n: a.tolist() for n, a in item.items()}}).encode()
+            for item in tensor_items(manifest, samples, seed, pool)]
+
+
+def tensor_payloads(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None, seed: int = 0) -> "Payloads":
+    """Bodies for the generic handler: JSON, or .npz where an item's JSON would exceed JSON_BODY_LIMIT
+    (the OCR line or layout page a client sends as bytes, not numbers)."""
+    items = tensor_items(manifest, samples, seed)
+    if sum(a.nbytes for a in items[0].values()) * 5 <= JSON_BODY_LIMIT:  # JSON numbers: ~5x their float32 bytes
+        return Payloads(tensor_bodies(manifest, samples, seed), "application/json", tensor_check(manifest))
+    bodies = []
+    for item in items:
+        buf = io.BytesIO()
+        np.savez(buf, **item)
+        bodies.append(buf.getvalue())
+    return Payloads(bodies, "application/octet-stream", tensor_check(manifest))
 
 
 def tensor_check(manifest: dict[str, Any]) -> Check:
