@@ -499,6 +499,19 @@ def test_a_model_that_refuses_every_drawn_size_is_one_clear_error(user_dir: Path
     assert "--example" in caught.value.user_message()
 
 
+def test_a_model_whose_answers_move_with_the_batch_runs_each_row_alone_by_default() -> None:
+    from maas.core.spec import ModelSpec, TensorSpec
+    from maas.export.onnx_export import batch_invariance
+
+    spec = ModelSpec(name="m", version="1.0", description="", inputs=(TensorSpec("x", "float32", ("batch", 4)),),
+                     outputs=(), handler="tensor.py")
+    moving = {"batch_variance": {"alone_vs_batched_max_abs": 6.1e-3}}
+    assert batch_invariance(spec, moving).serving.fixed_batch_rows == 1
+    assert "more than the parity tolerance" in moving["batch_variance"]["default"]
+    still = {"batch_variance": {"alone_vs_batched_max_abs": 1.4e-7}}
+    assert batch_invariance(spec, still).serving.fixed_batch_rows == 0
+
+
 def test_batch_variance_is_measured_and_the_fixed_shape_mode_answers_the_same_bits(user_dir: Path,
                                                                                     tmp_path: Path) -> None:
     """The manifest says how far a row's answer moves with its batch neighbours; with
@@ -508,7 +521,9 @@ def test_batch_variance_is_measured_and_the_fixed_shape_mode_answers_the_same_bi
 
     result = package(user_dir, onnx=tiny_onnx(user_dir / "v" / "model.onnx"), name="variance")
     variance = result.manifest["parity"]["batch_variance"]
-    assert set(variance) == {"alone_vs_batched_max_abs", "by_batch_size", "fixed_shape_max_abs", "fixed_shape_rows"}
+    assert set(variance) == {"alone_vs_batched_max_abs", "by_batch_size", "fixed_shape_max_abs", "fixed_shape_rows",
+                             "default"}
+    assert variance["default"].startswith("fixed_batch_rows 0: answers move by")  # within atol: batching kept
     assert variance["fixed_shape_rows"] == result.spec.serving.batch_size and variance["fixed_shape_max_abs"] >= 0
     served = tmp_path / "fixed"
     with zipfile.ZipFile(result.mar) as z:
