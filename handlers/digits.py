@@ -48,7 +48,8 @@ class DigitsHandler(OrtHandler):
 
     def postprocess(self, outputs: Arrays, meta: None) -> dict[str, float]:
         probs = outputs["probabilities"][0]
-        labels, k = self.manifest["labels"], int(self.manifest.get("topk", 5))
+        spec = self.manifest["outputs"][0]  # the spec's labels and top_k
+        labels, k = spec["labels"], int(spec["top_k"])
         return {labels[i]: round(float(probs[i]), 6) for i in np.argsort(-probs, kind="stable")[:k]}
 
     def explain(self, inputs: Arrays, meta: None) -> dict[str, Any]:
@@ -63,7 +64,7 @@ class DigitsHandler(OrtHandler):
         label = int(np.argmax(probs[0]))
         drop = (probs[0, label] - probs[1:, label]).reshape(size, size)
         return {
-            "label": self.manifest["labels"][label],
+            "label": self.manifest["outputs"][0]["labels"][label],
             "probability": round(float(probs[0, label]), 6),
             "occlusion": [[round(float(v), 6) for v in row] for row in drop],
             "method": f"occlusion: each of the {size}x{size} pixels set to 0 in turn; value = drop in "

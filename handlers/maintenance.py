@@ -67,7 +67,7 @@ class MaintenanceHandler(OrtHandler):
 
     def postprocess(self, outputs: Arrays, single: bool) -> Any:
         threshold = float(self.manifest["threshold"])
-        modes = self.manifest["failure_modes"]
+        modes = next(o["labels"] for o in self.manifest["outputs"] if o["name"] == "mode_probabilities")
         answers = [
             {
                 "failure_probability": round(float(p), 6),

@@ -37,6 +37,7 @@ import onnxruntime as ort
 from http_reply import reply, reply_binary
 from inputs import InputError, clip, finite_number, parse_json, request_body, request_header, unicode_text
 from integrity import sha256_file
+from tensor_form import TensorRequest, check_spec, looks_like_tensor_form, read_tensor_form, tensor_answer
 from v2 import HEADER_LENGTH, BinaryAnswer, V2Request, looks_like_v2, v2_refusal, v2_response, v2_tensors
 
 # What a model handler imports from here (the reading primitives live in inputs.py).
@@ -122,6 +123,10 @@ def note_worker_start(model_dir: Path) -> bool:
 
 class OrtHandler:
     """Template-method TorchServe handler around one ONNX Runtime session."""
+
+    # Beside its own request form, a handler reads the tensor form {"inputs": {...}} (tensor_form.py)
+    # and answers it generically; the generic handler, whose own form it is, turns this off.
+    reads_tensor_form = True
 
     def __init__(self) -> None:
         self.session: ort.InferenceSession | None = None
@@ -299,23 +304,15 @@ class OrtHandler:
         good: list[tuple[int, Arrays, Any]] = []
         self._v2_ids = {}
         for idx, request in enumerate(data):
-            v2 = None
             try:
                 body = request_body(request)
                 if wants_explanation(context, idx):
                     responses[idx] = self._explain_one(context, idx, body)
                     continue
-                v2 = looks_like_v2(body, request_header(context, idx, HEADER_LENGTH))
-                if v2 is not None:
-                    self._v2_ids[idx] = v2.get("id")
-                    inputs, meta = v2_tensors(v2, self.manifest["inputs"], self.manifest["outputs"], self.max_items(),
-                                              bool(self.manifest.get("batch_axis")))
-                    self.check_tensors(inputs)
-                else:
-                    inputs, meta = self.preprocess(body)
+                inputs, meta = self._read(context, idx, body)
                 good.append((idx, inputs, meta))
             except InputError as err:
-                error = err.to_dict() if v2 is None else {"error": err.message, **err.to_dict()}
+                error = err.to_dict() if idx not in self._v2_ids else {"error": err.message, **err.to_dict()}
                 responses[idx] = self._reply(context, idx, error, err.status)
             except Exception:
                 log.exception("request %d: unexpected failure while reading it", idx)
@@ -341,11 +338,33 @@ class OrtHandler:
                            len(data), items, len(data) - len(good))
         return responses
 
+    def _read(self, context: Any, idx: int, body: Any) -> tuple[Arrays, Any]:
+        """One request's tensors and what answering it needs: an Open Inference Protocol request, the
+        tensor form every maas handler reads (tensor_form.py), or the handler's own form."""
+        v2 = looks_like_v2(body, request_header(context, idx, HEADER_LENGTH))
+        if v2 is not None:
+            self._v2_ids[idx] = v2.get("id")
+            inputs, meta = v2_tensors(v2, self.manifest["inputs"], self.manifest["outputs"], self.max_items(),
+                                      bool(self.manifest.get("batch_axis")))
+            self.check_tensors(inputs)
+            return inputs, meta
+        if self.reads_tensor_form and looks_like_tensor_form(body):
+            inputs, single = read_tensor_form(body, self.manifest)
+            check_spec(inputs, self.manifest, self.max_items())
+            self.check_tensors(inputs)
+            return inputs, TensorRequest(single)
+        return self.preprocess(body)
+
     def _answer(self, context: Any, idx: int, outputs: Arrays | None, meta: Any) -> str:
         if outputs is None:
             return self._reply(context, idx, INTERNAL_ERROR, 500)
         try:
-            answer = self.v2_response(outputs, meta) if isinstance(meta, V2Request) else self.postprocess(outputs, meta)
+            if isinstance(meta, V2Request):
+                answer = self.v2_response(outputs, meta)
+            elif isinstance(meta, TensorRequest):
+                answer = tensor_answer(outputs, self.manifest, meta.single)
+            else:
+                answer = self.postprocess(outputs, meta)
             return self._reply(context, idx, answer, 200)
         except InputError as err:  # e.g. an answer that cannot be expressed for this request
             return self._reply(context, idx, err.to_dict(), err.status)

@@ -29,8 +29,10 @@ SPEC = ModelSpec(
     name="digits",
     version="1.0",
     description="CNN: handwritten digit (0-9) from an 8x8 grayscale scan, sklearn load_digits",
-    inputs=(TensorSpec("pixels", "float32", ("batch", 1, 8, 8), "8x8 intensities 0 (background) to 16 (ink)"),),
-    outputs=(TensorSpec("probabilities", "float32", ("batch", 10), "softmax over digits 0-9"),),
+    inputs=(TensorSpec("pixels", "float32", ("batch", 1, 8, 8), "8x8 intensities 0 (background) to 16 (ink)",
+                       range=(0.0, 16.0)),),
+    outputs=(TensorSpec("probabilities", "float32", ("batch", 10), "softmax over digits 0-9", labels=tuple(LABELS),
+                        top_k=TOP_K),),
     handler="digits.py",
     atol=1e-5,
     serving=ServingSpec(batch_size=16, max_batch_delay_ms=5, intra_op_threads=1, max_items_per_request=64),
@@ -109,8 +111,6 @@ def train(seed: int = 0, epochs: int = 60) -> Trained:
     }
     log.info("digits held-out: accuracy %.4f on %d images", metrics["accuracy"], len(y_te))
     extra = {
-        "labels": LABELS,
-        "topk": TOP_K,
         "image": {"size": 8, "max_value": 16, "max_pixels": 16_000_000, "formats": ["PNG", "JPEG"]},
         "example_request": {"pixels": x_te[0, 0].astype(int).tolist()},
     }

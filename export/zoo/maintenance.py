@@ -62,7 +62,8 @@ SPEC = ModelSpec(
     ),
     outputs=(
         TensorSpec("failure_probability", "float32", ("batch",), "P(machine failure)"),
-        TensorSpec("mode_probabilities", "float32", ("batch", len(FAILURE_MODES)), "P(mode) for " + ", ".join(FAILURE_MODES)),
+        TensorSpec("mode_probabilities", "float32", ("batch", len(FAILURE_MODES)), "P(mode) for " + ", ".join(FAILURE_MODES),
+                   labels=FAILURE_MODES, top_k=len(FAILURE_MODES), scores="raw"),
     ),
     handler="maintenance.py",
     serving=ServingSpec(batch_size=16, max_batch_delay_ms=5, intra_op_threads=1, max_items_per_request=256),
@@ -252,7 +253,6 @@ def train(n_records: int = 30_000, seed: int = 0, epochs: int = 60, hidden: int 
             "numeric_fields": list(NUMERIC_FIELDS),
             "limits": {k: list(v) for k, v in FIELD_LIMITS.items()},
         },
-        "failure_modes": list(FAILURE_MODES),
         "threshold": THRESHOLD,
         "example_request": test_set.as_json(0),
         # Explanations measure each reading against this typical record (most common type,

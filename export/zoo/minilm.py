@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MAX_SEQ_LEN = 256  # sentence_bert_config.json: max_seq_length
 MIN_COSINE = 0.9999  # worst served-vs-sentence-transformers cosine a build accepts
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's hidden size: the length of every embedding
+VOCAB_SIZE = 30522  # its WordPiece vocabulary (tokenizer.json): token ids are below this
 VARIANT_BUDGET = 0.01  # a variant may cost at most 1 - mean cosine vs FP32 = 0.01
 
 SPEC = ModelSpec(
@@ -34,8 +35,9 @@ SPEC = ModelSpec(
     version="1.0",
     description="all-MiniLM-L6-v2 sentence embeddings (mean pooled, L2 normalised, 384-d)",
     inputs=(
-        TensorSpec("input_ids", "int64", ("batch", "sequence"), "WordPiece ids from tokenizer.json, [CLS] ... [SEP], 0-padded"),
-        TensorSpec("attention_mask", "int64", ("batch", "sequence"), "1 for tokens, 0 for padding"),
+        TensorSpec("input_ids", "int64", ("batch", "sequence"), "WordPiece ids from tokenizer.json, [CLS] ... [SEP], 0-padded",
+                   range=(0, VOCAB_SIZE - 1), pad=0),
+        TensorSpec("attention_mask", "int64", ("batch", "sequence"), "1 for tokens, 0 for padding", range=(0, 1), pad=0),
     ),
     # Not "embedding": ORT refuses a graph output named like an internal node ("Duplicate definition of name").
     outputs=(TensorSpec("sentence_embedding", "float32", ("batch", EMBEDDING_DIM), "unit-length mean-pooled embedding"),),

@@ -90,6 +90,38 @@ def test_served_answers_equal_the_archives_handler_in_process(served, in_process
 
 
 @pytest.mark.parametrize("model", SERVED)
+def test_every_model_reads_the_tensor_form_and_v2_alike(served, in_process, model_store: Path, model: str) -> None:
+    """Whatever a model's own request form, the tensors it becomes can be sent as they are: as the
+    tensor form {"inputs": {...}} (JSON and .npz) and as v2, with the same numbers back, and the
+    spec's labels named in "predictions"."""
+    import io
+
+    import numpy as np
+
+    from maas.handlers.dtypes import DTYPES
+
+    server, _ = served
+    handler, _ = in_process[model]
+    (body,), _ = bodies(model, model_store, 1)
+    arrays, _ = handler.preprocess(body)  # what its own form becomes
+    as_json = server.client.predict(model, json.dumps({"inputs": {k: v.tolist() for k, v in arrays.items()}}).encode())
+    packed = io.BytesIO()
+    np.savez(packed, **arrays)
+    as_npz = server.client.predict(model, packed.getvalue(), "application/octet-stream")
+    v2 = server.client.request("inference", "POST", f"/v2/models/{model}/infer", json={"inputs": [
+        {"name": k, "datatype": DTYPES[str(v.dtype)].v2, "shape": list(v.shape), "data": v.ravel().tolist()}
+        for k, v in arrays.items()]})
+    assert as_json.status_code == as_npz.status_code == v2.status_code == 200, (as_json.text[:200], v2.text[:200])
+    want = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in v2.json()["outputs"]}
+    for answer in (as_json.json(), as_npz.json()):
+        assert set(answer["outputs"]) == set(want)
+        for name, value in want.items():
+            assert np.allclose(answer["outputs"][name], value, rtol=1e-4, atol=1e-5), (model, name)
+    labelled = [o["name"] for o in handler.manifest["outputs"] if o.get("labels")]
+    assert sorted(as_json.json().get("predictions", {})) == sorted(labelled)
+
+
+@pytest.mark.parametrize("model", SERVED)
 @pytest.mark.parametrize("case", range(len(MALFORMED)), ids=["cut-off-json", "wrong-shape"])
 def test_a_malformed_request_gets_a_4xx_json_body_and_the_worker_stays(served, model_store: Path, model: str,
                                                                         case: int) -> None:
