@@ -12,10 +12,11 @@ import io
 import warnings
 
 import numpy as np
+from inputs import IMAGE_MAGIC
 from ort_base import InputError
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+MAGIC = tuple(IMAGE_MAGIC)
 
 
 def looks_like_image(data: bytes) -> bool:

@@ -9,6 +9,9 @@ import json
 import math
 from typing import Any
 
+# The image formats handlers accept, by their first bytes (and what a client summary calls them)
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+from maas.handlers.inputs import IMAGE_MAGIC
 
 
 def clip(text: str, width: int) -> str:
