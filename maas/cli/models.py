@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -78,16 +79,27 @@ def undeploy(project: Project, model: str, version: str | None) -> None:
     click.echo(f"undeployed {model} {removed}")
 
 
+SUFFIX_TYPES = {".npy": "application/octet-stream", ".npz": "application/octet-stream", ".png": "image/png",
+                ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
+def content_type_of(filename: str) -> str:
+    return SUFFIX_TYPES.get(Path(str(filename)).suffix.lower(), "application/json")
+
+
 @click.command()
 @click.argument("model")
 @click.argument("file", type=click.File("rb"), default="-")
 @click.option("--version", "version", help="model version [the default version]")
-@click.option("--content-type", default="application/json", show_default=True)
+@click.option("--content-type", default=None,
+              help="[by FILE's suffix: .npy/.npz application/octet-stream, .png/.jpg images, else application/json]")
 @click.option("--grpc", "use_grpc", is_flag=True,
               help="call TorchServe's gRPC inference API (Predictions) instead of HTTP; the same answer")
 @click.pass_obj
-def predict(project: Project, model: str, file: Any, version: str | None, content_type: str, use_grpc: bool) -> None:
-    """Send FILE (or stdin, '-') to /predictions/MODEL and print the answer."""
+def predict(project: Project, model: str, file: Any, version: str | None, content_type: str | None, use_grpc: bool) -> None:
+    """Send FILE (or stdin, '-') to /predictions/MODEL and print the answer: JSON, an image, or
+    NumPy arrays (.npy for one input, .npz with one array per input name)."""
+    content_type = content_type or content_type_of(getattr(file, "name", ""))
     if use_grpc:
         from maas.grpc_client import GrpcInference, refused
 

@@ -233,6 +233,24 @@ def mutate_inputs(valid: dict) -> st.SearchStrategy:
     )
 
 
+def broken_binary(valid_v2: dict) -> st.SearchStrategy:
+    """A v2 request with binary tensor data, broken in one hostile way (sizes, tails, datatypes)."""
+    first = valid_v2["inputs"][0]
+
+    def body(size: object, tail: bytes, datatype: str = first["datatype"]) -> bytes:
+        entry = {**{k: v for k, v in first.items() if k != "data"}, "datatype": datatype,
+                 "parameters": {"binary_data_size": size}}
+        return json.dumps({"inputs": [entry, *valid_v2["inputs"][1:]]}).encode() + tail
+
+    return st.one_of(
+        st.tuples(st.one_of(st.integers(-10, 10 ** 12), strings, st.none(), st.booleans()), st.binary(max_size=64))
+        .filter(lambda t: t[0] != len(t[1])).map(lambda t: body(t[0], t[1])),  # never the right size by chance
+        st.tuples(st.integers(0, 64), st.binary(min_size=65, max_size=200)).map(lambda t: body(t[0], t[1])),
+        st.tuples(st.sampled_from(["FP16", "INT8", "BYTES", "FP64"]), st.binary(min_size=8, max_size=8)).map(
+            lambda t: body(8, t[1], t[0])),
+    )
+
+
 @pytest.mark.parametrize("model", [m for m in MODELS if m not in BINARY_ONLY])  # their valid requests are JSON
 def test_hostile_requests_through_the_generic_handler_get_4xx_and_cost_no_worker(wheel_models, model: str) -> None:
     ts, _, builds, _ = wheel_models
@@ -245,6 +263,7 @@ def test_hostile_requests_through_the_generic_handler_get_4xx_and_cost_no_worker
                 for path, body in ((f"/predictions/{model}", valid_json), (f"/v2/models/{model}/infer", valid_v2))}
     hostile = st.one_of(mutate_inputs(valid_json).map(lambda b: (f"/predictions/{model}", b)),
                         mutate_v2(valid_v2).map(lambda b: (f"/v2/models/{model}/infer", b)),
+                        broken_binary(valid_v2).map(lambda b: (f"/v2/models/{model}/infer", b)),
                         st.sampled_from(RAW).map(lambda b: (f"/predictions/{model}", b)))
 
     @settings(max_examples=4, deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
@@ -309,6 +328,25 @@ def test_large_answers_travel_as_binary_and_never_cost_their_neighbours(wheel_mo
     body, headers = binary_v2({"x": wide[None]})
     resp = ts.client.request("inference", "POST", "/v2/models/ocr-rec/infer", data=body, headers=headers)
     assert resp.status_code == 200 and len(resp.content) > 5_000_000
+
+
+def test_maas_predict_sends_a_numpy_file(wheel_models, tmp_path: Path) -> None:
+    """`maas predict MODEL page.npy`: the content type follows the file's suffix."""
+    import os
+    import subprocess
+    import sys
+
+    ts, _, builds, _ = wheel_models
+    page = samples(builds["layout"])["image"]
+    np.save(tmp_path / "page.npy", page)
+    env = dict(os.environ, MAAS_CONFIG=str(ts.layout.config), MAAS_RUN_DIR=str(ts.layout.run_dir),
+               MAAS_MODEL_STORE=str(ts.layout.model_store))
+    done = subprocess.run([sys.executable, "-m", "maas.cli", "predict", "layout", str(tmp_path / "page.npy")], env=env,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-500:]
+    want = in_process(builds["layout"], {"image": page})
+    got = json.loads(done.stdout)["outputs"]
+    assert all(np.allclose(got[n], v, rtol=1e-4, atol=1e-5) for n, v in want.items())
 
 
 @pytest.mark.parametrize("model", ["nudenet", "vad", IRIS, "layout"])  # vision, audio (stateful), tabular, .npz bodies
