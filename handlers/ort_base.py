@@ -38,7 +38,7 @@ from http_reply import reply, reply_binary
 from inputs import InputError, clip, finite_number, parse_json, request_body, request_header, unicode_text
 from integrity import sha256_file
 from tensor_form import TensorRequest, check_spec, looks_like_tensor_form, read_tensor_form, tensor_answer
-from v2 import HEADER_LENGTH, BinaryAnswer, V2Request, looks_like_v2, v2_refusal, v2_response, v2_tensors
+from v2 import HEADER_LENGTH, BinaryAnswer, V2Request, is_v2, parsed_body, v2_refusal, v2_response, v2_tensors
 
 # What a model handler imports from here (the reading primitives live in inputs.py).
 __all__ = ["Arrays", "InputError", "ModelIntegrityError", "OrtHandler", "clip", "finite_number", "parse_json",
@@ -341,10 +341,10 @@ class OrtHandler:
     def _read(self, context: Any, idx: int, body: Any) -> tuple[Arrays, Any]:
         """One request's tensors and what answering it needs: an Open Inference Protocol request, the
         tensor form every maas handler reads (tensor_form.py), or the handler's own form."""
-        v2 = looks_like_v2(body, request_header(context, idx, HEADER_LENGTH))
-        if v2 is not None:
-            self._v2_ids[idx] = v2.get("id")
-            inputs, meta = v2_tensors(v2, self.manifest["inputs"], self.manifest["outputs"], self.max_items(),
+        body = parsed_body(body, request_header(context, idx, HEADER_LENGTH))  # JSON parsed here, once
+        if is_v2(body):
+            self._v2_ids[idx] = body.get("id")
+            inputs, meta = v2_tensors(body, self.manifest["inputs"], self.manifest["outputs"], self.max_items(),
                                       bool(self.manifest.get("batch_axis")))
             self.check_tensors(inputs)
             return inputs, meta

@@ -43,24 +43,30 @@ class BinaryAnswer:
         self.header, self.data = header, data
 
 
-def looks_like_v2(body: Any, header_length: Any = None) -> Any:
-    """The parsed v2 payload when `body` is an inference request of the Open Inference Protocol, else
-    None; with the binary extension a V2Body (`header_length`: the request's Inference-Header-Content-Length)."""
-    if isinstance(body, (bytes, bytearray, str)):
-        head = body[:4096] if isinstance(body, str) else bytes(body[:4096]).decode("utf-8", "replace")
-        if not head.lstrip().startswith("{") or '"inputs"' not in head:
-            return None
-        split = _split_binary(bytes(body), header_length) if isinstance(body, (bytes, bytearray)) else None
-        try:
-            body = parse_json(body if split is None else split[0])
-        except InputError:
-            return None
-        if split is not None and isinstance(body, dict):
-            body = V2Body(body)
-            body.binary = split[1]
-    if isinstance(body, dict) and isinstance(body.get("inputs"), list):
+def parsed_body(body: Any, header_length: Any = None) -> Any:
+    """`body` parsed once when it is a JSON object naming "inputs" (the tensor form, or v2: then a
+    V2Body with its binary tail under the binary extension; `header_length`: the request's
+    Inference-Header-Content-Length); any other body as it came: a handler's own form, or one
+    that does not parse, which its reader refuses in its own words."""
+    if not isinstance(body, (bytes, bytearray, str)):
         return body
-    return None
+    head = body[:4096] if isinstance(body, str) else bytes(body[:4096]).decode("utf-8", "replace")
+    if not head.lstrip().startswith("{") or '"inputs"' not in head:
+        return body
+    split = _split_binary(bytes(body), header_length) if isinstance(body, (bytes, bytearray)) else None
+    try:
+        parsed = parse_json(body if split is None else split[0])
+    except InputError:
+        return body
+    if split is not None and isinstance(parsed, dict):
+        parsed = V2Body(parsed)
+        parsed.binary = split[1]
+    return parsed
+
+
+def is_v2(body: Any) -> bool:
+    """A parsed body that is an inference request of the Open Inference Protocol."""
+    return isinstance(body, dict) and isinstance(body.get("inputs"), list)
 
 
 def _split_binary(data: bytes, header_length: Any) -> tuple[bytes, bytes] | None:
