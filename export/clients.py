@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from maas.core.bodies import Case, Check, Payloads, tensor_items, tensor_payloads
+from maas.core.bodies import Case, Check, Payloads, encoded, tensor_items, tensor_payloads
 from maas.core.errors import UnknownModel
 from maas.core.spec import ModelSpec
 from maas.core.store import Archive, archive_manifest, archive_member, archive_samples, find_archive, packaged_models
@@ -113,8 +113,8 @@ def archive_cases(archive: Archive, rows: int = 4) -> list[Case]:
     samples = archive_samples(archive, manifest)
     if samples and manifest.get("batch_axis"):
         samples = {k: v[:rows] for k, v in samples.items()}
-    payloads = tensor_payloads(manifest, samples)
     items = tensor_items(manifest, samples)[:rows]
+    bodies, content_type = encoded(items)
     with tempfile.TemporaryDirectory() as tmp:
         for member in [manifest["model_file"], *(e["file"] for e in manifest.get("external_data", []))]:
             (Path(tmp) / member).write_bytes(archive_member(archive, member))
@@ -139,8 +139,8 @@ def archive_cases(archive: Archive, rows: int = 4) -> list[Case]:
             return None
         return check
 
-    return [(f"sample {i} equals ONNX Runtime in-process", body, payloads.content_type, same_as(want))
-            for i, (body, want) in enumerate(zip(payloads.bodies[:rows], expected))]
+    return [(f"sample {i} equals ONNX Runtime in-process", body, content_type, same_as(want))
+            for i, (body, want) in enumerate(zip(bodies, expected))]
 
 
 def top_labels(answer: Any) -> str:

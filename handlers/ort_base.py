@@ -37,7 +37,7 @@ import onnxruntime as ort
 from http_reply import reply, reply_binary
 from inputs import InputError, clip, finite_number, parse_json, request_body, request_header, unicode_text
 from integrity import sha256_file
-from tensor_form import TensorRequest, check_spec, looks_like_tensor_form, read_tensor_form, tensor_answer
+from tensor_form import Arrays, TensorRequest, check_spec, looks_like_tensor_form, read_tensor_form, tensor_answer
 from v2 import HEADER_LENGTH, BinaryAnswer, V2Request, is_v2, parsed_body, v2_refusal, v2_response, v2_tensors
 
 # What a model handler imports from here (the reading primitives live in inputs.py).
@@ -46,7 +46,6 @@ __all__ = ["Arrays", "InputError", "ModelIntegrityError", "OrtHandler", "clip", 
 
 log = logging.getLogger(__name__)
 
-Arrays = dict[str, np.ndarray]
 
 
 class ModelIntegrityError(RuntimeError):

@@ -47,25 +47,24 @@ def tensor_items(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None
     return [{n: samples[n][i] for n in names} for i in order]
 
 
-def tensor_bodies(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None, seed: int = 0,
-                  pool: int = 64) -> list[bytes]:
-    """The items as the generic handler's JSON bodies."""
-    return [json.dumps({"inputs": {n: a.tolist() for n, a in item.items()}}).encode()
-            for item in tensor_items(manifest, samples, seed, pool)]
-
-
-def tensor_payloads(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None, seed: int = 0) -> "Payloads":
-    """Bodies for the generic handler: JSON, or .npz where an item's JSON would exceed JSON_BODY_LIMIT
-    (the OCR line or layout page a client sends as bytes, not numbers)."""
-    items = tensor_items(manifest, samples, seed)
+def encoded(items: list[dict[str, np.ndarray]]) -> tuple[list[bytes], str]:
+    """(bodies, content type) for the generic handler: JSON, or .npz where an item's JSON would
+    exceed JSON_BODY_LIMIT (the OCR line or layout page a client sends as bytes, not numbers)."""
     if sum(a.nbytes for a in items[0].values()) * 5 <= JSON_BODY_LIMIT:  # JSON numbers: ~5x their float32 bytes
-        return Payloads(tensor_bodies(manifest, samples, seed), "application/json", tensor_check(manifest))
+        return [json.dumps({"inputs": {n: a.tolist() for n, a in item.items()}}).encode() for item in items], \
+            "application/json"
     bodies = []
     for item in items:
         buf = io.BytesIO()
         np.savez(buf, **item)
         bodies.append(buf.getvalue())
-    return Payloads(bodies, "application/octet-stream", tensor_check(manifest))
+    return bodies, "application/octet-stream"
+
+
+def tensor_payloads(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None, seed: int = 0) -> Payloads:
+    """The generic handler's bodies for a load test: the archive's samples (or drawn), encoded."""
+    bodies, content_type = encoded(tensor_items(manifest, samples, seed))
+    return Payloads(bodies, content_type, tensor_check(manifest))
 
 
 def tensor_check(manifest: dict[str, Any]) -> Check:
