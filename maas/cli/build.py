@@ -97,11 +97,18 @@ def init(directory: Path, force: bool) -> None:
               help="sample inputs (.npz) for load tests and variant costs [the example]")
 @click.option("--write-spec", type=click.Path(dir_okay=False, path_type=Path),
               help="only write a starting spec read off the graph to this file, then stop")
+@click.option("--llm", "llm_folder", type=click.Path(path_type=Path),
+              help="a generative language model: a local Hugging Face folder (config.json, *.safetensors, tokenizer, "
+                   "chat template), built with ONNX Runtime GenAI and served OpenAI-compatible; never a hub")
+@click.option("--precision", type=click.Choice(["fp32", "int8", "int4", "fp16"]), default="fp32", show_default=True,
+              help="with --llm: the weights' precision (fp32, int8, int4 for CPU; fp16, int4 for CUDA)")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="with --llm: the execution provider the build targets")
 @click.pass_obj
 def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, exported_program: Path | None,
                 name: str | None, version: str | None, spec_file: Path | None, example: Path | None,
                 inputs: tuple[str, ...], handler: Path | None, extra_files: tuple[Path, ...], samples: Path | None,
-                write_spec: Path | None) -> None:
+                write_spec: Path | None, llm_folder: Path | None, precision: str, device: str) -> None:
     """Package your own model: export where needed, verify, and archive it into the model store.
 
     \b
@@ -110,9 +117,15 @@ def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, e
       maas package --torch my_pkg.models:make_model --input pixels:float32:[batch,3,224,224]
       maas package --exported-program model.pt2 --spec maas.yaml
       maas package --onnx model.onnx --write-spec maas.yaml    # then edit it and package with --spec
+      maas package --llm ./my-llama --precision int4            # a language model folder (OpenAI API)
     \b
     Then: maas deploy NAME, maas predict NAME body.json ({"inputs": {"<input>": [...]}}), maas loadtest NAME.
     """
+    if llm_folder is not None:
+        if onnx_file or factory or exported_program or spec_file or example or inputs or handler or extra_files or samples \
+                or write_spec:
+            raise click.UsageError("--llm builds from the folder alone: give only --name, --version, --precision, --device")
+        return _package_llm(project, llm_folder, name, version, precision, device)
     from maas.export.package import PackageOptions, package_model
 
     opts = PackageOptions(onnx=onnx_file, torch=factory, exported_program=exported_program, name=name,
@@ -133,3 +146,35 @@ def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, e
                    f"is batched with ({variance['fixed_shape_max_abs']:.2g} with serving.fixed_batch_rows: "
                    f"{variance['fixed_shape_rows']}); {variance.get('default', '')}")
     click.echo(f"next: maas deploy {result.name}" + (f" --version {result.version}" if opts.version else ""))
+
+
+def _package_llm(project: Project, folder: Path, name: str | None, version: str | None, precision: str, device: str) -> None:
+    from maas.core.extras import require
+    from maas.export.llm_build import LlmOptions, package_llm
+
+    require("zoo", "maas package --llm (transformers reads the folder to verify the build)")
+    result = package_llm(LlmOptions(folder, name=name, version=version or "1.0", precision=precision, device=device),
+                         project.build_dir, project.model_store)
+    for line in llm_lines(result.path, result.manifest):
+        click.echo(line)
+    click.echo(f"next: maas deploy {result.name}" + (f" --version {result.version}" if version else "") +
+               f"; OpenAI base URL http://127.0.0.1:8080/predictions/{result.name}/{result.version}/v1")
+
+
+def llm_lines(path: Path, manifest: dict[str, Any]) -> list[str]:
+    """What `maas package --llm` says of a language model it archived."""
+    size = sum(f["size_bytes"] for f in manifest["files"].values())
+    seconds = manifest["seconds"]
+    lines = [f"packaged {path}/ ({manifest['architecture']}, {manifest['precision']} for {manifest['execution_provider']}, "
+             f"context {manifest['context_length']}, {size / 1e6:.1f} MB; build {seconds['build']:g} s, "
+             f"verify {seconds['verify']:g} s)"]
+    if "parity" in manifest:
+        p = manifest["parity"]
+        lines.append(f"  parity: greedy tokens equal transformers' on {p['equal']}/{p['prompts']} prompts")
+    elif "cost" in manifest:
+        c = manifest["cost"]
+        lines.append(f"  cost vs fp32: mean KL {c['mean_kl']:.3g} nats (budget {c['kl_budget']:g}), next-token top-1 "
+                     f"agreement {c['top1_agreement']:.1%}, greedy agreement {c['greedy_agreement']:.1%}")
+    else:
+        lines.append(f"  unverified: {manifest.get('why', '')}")
+    return lines

@@ -29,10 +29,14 @@ class Archive:
 
 
 def read_archive(path: Path) -> Archive | None:
-    """Model name and version from a .mar's MAR-INF/MANIFEST.json (None if it is not one)."""
+    """Model name and version from a .mar's (or an unpacked archive folder's) MAR-INF/MANIFEST.json
+    (None if it is not one)."""
     try:
-        with zipfile.ZipFile(path) as z:
-            manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        if path.is_dir():  # torch-model-archiver --archive-format no-archive: what a multi-GB model ships as
+            manifest = json.loads((path / "MAR-INF" / "MANIFEST.json").read_text())
+        else:
+            with zipfile.ZipFile(path) as z:
+                manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError):
         return None
     model = manifest.get("model", {})
@@ -41,6 +45,11 @@ def read_archive(path: Path) -> Archive | None:
 
 def archive_member(archive: Archive, member: str) -> bytes:
     """One file of an archive; a StoreError naming the archive when it is not there."""
+    if archive.path.is_dir():
+        try:
+            return (archive.path / member).read_bytes()
+        except OSError:
+            raise StoreError(f"{archive.path.name}: has no {member} (an archive maas did not build?)") from None
     try:
         with zipfile.ZipFile(archive.path) as z:
             return z.read(member)
@@ -68,13 +77,24 @@ def archive_samples(archive: Archive, manifest: dict[str, Any] | None = None) ->
 
 
 def store_archives(model_store: Path) -> list[Archive]:
-    """Every TorchServe archive in the store (maas's or not)."""
-    found = (read_archive(p) for p in sorted(model_store.glob("*.mar")))
+    """Every TorchServe archive in the store (maas's or not): .mar files and archive folders."""
+    folders = [p for p in model_store.iterdir() if not p.name.startswith(".") and (p / "MAR-INF").is_dir()] \
+        if model_store.is_dir() else []
+    found = (read_archive(p) for p in sorted([*model_store.glob("*.mar"), *folders]))
     return [a for a in found if a is not None]
 
 
+def is_generative(archive: Archive) -> bool:
+    """A language model (manifest kind `llm`): served by the generation handler, not tensors in and out."""
+    try:
+        return archive_manifest(archive).get("kind") == "llm"
+    except StoreError:
+        return False
+
+
 def maas_archives(model_store: Path) -> tuple[list[Archive], list[str]]:
-    """(archives maas built, one line per .mar skipped and why): what store-wide commands work on."""
+    """(tensor-model archives maas built, one line per .mar skipped and why): what store-wide commands
+    on tensor models work on (language models are archive folders, served by their own handler)."""
     built, skipped = [], []
     for path in sorted(model_store.glob("*.mar")):
         archive = read_archive(path)

@@ -1,0 +1,253 @@
+"""A generative language model from a local Hugging Face folder to the model store.
+
+    folder (config.json, *.safetensors, tokenizer, generation config, chat template)  -- never a hub
+      -> ONNX Runtime GenAI's model builder at the precision asked (fp32 | int8 | int4 for CPU,
+         fp16 | int4 for CUDA), offline (HF_HUB_OFFLINE)
+      -> verified (llm_verify: fp32 greedy parity; a quantized build's cost, held to its budget)
+      -> manifest.json (sha256 and size of every file, architecture, context length, precision,
+         tokenizer, chat template, eos ids, parity or cost) + model-config.yaml (continuous batching)
+      -> torch-model-archiver --archive-format no-archive: model_store/<name>/, a folder TorchServe
+         serves as it is (a zip of gigabytes would be written, then unpacked again at every start)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maas.core.clock import now_iso
+from maas.core.errors import ExportError
+from maas.core.names import name_problem
+from maas.export.archive import HANDLERS_DIR, PICKLE_SUFFIXES, _versions, handler_support
+from maas.handlers.integrity import sha256_file
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"cpu": ("fp32", "int8", "int4"), "cuda": ("fp16", "int4", "fp32")}
+HANDLER = "llm.py"
+# Serving defaults (model-config.yaml): one worker decodes up to `batchSize` streams together
+# (TorchServe's continuous batching: each handle() call is one step for every live stream).
+SERVING = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 600,
+           "startupTimeout": 600, "continuousBatching": True}
+
+
+class LlmSourceError(ExportError):
+    """The folder is not a language model maas can build."""
+
+    show_type = False
+
+
+@dataclass(frozen=True)
+class LlmOptions:
+    source: Path
+    name: str | None = None
+    version: str = "1.0"
+    precision: str = "fp32"
+    device: str = "cpu"  # the execution provider the build targets: cpu | cuda
+    parity_tokens: int = 16
+
+
+@dataclass(frozen=True)
+class LlmResult:
+    name: str
+    version: str
+    path: Path  # model_store/<name>[-<version>]/
+    manifest: dict[str, Any]
+    seconds: dict[str, float]
+
+
+def read_source(source: Path) -> dict[str, Any]:
+    """What the folder says of itself; a clear error for what maas cannot build from."""
+    if not source.is_dir():
+        raise LlmSourceError(f"{source}: not a folder (give a local Hugging Face model folder: config.json, "
+                             "*.safetensors, tokenizer files)")
+    try:
+        config = json.loads((source / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise LlmSourceError(f"{source}: no readable config.json ({exc.__class__.__name__})") from None
+    weights = sorted(source.glob("*.safetensors"))
+    pickled = sorted(p.name for p in source.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
+    if not weights:
+        raise LlmSourceError(f"{source}: no *.safetensors weights" + (
+            f" (found {', '.join(pickled)}: pickled weights can run code when loaded; convert them to safetensors)"
+            if pickled else ""))
+    if not ((source / "tokenizer.json").is_file() or (source / "tokenizer.model").is_file()):
+        raise LlmSourceError(f"{source}: no tokenizer.json or tokenizer.model beside the weights")
+    generation = {}
+    if (source / "generation_config.json").is_file():
+        generation = json.loads((source / "generation_config.json").read_text())
+    eos = generation.get("eos_token_id", config.get("eos_token_id"))
+    return {
+        "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],
+        "model_type": config.get("model_type", "?"),
+        "context_length": config.get("max_position_embeddings"),
+        "parameters_bytes": sum(p.stat().st_size for p in weights),
+        "eos_token_ids": eos if isinstance(eos, list) else [eos] if eos is not None else [],
+        "source_folder": source.name,
+        "config_sha256": sha256_file(source / "config.json"),
+    }
+
+
+def _builder_error(output: str) -> str:
+    """The builder's own last words, for a one-line error."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^\w*(Error|Exception)\b", ln)]
+    return (errors or lines or ["no output"])[-1][:400]
+
+
+def run_builder(source: Path, out: Path, precision: str, device: str, cache: Path) -> float:
+    """ONNX Runtime GenAI's model builder, offline; its progress goes to the log as it comes."""
+    if shutil.rmtree(out, ignore_errors=True) or out.exists():
+        raise ExportError(f"{out}: cannot clear the previous build")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out),
+           "-p", precision, "-e", device, "-c", str(cache)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen: list[str] = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        text = line.strip().split("\r")[-1]
+        if text and "%|" not in text:  # tqdm bars redraw hundreds of times; their last state is enough
+            log.info("builder: %s", text[:200])
+    if proc.wait() != 0:
+        raise ExportError(f"the ONNX Runtime GenAI builder failed on {source.name} at {precision}/{device}: "
+                          f"{_builder_error(''.join(seen))}",
+                          hint="supported: Llama, Mistral, Qwen2/3, Phi, Gemma and more (not GPT-2); see `python -m "
+                               "onnxruntime_genai.models.builder`")
+    return time.perf_counter() - start
+
+
+def file_table(folder: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file the handler loads (what it checks before loading)."""
+    return {p.name: {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def chat_template(onnx_dir: Path) -> str | None:
+    jinja = onnx_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    config = onnx_dir / "tokenizer_config.json"
+    return json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+
+
+def verify(source: Path, onnx_dir: Path, precision: str, device: str, tokens: int) -> dict[str, Any]:
+    """Parity at fp32, the cost of a quantized build; a CUDA build where no GPU is here is unverified."""
+    from maas.export import llm_verify
+
+    if device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers() or not _gpu_present():
+            return {"verified": False, "why": "a CUDA build, and no GPU here: serve it where one is and run "
+                                              "`maas package --llm` there to verify it"}
+    reference = llm_verify.Reference.load(source)
+    if precision == "fp32":
+        return {"verified": True, "parity": llm_verify.greedy_parity(reference, onnx_dir, tokens)}
+    llm_verify.tokenizer_parity(reference, onnx_dir)
+    cost = llm_verify.quantized_cost(reference, onnx_dir, precision, tokens)
+    if not cost["within_budget"]:
+        raise ExportError(f"{precision} costs a mean KL divergence of {cost['mean_kl']:.4g} nats per token against fp32 "
+                          f"(budget {cost['kl_budget']}; top-1 agreement {cost['top1_agreement']:.1%}): not archived",
+                          hint="try a higher precision (int8, fp32)")
+    return {"verified": True, "cost": cost}
+
+
+def _gpu_present() -> bool:
+    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+def archive_llm(build_dir: Path, onnx_dir: Path, name: str, version: str, model_store: Path, folder_name: str) -> Path:
+    """torch-model-archiver, no-archive format: model_store/<folder_name>/ holds the handler, its
+    support modules, the ONNX files, manifest.json and model-config.yaml as they are."""
+    handler = HANDLERS_DIR / HANDLER
+    extra = [*handler_support(handler), build_dir / "manifest.json",
+             *(p for p in sorted(onnx_dir.iterdir()) if p.is_file() and p.name != "model.onnx")]
+    target = model_store / folder_name
+    staging = model_store / f".{folder_name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name, "--version", version,
+           "--serialized-file", str(onnx_dir / "model.onnx"), "--handler", str(handler),
+           "--extra-files", ",".join(map(str, extra)), "--config-file", str(build_dir / "model-config.yaml"),
+           "--archive-format", "no-archive", "--export-path", str(staging), "--force"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"torch-model-archiver failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+    # The archiver writes <export-path>/<model-name>/; swap it in whole so a server never reads half a model.
+    shutil.rmtree(target, ignore_errors=True)
+    (staging / name).replace(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def package_llm(opts: LlmOptions, build_root: Path, model_store: Path) -> LlmResult:
+    """Build, verify and archive a language model folder; the one road for generative models."""
+    device, precision = opts.device, opts.precision
+    if precision not in PRECISIONS.get(device, ()):
+        raise ExportError(f"precision {precision} is not built for {device}: {device} takes {', '.join(PRECISIONS.get(device, ()))}")
+    facts = read_source(opts.source)
+    name = opts.name or re.sub(r"[^A-Za-z0-9._-]", "-", opts.source.resolve().name)
+    if problem := name_problem(name):
+        raise ExportError(f"{problem} (give --name)")
+    build_dir = build_root / f"{name}-{opts.version}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    onnx_dir = build_dir / "onnx"
+    seconds = {"build": round(run_builder(opts.source, onnx_dir, precision, device, build_root / ".hf-cache"), 1)}
+    start = time.perf_counter()
+    checks = verify(opts.source, onnx_dir, precision, device, opts.parity_tokens)
+    seconds["verify"] = round(time.perf_counter() - start, 1)
+    genai = json.loads((onnx_dir / "genai_config.json").read_text())["model"]
+    manifest = {
+        "kind": "llm",
+        "name": name,
+        "version": opts.version,
+        "created": now_iso(),
+        **facts,
+        "context_length": genai.get("context_length", facts["context_length"]),
+        "eos_token_ids": _as_list(genai.get("eos_token_id", facts["eos_token_ids"])),
+        "bos_token_id": genai.get("bos_token_id"),
+        "vocab_size": genai.get("vocab_size"),
+        "precision": precision,
+        "execution_provider": device,
+        "tokenizer": "tokenizer.json" if (onnx_dir / "tokenizer.json").is_file() else "tokenizer.model",
+        "chat_template": chat_template(onnx_dir),
+        "files": file_table(onnx_dir),
+        **checks,
+        "seconds": seconds,
+        "versions": {**_versions(), "onnxruntime-genai": _genai_version()},
+    }
+    (build_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    config = {**SERVING, "deviceType": "gpu" if device == "cuda" else "cpu",
+              "handler": {"max_streams": SERVING["batchSize"], "context_length": manifest["context_length"]}}
+    (build_dir / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    start = time.perf_counter()
+    folder = name if opts.version == "1.0" else f"{name}-{opts.version}"
+    path = archive_llm(build_dir, onnx_dir, name, opts.version, model_store, folder)
+    seconds["archive"] = round(time.perf_counter() - start, 1)
+    return LlmResult(name, opts.version, path, manifest, seconds)
+
+
+def _as_list(value: Any) -> list[int]:
+    return value if isinstance(value, list) else [value] if value is not None else []
+
+
+def _genai_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("onnxruntime-genai-cuda")
+    except metadata.PackageNotFoundError:
+        return "?"

@@ -1,0 +1,328 @@
+"""Generation handler: a language model built by ONNX Runtime GenAI, served OpenAI-compatible.
+
+Routes (TorchServe passes the URL's tail as the `url_path` header):
+    POST /predictions/M/V/v1/completions        {"prompt", "max_tokens", "temperature", ...}
+    POST /predictions/M/V/v1/chat/completions   {"messages": [{"role", "content"}], ...}
+    GET  /predictions/M/V/v1/models
+gRPC (no URL): a body with "messages" is a chat completion, else a completion.
+
+TorchServe's continuous batching (model-config.yaml `continuousBatching: true`) calls handle()
+once per step with every live request of this worker: new ones are checked and prefilled, then
+each live stream decodes one token. A streaming request answers each step with its server-sent
+events (kept open by `ts_stream_next`, through `context.stopping_criteria`); a non-streaming one
+answers empty steps and then its whole JSON. TorchServe never tells a handler that a client left:
+its request id is simply missing from the next step, and the stream's state is freed then.
+
+Never logs request headers: they carry the inference key.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from http_reply import json_body, set_header, set_status
+from inputs import request_header
+from integrity import sha256_file
+from openai_api import (
+    DONE,
+    ApiError,
+    GenerationRequest,
+    chunk,
+    full_answer,
+    held_back,
+    models_list,
+    parse_body,
+    parse_request,
+    route_of,
+    seed_for_sampling,
+    usage_chunk,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stream:
+    """One request being generated: its generator and what has been said so far."""
+
+    request_id: str
+    req: GenerationRequest
+    generator: Any
+    decoder: Any  # og.TokenizerStream: bytes of a token may complete a character only later
+    prompt_tokens: int
+    max_new: int
+    created: int = field(default_factory=lambda: int(time.time()))
+    arrived: float = field(default_factory=time.perf_counter)
+    text: str = ""
+    sent: int = 0  # characters of `text` already sent
+    tokens: int = 0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finish: str | None = None
+    steps: int = 0  # answers sent
+
+
+class LlmHandler:
+    """TorchServe handler (entry point: handle)."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self.streams: dict[str, Stream] = {}
+        self.closing: set[str] = set()  # answered whole; their empty last answer goes out next step
+        self.manifest: dict[str, Any] = {}
+        self.provider = "cpu"
+
+    # ---- start ---------------------------------------------------------------------------
+    def initialize(self, context: Any) -> None:
+        import onnxruntime_genai as og
+
+        props = context.system_properties
+        model_dir = Path(props["model_dir"])
+        self.manifest = json.loads((model_dir / "manifest.json").read_text())
+        self.name = self.manifest["name"]
+        self.version = str(props.get("model_version") or self.manifest.get("version", ""))
+        start = time.perf_counter()
+        for file, facts in self.manifest["files"].items():  # nothing loads that was not verified
+            if sha256_file(model_dir / file) != facts["sha256"]:
+                raise RuntimeError(f"{file}: sha256 differs from manifest.json; refusing to load")
+        checked = time.perf_counter()
+        config = og.Config(str(model_dir))
+        config.clear_providers()
+        gpu_id = props.get("gpu_id")
+        if self.manifest.get("execution_provider") == "cuda" and gpu_id is not None and og.is_cuda_available():
+            config.append_provider("cuda")
+            config.set_provider_option("cuda", "device_id", str(gpu_id))
+            self.provider = "cuda"
+        self.og = og
+        self.model = og.Model(config)
+        self.tokenizer = og.Tokenizer(self.model)
+        self.context_length = int(self.manifest.get("context_length") or 2048)
+        self.eos = set(self.manifest.get("eos_token_ids") or [])
+        self._warm_up()
+        log.info("%s %s: loaded on %s (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
+                 self.provider, checked - start, time.perf_counter() - checked)
+        self.initialized = True
+
+    def _warm_up(self) -> None:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=8, do_sample=False)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(self.tokenizer.encode("warm up"))
+        generator.generate_next_token()
+
+    # ---- one step ------------------------------------------------------------------------
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        ids = {idx: str(rid) for idx, rid in (context.request_ids or {}).items()}
+        live = set(ids.values())
+        for rid in [r for r in self.streams if r not in live]:  # its client went away
+            del self.streams[rid]
+            log.info("request %s: client left; its generation stopped and freed", rid)
+            self._count(context, "MaasGenerationsCancelled", 1)
+        self.closing &= live
+        answers: list[Any] = [b""] * len(data)
+        # TorchServe 0.12's continuous batching, as its frontend reads `ts_stream_next` (per request):
+        #   absent   the answer is sent whole, but the request stays in the batch (for ever, on a
+        #            kept-alive connection); a 4xx closes the connection, which ends it
+        #   "true"   the status line and this chunk go out; more follows
+        #   "false"  the last chunk goes out (no status line: never on a first answer) and the request ends
+        # So a generation answers "true" first and "false" last; a refusal is sent whole (None here),
+        # and if its request comes back on the next step, an empty "false" ends it; an answer with
+        # nothing more to say on its first step (v1/models, one token) is ended the same way.
+        finished: list[bool | None] = [False] * len(data)
+        stepping: list[tuple[int, Stream]] = []
+        for idx, item in enumerate(data):
+            rid = ids.get(idx, str(idx))
+            if rid in self.closing:
+                self.closing.discard(rid)
+                finished[idx] = True
+                continue
+            stream = self.streams.get(rid)
+            if stream is None:
+                try:
+                    stream = self._admit(rid, item, context, idx)
+                except Exception as exc:
+                    if not isinstance(exc, ApiError):
+                        log.exception("request %s: prefill failed", rid)
+                        exc = ApiError("generation failed for this request", status=500, kind="server_error")
+                    answers[idx] = self._refuse(context, idx, exc)
+                    finished[idx] = None
+                else:
+                    if stream is None:  # v1/models
+                        answers[idx] = self._models(context, idx)
+                if stream is None:
+                    self.closing.add(rid)
+                    continue
+            stepping.append((idx, stream))
+        for idx, stream in stepping:
+            try:
+                answers[idx] = self._step(context, idx, stream)
+            except Exception:
+                log.exception("request %s: decoding failed", stream.request_id)
+                self.streams.pop(stream.request_id, None)
+                stream.finish = "error"
+                answers[idx] = self._refuse(context, idx, ApiError("generation failed for this request", status=500,
+                                                                 kind="server_error"))
+            if stream.finish is not None:
+                if stream.steps > 1:
+                    finished[idx] = True
+                else:
+                    self.closing.add(stream.request_id)
+        context.stopping_criteria = [(lambda _answer, done=done: done) for done in finished]
+        return answers
+
+    def _admit(self, rid: str, item: dict[str, Any], context: Any, idx: int) -> Stream | None:
+        raw = item.get("body", item.get("data")) if isinstance(item, dict) else item
+        route = route_of(request_header(context, idx, "url_path"), raw if isinstance(raw, dict) else None)
+        if route == "models":
+            return None
+        req = parse_request(parse_body(raw), route, self.name)
+        prompt_ids = self._prompt_ids(req)
+        room = self.context_length - len(prompt_ids)
+        if room < 1:
+            raise ApiError(f"the prompt is {len(prompt_ids)} tokens; this model's context is {self.context_length} tokens",
+                           "messages" if req.route == "chat" else "prompt", code="context_length_exceeded")
+        if req.max_tokens is not None and req.max_tokens > room:
+            raise ApiError(f"max_tokens is {req.max_tokens}, but the prompt leaves room for {room} tokens of this "
+                           f"model's {self.context_length}-token context", "max_tokens", code="context_length_exceeded")
+        max_new = req.max_tokens or room
+        params = self.og.GeneratorParams(self.model)
+        options: dict[str, Any] = {"max_length": len(prompt_ids) + max_new, "repetition_penalty": 1.0}
+        if req.greedy:
+            options["do_sample"] = False
+        else:
+            options.update(do_sample=True, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k or 0)
+            options["random_seed"] = seed_for_sampling(req.seed) if req.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+        params.set_search_options(**options)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(prompt_ids)  # the prefill
+        stream = Stream(rid, req, generator, self.tokenizer.create_stream(), len(prompt_ids), max_new)
+        self.streams[rid] = stream
+        return stream
+
+    def _prompt_ids(self, req: GenerationRequest) -> list[int]:
+        if isinstance(req.prompt, list):
+            vocab = int(self.manifest.get("vocab_size") or 0)
+            if vocab and max(req.prompt) >= vocab:
+                raise ApiError(f"prompt token ids must be below the vocabulary size {vocab}", "prompt")
+            return req.prompt
+        if req.route == "chat":
+            if not self.manifest.get("chat_template"):
+                raise ApiError("this model has no chat template: use v1/completions", "messages")
+            text = self.tokenizer.apply_chat_template(json.dumps(req.messages), add_generation_prompt=True)
+        else:
+            text = req.prompt
+        ids = [int(t) for t in self.tokenizer.encode(text)]
+        if not ids:
+            raise ApiError("the prompt encodes to no tokens", "messages" if req.route == "chat" else "prompt")
+        return ids
+
+    def _step(self, context: Any, idx: int, stream: Stream) -> bytes:
+        """Decode one token of `stream`; its events (streaming) or its whole answer when done."""
+        generator = stream.generator
+        stream.steps += 1
+        context.set_response_content_type(idx, "text/event-stream" if stream.req.stream else "application/json")
+        if not generator.is_done():
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            now = time.perf_counter()
+            if stream.first_token_at is None:
+                stream.first_token_at = now
+                self._time(context, "MaasTimeToFirstTokenMs", (now - stream.arrived) * 1000)
+            else:
+                self._time(context, "MaasInterTokenLatencyMs", (now - stream.last_token_at) * 1000)
+            stream.last_token_at = now
+            stream.tokens += 1
+            if token in self.eos:
+                stream.finish = "stop"
+            else:
+                stream.text += stream.decoder.decode(token)
+        if stream.finish is None and (generator.is_done() or stream.tokens >= stream.max_new):
+            stream.finish = "length"
+        cut = min((i for i in (stream.text.find(s, max(0, stream.sent - len(s))) for s in stream.req.stop) if i >= 0),
+                  default=-1)
+        if cut >= 0:
+            stream.text, stream.finish = stream.text[:cut], "stop"
+        if stream.finish is not None:
+            self._finished(context, stream)
+        if not stream.req.stream:
+            if stream.finish is None:
+                return b""
+            return _bytes(json_body(full_answer(stream.request_id, stream.req, stream.created, stream.text, stream.finish,
+                                                stream.prompt_tokens, stream.tokens)))
+        upto = len(stream.text) - (0 if stream.finish else held_back(stream.text, stream.req.stop))
+        events = b""
+        if stream.sent == 0 and stream.tokens <= 1 or upto > stream.sent:
+            events += chunk(stream.request_id, stream.req, stream.created, stream.text[stream.sent:upto], None,
+                            first=stream.tokens <= 1)
+            stream.sent = max(stream.sent, upto)
+        if stream.finish is not None:
+            events += chunk(stream.request_id, stream.req, stream.created, None, stream.finish)
+            if stream.req.include_usage:
+                events += usage_chunk(stream.request_id, stream.req, stream.created, stream.prompt_tokens, stream.tokens)
+            events += DONE
+        set_header(context, idx, "Cache-Control", "no-cache")
+        return events
+
+    def _finished(self, context: Any, stream: Stream) -> None:
+        self.streams.pop(stream.request_id, None)
+        self._count(context, "MaasPromptTokens", stream.prompt_tokens)
+        self._count(context, "MaasCompletionTokens", stream.tokens)
+        if stream.first_token_at is not None and stream.last_token_at is not None and stream.tokens > 1:
+            rate = (stream.tokens - 1) / max(stream.last_token_at - stream.first_token_at, 1e-9)
+            self._gauge(context, "MaasOutputTokensPerSecond", rate)
+        self._gauge(context, "MaasRunningSequences", len(self.streams))
+
+    def _models(self, context: Any, idx: int) -> bytes:
+        context.set_response_content_type(idx, "application/json")
+        return _bytes(json_body(models_list(self.name, self.version, self.context_length)))
+
+    def _refuse(self, context: Any, idx: int, exc: ApiError) -> bytes:
+        context.set_response_content_type(idx, "application/json")
+        set_status(context, idx, exc.status)
+        if exc.status < 500:
+            self._count(context, "MaasRejectedRequests", 1)
+        return _bytes(json_body(exc.body()))
+
+    # ---- metrics (declared in metrics.yaml) -------------------------------------------------
+    def _emit(self, context: Any, emit: Any) -> None:
+        metrics = getattr(context, "metrics", None)
+        if metrics is None:
+            return
+        try:
+            from ts.metrics.dimension import Dimension
+
+            emit(metrics, [Dimension("ModelName", self.name), Dimension("Level", "Model"), Dimension("Provider", self.provider)])
+        except Exception:
+            log.warning("could not emit generation metrics", exc_info=True)
+
+    def _count(self, context: Any, name: str, value: float) -> None:
+        self._emit(context, lambda m, dims: m.add_counter(name, value, None, dims))
+
+    def _gauge(self, context: Any, name: str, value: float) -> None:
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        self._emit(context, lambda m, dims: m.add_metric(name, value, "count", None, dims, MetricTypes.GAUGE))
+
+    def _time(self, context: Any, name: str, ms: float) -> None:
+        self._emit(context, lambda m, dims: m.add_time(name, ms, None, "ms", dims))
+
+
+def _bytes(body: str | bytes) -> bytes:
+    return body.encode("utf-8") if isinstance(body, str) else body
+
+
+_service = LlmHandler()
+
+
+def handle(data: list[dict[str, Any]], context: Any) -> list[Any] | None:
+    """TorchServe's entry point."""
+    if not _service.initialized:
+        _service.initialize(context)
+    if data is None:
+        return None
+    return _service.handle(data, context)

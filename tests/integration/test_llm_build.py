@@ -1,0 +1,61 @@
+"""`maas package --llm` on seeded random folders of four architectures the builder supports, and
+what each precision costs (issue 29). The Llama at fp32 is built and served in test_llm_serving."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from click.testing import CliRunner
+
+from maas.cli import cli
+from maas.core.store import find_archive, is_generative, maas_archives
+from thirdparty.llm_folders import make_folder
+
+log = logging.getLogger(__name__)
+
+
+def package(folder, store, build, *args: str):
+    result = CliRunner().invoke(cli, ["--model-store", str(store), "package", "--llm", str(folder), *args],
+                                env={"MAAS_BUILD_DIR": str(build)}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "mistral", "phi3"])
+def test_fp32_builds_generate_what_transformers_generates(architecture: str, tmp_path) -> None:
+    folder = make_folder(tmp_path / architecture, architecture, seed=1)
+    said = package(folder, tmp_path / "store", tmp_path / "build", "--name", architecture)
+    assert "parity: greedy tokens equal transformers' on 8/8 prompts" in said, said
+    manifest = json.loads((tmp_path / "store" / architecture / "manifest.json").read_text())
+    assert manifest["kind"] == "llm" and manifest["model_type"] == architecture and manifest["precision"] == "fp32"
+    assert manifest["chat_template"] and manifest["eos_token_ids"] and manifest["context_length"] == 256
+    assert set(manifest["files"]) >= {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json"}
+
+
+def test_quantized_builds_report_their_cost_and_sit_beside_fp32(tmp_path) -> None:
+    folder = make_folder(tmp_path / "llama", "llama")
+    store = tmp_path / "store"
+    for precision in ("int8", "int4"):
+        said = package(folder, store, tmp_path / "build", "--name", "llama", "--version", f"1.0-{precision}",
+                       "--precision", precision)
+        assert "cost vs fp32: mean KL" in said, said
+        cost = json.loads((store / f"llama-1.0-{precision}" / "manifest.json").read_text())["cost"]
+        assert cost["within_budget"] and 0 <= cost["mean_kl"] <= cost["kl_budget"]
+        assert 0 < cost["top1_agreement"] <= 1 and 0 <= cost["greedy_agreement"] <= 1
+        log.info("%s: %s", precision, cost)
+    archive = find_archive(store, "llama", "1.0-int4")
+    assert archive.path.is_dir() and is_generative(archive)
+    assert maas_archives(store) == ([], [])  # store-wide tensor commands pass language models by
+
+
+def test_folders_maas_cannot_build_from_are_refused_in_one_line(tmp_path) -> None:
+    folder = make_folder(tmp_path / "llama", "llama")
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    result = CliRunner().invoke(cli, ["--model-store", str(tmp_path / "store"), "package", "--llm", str(folder)])
+    assert result.exit_code != 0 and "pickled weights can run code" in result.output
+    result = CliRunner().invoke(cli, ["--model-store", str(tmp_path / "store"), "package", "--llm", str(tmp_path / "none")])
+    assert result.exit_code != 0 and "not a folder" in result.output
+    result = CliRunner().invoke(cli, ["--model-store", str(tmp_path / "store"), "package", "--llm", str(folder),
+                                      "--precision", "fp16"])
+    assert result.exit_code != 0 and "fp16 is not built for cpu" in result.output

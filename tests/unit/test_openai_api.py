@@ -1,0 +1,66 @@
+"""The OpenAI API as the generation handler reads it (handlers/openai_api.py): pure logic."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maas.handlers.openai_api import ApiError, chunk, held_back, parse_body, parse_request, route_of, seed_for_sampling
+
+
+def test_routes_come_from_the_url_tail_or_else_the_body() -> None:
+    assert route_of("v1/chat/completions", None) == "chat"
+    assert route_of("/v1/completions", None) == "completion"
+    assert route_of("v1/models", None) == "models"
+    assert route_of(None, {"messages": []}) == "chat" and route_of("", {"prompt": "x"}) == "completion"
+    with pytest.raises(ApiError) as caught:
+        route_of("v1/embeddings", None)
+    assert caught.value.status == 404
+
+
+def test_a_full_request_reads_as_asked() -> None:
+    req = parse_request({"model": "m", "messages": [{"role": "developer", "content": "be brief"},
+                                                    {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                         "max_completion_tokens": 9, "temperature": 0.5, "top_p": 0.8, "top_k": 20, "seed": 2**40,
+                         "stop": "\n", "stream": True, "stream_options": {"include_usage": True}}, "chat", "m")
+    assert req.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert (req.max_tokens, req.temperature, req.top_p, req.top_k, req.stop) == (9, 0.5, 0.8, 20, ("\n",))
+    assert req.stream and req.include_usage and not req.greedy
+    assert 0 <= seed_for_sampling(req.seed) < 2**31 - 1
+    assert parse_request({"prompt": ["one"]}, "completion", "m").max_tokens == 16  # the API's own default
+    assert parse_request({"prompt": [3, 4]}, "completion", "m").prompt == [3, 4]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": None}, "prompt"), ({"prompt": 3}, "prompt"), ({"prompt": [True]}, "prompt"),
+    ({"prompt": "x", "max_tokens": True}, "max_tokens"), ({"prompt": "x", "temperature": float("nan")}, "temperature"),
+    ({"prompt": "x", "top_p": 1.5}, "top_p"), ({"prompt": "x", "stop": [""]}, "stop"), ({"prompt": "x", "stop": 5}, "stop"),
+    ({"prompt": "x", "presence_penalty": 1}, "presence_penalty"), ({"prompt": "x", "best_of": 2}, "best_of"),
+    ({"prompt": "x", "stream_options": "usage"}, "stream_options"), ({"prompt": "x", "model": 5}, "model"),
+])
+def test_refusals_name_the_field(body, param) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_request(body, "completion", "m")
+    assert caught.value.param == param and caught.value.status == 400
+    assert caught.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_bodies_that_are_not_json_objects_are_refused() -> None:
+    for raw in (b"\xff", b"", "nope", b"[1]", 3):
+        with pytest.raises(ApiError):
+            parse_body(raw)
+    assert parse_body(b'{"prompt": "\\u00e9"}') == {"prompt": "é"}
+
+
+def test_text_that_may_begin_a_stop_sequence_is_held_back() -> None:
+    assert held_back("the end", ("ending",)) == 3
+    assert held_back("the cat", ("dog",)) == 0
+    assert held_back("ab", ("abc", "b")) == 2
+
+
+def test_chunks_are_server_sent_events() -> None:
+    req = parse_request({"messages": [{"role": "user", "content": "hi"}], "stream": True}, "chat", "m")
+    event = chunk("r1", req, 1, "é", None, first=True)
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n") and event.isascii()
+    body = json.loads(event[6:])
+    assert body["object"] == "chat.completion.chunk" and body["choices"][0]["delta"] == {"role": "assistant", "content": "é"}
