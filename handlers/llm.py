@@ -56,6 +56,7 @@ class Stream:
     decoder: Any  # og.TokenizerStream: bytes of a token may complete a character only later
     prompt_tokens: int
     max_new: int
+    http: bool = True  # else gRPC (no Host header)
     created: int = field(default_factory=lambda: int(time.time()))
     arrived: float = field(default_factory=time.perf_counter)
     text: str = ""
@@ -130,9 +131,11 @@ class LlmHandler:
         #            kept-alive connection); a 4xx closes the connection, which ends it
         #   "true"   the status line and this chunk go out; more follows
         #   "false"  the last chunk goes out (no status line: never on a first answer) and the request ends
-        # So a generation answers "true" first and "false" last; a refusal is sent whole (None here),
-        # and if its request comes back on the next step, an empty "false" ends it; an answer with
-        # nothing more to say on its first step (v1/models, one token) is ended the same way.
+        # So over HTTP a generation answers "true" first and "false" last; a refusal is sent whole (None
+        # here), and if its request comes back on the next step, an empty "false" ends it; an answer
+        # with nothing more to say on its first step (v1/models, one token) is ended the same way.
+        # gRPC's StreamPredictions needs the header on every answer and ends at the first "false";
+        # and it gets one answer only (see _over_http).
         finished: list[bool | None] = [False] * len(data)
         stepping: list[tuple[int, Stream]] = []
         for idx, item in enumerate(data):
@@ -150,17 +153,21 @@ class LlmHandler:
                         log.exception("request %s: prefill failed", rid)
                         exc = ApiError("generation failed for this request", status=500, kind="server_error")
                     answers[idx] = self._refuse(context, idx, exc)
-                    finished[idx] = None
+                    finished[idx] = None if _over_http(context, idx) else True
                 else:
                     if stream is None:  # v1/models
                         answers[idx] = self._models(context, idx)
+                        finished[idx] = not _over_http(context, idx)
                 if stream is None:
-                    self.closing.add(rid)
+                    if not finished[idx]:
+                        self.closing.add(rid)
                     continue
             stepping.append((idx, stream))
         for idx, stream in stepping:
             try:
                 answers[idx] = self._step(context, idx, stream)
+                while not stream.http and stream.finish is None:  # see _over_http: one gRPC answer, whole
+                    answers[idx] += self._step(context, idx, stream)
             except Exception:
                 log.exception("request %s: decoding failed", stream.request_id)
                 self.streams.pop(stream.request_id, None)
@@ -168,7 +175,7 @@ class LlmHandler:
                 answers[idx] = self._refuse(context, idx, ApiError("generation failed for this request", status=500,
                                                                  kind="server_error"))
             if stream.finish is not None:
-                if stream.steps > 1:
+                if stream.steps > 1 or not stream.http:
                     finished[idx] = True
                 else:
                     self.closing.add(stream.request_id)
@@ -200,7 +207,8 @@ class LlmHandler:
         params.set_search_options(**options)
         generator = self.og.Generator(self.model, params)
         generator.append_tokens(prompt_ids)  # the prefill
-        stream = Stream(rid, req, generator, self.tokenizer.create_stream(), len(prompt_ids), max_new)
+        stream = Stream(rid, req, generator, self.tokenizer.create_stream(), len(prompt_ids), max_new,
+                        http=_over_http(context, idx))
         self.streams[rid] = stream
         return stream
 
@@ -310,6 +318,16 @@ class LlmHandler:
 
     def _time(self, context: Any, name: str, ms: float) -> None:
         self._emit(context, lambda m, dims: m.add_time(name, ms, None, "ms", dims))
+
+
+def _over_http(context: Any, idx: int) -> bool:
+    """HTTP requests carry their headers (Host among them); gRPC ones only their input's name.
+
+    A gRPC generation is answered in one message, generated whole in one step (the other streams
+    wait for it): TorchServe 0.12's GRPCJob.isOpen() returns isCancelled(), inverted, so its
+    continuous batching drops every live gRPC stream after its first message ("Connection to client
+    got closed; Removing job") and the client would wait for ever. HTTP streams token by token."""
+    return request_header(context, idx, "Host") is not None
 
 
 def _bytes(body: str | bytes) -> bytes:

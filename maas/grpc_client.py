@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from maas.client import ServeError, TokenRefused, says_token_refused
 from maas.properties import resolve_paths
@@ -28,7 +28,9 @@ from maas.properties import resolve_paths
 HTTP_TO_GRPC = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 409: "ALREADY_EXISTS", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED",
                 499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
-ERROR_START = re.compile(rb'\s*\{\s*"code"\s*:')  # handlers' error bodies begin so (orjson or json.dumps)
+ERROR_START = re.compile(rb'\s*\{\s*"(code|error)"\s*:')  # handlers' error bodies begin so (orjson or json.dumps)
+# The generation handler answers in the OpenAI API's error shape, which carries no status: its type says it.
+OPENAI_STATUS = {"invalid_request_error": 400, "not_found_error": 404, "rate_limit_error": 429, "server_error": 500}
 MAX_MESSAGE = 64 * 1024 * 1024  # the server's max_request_size / max_response_size are the caps that count
 
 
@@ -49,6 +51,10 @@ def handler_error(answer: bytes) -> dict[str, Any] | None:
         body = json.loads(answer)
     except ValueError:
         return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and "message" in error and error.get("type") in OPENAI_STATUS:
+        status = 404 if error.get("code") in ("model_not_found", "unknown_url") else OPENAI_STATUS[error["type"]]
+        return {**error, "code": status, "openai_code": error.get("code")}
     code = body.get("code") if isinstance(body, dict) else None
     return body if isinstance(code, int) and code >= 400 and "message" in body else None
 
@@ -139,6 +145,23 @@ class GrpcInference:
                 raise GrpcCallError(exc.code, f"the server reset the stream after a {len(body):,}-byte request: "
                                               "over its max_request_size?") from None
             raise
+
+    def stream_predict(self, model: str, body: bytes, version: str | None = None) -> Iterator[bytes]:
+        """TorchServe's StreamPredictions: each answer a handler streams (a generation's server-sent
+        events), as it comes; a handler's refusal is raised as a GrpcCallError."""
+        import grpc
+
+        request = self._pb.inference_pb2.PredictionsRequest(model_name=model, model_version=version or "",
+                                                            input={"data": body})
+        replies = self._call(self.stub.StreamPredictions, request)
+        try:
+            for reply in replies:
+                refusal = refused(reply.prediction)
+                if refusal is not None:
+                    raise refusal
+                yield reply.prediction
+        except grpc.RpcError as exc:
+            raise GrpcCallError(exc.code().name, (exc.details() or "").split("\n")[0]) from None
 
     def v2_infer(self, model: str, inputs: dict[str, Any], version: str | None = None,
                  request_id: str = "") -> dict[str, Any]:

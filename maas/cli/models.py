@@ -87,6 +87,15 @@ def content_type_of(filename: str) -> str:
     return SUFFIX_TYPES.get(Path(str(filename)).suffix.lower(), "application/json")
 
 
+def _generative(body: bytes) -> bool:
+    """An OpenAI-style request for a language model (a JSON object with a prompt or messages)."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and ("prompt" in value or "messages" in value)
+
+
 @click.command()
 @click.argument("model")
 @click.argument("file", type=click.File("rb"), default="-")
@@ -94,23 +103,33 @@ def content_type_of(filename: str) -> str:
 @click.option("--content-type", default=None,
               help="[by FILE's suffix: .npy/.npz application/octet-stream, .png/.jpg images, else application/json]")
 @click.option("--grpc", "use_grpc", is_flag=True,
-              help="call TorchServe's gRPC inference API (Predictions) instead of HTTP; the same answer")
+              help="call TorchServe's gRPC inference API instead of HTTP; the same answer (Predictions; StreamPredictions "
+                   "for a language model's prompt or messages)")
 @click.pass_obj
 def predict(project: Project, model: str, file: Any, version: str | None, content_type: str | None, use_grpc: bool) -> None:
     """Send FILE (or stdin, '-') to /predictions/MODEL and print the answer: JSON, an image, or
     NumPy arrays (.npy for one input, .npz with one array per input name)."""
     content_type = content_type or content_type_of(getattr(file, "name", ""))
+    body = file.read()
+    if use_grpc and _generative(body):
+        from maas.grpc_client import GrpcInference
+
+        # A generation streams its answer: StreamPredictions, each server-sent event as it comes.
+        with GrpcInference.for_server(project.server()) as client:
+            for part in client.stream_predict(model, body, version):
+                click.echo(part.decode(errors="replace"), nl=False)
+        return
     if use_grpc:
         from maas.grpc_client import GrpcInference, refused
 
         with GrpcInference.for_server(project.server()) as client:
-            answer = client.predict_raw(model, file.read(), version)
+            answer = client.predict_raw(model, body, version)
         click.echo(answer.decode(errors="replace"))
         refusal = refused(answer)
         if refusal is not None:
             raise click.ClickException(str(refusal))
         return
-    resp = project.server().client.predict(model, file.read(), content_type, version)
+    resp = project.server().client.predict(model, body, content_type, version)
     click.echo(resp.text)
     if resp.status_code != 200:
         raise click.ClickException(f"HTTP {resp.status_code} from /predictions/{model}")

@@ -7,10 +7,10 @@ import logging
 
 import pytest
 from click.testing import CliRunner
+from thirdparty.llm_folders import make_folder
 
 from maas.cli import cli
 from maas.core.store import find_archive, is_generative, maas_archives
-from thirdparty.llm_folders import make_folder
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -180,6 +183,26 @@ def test_streams_progress_together_and_short_ones_do_not_wait(llm_served) -> Non
     assert short_done < min(ended.values()), "a short request waited for the long ones"
     log.info("4 streams of 200 tokens: short request answered in %.0f ms while they ran; chunks %s",
              (short_done - start) * 1000, counts)
+
+
+def test_tokens_stream_over_grpc_as_over_http(llm_served) -> None:
+    """TorchServe's gRPC StreamPredictions carries the same events; `maas predict --grpc` prints them."""
+    from maas.grpc_client import GrpcCallError, GrpcInference
+
+    ts, model_dir = llm_served
+    body = json.dumps({"prompt": "The pump reports", "max_tokens": 12, "temperature": 0, "stream": True}).encode()
+    expected, _ = in_process_greedy(model_dir, "The pump reports", 12)
+    with GrpcInference.for_server(ts) as client:
+        events = b"".join(client.stream_predict(MODEL, body)).split(b"\n\n")
+        with pytest.raises(GrpcCallError, match="INVALID_ARGUMENT.*prompt is empty"):
+            list(client.stream_predict(MODEL, b'{"prompt": ""}'))
+    assert events[-2] == b"data: [DONE]"
+    assert "".join(json.loads(e[6:])["choices"][0]["text"] for e in events if e.startswith(b"data: {")) == expected
+    env = dict(os.environ, MAAS_CONFIG=str(ts.layout.config), MAAS_RUN_DIR=str(ts.layout.run_dir),
+               MAAS_MODEL_STORE=str(ts.layout.model_store))
+    said = subprocess.run([sys.executable, "-m", "maas.cli", "predict", "--grpc", MODEL, "-"], input=body, env=env,
+                          capture_output=True, timeout=120)
+    assert said.returncode == 0 and said.stdout.rstrip().endswith(b"data: [DONE]"), said.stderr
 
 
 BAD = [
