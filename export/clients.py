@@ -76,10 +76,67 @@ class ZooClient(ArchiveClient):
         return self.zoo_model.answer_summary(answer)
 
 
+class LlmClient(ArchiveClient):
+    """A language model (handlers/llm.py): OpenAI-style chat requests, each answer a finished generation."""
+
+    PROMPTS = ("Write a maintenance note for machine M-{i}.", "Which part of pump {i} wears first?",
+               "Summarise the last shift on line {i} in two sentences.", "Is a torque of {i} Nm too high?",
+               "List three checks before restarting the gearbox.", "What does a rising bearing temperature mean?")
+
+    def payloads(self, seed: int = 0, max_tokens: int = 64, **options: Any) -> Payloads:
+        bodies = [json.dumps({"model": self.model, "messages": [{"role": "user", "content": p.format(i=seed * 7 + i)}],
+                              "max_tokens": max_tokens, "temperature": 0.7, "seed": seed * 100 + i, "stream": True,
+                              "stream_options": {"include_usage": True}}).encode()
+                  for i, p in enumerate(self.PROMPTS * 4)]
+        return Payloads(bodies, "application/json", generation_check)
+
+    def smoke_cases(self) -> list[Case]:
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "Say something."}],
+                           "max_tokens": 8, "temperature": 0}).encode()
+        return [("a short greedy chat completion", body, "application/json", chat_check)]
+
+    def answer_summary(self, answer: Any) -> str:
+        from maas.core.summary import compact
+
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        return compact(choices[0].get("message", choices[0]) if choices else answer, 80)
+
+
+def generation_check(answer: Any) -> Optional[str]:
+    """A streamed generation as the load test assembles it: {"finish_reason", "completion_tokens"}."""
+    if not isinstance(answer, dict) or answer.get("finish_reason") not in ("stop", "length"):
+        return f"the stream did not finish: {str(answer)[:120]}"
+    return None if answer.get("completion_tokens", 0) >= 1 else "no completion tokens"
+
+
+def chat_check(answer: Any) -> Optional[str]:
+    try:
+        choice = answer["choices"][0]
+        ok = choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
+    except (KeyError, IndexError, TypeError):
+        ok = False
+    return None if ok and answer.get("usage", {}).get("completion_tokens", 0) >= 1 else \
+        f"not a chat completion: {str(answer)[:120]}"
+
+
 def client_for(model: str, model_store: Path | None = None, version: str | None = None) -> ArchiveClient:
-    """The registry: a zoo model's client, else the defaults its archive gives."""
+    """The registry: a zoo model's client, a language model's, else the defaults its archive gives."""
     found = zoo.models().get(model)
-    return ZooClient(found, model_store, version) if found else ArchiveClient(model, model_store, version)
+    if found:
+        return ZooClient(found, model_store, version)
+    if model_store is not None and is_generative_model(model_store, model, version):
+        return LlmClient(model, model_store, version)
+    return ArchiveClient(model, model_store, version)
+
+
+def is_generative_model(model_store: Path, model: str, version: str | None = None) -> bool:
+    """Whether the store's archive of `model` is a language model (False when there is none)."""
+    from maas.core.store import StoreError, is_generative
+
+    try:
+        return is_generative(find_archive(model_store, model, version))
+    except StoreError:
+        return False
 
 
 def spec_for(model: str, model_store: Path) -> ModelSpec:

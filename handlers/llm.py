@@ -44,6 +44,10 @@ from openai_api import (
 )
 
 log = logging.getLogger(__name__)
+# This handler's own series (metrics.yaml declares them; the ORT handlers' MaasRequests and
+# MaasRejectedRequests are counted here too)
+GENERATION_METRICS = ("MaasTimeToFirstTokenMs", "MaasInterTokenLatencyMs", "MaasOutputTokensPerSecond",
+                      "MaasRunningSequences", "MaasPromptTokens", "MaasCompletionTokens", "MaasGenerationsCancelled")
 
 
 @dataclass
@@ -76,7 +80,7 @@ class LlmHandler:
         self.streams: dict[str, Stream] = {}
         self.closing: set[str] = set()  # answered whole; their empty last answer goes out next step
         self.manifest: dict[str, Any] = {}
-        self.provider = "cpu"
+        self.provider = "CPUExecutionProvider"  # named as ONNX Runtime names it, like the other handlers
 
     # ---- start ---------------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -98,7 +102,7 @@ class LlmHandler:
         if self.manifest.get("execution_provider") == "cuda" and gpu_id is not None and og.is_cuda_available():
             config.append_provider("cuda")
             config.set_provider_option("cuda", "device_id", str(gpu_id))
-            self.provider = "cuda"
+            self.provider = "CUDAExecutionProvider"
         self.og = og
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
@@ -146,6 +150,7 @@ class LlmHandler:
                 continue
             stream = self.streams.get(rid)
             if stream is None:
+                self._count(context, "MaasRequests", 1)
                 try:
                     stream = self._admit(rid, item, context, idx)
                 except Exception as exc:

@@ -56,13 +56,17 @@ def _arguments(parser) -> None:
                         help="host:port of TorchServe's gRPC inference API")
     parser.add_argument("--grpc-ca", default="", env_var="MAAS_GRPC_CA",
                         help="CA certificate to trust when TorchServe's gRPC uses TLS (empty: plain gRPC)")
+    parser.add_argument("--generative", action="store_true", env_var="MAAS_GENERATIVE",
+                        help="a language model: stream chat completions (OpenAI API) and record time to first "
+                             "token, inter-token latency and tokens per second")
 
 
 @events.init.add_listener
 def _one_protocol(environment, **_kwargs) -> None:
     """Run the user class of --protocol only (both live in this file)."""
     grpc = environment.parsed_options is not None and environment.parsed_options.protocol == "grpc"
-    wanted = GrpcModelUser if grpc else ModelUser
+    generative = environment.parsed_options is not None and environment.parsed_options.generative
+    wanted = GenerationUser if generative else GrpcModelUser if grpc else ModelUser
     if wanted in environment.user_classes:
         environment.user_classes[:] = [wanted]
     if grpc:  # before any channel exists: grpc's polling must yield to gevent, or one call blocks every user
@@ -93,6 +97,12 @@ def _record_request(response_time, exception, start_time=None, **_kwargs) -> Non
     REQUESTS.append((start + response_time / 1000, response_time, int(exception is not None)))
 
 
+# Generations (GenerationUser): (end time, time to first token ms, completion tokens, duration ms, failed),
+# and every gap between two tokens of a stream: (time, ms)
+GENERATIONS: list[tuple[float, float, int, float, int]] = []
+TOKEN_GAPS: list[tuple[float, float]] = []
+
+
 @events.test_stop.add_listener
 def _write_requests(environment, **_kwargs) -> None:
     folder = getattr(environment.parsed_options, "requests_log", "") if environment.parsed_options else ""
@@ -100,6 +110,13 @@ def _write_requests(environment, **_kwargs) -> None:
         with open(os.path.join(folder, f"requests-{os.getpid()}.csv"), "w") as f:
             f.write("end_s,latency_ms,failed\n")
             f.writelines(f"{t:.4f},{ms:.3f},{failed}\n" for t, ms, failed in REQUESTS)
+    if folder and GENERATIONS:
+        with open(os.path.join(folder, f"generations-{os.getpid()}.csv"), "w") as f:
+            f.write("end_s,ttft_ms,completion_tokens,duration_ms,failed\n")
+            f.writelines(f"{t:.4f},{ttft:.3f},{n},{ms:.3f},{failed}\n" for t, ttft, n, ms, failed in GENERATIONS)
+        with open(os.path.join(folder, f"token-gaps-{os.getpid()}.csv"), "w") as f:
+            f.write("t_s,gap_ms\n")
+            f.writelines(f"{t:.4f},{ms:.3f}\n" for t, ms in TOKEN_GAPS)
 
 
 class KeyFile:
@@ -226,3 +243,65 @@ class GrpcModelUser(User):
         self.environment.events.request.fire(
             request_type="gRPC", name=self.name, response_time=(time.perf_counter() - t0) * 1000,
             response_length=length, exception=failure, context={}, start_time=started)
+
+
+class GenerationUser(User):
+    """Streams OpenAI chat completions from a language model (closed loop): each request's time to
+    first token, the gaps between its tokens and its token count are recorded beside Locust's own
+    figures (whose latency is the whole generation's)."""
+
+    def on_start(self) -> None:
+        import requests
+
+        opts = self.environment.parsed_options
+        if opts.protocol != "http":
+            raise ValueError("load a language model over HTTP (its gRPC answers come whole)")
+        self.model = opts.model
+        version = opts.model_version or "1.0"
+        self.url = f"{self.environment.host}/predictions/{opts.model}/{version}/v1/chat/completions"
+        self.name = f"/predictions/{opts.model}/{version}/v1/chat/completions (stream)"
+        self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000,
+                                           version=opts.model_version, model_store=opts.model_store)
+        self.keys = KeyFile(opts.key_file)
+        self.session = requests.Session()
+
+    def on_stop(self) -> None:
+        self.session.close()
+
+    @task
+    def generate(self) -> None:
+        body = self.payloads.next()
+        started, t0 = time.time(), time.perf_counter()
+        first = last = None
+        tokens, finish, length, failure = 0, None, 0, None
+        try:
+            headers = {"Content-Type": "application/json", **self.keys.header()}
+            with self.session.post(self.url, data=body, headers=headers, stream=True, timeout=300) as resp:
+                if resp.status_code != 200:
+                    failure = AnswerError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                for line in (resp.iter_lines() if failure is None else ()):
+                    length += len(line)
+                    if not line.startswith(b"data: {"):
+                        continue
+                    event = orjson.loads(line[6:])
+                    now = time.perf_counter()
+                    if event.get("usage"):
+                        tokens = event["usage"]["completion_tokens"]
+                    for choice in event.get("choices") or ():
+                        if (choice.get("delta") or {}).get("content"):
+                            if first is None:
+                                first = now
+                            else:
+                                TOKEN_GAPS.append((time.time(), (now - last) * 1000))
+                            last = now
+                        finish = choice.get("finish_reason") or finish
+            if failure is None:
+                problem = self.payloads.check({"finish_reason": finish, "completion_tokens": tokens})
+                failure = AnswerError(problem) if problem else None
+        except Exception as exc:  # noqa: BLE001 - a broken stream is this request's failure
+            failure = exc
+        elapsed = (time.perf_counter() - t0) * 1000
+        ttft = (first - t0) * 1000 if first is not None else elapsed
+        GENERATIONS.append((time.time(), ttft, tokens, elapsed, int(failure is not None)))
+        self.environment.events.request.fire(request_type="POST", name=self.name, response_time=elapsed,
+                                             response_length=length, exception=failure, context={}, start_time=started)

@@ -45,6 +45,7 @@ class LoadTest:
     protocol: str = "http"  # or "grpc": TorchServe's gRPC Predictions at grpc_target
     grpc_target: str = ""
     grpc_ca: Path | None = None  # CA to trust when the server's gRPC uses TLS
+    generative: bool = False  # a language model: streamed chat completions (found from its archive too)
 
 
 def _progress(prefix: Path, started: float) -> None:
@@ -68,7 +69,8 @@ def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path)
               "--key-file", str(key_file or ""),
               "--model-store", str(test.model_store or ""),
               "--warmup", str(slo.warmup_s),
-              "--protocol", test.protocol, "--grpc-target", test.grpc_target, "--grpc-ca", str(test.grpc_ca or "")]
+              "--protocol", test.protocol, "--grpc-target", test.grpc_target, "--grpc-ca", str(test.grpc_ca or ""),
+              *(["--generative"] if test.generative else [])]
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
     runner = base + [
         "--headless", "--users", str(slo.users), "--spawn-rate", str(slo.spawn_rate),
@@ -100,6 +102,10 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
 
     restarts_before = worker_restarts() if worker_restarts else None
     slo = test.slo
+    if not test.generative and test.model_store is not None:
+        from maas.export.clients import is_generative_model
+
+        test.generative = is_generative_model(test.model_store, test.model, test.version or None)
     out = reports_root / f"{stamp()}-{test.model}{'-' + test.label if test.label else ''}"
     out.mkdir(parents=True, exist_ok=True)
     mode = f", distributed: 1 master + {test.workers} workers" if test.workers else ""
@@ -108,6 +114,12 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
              mode, out)
     _run_locust(locust_commands(test, host, key_file, out), out, slo, keep_keys_fresh)
     summary = _summary(test, host, out / "locust", server_info)
+    if test.generative:
+        from maas.generation_report import generation_figures, generation_plot
+
+        summary["generation"] = generation_figures(out, slo.warmup_s, slo.run_time_s)
+        png = generation_plot(out, out / "generation.png", f"{test.model}: streaming, {slo.users} users", slo.warmup_s)
+        summary["generation_plot"] = png.name if png else None
     if worker_restarts is not None:
         summary["worker_restarts"] = (restarts_of(worker_restarts(), test.model, test.version)
                                       - restarts_of(restarts_before, test.model, test.version))

@@ -98,7 +98,27 @@ def rules(slos: dict[str, SLO]) -> dict[str, Any]:
             "labels": {"severity": "warning", "model": model},
             "annotations": {"summary": f"{model}: mean latency {{{{ $value }}}} ms is over the SLO's p95 budget "
                                        f"({budget:g} ms, loadtests/slo/{model}.yaml)"}})
+        alerts += generation_alerts(model, slo)
     return {"groups": [{"name": "maas-recording", "rules": recording}, {"name": "maas-alerts", "rules": alerts}]}
+
+
+def generation_alerts(model: str, slo: SLO) -> list[dict[str, Any]]:
+    """A language model's streaming budgets (SLO keys ttft_p95_ms, itl_p95_ms) as alerts. The handler
+    exports each token's figure as a gauge sample, not a histogram: the mean of a minute's samples over
+    the p95 budget means the p95 is over it too (late, never false)."""
+    found = []
+    for key, metric, what in (("max_ttft_p95_ms", "MaasTimeToFirstTokenMs", "time to first token"),
+                              ("max_itl_p95_ms", "MaasInterTokenLatencyMs", "inter-token latency")):
+        budget = getattr(slo.thresholds, key)
+        if budget is None:
+            continue
+        found.append({
+            "alert": f"Maas{metric.removeprefix('Maas').removesuffix('Ms')}OverSLO",
+            "expr": f'avg_over_time({metric}{{ModelName="{model}"}}[1m]) > {budget:g}', "for": "1m",
+            "labels": {"severity": "warning", "model": model},
+            "annotations": {"summary": f"{model}: mean {what} {{{{ $value }}}} ms is over the SLO's p95 budget "
+                                       f"({budget:g} ms, slo/{model}.yaml)"}})
+    return found
 
 
 def rules_yaml(slos: dict[str, SLO]) -> str:

@@ -24,6 +24,10 @@ class Thresholds:
     max_error_ratio: float = 0.01
     min_rps: float = 5.0
     max_worker_restarts: int = 0  # a worker that died under load fails the gate, whatever the figures
+    # Language models (streamed): not gated unless the SLO file sets them
+    max_ttft_p95_ms: float | None = None
+    max_itl_p95_ms: float | None = None
+    min_output_tokens_per_s: float | None = None
 
 
 @dataclass
@@ -67,7 +71,7 @@ class SLO:
     def _from_mapping(cls, raw: dict, path: Path) -> "SLO":
         slo = cls()
         keys = {"users", "spawn_rate", "run_time_s", "warmup_s", "p95_ms", "p99_ms", "max_error_ratio",
-                "min_rps", "regression"}
+                "min_rps", "regression", "ttft_p95_ms", "itl_p95_ms", "min_output_tokens_per_s"}
         unknown = sorted(set(raw) - keys)
         if unknown:
             raise SLOError(f"{path}: unknown SLO keys {unknown}; known: {sorted(keys)}")
@@ -75,7 +79,8 @@ class SLO:
             if key in raw:
                 setattr(slo, key, type(getattr(slo, key))(raw[key]))
         mapping = {"p95_ms": "max_p95_ms", "p99_ms": "max_p99_ms", "max_error_ratio": "max_error_ratio",
-                   "min_rps": "min_rps"}
+                   "min_rps": "min_rps", "ttft_p95_ms": "max_ttft_p95_ms", "itl_p95_ms": "max_itl_p95_ms",
+                   "min_output_tokens_per_s": "min_output_tokens_per_s"}
         for key, attr in mapping.items():
             if key in raw:
                 setattr(slo.thresholds, attr, float(raw[key]))

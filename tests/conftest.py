@@ -50,6 +50,27 @@ class Built:
     mar: Path
 
 
+LLM = "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def llm_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random Llama (tests/thirdparty/llm_folders.py) packaged once per session with
+    `maas package --llm FOLDER --name tiny-llama`: its archive folder in a store of its own."""
+    from click.testing import CliRunner
+    from thirdparty.llm_folders import make_folder
+
+    from maas.cli import cli
+
+    work, store, build = (tmp_path_factory.mktemp(n) for n in ("llm_src", "llm_store", "llm_build"))
+    folder = make_folder(work / "llama", "llama")
+    result = CliRunner().invoke(cli, ["--model-store", str(store), "package", "--llm", str(folder), "--name", LLM],
+                                env={"MAAS_BUILD_DIR": str(build)}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "parity: greedy tokens equal transformers' on 8/8 prompts" in result.output, result.output
+    return store / LLM
+
+
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model_store")

@@ -1,7 +1,7 @@
 """A generative language model served OpenAI-compatible by a real TorchServe (issue 29).
 
 A seeded random Llama (a `transformers` configuration, a BPE tokenizer trained here) is packaged
-with `maas package --llm FOLDER` and deployed; the official `openai` client talks to
+with `maas package --llm FOLDER` (conftest.llm_archive) and deployed; the official `openai` client talks to
 /predictions/M/V/v1, streaming and not. Answers equal ONNX Runtime GenAI in-process (whose own
 parity with `transformers` the build verified); several streams progress together in one worker;
 bad requests get OpenAI-shaped 400s and cost nothing; clients that hang up mid-stream are
@@ -22,29 +22,22 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from click.testing import CliRunner
-from thirdparty.llm_folders import make_folder
 
-from conftest import bare_server
+from conftest import LLM, bare_server
 from maas import deploy as d
-from maas.cli import cli
 
 log = logging.getLogger(__name__)
-MODEL = "tiny-llama"
+MODEL = LLM
 
 
 @pytest.fixture(scope="module")
-def llm_served(tmp_path_factory: pytest.TempPathFactory):
-    work, store, build = (tmp_path_factory.mktemp(n) for n in ("llm_src", "llm_store", "llm_build"))
-    folder = make_folder(work / "llama", "llama")
-    result = CliRunner().invoke(cli, ["--model-store", str(store), "package", "--llm", str(folder), "--name", MODEL],
-                                env={"MAAS_BUILD_DIR": str(build)}, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert "parity: greedy tokens equal transformers' on 8/8 prompts" in result.output, result.output
+def llm_served(tmp_path_factory: pytest.TempPathFactory, llm_archive: Path):
+    """The session's tiny Llama (conftest.llm_archive, built by `maas package --llm`), deployed."""
+    store = llm_archive.parent
     ts = bare_server(tmp_path_factory, store)
     try:
         d.deploy(ts.client, store, MODEL)
-        yield ts, store / MODEL
+        yield ts, llm_archive
     finally:
         ts.stop()
 
@@ -292,6 +285,34 @@ def test_clients_that_hang_up_are_stopped_and_their_memory_freed(llm_served) -> 
     log.info("worker RSS %.1f MB before 50 hang-ups, %.1f MB after; %d generations stopped", rss_before / 1e6,
              rss_after / 1e6, left)
     assert survivor["text"] == expected
+    from llm import GENERATION_METRICS
+    from test_metrics import scrape
+
+    assert {name for name, model in scrape(ts) if model == MODEL} >= {*GENERATION_METRICS, "MaasRequests"}
     assert left >= 45, f"only {left} of 50 abandoned generations were stopped"
     assert rss_after - rss_before < 30e6
     assert worker_pid(ts) == pid
+
+
+def test_a_load_test_streams_and_gates_on_time_to_first_token(llm_served, tmp_path: Path) -> None:
+    """Locust users stream chat completions; the summary has time to first token, inter-token
+    latency and tokens per second; the SLO file gates on them; the report plots them."""
+    from maas import loadtest
+    from maas.gate import evaluate, format_summary
+    from maas.slo import SLO
+
+    ts, model_dir = llm_served
+    slo_file = tmp_path / f"{MODEL}.yaml"
+    slo_file.write_text("users: 4\nspawn_rate: 4\nwarmup_s: 1\nrun_time_s: 6\np95_ms: 60000\np99_ms: 60000\n"
+                        "min_rps: 0.1\nttft_p95_ms: 5000\nitl_p95_ms: 1000\nmin_output_tokens_per_s: 5\n")
+    slo = SLO.from_file(slo_file)
+    summary, out = loadtest.run_on_server(ts, loadtest.LoadTest(MODEL, slo, model_store=model_dir.parent), tmp_path)
+    g = summary["generation"]
+    log.info("%s", format_summary(summary))
+    assert summary["passed"], summary["broken"]
+    assert g["generations"] >= 4 and g["output_tokens"] > 0 and 0 < g["ttft_ms"]["p50"] <= g["ttft_ms"]["p99"]
+    assert 0 < g["itl_ms"]["p50"] <= g["itl_ms"]["p95"] and g["output_tokens_per_s"] > 0
+    assert (out / "generation.png").stat().st_size > 10_000 and summary["error_ratio"] == 0
+    slo.thresholds.max_ttft_p95_ms, slo.thresholds.min_output_tokens_per_s = 0.01, 1e9
+    broken = evaluate(summary, slo.thresholds)
+    assert any("time to first token" in b for b in broken) and any("tokens/s" in b for b in broken)

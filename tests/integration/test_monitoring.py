@@ -1,6 +1,6 @@
 """A real Prometheus, started the way `maas monitor start` starts it, scraping a real TorchServe:
-the handler's and TorchServe's series arrive, every Grafana dashboard query returns data, and a
-SIGKILLed worker raises MaasWorkerRestarted."""
+the handler's and TorchServe's series arrive (a language model's streaming ones too), every Grafana
+dashboard query returns data, and a SIGKILLed worker raises MaasWorkerRestarted."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,9 @@ from typing import Any, Callable
 
 import psutil
 import pytest
+import requests
 
-from conftest import ROOT, bare_server, free_ports
+from conftest import LLM, ROOT, bare_server, free_ports
 from maas import deploy as d
 from maas.export import zoo
 from maas.monitor import Monitor, slo_models
@@ -32,15 +33,16 @@ def eventually(what: str, check: Callable[[], Any], timeout: float = 90.0) -> An
 
 
 @pytest.fixture(scope="module")
-def watched(tmp_path_factory: pytest.TempPathFactory, built_models):
-    """A TorchServe serving two zoo models and the Prometheus watching it."""
+def watched(tmp_path_factory: pytest.TempPathFactory, built_models, llm_archive):
+    """A TorchServe serving two zoo models and a language model, and the Prometheus watching it."""
     store = tmp_path_factory.mktemp("monitored_store")
     for name in MODELS:
         shutil.copy(built_models[name].mar, store / f"{name}.mar")
+    shutil.copytree(llm_archive, store / LLM)
     ts = bare_server(tmp_path_factory, store)
     monitor = Monitor(ts.layout.run_dir, ts.endpoints.metrics, slo_models(), free_ports(1)[0])
     try:
-        for name in MODELS:
+        for name in (*MODELS, LLM):
             d.deploy(ts.client, store, name)
         monitor.start()
         yield ts, monitor
@@ -50,7 +52,8 @@ def watched(tmp_path_factory: pytest.TempPathFactory, built_models):
 
 
 def send_traffic(ts, seconds: float = 12.0) -> int:
-    """Valid and invalid requests for every model, spread over `seconds` (so rates have two samples)."""
+    """Valid and invalid requests for every model, spread over `seconds` (so rates have two samples);
+    the language model's streams, one of them abandoned by its client each round."""
     sent, deadline = 0, time.monotonic() + seconds
     payloads = {name: zoo.get(name).payloads(seed=7) for name in MODELS}
     with ThreadPoolExecutor(4) as pool:
@@ -58,9 +61,20 @@ def send_traffic(ts, seconds: float = 12.0) -> int:
             bodies = [(n, payloads[n].next(), payloads[n].content_type) for n in MODELS for _ in range(4)]
             bodies.append(("maintenance", b"{not json", "application/json"))  # a rejected one, too
             list(pool.map(lambda b: ts.client.predict(*b), bodies))
-            sent += len(bodies)
+            list(pool.map(lambda hang_up: stream_generation(ts, hang_up), (False, False, True)))
+            sent += len(bodies) + 3
             time.sleep(0.5)
     return sent
+
+
+def stream_generation(ts, hang_up: bool) -> None:
+    url = f"{ts.endpoints.inference}/predictions/{LLM}/1.0/v1/completions"
+    body = {"prompt": "The pump", "max_tokens": 120 if hang_up else 12, "stream": True}
+    with requests.post(url, json=body, stream=True, timeout=60,
+                       headers={"Authorization": f"Bearer {ts.client.fresh_key('inference')}"}) as resp:
+        assert resp.status_code == 200
+        for _ in resp.iter_lines() if not hang_up else [next(resp.iter_lines())]:
+            pass
 
 
 def test_a_model_without_workers_under_traffic_raises_model_not_serving(watched) -> None:
