@@ -251,3 +251,22 @@ def _genai_version() -> str:
         return metadata.version("onnxruntime-genai-cuda")
     except metadata.PackageNotFoundError:
         return "?"
+
+
+def summary_lines(path: Path, manifest: dict[str, Any]) -> list[str]:
+    """What `maas package --llm` says of a language model it archived."""
+    size = sum(f["size_bytes"] for f in manifest["files"].values())
+    seconds = manifest["seconds"]
+    lines = [f"packaged {path}/ ({manifest['architecture']}, {manifest['precision']} for {manifest['execution_provider']}, "
+             f"context {manifest['context_length']}, {size / 1e6:.1f} MB; build {seconds['build']:g} s, "
+             f"verify {seconds['verify']:g} s)"]
+    if "parity" in manifest:
+        p = manifest["parity"]
+        lines.append(f"  parity: greedy tokens equal transformers' on {p['equal']}/{p['prompts']} prompts")
+    elif "cost" in manifest:
+        c = manifest["cost"]
+        lines.append(f"  cost vs fp32: mean KL {c['mean_kl']:.3g} nats (budget {c['kl_budget']:g}), next-token top-1 "
+                     f"agreement {c['top1_agreement']:.1%}, greedy agreement {c['greedy_agreement']:.1%}")
+    else:
+        lines.append(f"  unverified: {manifest.get('why', '')}")
+    return lines

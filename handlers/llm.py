@@ -148,26 +148,9 @@ class LlmHandler:
                 self.closing.discard(rid)
                 finished[idx] = True
                 continue
-            stream = self.streams.get(rid)
-            if stream is None:
-                self._count(context, "MaasRequests", 1)
-                try:
-                    stream = self._admit(rid, item, context, idx)
-                except Exception as exc:
-                    if not isinstance(exc, ApiError):
-                        log.exception("request %s: prefill failed", rid)
-                        exc = ApiError("generation failed for this request", status=500, kind="server_error")
-                    answers[idx] = self._refuse(context, idx, exc)
-                    finished[idx] = None if _over_http(context, idx) else True
-                else:
-                    if stream is None:  # v1/models
-                        answers[idx] = self._models(context, idx)
-                        finished[idx] = not _over_http(context, idx)
-                if stream is None:
-                    if not finished[idx]:
-                        self.closing.add(rid)
-                    continue
-            stepping.append((idx, stream))
+            stream = self.streams.get(rid) or self._new_request(context, idx, rid, item, answers, finished)
+            if stream is not None:
+                stepping.append((idx, stream))
         for idx, stream in stepping:
             try:
                 answers[idx] = self._step(context, idx, stream)
@@ -186,6 +169,28 @@ class LlmHandler:
                     self.closing.add(stream.request_id)
         context.stopping_criteria = [(lambda _answer, done=done: done) for done in finished]
         return answers
+
+    def _new_request(self, context: Any, idx: int, rid: str, item: Any, answers: list[Any],
+                     finished: list[bool | None]) -> Stream | None:
+        """A request seen for the first time: its stream, prefilled; or its whole answer (a refusal,
+        v1/models) put in `answers`, with how it ends in `finished`."""
+        self._count(context, "MaasRequests", 1)
+        try:
+            stream = self._admit(rid, item, context, idx)
+        except Exception as exc:  # one failed prefill never fails its neighbours
+            if not isinstance(exc, ApiError):
+                log.exception("request %s: prefill failed", rid)
+                exc = ApiError("generation failed for this request", status=500, kind="server_error")
+            answers[idx] = self._refuse(context, idx, exc)
+            finished[idx] = None if _over_http(context, idx) else True
+        else:
+            if stream is not None:
+                return stream
+            answers[idx] = self._models(context, idx)  # v1/models
+            finished[idx] = not _over_http(context, idx)
+        if not finished[idx]:
+            self.closing.add(rid)
+        return None
 
     def _admit(self, rid: str, item: dict[str, Any], context: Any, idx: int) -> Stream | None:
         raw = item.get("body", item.get("data")) if isinstance(item, dict) else item

@@ -1,17 +1,21 @@
 """`maas demo`: the whole road in one go, on the zoo and on one model no one here wrote.
 
 Builds the zoo, packages Google's Magika file-type model (the .onnx inside the `magika` wheel
-on PyPI) with `maas package`, serves everything, sends real requests (one short line each),
-load-tests every model and prints one table of the results and where the reports are.
+on PyPI) with `maas package`, trains a small language model on maintenance notes and packages it
+with `maas package --llm`, serves everything, sends real requests (one short line each), streams
+the language model's answer through the OpenAI client, load-tests every model and prints one
+table of the results and where the reports are.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from maas.core.summary import clip, error_line, request_line
+from maas.gate import generation_line
 
 MAGIKA = ("magika", "1.0.3", "magika/models/standard_v3_3")  # package, version, model folder in the wheel
 MAGIKA_SPEC = """\
@@ -106,12 +110,60 @@ def _rounded(value: Any) -> Any:
     return value
 
 
+def notes_model(project: Any, echo: Callable[[str], None]) -> str:
+    """The demo's language model in the store: trained (about two minutes) and packaged once."""
+    from maas.export.llm_build import LlmOptions, package_llm, summary_lines
+    from maas.export.notes_llm import NAME, train
+
+    if (project.model_store / NAME).is_dir():
+        echo(f"language model {NAME}: in the store already (remove {project.model_store / NAME} to train it again)")
+        return NAME
+    echo(f"training {NAME}: a 0.8M-parameter Llama learns maintenance notes written from the maintenance "
+         "records (about 2 minutes; it writes their style, its numbers are not to be trusted)")
+    folder = project.build_dir / f"{NAME}-hf"
+    facts = train(folder)
+    echo(f"trained in {facts['seconds']:.0f} s, final loss {facts['final_loss']:.2f}; packaging it with "
+         f"`maas package --llm {folder}`")
+    result = package_llm(LlmOptions(folder, name=NAME), project.build_dir, project.model_store)
+    for line in summary_lines(result.path, result.manifest):
+        echo(line)
+    return NAME
+
+
+def stream_answer(server: Any, model: str, echo: Callable[[str], None]) -> None:
+    """The language model's answer, streamed to the terminal through the official OpenAI client."""
+    import openai
+
+    from maas.export.notes_llm import DEMO_QUESTION
+
+    base_url = f"{server.endpoints.inference}/predictions/{model}/1.0/v1"
+    client = openai.OpenAI(base_url=base_url, api_key=server.client.fresh_key("inference") or "none", max_retries=0)
+    echo(f"\nstreaming from {model} through the OpenAI client (base_url {base_url}, api_key: the inference key):")
+    echo(f"  user: {DEMO_QUESTION}")
+    sys.stdout.write("  assistant: ")
+    started, first = time.perf_counter(), None
+    tokens = 0
+    for part in client.chat.completions.create(model=model, messages=[{"role": "user", "content": DEMO_QUESTION}],
+                                               max_tokens=80, temperature=0, stream=True,
+                                               stream_options={"include_usage": True}):
+        if part.usage:
+            tokens = part.usage.completion_tokens
+        text = part.choices[0].delta.content if part.choices else None
+        if text:
+            first = first or time.perf_counter()
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    total = time.perf_counter() - started
+    echo(f"\n  ({tokens} tokens in {total * 1000:.0f} ms, first after {((first or started) - started) * 1000:.0f} ms)")
+
+
 def load_table(summaries: list[tuple[dict[str, Any], Path]]) -> str:
     """One row per load test: throughput, latency percentiles, errors, restarts, gate."""
     head = f"{'MODEL':<12} {'REQ/S':>7} {'P50 MS':>7} {'P95 MS':>7} {'P99 MS':>7} {'ERRORS':>7} {'RESTARTS':>8}  GATE"
     rows = [head] + [f"{s['model']:<12} {s['rps']:>7.1f} {s['p50_ms']:>7.1f} {s['p95_ms']:>7.1f} {s['p99_ms']:>7.1f} "
                      f"{s['failures']:>7d} {s.get('worker_restarts', 0):>8}  {'PASS' if s['passed'] else 'FAIL'}"
                      for s, _ in summaries]
+    rows += [f"{s['model']:<12} {generation_line(s['generation'])}" for s, _ in summaries if s.get("generation")]
     return "\n".join(rows)
 
 
@@ -129,7 +181,8 @@ def serve_and_show(project: Any, run_time: int, echo: Callable[[str], None]) -> 
     model_file, spec = magika_files(project.build_dir / "third-party")
     made = package_model(PackageOptions(onnx=model_file, spec_file=spec), project.build_dir, project.model_store)
     echo(f"packaged {made.mar}")
-    models = [*zoo.models(), made.name]
+    llm = notes_model(project, echo)
+    models = [*zoo.models(), made.name, llm]
     server = project.server()
     if server.is_running():
         echo("stopping the TorchServe already running from this project")
@@ -146,6 +199,7 @@ def serve_and_show(project: Any, run_time: int, echo: Callable[[str], None]) -> 
         echo(f"\nthe same over gRPC ({grpc_target(server.props)}, the same key; `maas predict --grpc`):")
         for line in grpc_rows(server, project.model_store, models):
             echo(line)
+        stream_answer(server, llm, echo)
         slos = {model: slo_for(model, None, project.root, run_time_s=run_time) for model in models}
         lt.ready_for_load(server, sum(s.warmup_s + s.run_time_s + 10 for s in slos.values()))
         renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None
@@ -154,7 +208,8 @@ def serve_and_show(project: Any, run_time: int, echo: Callable[[str], None]) -> 
                      for model, slo in slos.items()]
         echo(f"\nload tests ({run_time} s each after warm-up, closed loop):")
         echo(load_table(summaries))
-        echo(f"reports: {project.reports_dir}/ (per run: summary.json, report.html, throughput_latency.png)")
+        echo(f"reports: {project.reports_dir}/ (per run: summary.json, report.html, throughput_latency.png; "
+             f"{llm}'s also generation.png: time to first token, inter-token latency, tokens/s)")
     finally:
         server.stop()
         echo("TorchServe stopped")

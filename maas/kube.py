@@ -307,8 +307,9 @@ def export_all(specs: list[ModelSpec], project_config: Path, model_store: Path |
                                  "KServe ServingRuntime for the maas TorchServe image"))
     result.manifests.append(dump([models_pvc()], kube_dir / "models-pvc.yaml",
                                  "Volume holding one storage tree per model (see deploy/kserve/storage/)"))
-    names = {spec.name for spec in specs}
-    slos = {m: s for m, s in slo_models(project_dir).items() if m in names}
+    # Every SLO's rules, as `maas monitor rules` writes them: one rule file for the machine and the cluster
+    # (a model not deployed there has no series, and its alerts stay silent).
+    slos = slo_models(project_dir)
     result.manifests.append(dump([prometheus_rules_configmap(slos)], kube_dir / "prometheus-rules.yaml",
                                  "maas alert and recording rules (from the SLO files), for KServe and plain "
                                  "Kubernetes alike"))

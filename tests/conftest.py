@@ -54,16 +54,23 @@ LLM = "tiny-llama"
 
 
 @pytest.fixture(scope="session")
-def llm_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded random Llama (tests/thirdparty/llm_folders.py) packaged once per session with
-    `maas package --llm FOLDER --name tiny-llama`: its archive folder in a store of its own."""
-    from click.testing import CliRunner
+def llm_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random Llama as a local Hugging Face folder (tests/thirdparty/llm_folders.py)."""
     from thirdparty.llm_folders import make_folder
+
+    return make_folder(tmp_path_factory.mktemp("llm_src") / "llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def llm_archive(tmp_path_factory: pytest.TempPathFactory, llm_source: Path) -> Path:
+    """The seeded random Llama packaged once per session with `maas package --llm FOLDER --name
+    tiny-llama`: its archive folder in a store of its own."""
+    from click.testing import CliRunner
 
     from maas.cli import cli
 
-    work, store, build = (tmp_path_factory.mktemp(n) for n in ("llm_src", "llm_store", "llm_build"))
-    folder = make_folder(work / "llama", "llama")
+    store, build = (tmp_path_factory.mktemp(n) for n in ("llm_store", "llm_build"))
+    folder = llm_source
     result = CliRunner().invoke(cli, ["--model-store", str(store), "package", "--llm", str(folder), "--name", LLM],
                                 env={"MAAS_BUILD_DIR": str(build)}, catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -150,31 +150,12 @@ def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, e
 
 def _package_llm(project: Project, folder: Path, name: str | None, version: str | None, precision: str, device: str) -> None:
     from maas.core.extras import require
-    from maas.export.llm_build import LlmOptions, package_llm
+    from maas.export.llm_build import LlmOptions, package_llm, summary_lines
 
     require("zoo", "maas package --llm (transformers reads the folder to verify the build)")
     result = package_llm(LlmOptions(folder, name=name, version=version or "1.0", precision=precision, device=device),
                          project.build_dir, project.model_store)
-    for line in llm_lines(result.path, result.manifest):
+    for line in summary_lines(result.path, result.manifest):
         click.echo(line)
     click.echo(f"next: maas deploy {result.name}" + (f" --version {result.version}" if version else "") +
                f"; OpenAI base URL http://127.0.0.1:8080/predictions/{result.name}/{result.version}/v1")
-
-
-def llm_lines(path: Path, manifest: dict[str, Any]) -> list[str]:
-    """What `maas package --llm` says of a language model it archived."""
-    size = sum(f["size_bytes"] for f in manifest["files"].values())
-    seconds = manifest["seconds"]
-    lines = [f"packaged {path}/ ({manifest['architecture']}, {manifest['precision']} for {manifest['execution_provider']}, "
-             f"context {manifest['context_length']}, {size / 1e6:.1f} MB; build {seconds['build']:g} s, "
-             f"verify {seconds['verify']:g} s)"]
-    if "parity" in manifest:
-        p = manifest["parity"]
-        lines.append(f"  parity: greedy tokens equal transformers' on {p['equal']}/{p['prompts']} prompts")
-    elif "cost" in manifest:
-        c = manifest["cost"]
-        lines.append(f"  cost vs fp32: mean KL {c['mean_kl']:.3g} nats (budget {c['kl_budget']:g}), next-token top-1 "
-                     f"agreement {c['top1_agreement']:.1%}, greedy agreement {c['greedy_agreement']:.1%}")
-    else:
-        lines.append(f"  unverified: {manifest.get('why', '')}")
-    return lines

@@ -124,7 +124,7 @@ def find_archive(model_store: Path, model: str, version: str | None) -> Archive:
         hint = f"maas build {model}" + (f" --version {version}" if version else "")
         raise StoreError(f"no archive for {what} in {model_store}: build it with `{hint}`")
     if len(candidates) > 1:
-        plain = [a for a in candidates if a.path.name == f"{model}.mar"]
+        plain = [a for a in candidates if a.path.name in (f"{model}.mar", model)]  # a .mar, or an archive folder
         if version is None and plain:
             return plain[0]
         versions = ", ".join(sorted(a.version for a in candidates))

@@ -59,3 +59,18 @@ def test_folders_maas_cannot_build_from_are_refused_in_one_line(tmp_path) -> Non
     result = CliRunner().invoke(cli, ["--model-store", str(tmp_path / "store"), "package", "--llm", str(folder),
                                       "--precision", "fp16"])
     assert result.exit_code != 0 and "fp16 is not built for cpu" in result.output
+
+
+def test_the_demo_language_model_trains_and_packages(tmp_path) -> None:
+    """`make demo`'s notes model (export/notes_llm.py), trained for a few steps here: the folder it
+    writes is what `maas package --llm` takes, and its chats are the notes the records call for."""
+    from maas.export.notes_llm import dialogues, train
+
+    chats = dialogues(50, seed=3)
+    assert all(c[0]["role"] == "user" and "Write a maintenance note." in c[0]["content"] for c in chats)
+    assert any("Replace the tool" in c[1]["content"] for c in dialogues(2000)) and any(
+        "runs within limits" in c[1]["content"] for c in chats)
+    facts = train(tmp_path / "notes", steps=3, records=300)
+    assert facts["parameters"] > 500_000 and facts["steps"] == 3
+    said = package(tmp_path / "notes", tmp_path / "store", tmp_path / "build", "--name", "notes")
+    assert "parity: greedy tokens equal transformers' on 8/8 prompts" in said, said

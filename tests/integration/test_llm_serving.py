@@ -316,3 +316,34 @@ def test_a_load_test_streams_and_gates_on_time_to_first_token(llm_served, tmp_pa
     slo.thresholds.max_ttft_p95_ms, slo.thresholds.min_output_tokens_per_s = 0.01, 1e9
     broken = evaluate(summary, slo.thresholds)
     assert any("time to first token" in b for b in broken) and any("tokens/s" in b for b in broken)
+
+
+def test_an_int4_version_is_released_through_the_gate(llm_served, llm_source: Path, tmp_path: Path) -> None:
+    """`maas release` on a language model: the int4 build beside fp32, smoke-checked with a chat
+    completion, load-tested streaming against the SLO and the default's figures, then promoted."""
+    from click.testing import CliRunner
+
+    from maas.cli import cli
+    from maas.release import release
+    from maas.slo import SLO
+
+    ts, model_dir = llm_served
+    store = model_dir.parent
+    said = CliRunner().invoke(cli, ["--model-store", str(store), "package", "--llm", str(llm_source), "--name", MODEL,
+                                    "--version", "1.0-int4", "--precision", "int4"],
+                              env={"MAAS_BUILD_DIR": str(tmp_path / "build")}, catch_exceptions=False)
+    assert said.exit_code == 0 and "cost vs fp32: mean KL" in said.output, said.output
+    slo_file = tmp_path / "slo.yaml"
+    slo_file.write_text("users: 2\nspawn_rate: 2\nwarmup_s: 1\nrun_time_s: 3\np95_ms: 60000\np99_ms: 60000\n"
+                        "min_rps: 0.1\nttft_p95_ms: 5000\nitl_p95_ms: 2000\n"
+                        "regression: {max_p95_increase: 10, max_rps_decrease: 0.95}\n")  # machinery, not speed
+    try:
+        record = release(ts.client, ts.endpoints.inference, ts.client.key_file, store, tmp_path / "reports", MODEL,
+                         "1.0-int4", SLO.from_file(slo_file), worker_restarts=ts.worker_restarts)
+        assert record["promoted"], record["reasons"]
+        assert record["default_now"] == "1.0-int4" and record["candidate_summary"]["requests"] > 0
+    finally:
+        d.set_default(ts.client, MODEL, "1.0")
+        d.undeploy(ts.client, MODEL, "1.0-int4")
+    summaries = list((tmp_path / "reports").glob("*candidate/summary.json"))
+    assert json.loads(summaries[0].read_text())["generation"]["generations"] > 0
