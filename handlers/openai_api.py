@@ -88,6 +88,8 @@ def parse_body(raw: Any) -> dict[str, Any]:
             raw = json.loads(raw)
         except ValueError as exc:
             raise ApiError(f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError("the body is nested too deeply to be a request") from None
     if not isinstance(raw, dict):
         raise ApiError(f"the body must be a JSON object, not {type(raw).__name__}")
     return raw
@@ -125,6 +127,15 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
+def _utf8(text: str, param: str) -> str:
+    """`text`, when it can be written as UTF-8 (JSON's \\ud83d escapes make lone surrogates that cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(f"{param} holds a lone surrogate (character {exc.start}): not text", param) from None
+    return text
+
+
 def _stops(body: dict[str, Any]) -> tuple[str, ...]:
     stop = body.get("stop")
     if stop is None:
@@ -136,7 +147,7 @@ def _stops(body: dict[str, Any]) -> tuple[str, ...]:
         raise ApiError(f"stop takes at most {MAX_STOPS} sequences, not {len(stops)}", "stop")
     if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
         raise ApiError(f"each stop sequence must be 1 to {MAX_STOP_CHARS} characters", "stop")
-    return tuple(stops)
+    return tuple(_utf8(s, "stop") for s in stops)
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
@@ -159,7 +170,7 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise ApiError(f"{where}.content must be a string", f"{where}.content")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
+        out.append({"role": "system" if role == "developer" else role, "content": _utf8(content, f"{where}.content")})
     if not any(m["content"].strip() for m in out):
         raise ApiError("messages carry no text", "messages")
     return out
@@ -177,7 +188,7 @@ def _prompt(body: dict[str, Any]) -> str | list[int]:
         raise ApiError("prompt must be a string" if prompt is not None else "prompt is required", "prompt")
     if not prompt:
         raise ApiError("prompt is empty", "prompt")
-    return prompt
+    return _utf8(prompt, "prompt")
 
 
 def parse_request(body: dict[str, Any], route: str, served: str) -> GenerationRequest:

@@ -22,6 +22,9 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from test_hostile_requests import CONTENT_TYPES, RAW, junk, nested, send, strings
 
 from conftest import LLM, bare_server
 from maas import deploy as d
@@ -248,6 +251,59 @@ def test_bad_requests_get_openai_errors_naming_the_field_and_disturb_nothing(llm
         openai_client(ts).completions.create(model=MODEL, prompt="The", max_tokens=4, temperature=3)
     assert "temperature" in str(caught.value)
     assert worker_pid(ts) == pid
+
+
+def mutate_generation(valid: dict) -> st.SearchStrategy:
+    """A chat or completion body broken in one hostile way (or, now and then, harmlessly changed)."""
+    fields = sorted(valid)
+    bad_messages = st.one_of(junk, st.lists(junk, min_size=1, max_size=3),
+                             st.tuples(strings, junk).map(lambda t: [{"role": t[0], "content": t[1]}]),
+                             strings.map(lambda s: [{"role": "user", "content": s}]), st.just(nested(60)))
+    return st.one_of(
+        st.tuples(st.sampled_from(fields), junk).map(lambda kv: {**valid, kv[0]: kv[1]}),
+        st.tuples(strings, junk).map(lambda kv: {**valid, kv[0]: kv[1]}),
+        bad_messages.map(lambda m: {**valid, "messages": m}),
+        strings.map(lambda p: {"prompt": p, "max_tokens": 2}),
+        junk.filter(lambda v: not isinstance(v, dict)),
+    )
+
+
+def test_hostile_requests_get_4xx_and_cost_no_worker(llm_served) -> None:
+    """Hypothesis-made hostile bodies (junk values, lone surrogates, huge numbers, deep nesting, odd
+    content types, raw bytes) at both endpoints, 12 clients at once, beside valid requests: never a
+    5xx, never a lost worker, and the valid ones answer exactly what they answer alone."""
+    ts, _ = llm_served
+    pid = worker_pid(ts)
+    valid = {"model": MODEL, "messages": [{"role": "user", "content": "Is the belt loose?"}], "max_tokens": 6,
+             "temperature": 0}
+    chat, plain = f"/predictions/{MODEL}/1.0/v1/chat/completions", f"/predictions/{MODEL}/1.0/v1/completions"
+    expected = send(ts, chat, json.dumps(valid).encode(), "application/json").json()["choices"][0]["message"]
+    hostile = st.one_of(mutate_generation(valid).map(lambda b: (chat, b)), mutate_generation(valid).map(lambda b: (plain, b)),
+                        st.sampled_from(RAW).map(lambda b: (chat, b)))
+    statuses: dict[int, int] = {}
+
+    @settings(max_examples=6, deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @given(bodies=st.lists(hostile, min_size=16, max_size=16),
+           ctypes=st.lists(st.sampled_from(CONTENT_TYPES), min_size=16, max_size=16))
+    def storm(bodies: list, ctypes: list[str]) -> None:
+        jobs = [(path, body if isinstance(body, bytes) else json.dumps(body).encode(), ctype, False)
+                for (path, body), ctype in zip(bodies, ctypes)]
+        jobs += [(chat, json.dumps(valid).encode(), "application/json", True)] * 4
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(lambda j: (j, send(ts, j[0], j[1], j[2])), jobs))
+        for (path, body, ctype, is_valid), resp in results:
+            where = f"{path} {ctype} {body[:160]!r}: HTTP {resp.status_code} {resp.text[:200]}"
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+            assert resp.status_code < 500, where
+            if is_valid:
+                assert resp.json()["choices"][0]["message"] == expected, where
+            elif resp.status_code >= 400:
+                assert set(resp.json()["error"]) >= {"message", "type", "param"}, where
+
+    storm()
+    log.info("hostile requests to a language model: statuses %s", statuses)
+    assert worker_pid(ts) == pid and ts.worker_restarts() == {}
 
 
 def test_clients_that_hang_up_are_stopped_and_their_memory_freed(llm_served) -> None:

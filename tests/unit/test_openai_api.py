@@ -46,7 +46,7 @@ def test_refusals_name_the_field(body, param) -> None:
 
 
 def test_bodies_that_are_not_json_objects_are_refused() -> None:
-    for raw in (b"\xff", b"", "nope", b"[1]", 3):
+    for raw in (b"\xff", b"", "nope", b"[1]", 3, b"[" * 5000 + b"]" * 5000):
         with pytest.raises(ApiError):
             parse_body(raw)
     assert parse_body(b'{"prompt": "\\u00e9"}') == {"prompt": "é"}
