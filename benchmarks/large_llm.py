@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/large_llm.py [--out benchmarks/results/llm-large]
 
-Writes a seeded random Llama folder (620M parameters: hidden 2048, 12 layers, 16 heads, 4 KV heads,
+Writes a seeded random Llama folder (568M parameters: hidden 2048, 12 layers, 16 heads, 8 KV heads,
 MLP 5632, the demo's 512-token tokenizer), then for fp32 and int4: `maas package --llm` (its
 build, verify and archive times, the archive's size on disk), a TorchServe worker's start to
 READY, and single-stream decoding through the OpenAI API (time to first token, tokens per
@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# 8 KV heads of 128: 1024 wide, not the 512-token vocabulary's width (see llm_build._lm_head_clash)
 SHAPES = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=12, num_attention_heads=16,
-              num_key_value_heads=4, max_position_embeddings=2048)
+              num_key_value_heads=8, max_position_embeddings=2048)
 
 
 def make_folder(out: Path) -> dict:
@@ -38,10 +39,7 @@ def make_folder(out: Path) -> dict:
     config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False, **SHAPES)
     started = time.perf_counter()
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # weights small enough that 64 greedy tokens do not hit the end-of-text token at once
-        for p in model.parameters():
-            p.normal_(0, 0.02)
+    model = LlamaForCausalLM(config).eval()  # transformers' own initialisation (normal 0.02, norms at 1)
     model.save_pretrained(out, safe_serialization=True)
     GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                      do_sample=False).save_pretrained(out)
@@ -102,8 +100,11 @@ def main() -> None:
     for precision in ("fp32", "int4"):
         version = "1.0" if precision == "fp32" else "1.0-int4"
         print(f"maas package --llm at {precision} ...", flush=True)
+        # random weights quantize worst (no structure to keep): int4 measured 0.101 nats here, just over
+        # the 0.1 budget; accepted with --max-kl for the speed figures, its cost reported
+        extra = ["--max-kl", "0.5"] if precision == "int4" else []
         said, seconds = maas(project, "package", "--llm", str(work / "llama"), "--name", "big", "--version", version,
-                             "--precision", precision)
+                             "--precision", precision, *extra)
         folder = project / "model_store" / ("big" if version == "1.0" else f"big-{version}")
         manifest = json.loads((folder / "manifest.json").read_text())
         result["precisions"][precision] = {"package_seconds": round(seconds, 1), "steps": manifest["seconds"],

@@ -55,6 +55,7 @@ class LlmOptions:
     precision: str = "fp32"
     device: str = "cpu"  # the execution provider the build targets: cpu | cuda
     parity_tokens: int = 16
+    max_kl: float | None = None  # a quantized build's budget (mean KL vs fp32, nats) instead of llm_verify's
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ def read_source(source: Path) -> dict[str, Any]:
             if pickled else ""))
     if not ((source / "tokenizer.json").is_file() or (source / "tokenizer.model").is_file()):
         raise LlmSourceError(f"{source}: no tokenizer.json or tokenizer.model beside the weights")
+    clash = _lm_head_clash(config)
+    if clash:
+        raise LlmSourceError(f"{source}: the vocabulary ({config['vocab_size']} tokens) is as wide as the {clash}: ONNX "
+                             "Runtime GenAI's builder takes every linear layer that wide for the LM head and wires the "
+                             "output to the wrong layer (the build would fail maas's parity check)",
+                             hint="pad the vocabulary (resize the embeddings) to another size")
     generation = {}
     if (source / "generation_config.json").is_file():
         generation = json.loads((source / "generation_config.json").read_text())
@@ -96,6 +103,18 @@ def read_source(source: Path) -> dict[str, Any]:
         "source_folder": source.name,
         "config_sha256": sha256_file(source / "config.json"),
     }
+
+
+def _lm_head_clash(config: dict[str, Any]) -> str | None:
+    """Which projection is exactly as wide as the vocabulary (None: none is). The builder of
+    onnxruntime-genai 0.18 finds the LM head as a Linear with vocab_size outputs."""
+    vocab, hidden = config.get("vocab_size"), config.get("hidden_size")
+    heads = config.get("num_attention_heads") or 1
+    head_dim = config.get("head_dim") or (hidden // heads if hidden else None)
+    widths = {"key/value projections": (config.get("num_key_value_heads") or heads) * head_dim if head_dim else None,
+              "hidden size": hidden, "MLP": config.get("intermediate_size"),
+              "query projection": heads * head_dim if head_dim else None}
+    return next((name for name, width in widths.items() if width and width == vocab), None)
 
 
 def _builder_error(output: str) -> str:
@@ -142,7 +161,8 @@ def chat_template(onnx_dir: Path) -> str | None:
     return json.loads(config.read_text()).get("chat_template") if config.is_file() else None
 
 
-def verify(source: Path, onnx_dir: Path, precision: str, device: str, tokens: int) -> dict[str, Any]:
+def verify(source: Path, onnx_dir: Path, precision: str, device: str, tokens: int,
+           max_kl: float | None = None) -> dict[str, Any]:
     """Parity at fp32, the cost of a quantized build; a CUDA build where no GPU is here is unverified."""
     from maas.export import llm_verify
 
@@ -156,11 +176,11 @@ def verify(source: Path, onnx_dir: Path, precision: str, device: str, tokens: in
     if precision == "fp32":
         return {"verified": True, "parity": llm_verify.greedy_parity(reference, onnx_dir, tokens)}
     llm_verify.tokenizer_parity(reference, onnx_dir)
-    cost = llm_verify.quantized_cost(reference, onnx_dir, precision, tokens)
+    cost = llm_verify.quantized_cost(reference, onnx_dir, precision, tokens, max_kl)
     if not cost["within_budget"]:
         raise ExportError(f"{precision} costs a mean KL divergence of {cost['mean_kl']:.4g} nats per token against fp32 "
                           f"(budget {cost['kl_budget']}; top-1 agreement {cost['top1_agreement']:.1%}): not archived",
-                          hint="try a higher precision (int8, fp32)")
+                          hint="try a higher precision (int8, fp32), or accept the cost with --max-kl")
     return {"verified": True, "cost": cost}
 
 
@@ -207,7 +227,7 @@ def package_llm(opts: LlmOptions, build_root: Path, model_store: Path) -> LlmRes
     onnx_dir = build_dir / "onnx"
     seconds = {"build": round(run_builder(opts.source, onnx_dir, precision, device, build_root / ".hf-cache"), 1)}
     start = time.perf_counter()
-    checks = verify(opts.source, onnx_dir, precision, device, opts.parity_tokens)
+    checks = verify(opts.source, onnx_dir, precision, device, opts.parity_tokens, opts.max_kl)
     seconds["verify"] = round(time.perf_counter() - start, 1)
     genai = json.loads((onnx_dir / "genai_config.json").read_text())["model"]
     manifest = {

@@ -191,7 +191,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def quantized_cost(reference: Reference, onnx_dir: Path, precision: str, new_tokens: int = 16) -> dict[str, Any]:
+def quantized_cost(reference: Reference, onnx_dir: Path, precision: str, new_tokens: int = 16,
+                   budget: float | None = None) -> dict[str, Any]:
     """What a quantized build costs against fp32 `transformers` on held-out text, and whether it is in budget."""
     import onnxruntime as ort
     import onnxruntime_genai as og
@@ -216,7 +217,7 @@ def quantized_cost(reference: Reference, onnx_dir: Path, precision: str, new_tok
         got = og_greedy(model, ids, new_tokens, reference.eos_ids)
         same = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
         shares.append(same / max(len(expected), 1))
-    budget = COST_BUDGET.get(precision, 0.0)
+    budget = COST_BUDGET.get(precision, 0.0) if budget is None else budget
     mean_kl = float(f"{np.mean(kls):.3g}")
     return {"reference": "fp32 transformers, teacher forced on held-out text", "positions": positions,
             "top1_agreement": round(agree / positions, 4), "mean_kl": mean_kl,

@@ -104,11 +104,15 @@ def init(directory: Path, force: bool) -> None:
               help="with --llm: the weights' precision (fp32, int8, int4 for CPU; fp16, int4 for CUDA)")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="with --llm: the execution provider the build targets")
+@click.option("--max-kl", type=click.FloatRange(0, None), default=None,
+              help="with --llm: accept a quantized build up to this mean KL divergence from fp32 (nats per token) "
+                   "[int8 0.02, int4 0.1, fp16 0.005]")
 @click.pass_obj
 def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, exported_program: Path | None,
                 name: str | None, version: str | None, spec_file: Path | None, example: Path | None,
                 inputs: tuple[str, ...], handler: Path | None, extra_files: tuple[Path, ...], samples: Path | None,
-                write_spec: Path | None, llm_folder: Path | None, precision: str, device: str) -> None:
+                write_spec: Path | None, llm_folder: Path | None, precision: str, device: str,
+                max_kl: float | None) -> None:
     """Package your own model: export where needed, verify, and archive it into the model store.
 
     \b
@@ -125,7 +129,7 @@ def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, e
         if onnx_file or factory or exported_program or spec_file or example or inputs or handler or extra_files or samples \
                 or write_spec:
             raise click.UsageError("--llm builds from the folder alone: give only --name, --version, --precision, --device")
-        return _package_llm(project, llm_folder, name, version, precision, device)
+        return _package_llm(project, llm_folder, name, version, precision, device, max_kl)
     from maas.export.package import PackageOptions, package_model
 
     opts = PackageOptions(onnx=onnx_file, torch=factory, exported_program=exported_program, name=name,
@@ -148,12 +152,14 @@ def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, e
     click.echo(f"next: maas deploy {result.name}" + (f" --version {result.version}" if opts.version else ""))
 
 
-def _package_llm(project: Project, folder: Path, name: str | None, version: str | None, precision: str, device: str) -> None:
+def _package_llm(project: Project, folder: Path, name: str | None, version: str | None, precision: str, device: str,
+                 max_kl: float | None) -> None:
     from maas.core.extras import require
     from maas.export.llm_build import LlmOptions, package_llm, summary_lines
 
     require("zoo", "maas package --llm (transformers reads the folder to verify the build)")
-    result = package_llm(LlmOptions(folder, name=name, version=version or "1.0", precision=precision, device=device),
+    result = package_llm(LlmOptions(folder, name=name, version=version or "1.0", precision=precision, device=device,
+                                    max_kl=max_kl),
                          project.build_dir, project.model_store)
     for line in summary_lines(result.path, result.manifest):
         click.echo(line)

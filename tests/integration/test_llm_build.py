@@ -59,6 +59,11 @@ def test_folders_maas_cannot_build_from_are_refused_in_one_line(tmp_path) -> Non
     result = CliRunner().invoke(cli, ["--model-store", str(tmp_path / "store"), "package", "--llm", str(folder),
                                       "--precision", "fp16"])
     assert result.exit_code != 0 and "fp16 is not built for cpu" in result.output
+    (folder / "pytorch_model.bin").rename(folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 32}))  # 2 KV heads x 16 wide
+    result = CliRunner().invoke(cli, ["--model-store", str(tmp_path / "store"), "package", "--llm", str(folder)])
+    assert result.exit_code != 0 and "as wide as the key/value projections" in result.output, result.output
 
 
 def test_the_demo_language_model_trains_and_packages(tmp_path) -> None:
