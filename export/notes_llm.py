@@ -82,7 +82,7 @@ def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 512) -> Any:
     return fast
 
 
-def train(out: Path, steps: int = 200, seed: int = 0, batch: int = 24, window: int = 128, records: int = 6000) -> dict[str, Any]:
+def train(out: Path, steps: int = 400, seed: int = 0, batch: int = 24, window: int = 128, records: int = 6000) -> dict[str, Any]:
     """Train the notes model and write it to `out` as a Hugging Face folder; returns what happened."""
     import torch
     from tqdm import tqdm

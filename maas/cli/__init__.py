@@ -34,7 +34,7 @@ class FriendlyGroup(click.Group):
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "urllib3", "matplotlib"):
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "urllib3", "matplotlib", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # "torchvision is not installed. Skipping torchvision::nms": nothing maas exports uses those ops.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

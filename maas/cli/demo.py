@@ -11,7 +11,8 @@ from maas.project import Project
 @click.option("--run-time", default=20, show_default=True, help="seconds of the demo's load test")
 @click.pass_obj
 def demo(project: Project, run_time: int) -> None:
-    """Build the zoo, package a third-party model, serve them, send real requests, load-test, stop."""
+    """Build the zoo, package a third-party model, train a small language model, serve them, send real
+    requests (streaming the language model's answer through the OpenAI client), load-test, stop."""
     from maas.demo import serve_and_show
 
     click.get_current_context().invoke(build, models=(), version=None, seed=None)
