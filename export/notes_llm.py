@@ -1,4 +1,4 @@
-"""`notes`: the demo's language model, trained here in about two minutes, so `make demo` streams
+"""`notes`: the demo's language model, trained here in about a minute and a half, so `make demo` streams
 text a person can read (random weights write noise).
 
 What it is, plainly: a 4-layer Llama of 0.8 million parameters with a 512-token byte-level

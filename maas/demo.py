@@ -119,7 +119,7 @@ def notes_model(project: Any, echo: Callable[[str], None]) -> str:
         echo(f"language model {NAME}: in the store already (remove {project.model_store / NAME} to train it again)")
         return NAME
     echo(f"training {NAME}: a 0.8M-parameter Llama learns maintenance notes written from the maintenance "
-         "records (about 2 minutes; it writes their style, its numbers are not to be trusted)")
+         "records (about 1.5 minutes; it writes their style, its numbers are not to be trusted)")
     folder = project.build_dir / f"{NAME}-hf"
     facts = train(folder)
     echo(f"trained in {facts['seconds']:.0f} s, final loss {facts['final_loss']:.2f}; packaging it with "
