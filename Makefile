@@ -52,5 +52,5 @@ monitor: setup prometheus  ## start Prometheus on 127.0.0.1:9090 watching the ru
 docs: setup  ## build the documentation site into build/site/ (MkDocs, strict: a broken link fails)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-clean:  ## remove build outputs, archives, reports and server state (keeps .venv)
-	rm -rf build reports run model_store/*.mar .pytest_cache
+clean:  ## remove build outputs, archives (language models' folders too), reports and server state (keeps .venv)
+	rm -rf build reports run model_store/*.mar model_store/*/ .pytest_cache

@@ -201,6 +201,26 @@ def test_tokens_stream_over_grpc_as_over_http(llm_served) -> None:
     assert said.returncode == 0 and said.stdout.rstrip().endswith(b"data: [DONE]"), said.stderr
 
 
+def test_answers_are_the_same_alone_and_among_eight_streams(llm_served) -> None:
+    """A greedy request and a seeded sampled one get the same tokens alone as among 8 concurrent
+    streams of other requests (each stream keeps its own generator: nothing is shared but the model)."""
+    ts, _ = llm_served
+    bodies = [{"prompt": "The gearbox", "max_tokens": 40, "temperature": 0},
+              {"prompt": "The gearbox", "max_tokens": 40, "temperature": 0.9, "top_p": 0.95, "seed": 11}]
+
+    def text(body: dict) -> str:
+        return post(ts, "completions", body).json()["choices"][0]["text"]
+
+    alone = [text(b) for b in bodies]
+    others = [{"prompt": f"Pump {i} at", "max_tokens": 120, "temperature": 0.8, "seed": i} for i in range(8)]
+    with ThreadPoolExecutor(10) as pool:
+        background = [pool.submit(text, b) for b in others]
+        time.sleep(0.2)
+        crowded = list(pool.map(text, bodies))
+        [f.result() for f in background]
+    assert crowded == alone
+
+
 BAD = [
     ("completions", {"prompt": "", "max_tokens": 4}, "prompt"),
     ("completions", {"prompt": "x" * 5000, "max_tokens": 4}, "prompt"),
