@@ -142,8 +142,8 @@ def run_builder(source: Path, out: Path, precision: str, device: str, cache: Pat
     if proc.wait() != 0:
         raise ExportError(f"the ONNX Runtime GenAI builder failed on {source.name} at {precision}/{device}: "
                           f"{_builder_error(''.join(seen))}",
-                          hint="supported: Llama, Mistral, Qwen2/3, Phi, Gemma and more (not GPT-2); see `python -m "
-                               "onnxruntime_genai.models.builder`")
+                          hint="supported: Llama, Mistral, Qwen2/3, Phi, Gemma and more (not GPT-2): the list is in "
+                               "onnxruntime_genai/models/builder.py (its --help fails to print in 0.18)")
     return time.perf_counter() - start
 
 
