@@ -122,11 +122,18 @@ def prompts_for(reference: Reference) -> list[str | list[dict[str, str]]]:
     return [*PLAIN_PROMPTS, *chat]
 
 
-def tokenizer_parity(reference: Reference, onnx_dir: Path) -> None:
-    """The build's tokenizer and chat template give the ids `transformers` gives, on every prompt."""
+def greedy_pairs(reference: Reference, model: Any, new_tokens: int):
+    """(prompt, transformers' greedy tokens, the ONNX build's) for every verification prompt."""
+    for prompt in prompts_for(reference):
+        ids = reference.prompt_ids(prompt)
+        yield prompt, reference.greedy(ids, new_tokens), og_greedy(model, ids, new_tokens, reference.eos_ids)
+
+
+def tokenizer_parity(reference: Reference, model: Any) -> None:
+    """The build's (an og.Model's) tokenizer and chat template give the ids `transformers` gives, on every prompt."""
     import onnxruntime_genai as og
 
-    tokenizer = og.Tokenizer(og.Model(str(onnx_dir)))
+    tokenizer = og.Tokenizer(model)
     for prompt in prompts_for(reference):
         if isinstance(prompt, str):
             text, expected = prompt, reference.prompt_ids(prompt)
@@ -147,13 +154,10 @@ def greedy_parity(reference: Reference, onnx_dir: Path, new_tokens: int = 16) ->
     """Greedy tokens of the ONNX build vs `transformers`, per prompt; raises ParityError on any difference."""
     import onnxruntime_genai as og
 
-    tokenizer_parity(reference, onnx_dir)
     model = og.Model(str(onnx_dir))
+    tokenizer_parity(reference, model)
     rows = []
-    for prompt in prompts_for(reference):
-        ids = reference.prompt_ids(prompt)
-        expected = reference.greedy(ids, new_tokens)
-        got = og_greedy(model, ids, new_tokens, reference.eos_ids)
+    for prompt, expected, got in greedy_pairs(reference, model, new_tokens):
         rows.append({"prompt": prompt if isinstance(prompt, str) else "chat: " + prompt[-1]["content"],
                      "tokens_equal": got == expected, "generated": len(got)})
         log.info("parity %-32s %s", rows[-1]["prompt"][:32], "equal" if got == expected else f"DIFFERS {expected[:8]} vs {got[:8]}")
@@ -193,7 +197,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def quantized_cost(reference: Reference, onnx_dir: Path, precision: str, new_tokens: int = 16,
                    budget: float | None = None) -> dict[str, Any]:
-    """What a quantized build costs against fp32 `transformers` on held-out text, and whether it is in budget."""
+    """What a quantized build costs against fp32 `transformers` on held-out text, and whether it is in budget
+    (its tokenizer and chat template checked too)."""
     import onnxruntime as ort
     import onnxruntime_genai as og
 
@@ -209,12 +214,10 @@ def quantized_cost(reference: Reference, onnx_dir: Path, precision: str, new_tok
         kls.extend((np.exp(ref) * (ref - got)).sum(-1).tolist())
         positions += len(ids)
     del session
-    model = og.Model(str(onnx_dir))
+    model = og.Model(str(onnx_dir))  # after the session is gone: one copy of the weights at a time
+    tokenizer_parity(reference, model)
     shares = []
-    for prompt in prompts_for(reference):
-        ids = reference.prompt_ids(prompt)
-        expected = reference.greedy(ids, new_tokens)
-        got = og_greedy(model, ids, new_tokens, reference.eos_ids)
+    for _prompt, expected, got in greedy_pairs(reference, model, new_tokens):
         same = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
         shares.append(same / max(len(expected), 1))
     budget = COST_BUDGET.get(precision, 0.0) if budget is None else budget
