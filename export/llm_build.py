@@ -30,6 +30,7 @@ from maas.core.errors import ExportError
 from maas.core.names import name_problem
 from maas.export.archive import HANDLERS_DIR, PICKLE_SUFFIXES, _versions, handler_support
 from maas.handlers.integrity import sha256_file
+from maas.handlers.llm_settings import DEFAULT_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ PRECISIONS = {"cpu": ("fp32", "int8", "int4"), "cuda": ("fp16", "int4", "fp32")}
 HANDLER = "llm.py"
 # Serving defaults (model-config.yaml): one worker decodes up to `batchSize` streams together
 # (TorchServe's continuous batching: each handle() call is one step for every live stream).
-SERVING = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 600,
+# batchSize bounds what the handler sees: its running streams, its queue, and room to answer more
+# with a 429 (beyond batchSize TorchServe queues requests itself, out of the handler's sight).
+SERVING = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 5, "responseTimeout": 600,
            "startupTimeout": 600, "continuousBatching": True}
 
 
@@ -250,7 +253,7 @@ def package_llm(opts: LlmOptions, build_root: Path, model_store: Path) -> LlmRes
     }
     (build_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     config = {**SERVING, "deviceType": "gpu" if device == "cuda" else "cpu",
-              "handler": {"max_streams": SERVING["batchSize"], "context_length": manifest["context_length"]}}
+              "handler": dict(DEFAULT_SETTINGS)}
     (build_dir / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.perf_counter()
     folder = name if opts.version == "1.0" else f"{name}-{opts.version}"

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cores import worker_threads
 from http_reply import json_body, set_header, set_status
 from inputs import request_header
 from integrity import sha256_file
+from llm_engine import BatchEngine, GeneratorEngine
+from llm_settings import DEFAULT_SETTINGS
 from openai_api import (
     DONE,
     ApiError,
@@ -39,25 +42,28 @@ from openai_api import (
     parse_body,
     parse_request,
     route_of,
-    seed_for_sampling,
     usage_chunk,
 )
+from token_sampler import generator_for, next_token
 
 log = logging.getLogger(__name__)
 # This handler's own series (metrics.yaml declares them; the ORT handlers' MaasRequests and
 # MaasRejectedRequests are counted here too)
 GENERATION_METRICS = ("MaasTimeToFirstTokenMs", "MaasInterTokenLatencyMs", "MaasOutputTokensPerSecond",
-                      "MaasRunningSequences", "MaasPromptTokens", "MaasCompletionTokens", "MaasGenerationsCancelled")
+                      "MaasRunningSequences", "MaasWaitingRequests", "MaasPromptTokens", "MaasCompletionTokens",
+                      "MaasGenerationsCancelled")
+RETRY_AFTER_S = 1
 
 
-@dataclass
+@dataclass(eq=False)
 class Stream:
-    """One request being generated: its generator and what has been said so far."""
+    """One request: what is left of its prompt to prefill, and what has been said so far."""
 
     request_id: str
     req: GenerationRequest
-    generator: Any
+    pending: list[int]  # prompt tokens not yet in the KV cache
     decoder: Any  # og.TokenizerStream: bytes of a token may complete a character only later
+    rng: Any  # its own sampler: its tokens depend on nothing but its own logits
     prompt_tokens: int
     max_new: int
     http: bool = True  # else gRPC (no Host header)
@@ -66,9 +72,11 @@ class Stream:
     text: str = ""
     sent: int = 0  # characters of `text` already sent
     tokens: int = 0
+    last_token: int = -1  # the token the next decode step feeds
     first_token_at: float | None = None
     last_token_at: float | None = None
     finish: str | None = None
+    opened: bool = False  # its first event (the assistant role) was sent
     steps: int = 0  # answers sent
 
 
@@ -77,8 +85,10 @@ class LlmHandler:
 
     def __init__(self) -> None:
         self.initialized = False
-        self.streams: dict[str, Stream] = {}
+        self.streams: dict[str, Stream] = {}  # every request with a generation in progress
+        self.queue: deque[Stream] = deque()  # admitted, prompt not (all) prefilled yet; the first may be staged
         self.closing: set[str] = set()  # answered whole; their empty last answer goes out next step
+        self._ended: list[Stream] = []  # finished or failed in this step, answered at its end
         self.manifest: dict[str, Any] = {}
         self.provider = "CPUExecutionProvider"  # named as ONNX Runtime names it, like the other handlers
 
@@ -91,41 +101,56 @@ class LlmHandler:
         self.manifest = json.loads((model_dir / "manifest.json").read_text())
         self.name = self.manifest["name"]
         self.version = str(props.get("model_version") or self.manifest.get("version", ""))
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        settings = {**DEFAULT_SETTINGS, **(yaml_config.get("handler") or {})}
         start = time.perf_counter()
         for file, facts in self.manifest["files"].items():  # nothing loads that was not verified
             if sha256_file(model_dir / file) != facts["sha256"]:
                 raise RuntimeError(f"{file}: sha256 differs from manifest.json; refusing to load")
         checked = time.perf_counter()
-        config = og.Config(str(model_dir))
-        config.clear_providers()
-        gpu_id = props.get("gpu_id")
-        if self.manifest.get("execution_provider") == "cuda" and gpu_id is not None and og.is_cuda_available():
-            config.append_provider("cuda")
-            config.set_provider_option("cuda", "device_id", str(gpu_id))
-            self.provider = "CUDAExecutionProvider"
         self.og = og
-        self.model = og.Model(config)
-        self.tokenizer = og.Tokenizer(self.model)
-        self.context_length = int(self.manifest.get("context_length") or 2048)
+        self.tokenizer = og.Tokenizer(str(model_dir))
+        model_context = int(self.manifest.get("context_length") or 2048)
+        self.context_length = min(model_context, int(settings["max_sequence_tokens"] or model_context))
         self.eos = set(self.manifest.get("eos_token_ids") or [])
+        self.max_waiting = int(settings["max_waiting"])
+        self.prefill_chunk = max(1, int(settings["prefill_chunk_tokens"]))
+        streams = int(settings["max_streams"])
+        gpu_id = props.get("gpu_id")
+        engine = settings["engine"]
+        on_cuda = self.manifest.get("execution_provider") == "cuda" and gpu_id is not None and og.is_cuda_available()
+        if on_cuda or engine == "generator":
+            config = og.Config(str(model_dir))
+            config.clear_providers()
+            if on_cuda:
+                config.append_provider("cuda")
+                config.set_provider_option("cuda", "device_id", str(gpu_id))
+                self.provider = "CUDAExecutionProvider"
+            self.engine: Any = GeneratorEngine(og, og.Model(config), streams, self.context_length)
+        else:
+            threads = worker_threads(int(settings["intra_op_threads"]), int(yaml_config.get("maxWorkers", 1)))
+            self.engine = BatchEngine(model_dir, streams, self.context_length, threads,
+                                      int(float(settings["kv_cache_mb"]) * 1e6))
+            self.context_length = self.engine.max_len
         self._warm_up()
-        log.info("%s %s: loaded on %s (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
-                 self.provider, checked - start, time.perf_counter() - checked)
+        log.info("%s %s: loaded on %s, %s engine: %d streams x %d tokens (KV cache %.1f MB, %d bytes a token), "
+                 "prefill chunk %d, queue %d (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
+                 self.provider, self.engine.kind, streams, self.context_length, self.engine.cache_bytes / 1e6,
+                 self.engine.bytes_per_token, self.prefill_chunk, self.max_waiting, checked - start,
+                 time.perf_counter() - checked)
         self.initialized = True
 
     def _warm_up(self) -> None:
-        params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=8, do_sample=False)
-        generator = self.og.Generator(self.model, params)
-        generator.append_tokens(self.tokenizer.encode("warm up"))
-        generator.generate_next_token()
+        ids = [int(t) for t in self.tokenizer.encode("warm up")][: self.context_length - 1] or [0]
+        self.engine.prefill("warm-up", ids, alone=True)
+        self.engine.drop("warm-up")
 
     # ---- one step ------------------------------------------------------------------------
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         ids = {idx: str(rid) for idx, rid in (context.request_ids or {}).items()}
         live = set(ids.values())
         for rid in [r for r in self.streams if r not in live]:  # its client went away
-            del self.streams[rid]
+            self._forget(self.streams[rid])
             log.info("request %s: client left; its generation stopped and freed", rid)
             self._count(context, "MaasGenerationsCancelled", 1)
         self.closing &= live
@@ -141,45 +166,166 @@ class LlmHandler:
         # gRPC's StreamPredictions needs the header on every answer and ends at the first "false";
         # and it gets one answer only (see _over_http).
         finished: list[bool | None] = [False] * len(data)
-        stepping: list[tuple[int, Stream]] = []
+        index: dict[str, int] = {}
         for idx, item in enumerate(data):
             rid = ids.get(idx, str(idx))
+            index[rid] = idx
             if rid in self.closing:
                 self.closing.discard(rid)
                 finished[idx] = True
-                continue
-            stream = self.streams.get(rid) or self._new_request(context, idx, rid, item, answers, finished)
-            if stream is not None:
-                stepping.append((idx, stream))
-        for idx, stream in stepping:
-            try:
-                answers[idx] = self._step(context, idx, stream)
-                while not stream.http and stream.finish is None:  # see _over_http: one gRPC answer, whole
-                    answers[idx] += self._step(context, idx, stream)
-            except Exception:
-                log.exception("request %s: decoding failed", stream.request_id)
-                self.streams.pop(stream.request_id, None)
-                stream.finish = "error"
-                answers[idx] = self._refuse(context, idx, ApiError("generation failed for this request", status=500,
-                                                                 kind="server_error"))
+            elif rid not in self.streams:
+                stream = self._new_request(context, idx, rid, item, answers, finished)
+                if stream is not None and not stream.http:  # see _over_http: one gRPC answer, whole
+                    answers[idx] = self._generate_alone(context, idx, stream)
+                    finished[idx] = True
+        self._decode(context)
+        self._prefill(context)
+        for rid, stream in list(self.streams.items()) + [(s.request_id, s) for s in self._ended]:
+            idx = index[rid]
+            answers[idx] = self._answer(context, idx, stream)
             if stream.finish is not None:
-                if stream.steps > 1 or not stream.http:
+                if stream.steps > 1:
                     finished[idx] = True
                 else:
-                    self.closing.add(stream.request_id)
+                    self.closing.add(rid)
+        self._ended.clear()
+        self._gauge(context, "MaasRunningSequences", self.engine.running)
+        self._gauge(context, "MaasWaitingRequests", len(self.queue))
         context.stopping_criteria = [(lambda _answer, done=done: done) for done in finished]
         return answers
 
+    def _decode(self, context: Any) -> None:
+        """One token for every running stream, in one run of the model."""
+        running = [s for s in self.streams.values() if s not in self.queue]
+        if not running:
+            return
+        try:
+            logits = self.engine.decode({s.request_id: s.last_token for s in running})
+        except Exception:
+            log.exception("decoding step failed; its %d streams end with an error", len(running))
+            for stream in running:
+                self._fail(stream)
+            return
+        for stream in running:
+            self._take(context, stream, next_token(logits[stream.request_id], stream.req, stream.rng))
+
+    def _prefill(self, context: Any) -> None:
+        """Prompts into the cache, in order, up to `prefill_chunk` tokens a step: a long prompt is
+        prefilled over several steps while running streams go on. A new prompt starts only when a
+        slot is free for it once it is done."""
+        budget = self.prefill_chunk
+        while budget > 0 and self.queue:
+            stream = self.queue[0]
+            if self.engine.staged != stream.request_id and not self.engine.free_slots():
+                return  # it waits in the queue
+            part, stream.pending = stream.pending[:budget], stream.pending[budget:]
+            budget -= len(part)
+            try:
+                logits = self.engine.prefill(stream.request_id, part)
+                if stream.pending:
+                    continue
+                self.queue.popleft()
+                self._take(context, stream, next_token(logits, stream.req, stream.rng))
+                if stream.finish is None:
+                    self.engine.activate(stream.request_id)
+            except Exception:
+                log.exception("request %s: prefill failed", stream.request_id)
+                self._fail(stream)
+
+    def _generate_alone(self, context: Any, idx: int, stream: Stream) -> bytes:
+        """A whole generation in this step, outside the batch (gRPC)."""
+        self.queue.remove(stream)
+        try:
+            prompt, stream.pending = stream.pending, []
+            logits = self.engine.prefill(stream.request_id, prompt, alone=True)
+            while True:
+                self._take(context, stream, next_token(logits, stream.req, stream.rng))
+                if stream.finish is not None:
+                    break
+                logits = self.engine.prefill(stream.request_id, [stream.last_token], alone=True)
+        except Exception:
+            log.exception("request %s: generation failed", stream.request_id)
+            self._fail(stream)
+        self._ended.remove(stream)
+        if stream.finish == "error":
+            return self._refuse(context, idx, ApiError("generation failed for this request", status=500,
+                                                       kind="server_error"))
+        return self._answer(context, idx, stream)
+
+    def _take(self, context: Any, stream: Stream, token: int) -> None:
+        """`token` is `stream`'s next: its text, its timing, and whether it ends the generation."""
+        now = time.perf_counter()
+        if stream.first_token_at is None:
+            stream.first_token_at = now
+            self._time(context, "MaasTimeToFirstTokenMs", (now - stream.arrived) * 1000)
+        else:
+            self._time(context, "MaasInterTokenLatencyMs", (now - stream.last_token_at) * 1000)
+        stream.last_token_at = now
+        stream.last_token = token
+        stream.tokens += 1
+        if token in self.eos:
+            stream.finish = "stop"
+        else:
+            stream.text += stream.decoder.decode(token)
+            if stream.tokens >= stream.max_new:
+                stream.finish = "length"
+        cut = min((i for i in (stream.text.find(s, max(0, stream.sent - len(s))) for s in stream.req.stop) if i >= 0),
+                  default=-1)
+        if cut >= 0:
+            stream.text, stream.finish = stream.text[:cut], "stop"
+        if stream.finish is not None:
+            self._finished(context, stream)
+
+    def _answer(self, context: Any, idx: int, stream: Stream) -> bytes:
+        """This step's answer to `stream`: its new events (streaming), or its whole answer when done."""
+        stream.steps += 1
+        if stream.finish == "error":
+            return self._refuse(context, idx, ApiError("generation failed for this request", status=500,
+                                                       kind="server_error"))
+        context.set_response_content_type(idx, "text/event-stream" if stream.req.stream else "application/json")
+        if not stream.req.stream:
+            if stream.finish is None:
+                return b""
+            return _bytes(json_body(full_answer(stream.request_id, stream.req, stream.created, stream.text, stream.finish,
+                                                stream.prompt_tokens, stream.tokens)))
+        set_header(context, idx, "Cache-Control", "no-cache")
+        if stream.tokens == 0:
+            return b""  # waiting or prefilling
+        upto = len(stream.text) - (0 if stream.finish else held_back(stream.text, stream.req.stop))
+        events = b""
+        if stream.sent == 0 and not stream.opened or upto > stream.sent:
+            events += chunk(stream.request_id, stream.req, stream.created, stream.text[stream.sent:upto], None,
+                            first=not stream.opened)
+            stream.opened = True
+            stream.sent = max(stream.sent, upto)
+        if stream.finish is not None:
+            events += chunk(stream.request_id, stream.req, stream.created, None, stream.finish)
+            if stream.req.include_usage:
+                events += usage_chunk(stream.request_id, stream.req, stream.created, stream.prompt_tokens, stream.tokens)
+            events += DONE
+        return events
+
+    def _fail(self, stream: Stream) -> None:
+        stream.finish = "error"
+        self._forget(stream)
+        self._ended.append(stream)
+
+    def _forget(self, stream: Stream) -> None:
+        self.streams.pop(stream.request_id, None)
+        if stream in self.queue:
+            self.queue.remove(stream)
+        self.engine.drop(stream.request_id)
+
     def _new_request(self, context: Any, idx: int, rid: str, item: Any, answers: list[Any],
                      finished: list[bool | None]) -> Stream | None:
-        """A request seen for the first time: its stream, prefilled; or its whole answer (a refusal,
+        """A request seen for the first time: its stream, queued; or its whole answer (a refusal,
         v1/models) put in `answers`, with how it ends in `finished`."""
         self._count(context, "MaasRequests", 1)
         try:
             stream = self._admit(rid, item, context, idx)
-        except Exception as exc:  # one failed prefill never fails its neighbours
+        except Exception as exc:  # one bad request never fails its neighbours
             if not isinstance(exc, ApiError):
-                log.exception("request %s: prefill failed", rid)
+                log.exception("request %s: could not be admitted", rid)
                 exc = ApiError("generation failed for this request", status=500, kind="server_error")
             answers[idx] = self._refuse(context, idx, exc)
             finished[idx] = None if _over_http(context, idx) else True
@@ -206,20 +352,17 @@ class LlmHandler:
         if req.max_tokens is not None and req.max_tokens > room:
             raise ApiError(f"max_tokens is {req.max_tokens}, but the prompt leaves room for {room} tokens of this "
                            f"model's {self.context_length}-token context", "max_tokens", code="context_length_exceeded")
-        max_new = req.max_tokens or room
-        params = self.og.GeneratorParams(self.model)
-        options: dict[str, Any] = {"max_length": len(prompt_ids) + max_new, "repetition_penalty": 1.0}
-        if req.greedy:
-            options["do_sample"] = False
-        else:
-            options.update(do_sample=True, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k or 0)
-            options["random_seed"] = seed_for_sampling(req.seed) if req.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
-        params.set_search_options(**options)
-        generator = self.og.Generator(self.model, params)
-        generator.append_tokens(prompt_ids)  # the prefill
-        stream = Stream(rid, req, generator, self.tokenizer.create_stream(), len(prompt_ids), max_new,
-                        http=_over_http(context, idx))
+        http = _over_http(context, idx)
+        if http and len(self.queue) >= self.max_waiting + self.engine.free_slots():
+            # every slot is taken and the queue is full: the client should come back (the openai
+            # client retries a 429 by itself, after Retry-After)
+            set_header(context, idx, "Retry-After", RETRY_AFTER_S)
+            raise ApiError(f"this worker's {self.engine.slots} streams and its queue of {self.max_waiting} requests are "
+                           "full; retry later", status=429, kind="requests", code="rate_limit_exceeded")
+        stream = Stream(rid, req, prompt_ids, self.tokenizer.create_stream(), generator_for(req), len(prompt_ids),
+                        req.max_tokens or room, http=http)
         self.streams[rid] = stream
+        self.queue.append(stream)
         return stream
 
     def _prompt_ids(self, req: GenerationRequest) -> list[int]:
@@ -239,61 +382,14 @@ class LlmHandler:
             raise ApiError("the prompt encodes to no tokens", "messages" if req.route == "chat" else "prompt")
         return ids
 
-    def _step(self, context: Any, idx: int, stream: Stream) -> bytes:
-        """Decode one token of `stream`; its events (streaming) or its whole answer when done."""
-        generator = stream.generator
-        stream.steps += 1
-        context.set_response_content_type(idx, "text/event-stream" if stream.req.stream else "application/json")
-        if not generator.is_done():
-            generator.generate_next_token()
-            token = int(generator.get_next_tokens()[0])
-            now = time.perf_counter()
-            if stream.first_token_at is None:
-                stream.first_token_at = now
-                self._time(context, "MaasTimeToFirstTokenMs", (now - stream.arrived) * 1000)
-            else:
-                self._time(context, "MaasInterTokenLatencyMs", (now - stream.last_token_at) * 1000)
-            stream.last_token_at = now
-            stream.tokens += 1
-            if token in self.eos:
-                stream.finish = "stop"
-            else:
-                stream.text += stream.decoder.decode(token)
-        if stream.finish is None and (generator.is_done() or stream.tokens >= stream.max_new):
-            stream.finish = "length"
-        cut = min((i for i in (stream.text.find(s, max(0, stream.sent - len(s))) for s in stream.req.stop) if i >= 0),
-                  default=-1)
-        if cut >= 0:
-            stream.text, stream.finish = stream.text[:cut], "stop"
-        if stream.finish is not None:
-            self._finished(context, stream)
-        if not stream.req.stream:
-            if stream.finish is None:
-                return b""
-            return _bytes(json_body(full_answer(stream.request_id, stream.req, stream.created, stream.text, stream.finish,
-                                                stream.prompt_tokens, stream.tokens)))
-        upto = len(stream.text) - (0 if stream.finish else held_back(stream.text, stream.req.stop))
-        events = b""
-        if stream.sent == 0 and stream.tokens <= 1 or upto > stream.sent:
-            events += chunk(stream.request_id, stream.req, stream.created, stream.text[stream.sent:upto], None,
-                            first=stream.tokens <= 1)
-            stream.sent = max(stream.sent, upto)
-        if stream.finish is not None:
-            events += chunk(stream.request_id, stream.req, stream.created, None, stream.finish)
-            if stream.req.include_usage:
-                events += usage_chunk(stream.request_id, stream.req, stream.created, stream.prompt_tokens, stream.tokens)
-            events += DONE
-        set_header(context, idx, "Cache-Control", "no-cache")
-        return events
-
     def _finished(self, context: Any, stream: Stream) -> None:
-        self.streams.pop(stream.request_id, None)
+        self._forget(stream)
+        self._ended.append(stream)
         self._count(context, "MaasPromptTokens", stream.prompt_tokens)
         self._count(context, "MaasCompletionTokens", stream.tokens)
         if stream.first_token_at is not None and stream.last_token_at is not None and stream.tokens > 1:
             rate = (stream.tokens - 1) / max(stream.last_token_at - stream.first_token_at, 1e-9)
             self._gauge(context, "MaasOutputTokensPerSecond", rate)
-        self._gauge(context, "MaasRunningSequences", len(self.streams))
 
     def _models(self, context: Any, idx: int) -> bytes:
         context.set_response_content_type(idx, "application/json")

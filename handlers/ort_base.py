@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from cores import worker_threads
 from http_reply import reply, reply_binary
 from inputs import InputError, clip, finite_number, parse_json, request_body, request_header, unicode_text
 from integrity import sha256_file
@@ -68,22 +68,6 @@ def wants_explanation(context: Any, idx: int) -> bool:
         return getter is not None and str(getter(idx, "explain")) == "True"
     except Exception:  # noqa: BLE001 - a context without headers is a prediction
         return False
-
-
-def worker_threads(configured: int, max_workers: int) -> int:
-    """Explicit intra-op threads: configured, else cores // workers, so workers x threads <= cores."""
-    if configured and configured > 0:
-        return int(configured)
-    return max(1, available_cores() // max(1, max_workers))
-
-
-def available_cores() -> int:
-    """Cores this server may use: MAAS_CPU_CORES when set (a pod sees every core of its node, not
-    its CPU request, so the Kubernetes manifests set it), else the process's CPU affinity."""
-    pinned = os.environ.get("MAAS_CPU_CORES", "").strip()
-    if pinned.isdigit() and int(pinned) > 0:
-        return int(pinned)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def choose_providers(gpu_id: Any, use_tensorrt: bool = False) -> list[Any]:

@@ -1,0 +1,223 @@
+"""Decoding engines for the generation handler: logits for the next token of many sequences.
+
+`BatchEngine` (CPU): in-flight batching on the ONNX graph ONNX Runtime GenAI built. Its
+GroupQueryAttention reads each row's own length from the attention mask, so sequences of
+different lengths decode together in one run, one pass over the weights for all of them.
+The KV cache is preallocated once ([slots, kv heads, max_len, head size] per layer and per K/V,
+the worker's whole KV budget) and shared between past and present (IO binding), so a step
+writes one new position per row in place and never allocates. Running sequences hold slots
+0..n-1, so a batch is always a contiguous prefix; when one leaves, the last moves into its slot.
+GroupQueryAttention refuses several rows of more than one new token with a past, so prompts
+are prefilled one at a time, in chunks, in a staging row of their own, and copied into a
+slot when done: a long prompt costs running streams one chunk per step, not a freeze.
+
+`GeneratorEngine`: one ONNX Runtime GenAI Generator per sequence, decoded one after another.
+It is what CUDA archives run (GenAI keeps the KV cache on the device) and the baseline the
+bench compares batching with.
+
+Both return float32 logits of each sequence's last token; sampling is the handler's.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Logits = np.ndarray  # [vocab] float32
+
+
+class EngineFull(Exception):
+    """No slot is free for another running sequence."""
+
+
+class BatchEngine:
+    """In-flight batching over the GenAI-built decoder graph, on ONNX Runtime's CPU provider."""
+
+    kind = "batch"
+
+    def __init__(self, model_dir: Path, slots: int, max_len: int, threads: int, budget_bytes: int) -> None:
+        """`max_len` tokens per sequence, fewer if (slots + 2) rows of them would not fit `budget_bytes`."""
+        import onnxruntime as ort
+
+        config = json.loads((model_dir / "genai_config.json").read_text())["model"]
+        decoder = config["decoder"]
+        self.layers = int(decoder["num_hidden_layers"])
+        self.kv_heads = int(decoder["num_key_value_heads"])
+        self.head_size = int(decoder["head_size"])
+        names = decoder["inputs"], decoder["outputs"]
+        self.input_ids, self.mask = names[0]["input_ids"], names[0]["attention_mask"]
+        self.logits_name = names[1]["logits"]
+        self.kv_pairs = [(names[0][f"past_{kv}_names"] % layer, names[1][f"present_{kv}_names"] % layer)
+                         for layer in range(self.layers) for kv in ("key", "value")]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        if threads > 1:  # idle spinning steals the cores TorchServe's frontend shares
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.ort = ort
+        self.session = ort.InferenceSession(str(model_dir / decoder["filename"]), options,
+                                            providers=["CPUExecutionProvider"])
+        past_type = {i.name: i.type for i in self.session.get_inputs()}[self.kv_pairs[0][0]]
+        dtype = np.float16 if "float16" in past_type else np.float32
+        token_bytes = len(self.kv_pairs) * self.kv_heads * self.head_size * np.dtype(dtype).itemsize
+        max_len = min(max_len, budget_bytes // ((slots + 2) * token_bytes))
+        if max_len < 16:
+            raise ValueError(f"a KV cache of {budget_bytes / 1e6:.0f} MB holds {max_len} tokens for each of {slots} "
+                             f"streams ({token_bytes} bytes a token): raise kv_cache_mb or lower max_streams")
+        self.slots, self.max_len = slots, max_len
+        # Row `slots` is the staging row where prompts are prefilled; `slots` + 1 the lone row
+        self.cache = [np.zeros((slots + 2, self.kv_heads, max_len, self.head_size), dtype) for _ in self.kv_pairs]
+        self.key_at: list[str] = []  # running sequences, by slot
+        self.length: dict[str, int] = {}  # tokens in the cache, per sequence (the staged one too)
+        self.staged: str | None = None
+        self.alone: str | None = None
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(a.nbytes for a in self.cache)
+
+    @property
+    def bytes_per_token(self) -> int:
+        return sum(a.itemsize * a.shape[1] * a.shape[3] for a in self.cache)
+
+    @property
+    def running(self) -> int:
+        return len(self.key_at)
+
+    def free_slots(self) -> int:
+        return self.slots - len(self.key_at)
+
+    def prefill(self, key: str, tokens: list[int], alone: bool = False) -> Logits:
+        """Append `tokens` to `key`'s sequence in the staging row, one sequence at a time, until it is
+        activated; or (`alone`) in the row of a sequence that never joins the batch."""
+        row = self.slots + 1 if alone else self.slots
+        holder = self.alone if alone else self.staged
+        if holder not in (None, key):
+            raise RuntimeError(f"{holder} holds that row")
+        if alone:
+            self.alone = key
+        else:
+            self.staged = key
+        past = self.length.get(key, 0)
+        if past + len(tokens) > self.max_len:
+            raise ValueError(f"sequence of {past + len(tokens)} tokens exceeds the cache's {self.max_len}")
+        ids = np.asarray([tokens], np.int64)
+        mask = np.ones((1, past + len(tokens)), np.int64)
+        logits = self._run(ids, mask, row, row + 1)
+        self.length[key] = past + len(tokens)
+        return logits[0, len(tokens) - 1].astype(np.float32)
+
+    def activate(self, key: str) -> None:
+        """Move the staged sequence into a free slot: from the next decode on it runs in the batch."""
+        if self.staged != key:
+            raise RuntimeError(f"{key} is not staged")
+        if not self.free_slots():
+            raise EngineFull("every slot holds a running sequence")
+        self._copy(self.slots, len(self.key_at), self.length[key])
+        self.key_at.append(key)
+        self.staged = None
+
+    def decode(self, tokens: dict[str, int]) -> dict[str, Logits]:
+        """One token for every running sequence (all of them: a batch is the running prefix)."""
+        if set(tokens) != set(self.key_at):
+            raise ValueError("decode takes one token for every running sequence")
+        n = len(self.key_at)
+        pasts = [self.length[key] for key in self.key_at]
+        if max(pasts) + 1 > self.max_len:
+            raise ValueError("a sequence would exceed the cache")
+        ids = np.asarray([[tokens[key]] for key in self.key_at], np.int64)
+        mask = np.zeros((n, max(pasts) + 1), np.int64)  # each row's sum is its length: GQA reads it
+        for row, past in enumerate(pasts):
+            mask[row, : past + 1] = 1
+        logits = self._run(ids, mask, 0, n)
+        for key in self.key_at:
+            self.length[key] += 1
+        return {key: logits[row, 0].astype(np.float32) for row, key in enumerate(self.key_at)}
+
+    def drop(self, key: str) -> None:
+        """Forget `key`; the last running sequence moves into its slot."""
+        if self.staged == key:
+            self.staged = None
+        elif self.alone == key:
+            self.alone = None
+        elif key in self.key_at:
+            slot, last = self.key_at.index(key), len(self.key_at) - 1
+            if slot != last:
+                moved = self.key_at[last]
+                self._copy(last, slot, self.length[moved])
+                self.key_at[slot] = moved
+            self.key_at.pop()
+        self.length.pop(key, None)
+
+    def _copy(self, source: int, target: int, length: int) -> None:
+        for array in self.cache:
+            array[target, :, :length] = array[source, :, :length]
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, first: int, end: int) -> np.ndarray:
+        binding = self.session.io_binding()
+        binding.bind_output(self.logits_name, "cpu")
+        binding.bind_cpu_input(self.input_ids, ids)
+        binding.bind_cpu_input(self.mask, mask)
+        for (past, present), array in zip(self.kv_pairs, self.cache):
+            # past and present are one buffer: the graph writes the new positions in place
+            rows = self.ort.OrtValue.ortvalue_from_numpy(array[first:end])
+            binding.bind_ortvalue_input(past, rows)
+            binding.bind_ortvalue_output(present, rows)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
+
+class GeneratorEngine:
+    """One ONNX Runtime GenAI Generator per sequence (CUDA archives; the unbatched baseline)."""
+
+    kind = "generator"
+
+    def __init__(self, og: Any, model: Any, slots: int, max_len: int) -> None:
+        self.og, self.model, self.slots, self.max_len = og, model, slots, max_len
+        self.generators: dict[str, Any] = {}
+        self.active: list[str] = []
+        self.staged: str | None = None
+
+    cache_bytes = 0  # GenAI allocates per generator
+    bytes_per_token = 0
+
+    @property
+    def running(self) -> int:
+        return len(self.active)
+
+    def free_slots(self) -> int:
+        return self.slots - len(self.active)
+
+    def prefill(self, key: str, tokens: list[int], alone: bool = False) -> Logits:
+        generator = self.generators.get(key)
+        if generator is None:
+            params = self.og.GeneratorParams(self.model)
+            params.set_search_options(max_length=self.max_len, do_sample=False)
+            generator = self.generators[key] = self.og.Generator(self.model, params)
+        if not alone:
+            self.staged = key
+        return self._append(generator, tokens)
+
+    def activate(self, key: str) -> None:
+        if not self.free_slots():
+            raise EngineFull("every slot holds a running sequence")
+        self.active.append(key)
+        self.staged = None
+
+    def decode(self, tokens: dict[str, int]) -> dict[str, Logits]:
+        return {key: self._append(self.generators[key], [tokens[key]]) for key in self.active}
+
+    def drop(self, key: str) -> None:
+        self.generators.pop(key, None)
+        if key in self.active:
+            self.active.remove(key)
+        if self.staged == key:
+            self.staged = None
+
+    @staticmethod
+    def _append(generator: Any, tokens: list[int]) -> Logits:
+        generator.append_tokens(tokens)
+        logits = np.asarray(generator.get_logits())
+        return logits.reshape(-1, logits.shape[-1])[-1].astype(np.float32)

@@ -1,0 +1,15 @@
+"""The generation handler's settings (model-config.yaml `handler:`) and their defaults: read by the
+handler and written into every language-model archive by the build (export/llm_build.py)."""
+from typing import Any
+
+# model-config.yaml `handler:` settings and their defaults. The KV cache is allocated once, at start:
+# (max_streams + 2) rows of max_sequence_tokens tokens (0: the model's context), cut to fit kv_cache_mb.
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "max_streams": 8,  # sequences decoded together (KV cache rows)
+    "max_waiting": 8,  # requests queued for a row; beyond them a 429 with Retry-After
+    "max_sequence_tokens": 0,  # prompt + output per sequence; 0: the model's context length
+    "kv_cache_mb": 1024,
+    "prefill_chunk_tokens": 64,  # prompt tokens prefilled per step, between decode steps
+    "intra_op_threads": 0,  # 0: cores // workers
+    "engine": "batch",  # or "generator": one ONNX Runtime GenAI Generator per sequence (CUDA always)
+}
