@@ -1,0 +1,93 @@
+"""The generation handler's scheduling, step by step, on the packaged tiny Llama (in process, with
+the real ONNX Runtime sessions; tests/integration/test_llm_serving.py runs it inside TorchServe):
+in-flight batching gives every request the tokens it gets alone, a long prompt is prefilled in
+chunks while running streams keep their one token a step, a full queue answers 429 with
+Retry-After, the KV budget bounds the context, and a client that leaves frees its row."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from llm_steps import Call, handler_for, record_tokens, run_steps
+
+PROMPTS = ["The pump", "Bearing temperature rose and the operator", "x", "Spindle torque of the lathe is high, so we"]
+
+
+def mixed_calls(stagger: int = 2) -> list[Call]:
+    """Greedy and seeded sampled requests of different lengths, arriving one every `stagger` steps."""
+    bodies = [{"prompt": p, "max_tokens": 30 + 5 * i, "temperature": 0} for i, p in enumerate(PROMPTS)]
+    bodies += [{"prompt": f"Pump {i} at", "max_tokens": 20, "temperature": 0.8, "top_p": 0.9, "seed": i} for i in range(4)]
+    return [Call(body, joins=stagger * i) for i, body in enumerate(bodies)]
+
+
+def texts(model_dir: Path, calls: list[Call], **settings) -> list[str]:
+    handler, context = handler_for(model_dir, **settings)
+    run_steps(handler, context, calls)
+    assert handler.engine.running == 0 and not handler.streams and not handler.queue
+    return [call.text() for call in calls]
+
+
+def test_batched_streams_get_what_one_generator_each_gives(llm_archive: Path) -> None:
+    """ONNX Runtime GenAI, one Generator per request (the engine CUDA archives run), is the reference:
+    the batch engine gives the same greedy and seeded tokens, whether streams arrive one by one, wait
+    for a row (3 rows for 8 requests) or have their prompts prefilled 2 tokens a step."""
+    reference = texts(llm_archive, mixed_calls(), engine="generator")
+    assert all(reference)
+    assert texts(llm_archive, mixed_calls()) == reference
+    assert texts(llm_archive, mixed_calls(stagger=0), max_streams=3) == reference
+    assert texts(llm_archive, mixed_calls(stagger=1), prefill_chunk_tokens=2, max_streams=5) == reference
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_streams_go_on(llm_archive: Path) -> None:
+    chunk, prompt = 16, list(range(3, 153))  # 150 token ids: 10 chunks
+    running = Call({"prompt": "The pump", "max_tokens": 40, "temperature": 0, "stream": True, "stop": []})
+    long = Call({"prompt": prompt, "max_tokens": 5, "temperature": 0, "stream": True}, joins=3)
+    handler, context = handler_for(llm_archive, prefill_chunk_tokens=chunk)
+    tokens = record_tokens(handler, context)
+    run_steps(handler, context, [running, long])
+    # the running stream had a token in every step until its 40th ...
+    assert tokens["req-0"] == list(range(40))
+    # ... while the long prompt took 10 steps to prefill, its first token coming with the last chunk
+    assert tokens["req-1"] == list(range(3 + 10 - 1, 3 + 10 - 1 + 5))
+
+
+def test_a_full_queue_answers_429_with_retry_after(llm_archive: Path) -> None:
+    calls = [Call({"prompt": f"Valve {i} is", "max_tokens": 10, "temperature": 0}) for i in range(5)]
+    handler, context = handler_for(llm_archive, max_streams=2, max_waiting=1)
+    run_steps(handler, context, calls)
+    served, refused = calls[:3], calls[3:]
+    assert [c.status for c in refused] == [429, 429]
+    for call in refused:
+        error = call.answer()["error"]
+        assert call.headers["Retry-After"] == "1" and error["code"] == "rate_limit_exceeded", error
+        assert "queue of 1" in error["message"]
+    assert all(c.status == 200 and c.answer()["usage"]["completion_tokens"] == 10 for c in served)
+    # the third waited for a row: its answer came after the first two finished
+    assert served[2].steps[-1] > max(served[0].steps[-1], served[1].steps[-1])
+
+
+def test_the_kv_budget_bounds_the_context(llm_archive: Path) -> None:
+    # tiny Llama: 2 layers x (K, V) x 2 KV heads x 16 x 4 bytes = 512 bytes a token; 10 rows
+    handler, context = handler_for(llm_archive, max_streams=8, kv_cache_mb=0.1)
+    assert handler.context_length == 100_000 // (10 * 512) == 19
+    call = Call({"prompt": list(range(3, 23)), "max_tokens": 1})
+    run_steps(handler, context, [call])
+    error = call.answer()["error"]
+    assert call.status == 400 and error["code"] == "context_length_exceeded"
+    assert "context is 19 tokens" in error["message"]
+    with pytest.raises(ValueError, match="raise kv_cache_mb or lower max_streams"):
+        handler_for(llm_archive, kv_cache_mb=0.05)
+
+
+def test_a_client_that_leaves_frees_its_row_and_the_others_are_untouched(llm_archive: Path) -> None:
+    def three(leaves: int | None) -> list[Call]:
+        return [Call({"prompt": p, "max_tokens": 30, "temperature": 0}, leaves=leaves if i == 0 else None)
+                for i, p in enumerate(PROMPTS[:3])]
+
+    alone = three(None)
+    handler, context = handler_for(llm_archive)
+    run_steps(handler, context, alone)
+    left = three(5)  # the first leaves mid-stream: the last running row moves into its place
+    run_steps(handler, context, left)
+    assert [c.text() for c in left[1:]] == [c.text() for c in alone[1:]]
+    assert handler.engine.running == 0 and handler.engine.free_slots() == 8 and not handler.engine.length
