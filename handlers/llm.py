@@ -73,6 +73,7 @@ class Stream:
     sent: int = 0  # characters of `text` already sent
     tokens: int = 0
     last_token: int = -1  # the token the next decode step feeds
+    ids: tuple[list[int], list[int]] | None = None  # prompt's and answer's token ids, when asked for
     first_token_at: float | None = None
     last_token_at: float | None = None
     finish: str | None = None
@@ -263,6 +264,8 @@ class LlmHandler:
         stream.last_token_at = now
         stream.last_token = token
         stream.tokens += 1
+        if stream.ids is not None:
+            stream.ids[1].append(token)
         if token in self.eos:
             stream.finish = "stop"
         else:
@@ -287,7 +290,7 @@ class LlmHandler:
             if stream.finish is None:
                 return b""
             return _bytes(json_body(full_answer(stream.request_id, stream.req, stream.created, stream.text, stream.finish,
-                                                stream.prompt_tokens, stream.tokens)))
+                                                stream.prompt_tokens, stream.tokens, stream.ids)))
         set_header(context, idx, "Cache-Control", "no-cache")
         if stream.tokens == 0:
             return b""  # waiting or prefilling
@@ -299,7 +302,7 @@ class LlmHandler:
             stream.opened = True
             stream.sent = max(stream.sent, upto)
         if stream.finish is not None:
-            events += chunk(stream.request_id, stream.req, stream.created, None, stream.finish)
+            events += chunk(stream.request_id, stream.req, stream.created, None, stream.finish, token_ids=stream.ids)
             if stream.req.include_usage:
                 events += usage_chunk(stream.request_id, stream.req, stream.created, stream.prompt_tokens, stream.tokens)
             events += DONE
@@ -361,6 +364,8 @@ class LlmHandler:
                            "full; retry later", status=429, kind="requests", code="rate_limit_exceeded")
         stream = Stream(rid, req, prompt_ids, self.tokenizer.create_stream(), generator_for(req), len(prompt_ids),
                         req.max_tokens or room, http=http)
+        if req.return_token_ids:
+            stream.ids = (list(prompt_ids), [])
         self.streams[rid] = stream
         self.queue.append(stream)
         return stream

@@ -51,6 +51,7 @@ class GenerationRequest:
     stream: bool = False
     include_usage: bool = False
     echo_model: str = ""
+    return_token_ids: bool = False  # vLLM's extension: the prompt's and the answer's token ids in the choice
 
     @property
     def greedy(self) -> bool:
@@ -229,6 +230,7 @@ def parse_request(body: dict[str, Any], route: str, served: str) -> GenerationRe
         stream=stream,
         include_usage=bool(stream and options and options.get("include_usage")),
         echo_model=model or served,
+        return_token_ids=_flag(body, "return_token_ids"),
     )
 
 
@@ -249,13 +251,15 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def full_answer(request_id: str, req: GenerationRequest, created: int, text: str, finish: str,
-                prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """The non-streaming answer."""
+                prompt_tokens: int, completion_tokens: int, token_ids: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
+    """The non-streaming answer; `token_ids` (prompt's, answer's) when the request asked for them."""
     body = _base(request_id, req, created)
     if req.route == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}
     else:
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    if req.return_token_ids and token_ids is not None:
+        choice["prompt_token_ids"], choice["token_ids"] = token_ids
     return {**body, "choices": [choice], "usage": usage(prompt_tokens, completion_tokens)}
 
 
@@ -264,8 +268,9 @@ def sse(payload: dict[str, Any]) -> bytes:
 
 
 def chunk(request_id: str, req: GenerationRequest, created: int, text: str | None, finish: str | None,
-          first: bool = False) -> bytes:
-    """One server-sent event of a streaming answer (a delta of text, or the finish reason)."""
+          first: bool = False, token_ids: tuple[list[int], list[int]] | None = None) -> bytes:
+    """One server-sent event of a streaming answer (a delta of text, or the finish reason: with every
+    token id when the request asked for them)."""
     body = _base(request_id, req, created)
     if req.route == "chat":
         body["object"] = "chat.completion.chunk"
@@ -275,6 +280,8 @@ def chunk(request_id: str, req: GenerationRequest, created: int, text: str | Non
         body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
     else:
         body["choices"] = [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]
+    if req.return_token_ids and token_ids is not None:
+        body["choices"][0]["prompt_token_ids"], body["choices"][0]["token_ids"] = token_ids
     return sse(body)
 
 

@@ -56,7 +56,7 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
 
 @click.command("bench")
 @click.option("--models", "families", default="minilm", show_default=True, help="comma-separated: minilm, digits")
-@click.option("--users", default="8,16", show_default=True, help="client concurrencies (Locust users)")
+@click.option("--users", default=None, help="client concurrencies (Locust users) [8,16; --llm: 1,4,8,16]")
 @click.option("--layouts", default="2:4:5,2:8:5", show_default=True,
               help="WORKERS:BATCH:DELAY_MS layouts every configuration runs in (threads = cores // workers)")
 @click.option("--run-time", "run_time_s", type=int, default=10, show_default=True,
@@ -70,16 +70,26 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder [reports/bench-<UTC time>]")
 @click.option("--publish", type=click.Path(path_type=Path),
               help="also copy report.md, the plots and results.json here (e.g. benchmarks/results/cpu-2core-avx512-vnni)")
+@click.option("--llm", "llm_source", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="instead: a Hugging Face language-model folder, packaged and served at each --precisions")
+@click.option("--precisions", default="fp32,int4", show_default=True, help="--llm: the builds to serve")
+@click.option("--max-kl", type=float, help="--llm: accept quantized builds up to this KL (random weights quantize worst)")
 @click.pass_obj
-def bench(project: Project, families: str, users: str, layouts: str, run_time_s: int, warmup_s: int,
-          no_levers: bool, no_scaling: bool, rounds: int, store: Path | None, out_dir: Path | None, publish: Path | None) -> None:
+def bench(project: Project, families: str, users: str | None, layouts: str, run_time_s: int, warmup_s: int,
+          no_levers: bool, no_scaling: bool, rounds: int, store: Path | None, out_dir: Path | None, publish: Path | None,
+          llm_source: Path | None, precisions: str, max_kl: float | None) -> None:
     """Benchmark our ONNX Runtime handlers (FP32, fused FP32, INT8) against what a TorchServe user
     would serve instead (eager PyTorch, TorchScript, OpenVINO) and against each configuration's
     in-process ceiling, side by side in one run; writes JSON, markdown and plots (including how throughput and p95 scale
     with input length and batch size)."""
 
+    if llm_source is not None:
+        _bench_llm(project, llm_source, users or "1,4,8,16", precisions, run_time_s, warmup_s, not no_levers, max_kl,
+                   out_dir, publish)
+        return
     from maas import bench as bench_mod
 
+    users = users or "8,16"
     chosen = tuple(f.strip() for f in families.split(",") if f.strip())
     unknown = [f for f in chosen if f not in bench_mod.PAYLOADS]
     if unknown:
@@ -101,3 +111,17 @@ def bench(project: Project, families: str, users: str, layouts: str, run_time_s:
         bench_mod.publish(out, publish)
     click.echo((out / "report.md").read_text())
     click.echo(f"report: {out / 'report.md'}  plot: {out / 'bench.png'}  data: {out / 'results.json'}")
+
+
+def _bench_llm(project: Project, source: Path, users: str, precisions: str, run_time_s: int, warmup_s: int,
+               levers: bool, max_kl: float | None, out_dir: Path | None, publish: Path | None) -> None:
+    from maas import llm_bench
+
+    plan = llm_bench.LlmPlan(source.resolve(), tuple(p.strip() for p in precisions.split(",") if p.strip()),
+                             tuple(int(u) for u in users.split(",")), max(run_time_s, 1), max(warmup_s, 0), levers, max_kl)
+    out = out_dir or project.reports_dir / f"bench-llm-{stamp()}"
+    llm_bench.run_llm_bench(plan, out, project.config)
+    if publish:
+        llm_bench.publish(out, publish)
+    click.echo((out / "report.md").read_text())
+    click.echo(f"report: {out / 'report.md'}  plot: {out / 'llm.png'}  data: {out / 'results.json'}")

@@ -181,6 +181,30 @@ def test_streams_progress_together_and_short_ones_do_not_wait(llm_served) -> Non
              (short_done - start) * 1000, counts)
 
 
+def test_beyond_its_rows_and_queue_a_worker_answers_429_with_retry_after(llm_served) -> None:
+    """24 long streams at once at a worker of 8 rows and a queue of 8 (the archive's defaults): 16
+    are served whole, the rest get OpenAI's 429 with Retry-After at once, and the worker lives."""
+    ts, _ = llm_served
+    pid = worker_pid(ts)
+
+    def one(i: int) -> tuple[int, str, str | None]:
+        with post(ts, "completions", {"prompt": f"Line {i} stopped because", "max_tokens": 230, "temperature": 0,
+                                      "stream": True}, stream=True) as resp:
+            return resp.status_code, resp.text, resp.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(one, range(24)))
+    refused = [(text, retry) for status, text, retry in answers if status == 429]
+    served = [text for status, text, _ in answers if status == 200]
+    assert len(refused) + len(served) == 24, [a[:2] for a in answers if a[0] not in (200, 429)]
+    assert refused and len(served) >= 16, (len(served), len(refused))
+    for text, retry in refused:
+        assert retry == "1" and json.loads(text)["error"]["code"] == "rate_limit_exceeded", (text, retry)
+    assert all(text.rstrip().endswith("data: [DONE]") for text in served)
+    assert worker_pid(ts) == pid
+    log.info("24 streams at 8 rows + 8 queued: %d served, %d refused with 429", len(served), len(refused))
+
+
 def test_tokens_stream_over_grpc_as_over_http(llm_served) -> None:
     """TorchServe's gRPC StreamPredictions carries the same events; `maas predict --grpc` prints them."""
     from maas.grpc_client import GrpcCallError, GrpcInference

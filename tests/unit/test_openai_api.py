@@ -64,3 +64,19 @@ def test_chunks_are_server_sent_events() -> None:
     assert event.startswith(b"data: ") and event.endswith(b"\n\n") and event.isascii()
     body = json.loads(event[6:])
     assert body["object"] == "chat.completion.chunk" and body["choices"][0]["delta"] == {"role": "assistant", "content": "é"}
+
+
+def test_token_ids_come_back_when_asked_for() -> None:
+    """vLLM's `return_token_ids`: the prompt's and the answer's ids in the choice (the bench checks a
+    peer's greedy tokens with it)."""
+    from maas.handlers.openai_api import full_answer
+
+    req = parse_request({"prompt": "x", "return_token_ids": True}, "completion", "m")
+    choice = full_answer("r", req, 0, "ab", "length", 2, 2, ([5, 6], [7, 8]))["choices"][0]
+    assert (choice["prompt_token_ids"], choice["token_ids"]) == ([5, 6], [7, 8])
+    plain = parse_request({"prompt": "x"}, "completion", "m")
+    assert "token_ids" not in full_answer("r", plain, 0, "ab", "length", 2, 2, ([5, 6], [7, 8]))["choices"][0]
+    events = chunk("r", req, 0, None, "stop", token_ids=([5], [9]))
+    assert json.loads(events[6:])["choices"][0]["token_ids"] == [9]
+    with pytest.raises(ApiError, match="return_token_ids must be true or false"):
+        parse_request({"prompt": "x", "return_token_ids": "yes"}, "completion", "m")

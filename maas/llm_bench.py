@@ -1,0 +1,395 @@
+"""`maas bench --llm FOLDER`: a language model served by maas, measured against the machine's limit.
+
+For each precision (fp32, int4 by default) the folder is packaged (`maas package --llm`; kept
+archives are reused), registered alone in a bench TorchServe and loaded by Locust's streaming
+users at each concurrency: aggregate output tokens per second, p50/p95/p99 time to first token
+and inter-token latency, errors. In the same run: the machine's memory read bandwidth and the
+bytes of weights each decoded token reads, so single-stream decode is reported as a fraction of
+its bound; the worker's memory, start to READY, and its KV cache; one lever taken away at a time
+(batching: one GenAI Generator per stream); and whether batching changes any token (each of 8
+prompts decoded alone and among the 8, in process). Writes results.json, report.md, llm.png.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from maas.bench import bench_server, machine_info, worker_rss_mb
+from maas.core.machine import cores
+from maas.loadtest import LoadTest
+from maas.loadtest import run as run_locust
+from maas.slo import SLO, Thresholds
+
+log = logging.getLogger(__name__)
+MODEL = "bench-llm"
+PEER = "bench-llm-peer"
+PEER_LABEL = "peer: transformers generate (stock handler, fp32)"
+PARITY_PROMPTS = ("Machine M-1042 (type L):", "The spindle bearing", "Write a maintenance note for pump 7.")
+
+
+@dataclass(frozen=True)
+class LlmPlan:
+    source: Path
+    precisions: tuple[str, ...] = ("fp32", "int4")
+    users: tuple[int, ...] = (1, 4, 8, 16)
+    run_time_s: int = 20
+    warmup_s: int = 5
+    levers: bool = True
+    peer: bool = True  # transformers generate in a stock TorchServe handler (maas/peer_handlers)
+    max_kl: float | None = None  # accept a quantized build over its budget (random weights)
+
+
+@dataclass
+class LlmResult:
+    machine: dict[str, Any]
+    plan: dict[str, Any]
+    bandwidth_gbs: float = 0.0
+    builds: dict[str, Any] = field(default_factory=dict)
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    invariance: dict[str, Any] = field(default_factory=dict)
+    peer_parity: dict[str, Any] = field(default_factory=dict)
+
+
+def memory_bandwidth_gbs(megabytes: int = 1024, rounds: int = 5) -> float:
+    """Read bandwidth of this machine's memory: every core sums its share of an array far larger
+    than the caches (NumPy releases the GIL); the best of `rounds`."""
+    data = np.ones(megabytes * 2**20 // 4, np.float32)
+    parts = np.array_split(data, cores())
+    best = 0.0
+    for _ in range(rounds):
+        threads = [threading.Thread(target=np.add.reduce, args=(part,)) for part in parts]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        best = max(best, data.nbytes / (time.perf_counter() - started) / 1e9)
+    return round(best, 1)
+
+
+def weight_bytes(folder: Path) -> int:
+    """What one decode step reads at least: the decoder's ONNX graph and its external weights."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
+
+
+def build(plan: LlmPlan, store: Path, work: Path) -> dict[str, Any]:
+    from maas.export.llm_build import LlmOptions, package_llm
+
+    builds = {}
+    for precision in plan.precisions:
+        version = f"1.0-{precision}"
+        folder = store / f"{MODEL}-{version}"
+        if not (folder / "manifest.json").is_file():
+            log.info("bench: packaging %s at %s ...", plan.source, precision)
+            package_llm(LlmOptions(plan.source, MODEL, version, precision, "cpu", max_kl=plan.max_kl), work, store)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        builds[precision] = {"version": version, "folder": str(folder), "weight_bytes": weight_bytes(folder),
+                             "parity": manifest.get("parity"), "cost": manifest.get("cost"),
+                             "context_length": manifest["context_length"]}
+    return builds
+
+
+def build_peer(plan: LlmPlan, store: Path, work: Path) -> dict[str, Any]:
+    """The peer's archive: the source folder's weights and tokenizer as they are, its handler, no
+    zip (`no-archive`, as maas's own), registered as PEER at our fp32 version so the same load
+    test bodies serve both."""
+    import subprocess
+    import sys
+
+    from maas.bench_peers import PEER_DIR
+
+    version = "1.0-fp32"
+    folder = store / f"{PEER}-{version}"
+    if not (folder / "MAR-INF").is_dir():
+        work.mkdir(parents=True, exist_ok=True)
+        config = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 5, "responseTimeout": 600,
+                  "startupTimeout": 600}
+        (work / "peer-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        files = [p for p in sorted(plan.source.iterdir()) if p.is_file()]
+        staging = store / f".{PEER}-staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", PEER, "--version", version,
+                        "--handler", str(PEER_DIR / "transformers_llm_peer.py"),
+                        "--extra-files", ",".join(map(str, files)), "--config-file", str(work / "peer-config.yaml"),
+                        "--archive-format", "no-archive", "--export-path", str(staging), "--force"],
+                       check=True, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        (staging / PEER).rename(folder)
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"label": PEER_LABEL, "precision": "fp32", "version": version, "model": PEER, "handler": {}}
+
+
+def streamed_text(url: str, key: str, body: dict[str, Any]) -> str:
+    """A streamed completion's text, read from its server-sent events."""
+    return streamed(url, key, body)[0]
+
+
+def streamed(url: str, key: str, body: dict[str, Any]) -> tuple[str, list[int] | None]:
+    """A streamed completion's text and (asked with return_token_ids) its token ids."""
+    import requests
+
+    text, ids = [], None
+    with requests.post(url, json={**body, "stream": True}, headers={"Authorization": f"Bearer {key}"}, stream=True,
+                       timeout=600) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if line.startswith(b"data: {"):
+                for choice in json.loads(line[6:]).get("choices") or ():
+                    text.append((choice.get("delta") or {}).get("content") or choice.get("text") or "")
+                    ids = choice.get("token_ids", ids)
+    return "".join(text), ids
+
+
+def peer_parity(ts: Any, version: str) -> dict[str, Any]:
+    """Greedy completions of ours (fp32) and the peer's, compared by token id before anything is
+    timed (both answer `return_token_ids`). Their text is compared too: random weights emit lone bytes
+    of characters that each decoder renders its own way (U+FFFD, or nothing)."""
+    key = ts.client.fresh_key("inference")
+    equal = same_text = 0
+    for prompt in PARITY_PROMPTS:
+        body = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "return_token_ids": True}
+        ours = streamed(f"{ts.endpoints.inference}/predictions/{MODEL}/{version}/v1/completions", key, body)
+        theirs = streamed(f"{ts.endpoints.inference}/predictions/{PEER}/{version}/v1/completions", key, body)
+        equal += ours[1] is not None and ours[1] == theirs[1]
+        same_text += ours[0] == theirs[0]
+    return {"prompts": len(PARITY_PROMPTS), "equal": equal, "same_text": same_text, "max_tokens": 24}
+
+
+def batch_invariance(folder: Path, prompts: int = 8, tokens: int = 32) -> dict[str, Any]:
+    """Greedy tokens of `prompts` prompts decoded together vs each alone, with the serving engine."""
+    import sys
+
+    from maas.export.archive import HANDLERS_DIR
+
+    sys.path.insert(0, str(HANDLERS_DIR))
+    from llm_engine import BatchEngine
+
+    ids = [[(7 * i + j) % 200 + 3 for j in range(4 + 3 * i)] for i in range(prompts)]
+    engine = BatchEngine(folder, prompts, 256, cores(), 2**31)
+
+    def decode(keys: list[str]) -> dict[str, list[np.ndarray]]:
+        logits = {}
+        for key in keys:
+            logits[key] = [engine.prefill(key, ids[int(key)])]
+            engine.activate(key)
+        for _ in range(tokens - 1):
+            step = engine.decode({k: int(np.argmax(v[-1])) for k, v in logits.items()})
+            for k, v in step.items():
+                logits[k].append(v)
+        for key in keys:
+            engine.drop(key)
+        return logits
+
+    together = decode([str(i) for i in range(prompts)])
+    alone = {}
+    for i in range(prompts):
+        alone.update(decode([str(i)]))
+    flips, worst = 0, 0.0
+    for key, steps in together.items():
+        a = [int(np.argmax(x)) for x in alone[key]]
+        b = [int(np.argmax(x)) for x in steps]
+        flips += a != b
+        # compare logits only while both saw the same tokens
+        same = next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        worst = max([worst] + [float(np.abs(x - y).max()) for x, y in zip(alone[key][: same + 1], steps[: same + 1])])
+    return {"prompts": prompts, "tokens": tokens, "sequences_that_differ": flips, "max_abs_logit_diff": worst}
+
+
+def set_engine(folder: Path, **handler: Any) -> dict[str, Any]:
+    """Change the archive folder's handler settings in place; returns the old ones."""
+    path = folder / "model-config.yaml"
+    config = yaml.safe_load(path.read_text())
+    old = dict(config.get("handler") or {})
+    config["handler"] = {**old, **handler}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return old
+
+
+def served_rows(ts: Any, store: Path, config: dict[str, Any], plan: LlmPlan, reports: Path) -> list[dict[str, Any]]:
+    from maas.deploy import deploy, undeploy
+
+    model, version, rows = config.get("model", MODEL), config["version"], []
+    started = time.perf_counter()
+    deploy(ts.client, store, model, version, timeout=900)
+    config["register_to_ready_s"] = round(time.perf_counter() - started, 1)
+    try:
+        if model == PEER:  # ours at fp32 beside it, for the check only
+            deploy(ts.client, store, MODEL, version, timeout=900)
+            try:
+                config["parity"] = peer_parity(ts, version)
+            finally:
+                undeploy(ts.client, MODEL, version)
+            log.info("bench: peer greedy vs ours at fp32: %s", config["parity"])
+        for users in plan.users:
+            slo = SLO(users=users, spawn_rate=float(users), run_time_s=plan.run_time_s, warmup_s=plan.warmup_s,
+                      thresholds=Thresholds(max_p95_ms=1e9, max_p99_ms=1e9, max_error_ratio=1.0, min_rps=0.0))
+            test = LoadTest(model, slo, version=version, model_store=store, generative=True, payload=MODEL,
+                            label=f"{re.sub(r'[^a-z0-9]+', '-', config['label'].lower())[:40]}-{users}u")
+            summary, folder = run_locust(test, ts.endpoints.inference, ts.layout.key_file, reports)
+            drain(ts, model, version)
+            gen = summary.get("generation") or {}
+            row = {"label": config["label"], "users": users, "output_tokens_per_s": gen.get("output_tokens_per_s", 0.0),
+                   "stream_tokens_per_s_p50": gen.get("stream_tokens_per_s_p50"), "ttft_ms": gen.get("ttft_ms"),
+                   "itl_ms": gen.get("itl_ms"), "generations": gen.get("generations", 0),
+                   "requests": summary["requests"], "failures": summary["failures"], "report": str(folder)}
+            rows.append(row)
+            log.info("%s, %d users: %.1f output tokens/s, TTFT p95 %s ms, ITL p95 %s ms, %d failures", config["label"],
+                     users, row["output_tokens_per_s"], (row["ttft_ms"] or {}).get("p95"),
+                     (row["itl_ms"] or {}).get("p95"), row["failures"])
+        config["worker_rss_mb"] = [round(m) for m in worker_rss_mb(ts, model, version)]
+    finally:
+        undeploy(ts.client, model, version)
+    if model == MODEL:
+        log_text = (ts.layout.log_dir / "model_log.log").read_text(errors="replace")
+        loaded = [line.split("MODEL_LOG - ", 1)[-1] for line in log_text.splitlines() if "loaded on" in line]
+        config["worker_log"] = loaded[-1] if loaded else ""
+    return rows
+
+
+def drain(ts: Any, model: str, version: str) -> None:
+    """Wait out the requests Locust left behind when it stopped (a server that cannot drop a request
+    whose client left finishes it first): a one-token request answered means the queue is empty."""
+    started = time.perf_counter()
+    streamed_text(f"{ts.endpoints.inference}/predictions/{model}/{version}/v1/completions",
+                  ts.client.fresh_key("inference"), {"prompt": "drain", "max_tokens": 1, "temperature": 0})
+    log.info("bench: %s drained in %.1f s", model, time.perf_counter() - started)
+
+
+def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]]:
+    configs = [{"label": f"maas {p}", "precision": p, "version": b["version"], "folder": b["folder"], "handler": {}}
+               for p, b in builds.items()]
+    if plan.levers:  # one lever away at a time, on the last precision (int4 by default)
+        last = configs[-1]
+        configs.append({**last, "label": f"{last['label']}, no batching", "handler": {"engine": "generator"}})
+    return configs
+
+
+def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
+    out_dir = out_dir.resolve()
+    store, work, reports = (out_dir / n for n in ("store", "work", "locust"))
+    for d in (store, work, reports):
+        d.mkdir(parents=True, exist_ok=True)
+    result = LlmResult(machine=machine_info(), plan={**asdict(plan), "source": str(plan.source)})
+    result.bandwidth_gbs = memory_bandwidth_gbs()
+    log.info("bench: memory read bandwidth %.1f GB/s", result.bandwidth_gbs)
+    result.builds = build(plan, store, work)
+    peer = build_peer(plan, store, work) if plan.peer and "fp32" in result.builds else None
+    for precision, b in result.builds.items():
+        result.invariance[precision] = batch_invariance(Path(b["folder"]))
+        log.info("bench: %s batched vs alone: %s", precision, result.invariance[precision])
+    ts = bench_server(store, out_dir / "run", config)
+    ts.start(timeout=300)
+    try:
+        for cfg in configurations(plan, result.builds) + ([peer] if peer else []):
+            old = set_engine(Path(cfg["folder"]), **cfg["handler"]) if cfg.get("handler") else None
+            try:
+                result.rows += served_rows(ts, store, cfg, plan, reports)
+            finally:
+                if old is not None:
+                    set_engine(Path(cfg["folder"]), **old)
+            result.configs.append({k: v for k, v in cfg.items() if k != "folder"})
+            if cfg.get("parity"):
+                result.peer_parity = cfg["parity"]
+    finally:
+        ts.stop()
+    write_outputs(result, out_dir)
+    return result
+
+
+# ---- report -------------------------------------------------------------------------------
+def bound_tokens_per_s(result: LlmResult, precision: str) -> float:
+    return result.bandwidth_gbs * 1e9 / result.builds[precision]["weight_bytes"]
+
+
+def write_outputs(result: LlmResult, out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    plot(result, out_dir / "llm.png")
+    (out_dir / "report.md").write_text(report(result))
+
+
+def _p(figures: dict[str, Any] | None, key: str) -> str:
+    value = (figures or {}).get(key)
+    return "" if value is None else f"{value:.0f}"
+
+
+def report(result: LlmResult) -> str:
+    m = result.machine
+    lines = [f"# Language model serving: {Path(result.plan['source']).name}", "",
+             f"{m['cores']} cores, {m['cpu']} ({m['isa']}); torch {m['torch']}, onnxruntime {m['onnxruntime-gpu']}, "
+             f"torchserve {m['torchserve']}, locust {m['locust']}; {m['date']}.", "",
+             f"Memory read bandwidth measured in this run: **{result.bandwidth_gbs} GB/s**. Locust's streaming users "
+             f"(sampled chat completions, up to 64 tokens) run on the same cores as TorchServe; "
+             f"{result.plan['warmup_s']} s warm-up + {result.plan['run_time_s']} s measured per row.", "",
+             "| precision | weights read per token | bandwidth bound | single stream | of the bound | parity / cost |",
+             "|---|---|---|---|---|---|"]
+    for precision, b in result.builds.items():
+        single = next((r for r in result.rows if r["label"] == f"maas {precision}" and r["users"] == 1), None)
+        rate = (single or {}).get("stream_tokens_per_s_p50") or 0.0
+        bound = bound_tokens_per_s(result, precision)
+        check = (f"greedy equal on {b['parity']['equal']}/{b['parity']['prompts']} prompts" if b.get("parity")
+                 else f"KL {b['cost'].get('mean_kl'):.3g}" if b.get("cost") else "")
+        lines.append(f"| {precision} | {b['weight_bytes'] / 1e6:.0f} MB | {bound:.1f} tokens/s | {rate:.1f} tokens/s | "
+                     f"{rate / bound:.0%} | {check} |")
+    lines += ["", "| configuration | users | output tokens/s | one stream p50 tokens/s | TTFT p50 / p95 / p99 ms | "
+              "ITL p50 / p95 / p99 ms | requests | errors |", "|---|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        t, i = r["ttft_ms"], r["itl_ms"]
+        lines.append(f"| {r['label']} | {r['users']} | {r['output_tokens_per_s']:.1f} | "
+                     f"{r['stream_tokens_per_s_p50'] or 0:.1f} | {_p(t, 'p50')} / {_p(t, 'p95')} / {_p(t, 'p99')} | "
+                     f"{_p(i, 'p50')} / {_p(i, 'p95')} / {_p(i, 'p99')} | {r['requests']} | {r['failures']} |")
+    lines += ["", "| configuration | worker RSS MB | register to READY s | worker start |", "|---|---|---|---|"]
+    for c in result.configs:
+        lines.append(f"| {c['label']} | {', '.join(map(str, c.get('worker_rss_mb', [])))} | "
+                     f"{c.get('register_to_ready_s', '')} | {re.sub(r'^.*?: loaded', 'loaded', c.get('worker_log', ''))} |")
+    if result.peer_parity:
+        pp = result.peer_parity
+        lines += ["", f"Checked before timing: the peer's greedy token ids equal ours at fp32 on {pp['equal']}/"
+                  f"{pp['prompts']} prompts ({pp['max_tokens']} tokens; the text on {pp['same_text']}: random weights emit "
+                  "lone bytes of characters that each decoder renders its own way)."]
+    lines += ["", "Batched vs alone (in process, greedy, the serving engine):", ""]
+    for precision, inv in result.invariance.items():
+        lines.append(f"- {precision}: {inv['sequences_that_differ']} of {inv['prompts']} sequences differ over "
+                     f"{inv['tokens']} tokens; largest logit difference before any differs {inv['max_abs_logit_diff']:.2e}")
+    return "\n".join(lines) + "\n\n![throughput and latencies against concurrency](llm.png)\n"
+
+
+def plot(result: LlmResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for label in dict.fromkeys(r["label"] for r in result.rows):
+        rows = [r for r in result.rows if r["label"] == label]
+        users = [r["users"] for r in rows]
+        axes[0].plot(users, [r["output_tokens_per_s"] for r in rows], marker="o", label=label)
+        axes[1].plot(users, [(r["itl_ms"] or {}).get("p95", np.nan) for r in rows], marker="o", label=label)
+        axes[2].plot(users, [(r["ttft_ms"] or {}).get("p95", np.nan) for r in rows], marker="o", label=label)
+    for ax, title in zip(axes, ("output tokens/s (all streams)", "inter-token latency p95 (ms)",
+                                "time to first token p95 (ms)")):
+        ax.set_title(title)
+        ax.set_xlabel("concurrent streams (Locust users)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def publish(out_dir: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("report.md", "llm.png", "results.json"):
+        shutil.copy(out_dir / name, dest / name)

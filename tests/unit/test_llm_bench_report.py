@@ -1,0 +1,28 @@
+"""`maas bench --llm`'s report from a run's figures (maas/llm_bench.py): pure logic and a plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from maas.llm_bench import LlmResult, bound_tokens_per_s, write_outputs
+
+
+def test_the_report_puts_single_stream_against_the_bandwidth_bound(tmp_path: Path) -> None:
+    figures = {"p50": 10.0, "p95": 20.0, "p99": 30.0}
+    result = LlmResult(
+        machine={"cores": 2, "cpu": "cpu", "isa": "AVX2", "torch": "t", "onnxruntime-gpu": "o", "torchserve": "s",
+                 "locust": "l", "date": "d"},
+        plan={"source": "/x/llama", "warmup_s": 5, "run_time_s": 20}, bandwidth_gbs=20.0,
+        builds={"int4": {"version": "1.0-int4", "weight_bytes": 400_000_000, "cost": {"mean_kl": 0.05}, "parity": None}},
+        configs=[{"label": "maas int4", "worker_rss_mb": [700], "register_to_ready_s": 3.0,
+                  "worker_log": "big 1.0: loaded on CPUExecutionProvider, batch engine"}],
+        rows=[{"label": "maas int4", "users": u, "output_tokens_per_s": 30.0 * u, "stream_tokens_per_s_p50": 35.0,
+               "ttft_ms": figures, "itl_ms": figures, "requests": 10, "failures": 0, "generations": 10}
+              for u in (1, 4)],
+        invariance={"int4": {"prompts": 8, "tokens": 32, "sequences_that_differ": 0, "max_abs_logit_diff": 0.0}})
+    assert bound_tokens_per_s(result, "int4") == 50.0
+    write_outputs(result, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "| int4 | 400 MB | 50.0 tokens/s | 35.0 tokens/s | 70% | KL 0.05 |" in report
+    assert "| maas int4 | 4 | 120.0 | 35.0 | 10 / 20 / 30 | 10 / 20 / 30 | 10 | 0 |" in report
+    assert "0 of 8 sequences differ" in report
+    assert (tmp_path / "llm.png").stat().st_size > 10_000 and (tmp_path / "results.json").is_file()
