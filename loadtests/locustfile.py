@@ -56,6 +56,9 @@ def _arguments(parser) -> None:
                         help="host:port of TorchServe's gRPC inference API")
     parser.add_argument("--grpc-ca", default="", env_var="MAAS_GRPC_CA",
                         help="CA certificate to trust when TorchServe's gRPC uses TLS (empty: plain gRPC)")
+    parser.add_argument("--openai-path", default="", env_var="MAAS_OPENAI_PATH",
+                        help="--generative: the chat completions path [/predictions/MODEL/VERSION/v1/chat/completions]"
+                             " (another OpenAI-compatible server, e.g. llama.cpp's /v1/chat/completions)")
     parser.add_argument("--generative", action="store_true", env_var="MAAS_GENERATIVE",
                         help="a language model: stream chat completions (OpenAI API) and record time to first "
                              "token, inter-token latency and tokens per second")
@@ -258,8 +261,9 @@ class GenerationUser(User):
             raise ValueError("load a language model over HTTP (its gRPC answers come whole)")
         self.model = opts.model
         version = opts.model_version or "1.0"
-        self.url = f"{self.environment.host}/predictions/{opts.model}/{version}/v1/chat/completions"
-        self.name = f"/predictions/{opts.model}/{version}/v1/chat/completions (stream)"
+        path = opts.openai_path or f"/predictions/{opts.model}/{version}/v1/chat/completions"
+        self.url = f"{self.environment.host}{path}"
+        self.name = f"{path} (stream)"
         self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000,
                                            version=opts.model_version, model_store=opts.model_store)
         self.keys = KeyFile(opts.key_file)

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,7 @@ class LlmPlan:
     warmup_s: int = 5
     levers: bool = True
     peer: bool = True  # transformers generate in a stock TorchServe handler (maas/peer_handlers)
+    llama_cpp: Path | None = None  # a cache folder: llama.cpp's server built there is the second peer
     max_kl: float | None = None  # accept a quantized build over its budget (random weights)
 
 
@@ -59,22 +61,30 @@ class LlmResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     invariance: dict[str, Any] = field(default_factory=dict)
     peer_parity: dict[str, Any] = field(default_factory=dict)
+    llama_cpp_parity: dict[str, Any] = field(default_factory=dict)
 
 
-def memory_bandwidth_gbs(megabytes: int = 1024, rounds: int = 5) -> float:
-    """Read bandwidth of this machine's memory: every core sums its share of an array far larger
-    than the caches (NumPy releases the GIL); the best of `rounds`."""
+def memory_bandwidth_gbs(megabytes: int = 1024, rounds: int = 7) -> float:
+    """Read bandwidth of this machine's memory, the best of `rounds` of two readers of an array far
+    larger than the caches: every core summing its share (NumPy releases the GIL), and a
+    matrix-vector product (BLAS, the access pattern of a decode step)."""
     data = np.ones(megabytes * 2**20 // 4, np.float32)
     parts = np.array_split(data, cores())
-    best = 0.0
-    for _ in range(rounds):
+    matrix, vector = data.reshape(4096, -1), np.ones(4096, np.float32)
+
+    def summed() -> None:
         threads = [threading.Thread(target=np.add.reduce, args=(part,)) for part in parts]
-        started = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        best = max(best, data.nbytes / (time.perf_counter() - started) / 1e9)
+
+    best = 0.0
+    for _ in range(rounds):
+        for read in (summed, lambda: vector @ matrix):
+            started = time.perf_counter()
+            read()
+            best = max(best, data.nbytes / (time.perf_counter() - started) / 1e9)
     return round(best, 1)
 
 
@@ -105,7 +115,6 @@ def build_peer(plan: LlmPlan, store: Path, work: Path) -> dict[str, Any]:
     zip (`no-archive`, as maas's own), registered as PEER at our fp32 version so the same load
     test bodies serve both."""
     import subprocess
-    import sys
 
     from maas.bench_peers import PEER_DIR
 
@@ -167,10 +176,70 @@ def peer_parity(ts: Any, version: str) -> dict[str, Any]:
     return {"prompts": len(PARITY_PROMPTS), "equal": equal, "same_text": same_text, "max_tokens": 24}
 
 
+def engine_greedy(folder: Path, prompt: str, tokens: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, greedy answer ids) of ours, in process: the tokenizer and engine the handler runs
+    (tests/integration/test_llm_engine.py checks them equal to what it serves)."""
+    import onnxruntime_genai as og
+
+    from maas.export.archive import HANDLERS_DIR
+
+    sys.path.insert(0, str(HANDLERS_DIR))
+    from llm_engine import BatchEngine
+
+    eos = set(json.loads((folder / "manifest.json").read_text()).get("eos_token_ids") or [])
+    ids = [int(t) for t in og.Tokenizer(str(folder)).encode(prompt)]
+    engine = BatchEngine(folder, 1, 256, cores(), 2**31)
+    out = [int(np.argmax(engine.prefill("p", ids, alone=True)))]
+    while len(out) < tokens and out[-1] not in eos:
+        out.append(int(np.argmax(engine.prefill("p", [out[-1]], alone=True))))
+    return ids, out
+
+
+def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, reports: Path,
+                   key_file: Path) -> None:
+    """llama.cpp's server on the same weights: f32 checked token-equal to ours, then f32 and Q4_0 loaded."""
+    from maas import llama_cpp_peer
+    from maas.properties import free_loopback_ports
+
+    cache = plan.llama_cpp
+    assert cache is not None
+    files = llama_cpp_peer.convert(plan.source, cache, work / "gguf")
+    binaries = llama_cpp_peer.build(cache)
+    ours = Path(result.builds["fp32"]["folder"]) if "fp32" in result.builds else None
+    for quantization, gguf in files.items():
+        label = f"peer: llama.cpp server ({quantization})"
+        server = llama_cpp_peer.LlamaServer(binaries, gguf, free_loopback_ports(1)[0], cores(), 8, 1024,
+                                            work / f"llama-server-{quantization}.log")
+        config: dict[str, Any] = {"label": label, "precision": quantization, "gguf_bytes": gguf.stat().st_size,
+                                  "command": " ".join(server.command[1:])}
+        started = time.perf_counter()
+        with server:
+            config["register_to_ready_s"] = round(time.perf_counter() - started, 1)
+            if quantization == "f32" and ours is not None:
+                equal = same_prompt = 0
+                for prompt in PARITY_PROMPTS:
+                    mine, theirs = engine_greedy(ours, prompt, 24), server.greedy_ids(prompt, 24)
+                    same_prompt += mine[0] == theirs[0]
+                    equal += mine[1] == theirs[1][: len(mine[1])]
+                result.llama_cpp_parity = {"prompts": len(PARITY_PROMPTS), "equal": equal,
+                                           "same_prompt_ids": same_prompt, "max_tokens": 24}
+                log.info("bench: llama.cpp f32 greedy vs ours: %s", result.llama_cpp_parity)
+            for users in plan.users:
+                slo = SLO(users=users, spawn_rate=float(users), run_time_s=plan.run_time_s, warmup_s=plan.warmup_s,
+                          thresholds=Thresholds(max_p95_ms=1e9, max_p99_ms=1e9, max_error_ratio=1.0, min_rps=0.0))
+                test = LoadTest(MODEL, slo, version=result.builds[next(iter(result.builds))]["version"],
+                                model_store=store, generative=True, payload=MODEL, openai_path="/v1/chat/completions",
+                                label=f"llama-cpp-{quantization.lower()}-{users}u")
+                summary, folder = run_locust(test, server.url, key_file, reports)
+                result.rows.append(row(label, users, summary, folder))
+            import psutil
+
+            config["worker_rss_mb"] = [round(psutil.Process(server.process.pid).memory_info().rss / 2**20)]
+        result.configs.append(config)
+
+
 def batch_invariance(folder: Path, prompts: int = 8, tokens: int = 32) -> dict[str, Any]:
     """Greedy tokens of `prompts` prompts decoded together vs each alone, with the serving engine."""
-    import sys
-
     from maas.export.archive import HANDLERS_DIR
 
     sys.path.insert(0, str(HANDLERS_DIR))
@@ -239,15 +308,7 @@ def served_rows(ts: Any, store: Path, config: dict[str, Any], plan: LlmPlan, rep
                             label=f"{re.sub(r'[^a-z0-9]+', '-', config['label'].lower())[:40]}-{users}u")
             summary, folder = run_locust(test, ts.endpoints.inference, ts.layout.key_file, reports)
             drain(ts, model, version)
-            gen = summary.get("generation") or {}
-            row = {"label": config["label"], "users": users, "output_tokens_per_s": gen.get("output_tokens_per_s", 0.0),
-                   "stream_tokens_per_s_p50": gen.get("stream_tokens_per_s_p50"), "ttft_ms": gen.get("ttft_ms"),
-                   "itl_ms": gen.get("itl_ms"), "generations": gen.get("generations", 0),
-                   "requests": summary["requests"], "failures": summary["failures"], "report": str(folder)}
-            rows.append(row)
-            log.info("%s, %d users: %.1f output tokens/s, TTFT p95 %s ms, ITL p95 %s ms, %d failures", config["label"],
-                     users, row["output_tokens_per_s"], (row["ttft_ms"] or {}).get("p95"),
-                     (row["itl_ms"] or {}).get("p95"), row["failures"])
+            rows.append(row(config["label"], users, summary, folder))
         config["worker_rss_mb"] = [round(m) for m in worker_rss_mb(ts, model, version)]
     finally:
         undeploy(ts.client, model, version)
@@ -256,6 +317,18 @@ def served_rows(ts: Any, store: Path, config: dict[str, Any], plan: LlmPlan, rep
         loaded = [line.split("MODEL_LOG - ", 1)[-1] for line in log_text.splitlines() if "loaded on" in line]
         config["worker_log"] = loaded[-1] if loaded else ""
     return rows
+
+
+def row(label: str, users: int, summary: dict[str, Any], folder: Path) -> dict[str, Any]:
+    gen = summary.get("generation") or {}
+    out = {"label": label, "users": users, "output_tokens_per_s": gen.get("output_tokens_per_s", 0.0),
+           "stream_tokens_per_s_p50": gen.get("stream_tokens_per_s_p50"), "ttft_ms": gen.get("ttft_ms"),
+           "itl_ms": gen.get("itl_ms"), "generations": gen.get("generations", 0),
+           "requests": summary["requests"], "failures": summary["failures"], "report": str(folder)}
+    log.info("%s, %d users: %.1f output tokens/s, TTFT p95 %s ms, ITL p95 %s ms, %d failures", label, users,
+             out["output_tokens_per_s"], (out["ttft_ms"] or {}).get("p95"), (out["itl_ms"] or {}).get("p95"),
+             out["failures"])
+    return out
 
 
 def drain(ts: Any, model: str, version: str) -> None:
@@ -273,6 +346,7 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
     if plan.levers:  # one lever away at a time, on the last precision (int4 by default)
         last = configs[-1]
         configs.append({**last, "label": f"{last['label']}, no batching", "handler": {"engine": "generator"}})
+        configs.append({**last, "label": f"{last['label']}, prefill chunk 16", "handler": {"prefill_chunk_tokens": 16}})
     return configs
 
 
@@ -283,7 +357,8 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
         d.mkdir(parents=True, exist_ok=True)
     result = LlmResult(machine=machine_info(), plan={**asdict(plan), "source": str(plan.source)})
     result.bandwidth_gbs = memory_bandwidth_gbs()
-    log.info("bench: memory read bandwidth %.1f GB/s", result.bandwidth_gbs)
+    log.info("bench: memory read bandwidth %.1f GB/s (measured again at the end; the higher is the bound)",
+             result.bandwidth_gbs)
     result.builds = build(plan, store, work)
     peer = build_peer(plan, store, work) if plan.peer and "fp32" in result.builds else None
     for precision, b in result.builds.items():
@@ -302,8 +377,12 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
             result.configs.append({k: v for k, v in cfg.items() if k != "folder"})
             if cfg.get("parity"):
                 result.peer_parity = cfg["parity"]
+        key_file = ts.layout.key_file
     finally:
         ts.stop()
+    if plan.llama_cpp is not None:
+        llama_cpp_rows(plan, result, store, work, reports, key_file)
+    result.bandwidth_gbs = max(result.bandwidth_gbs, memory_bandwidth_gbs())
     write_outputs(result, out_dir)
     return result
 
@@ -329,7 +408,8 @@ def report(result: LlmResult) -> str:
     lines = [f"# Language model serving: {Path(result.plan['source']).name}", "",
              f"{m['cores']} cores, {m['cpu']} ({m['isa']}); torch {m['torch']}, onnxruntime {m['onnxruntime-gpu']}, "
              f"torchserve {m['torchserve']}, locust {m['locust']}; {m['date']}.", "",
-             f"Memory read bandwidth measured in this run: **{result.bandwidth_gbs} GB/s**. Locust's streaming users "
+             "Memory read bandwidth measured in this run (the higher of its start and end): "
+             f"**{result.bandwidth_gbs} GB/s**. Locust's streaming users "
              f"(sampled chat completions, up to 64 tokens) run on the same cores as TorchServe; "
              f"{result.plan['warmup_s']} s warm-up + {result.plan['run_time_s']} s measured per row.", "",
              "| precision | weights read per token | bandwidth bound | single stream | of the bound | parity / cost |",
@@ -358,6 +438,10 @@ def report(result: LlmResult) -> str:
         lines += ["", f"Checked before timing: the peer's greedy token ids equal ours at fp32 on {pp['equal']}/"
                   f"{pp['prompts']} prompts ({pp['max_tokens']} tokens; the text on {pp['same_text']}: random weights emit "
                   "lone bytes of characters that each decoder renders its own way)."]
+    if result.llama_cpp_parity:
+        lp = result.llama_cpp_parity
+        lines += ["", f"Checked before timing: llama.cpp's greedy token ids (GGUF f32) equal ours at fp32 on {lp['equal']}/"
+                  f"{lp['prompts']} prompts ({lp['max_tokens']} tokens; prompt ids equal on {lp['same_prompt_ids']})."]
     lines += ["", "Batched vs alone (in process, greedy, the serving engine):", ""]
     for precision, inv in result.invariance.items():
         lines.append(f"- {precision}: {inv['sequences_that_differ']} of {inv['prompts']} sequences differ over "

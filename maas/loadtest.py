@@ -46,6 +46,7 @@ class LoadTest:
     grpc_target: str = ""
     grpc_ca: Path | None = None  # CA to trust when the server's gRPC uses TLS
     generative: bool = False  # a language model: streamed chat completions (found from its archive too)
+    openai_path: str = ""  # generative: the chat completions path when the server is not TorchServe
 
 
 def _progress(prefix: Path, started: float) -> None:
@@ -70,7 +71,8 @@ def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path)
               "--model-store", str(test.model_store or ""),
               "--warmup", str(slo.warmup_s),
               "--protocol", test.protocol, "--grpc-target", test.grpc_target, "--grpc-ca", str(test.grpc_ca or ""),
-              *(["--generative"] if test.generative else [])]
+              *(["--generative"] if test.generative else []),
+              *(["--openai-path", test.openai_path] if test.openai_path else [])]
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
     runner = base + [
         "--headless", "--users", str(slo.users), "--spawn-rate", str(slo.spawn_rate),

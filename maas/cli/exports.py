@@ -74,10 +74,12 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
               help="instead: a Hugging Face language-model folder, packaged and served at each --precisions")
 @click.option("--precisions", default="fp32,int4", show_default=True, help="--llm: the builds to serve")
 @click.option("--max-kl", type=float, help="--llm: accept quantized builds up to this KL (random weights quantize worst)")
+@click.option("--llama-cpp", "llama_cpp", type=click.Path(file_okay=False, path_type=Path),
+              help="--llm: also llama.cpp's server, built in this cache folder from PyPI's llama-cpp-python sources")
 @click.pass_obj
 def bench(project: Project, families: str, users: str | None, layouts: str, run_time_s: int, warmup_s: int,
           no_levers: bool, no_scaling: bool, rounds: int, store: Path | None, out_dir: Path | None, publish: Path | None,
-          llm_source: Path | None, precisions: str, max_kl: float | None) -> None:
+          llm_source: Path | None, precisions: str, max_kl: float | None, llama_cpp: Path | None) -> None:
     """Benchmark our ONNX Runtime handlers (FP32, fused FP32, INT8) against what a TorchServe user
     would serve instead (eager PyTorch, TorchScript, OpenVINO) and against each configuration's
     in-process ceiling, side by side in one run; writes JSON, markdown and plots (including how throughput and p95 scale
@@ -85,7 +87,7 @@ def bench(project: Project, families: str, users: str | None, layouts: str, run_
 
     if llm_source is not None:
         _bench_llm(project, llm_source, users or "1,4,8,16", precisions, run_time_s, warmup_s, not no_levers, max_kl,
-                   out_dir, publish)
+                   llama_cpp, out_dir, publish)
         return
     from maas import bench as bench_mod
 
@@ -114,11 +116,13 @@ def bench(project: Project, families: str, users: str | None, layouts: str, run_
 
 
 def _bench_llm(project: Project, source: Path, users: str, precisions: str, run_time_s: int, warmup_s: int,
-               levers: bool, max_kl: float | None, out_dir: Path | None, publish: Path | None) -> None:
+               levers: bool, max_kl: float | None, llama_cpp: Path | None, out_dir: Path | None,
+               publish: Path | None) -> None:
     from maas import llm_bench
 
     plan = llm_bench.LlmPlan(source.resolve(), tuple(p.strip() for p in precisions.split(",") if p.strip()),
-                             tuple(int(u) for u in users.split(",")), max(run_time_s, 1), max(warmup_s, 0), levers, max_kl)
+                             tuple(int(u) for u in users.split(",")), max(run_time_s, 1), max(warmup_s, 0), levers,
+                             llama_cpp=llama_cpp.resolve() if llama_cpp else None, max_kl=max_kl)
     out = out_dir or project.reports_dir / f"bench-llm-{stamp()}"
     llm_bench.run_llm_bench(plan, out, project.config)
     if publish:
