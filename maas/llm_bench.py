@@ -93,6 +93,16 @@ def weight_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
 
 
+def stale(folder: Path) -> bool:
+    """Whether a kept archive was packaged with other handler files or settings than these."""
+    from maas.export.archive import HANDLERS_DIR
+    from maas.handlers.llm_settings import DEFAULT_SETTINGS
+
+    config = yaml.safe_load((folder / "model-config.yaml").read_text())
+    return config.get("handler") != DEFAULT_SETTINGS or any(
+        (HANDLERS_DIR / p.name).read_bytes() != p.read_bytes() for p in folder.glob("*.py") if (HANDLERS_DIR / p.name).is_file())
+
+
 def build(plan: LlmPlan, store: Path, work: Path) -> dict[str, Any]:
     from maas.export.llm_build import LlmOptions, package_llm
 
@@ -100,7 +110,7 @@ def build(plan: LlmPlan, store: Path, work: Path) -> dict[str, Any]:
     for precision in plan.precisions:
         version = f"1.0-{precision}"
         folder = store / f"{MODEL}-{version}"
-        if not (folder / "manifest.json").is_file():
+        if not (folder / "manifest.json").is_file() or stale(folder):
             log.info("bench: packaging %s at %s ...", plan.source, precision)
             package_llm(LlmOptions(plan.source, MODEL, version, precision, "cpu", max_kl=plan.max_kl), work, store)
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -195,8 +205,7 @@ def engine_greedy(folder: Path, prompt: str, tokens: int) -> tuple[list[int], li
     return ids, out
 
 
-def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, reports: Path,
-                   key_file: Path) -> None:
+def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, reports: Path) -> None:
     """llama.cpp's server on the same weights: f32 checked token-equal to ours, then f32 and Q4_0 loaded."""
     from maas import llama_cpp_peer
     from maas.properties import free_loopback_ports
@@ -230,7 +239,7 @@ def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, re
                 test = LoadTest(MODEL, slo, version=result.builds[next(iter(result.builds))]["version"],
                                 model_store=store, generative=True, payload=MODEL, openai_path="/v1/chat/completions",
                                 label=f"llama-cpp-{quantization.lower()}-{users}u")
-                summary, folder = run_locust(test, server.url, key_file, reports)
+                summary, folder = run_locust(test, server.url, None, reports)  # no key: loopback only
                 result.rows.append(row(label, users, summary, folder))
             import psutil
 
@@ -346,7 +355,8 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
     if plan.levers:  # one lever away at a time, on the last precision (int4 by default)
         last = configs[-1]
         configs.append({**last, "label": f"{last['label']}, no batching", "handler": {"engine": "generator"}})
-        configs.append({**last, "label": f"{last['label']}, prefill chunk 16", "handler": {"prefill_chunk_tokens": 16}})
+        configs.append({**last, "label": f"{last['label']}, whole prompts in one step",
+                        "handler": {"prefill_chunk_tokens": 4096}})
     return configs
 
 
@@ -355,7 +365,8 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
     store, work, reports = (out_dir / n for n in ("store", "work", "locust"))
     for d in (store, work, reports):
         d.mkdir(parents=True, exist_ok=True)
-    result = LlmResult(machine=machine_info(), plan={**asdict(plan), "source": str(plan.source)})
+    result = LlmResult(machine=machine_info(), plan={**asdict(plan), "source": str(plan.source),
+                                                     "llama_cpp": str(plan.llama_cpp or "")})
     result.bandwidth_gbs = memory_bandwidth_gbs()
     log.info("bench: memory read bandwidth %.1f GB/s (measured again at the end; the higher is the bound)",
              result.bandwidth_gbs)
@@ -377,11 +388,10 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
             result.configs.append({k: v for k, v in cfg.items() if k != "folder"})
             if cfg.get("parity"):
                 result.peer_parity = cfg["parity"]
-        key_file = ts.layout.key_file
     finally:
         ts.stop()
     if plan.llama_cpp is not None:
-        llama_cpp_rows(plan, result, store, work, reports, key_file)
+        llama_cpp_rows(plan, result, store, work, reports)
     result.bandwidth_gbs = max(result.bandwidth_gbs, memory_bandwidth_gbs())
     write_outputs(result, out_dir)
     return result
