@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup java prometheus haproxy build demo lint test test-unit bench docs monitor clean help
+.PHONY: setup java prometheus haproxy build demo lint test test-unit bench bench-llm docs monitor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ test-unit: setup prometheus  ## the fast tier: no server, tiny untrained zoo mod
 bench: setup  ## ours (ORT FP32, fused, INT8) vs eager PyTorch, TorchScript, OpenVINO and in-process; reports/bench-*/
 	@$(BIN)/python -c "import openvino" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/maas bench
+
+bench-llm: setup  ## a 568M Llama served by maas (fp32, int4) vs transformers in TorchServe and llama.cpp's server; benchmarks/results/llm-speed/
+	@$(BIN)/python -c "import sentencepiece" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python benchmarks/llm_speed.py
 
 monitor: setup prometheus  ## start Prometheus on 127.0.0.1:9090 watching the running TorchServe (maas monitor)
 	$(BIN)/maas monitor start
