@@ -7,8 +7,10 @@ Routes (TorchServe passes the URL's tail as the `url_path` header):
 gRPC (no URL): a body with "messages" is a chat completion, else a completion.
 
 TorchServe's continuous batching (model-config.yaml `continuousBatching: true`) calls handle()
-once per step with every live request of this worker: new ones are checked and prefilled, then
-each live stream decodes one token. A streaming request answers each step with its server-sent
+once per step with every live request of this worker: new ones are checked and queued, every
+running stream decodes one token (one run for all of them: llm_engine.BatchEngine), then queued
+prompts are prefilled, `prefill_chunk_tokens` a step, into free KV cache rows; beyond the rows
+and the queue a request gets a 429 with Retry-After (settings: llm_settings.py). A streaming request answers each step with its server-sent
 events (kept open by `ts_stream_next`, through `context.stopping_criteria`); a non-streaming one
 answers empty steps and then its whole JSON. TorchServe never tells a handler that a client left:
 its request id is simply missing from the next step, and the stream's state is freed then.
