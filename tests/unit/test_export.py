@@ -130,10 +130,13 @@ def test_a_handler_carries_exactly_the_modules_it_imports() -> None:
     def carried(handler: str) -> set[str]:
         return {p.name for p in handler_support(HANDLERS_DIR / handler)}
 
-    base = {"ort_base.py", "http_reply.py", "inputs.py", "v2.py", "dtypes.py", "integrity.py", "tensor_form.py",
-            "numpy_body.py"}  # every handler reads the tensor form beside its own
+    base = {"ort_base.py", "cores.py", "http_reply.py", "inputs.py", "v2.py", "dtypes.py", "integrity.py",
+            "tensor_form.py", "numpy_body.py"}  # every handler reads the tensor form beside its own
     assert carried("maintenance.py") == base
     assert carried("digits.py") == base | {"image_input.py"}
     assert carried("minilm.py") == base | {"buckets.py"}
     assert carried("tensor.py") >= base and "image_input.py" not in carried("tensor.py")
     assert carried("ensemble_workflow.py") == {"http_reply.py"}
+    # the generation handler: none of the tensor stack
+    assert carried("llm.py") == {"cores.py", "http_reply.py", "inputs.py", "integrity.py", "llm_engine.py",
+                                 "llm_settings.py", "openai_api.py", "token_sampler.py"}
