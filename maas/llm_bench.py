@@ -361,6 +361,9 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
 
 
 def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
+    from maas.export.llm_build import read_source
+
+    read_source(plan.source)  # a folder maas cannot build is refused before anything is measured
     out_dir = out_dir.resolve()
     store, work, reports = (out_dir / n for n in ("store", "work", "locust"))
     for d in (store, work, reports):
