@@ -199,7 +199,7 @@ class LlmHandler:
 
     def _decode(self, context: Any) -> None:
         """One token for every running stream, in one run of the model."""
-        running = [s for s in self.streams.values() if s not in self.queue]
+        running = [self.streams[key] for key in self.engine.key_at]  # the engine's rows, in order
         if not running:
             return
         try:

@@ -32,7 +32,21 @@ class EngineFull(Exception):
     """No slot is free for another running sequence."""
 
 
-class BatchEngine:
+class _Rows:
+    """What both engines share: `slots` rows, the running sequences' keys in `key_at`."""
+
+    slots: int
+    key_at: list[str]
+
+    @property
+    def running(self) -> int:
+        return len(self.key_at)
+
+    def free_slots(self) -> int:
+        return self.slots - len(self.key_at)
+
+
+class BatchEngine(_Rows):
     """In-flight batching over the GenAI-built decoder graph, on ONNX Runtime's CPU provider."""
 
     kind = "batch"
@@ -81,13 +95,6 @@ class BatchEngine:
     @property
     def bytes_per_token(self) -> int:
         return sum(a.itemsize * a.shape[1] * a.shape[3] for a in self.cache)
-
-    @property
-    def running(self) -> int:
-        return len(self.key_at)
-
-    def free_slots(self) -> int:
-        return self.slots - len(self.key_at)
 
     def prefill(self, key: str, tokens: list[int], alone: bool = False) -> Logits:
         """Append `tokens` to `key`'s sequence in the staging row, one sequence at a time, until it is
@@ -169,7 +176,7 @@ class BatchEngine:
         return binding.get_outputs()[0].numpy()
 
 
-class GeneratorEngine:
+class GeneratorEngine(_Rows):
     """One ONNX Runtime GenAI Generator per sequence (CUDA archives; the unbatched baseline)."""
 
     kind = "generator"
@@ -177,18 +184,11 @@ class GeneratorEngine:
     def __init__(self, og: Any, model: Any, slots: int, max_len: int) -> None:
         self.og, self.model, self.slots, self.max_len = og, model, slots, max_len
         self.generators: dict[str, Any] = {}
-        self.active: list[str] = []
+        self.key_at: list[str] = []  # running, in order
         self.staged: str | None = None
 
     cache_bytes = 0  # GenAI allocates per generator
     bytes_per_token = 0
-
-    @property
-    def running(self) -> int:
-        return len(self.active)
-
-    def free_slots(self) -> int:
-        return self.slots - len(self.active)
 
     def prefill(self, key: str, tokens: list[int], alone: bool = False) -> Logits:
         generator = self.generators.get(key)
@@ -203,16 +203,16 @@ class GeneratorEngine:
     def activate(self, key: str) -> None:
         if not self.free_slots():
             raise EngineFull("every slot holds a running sequence")
-        self.active.append(key)
+        self.key_at.append(key)
         self.staged = None
 
     def decode(self, tokens: dict[str, int]) -> dict[str, Logits]:
-        return {key: self._append(self.generators[key], [tokens[key]]) for key in self.active}
+        return {key: self._append(self.generators[key], [tokens[key]]) for key in self.key_at}
 
     def drop(self, key: str) -> None:
         self.generators.pop(key, None)
-        if key in self.active:
-            self.active.remove(key)
+        if key in self.key_at:
+            self.key_at.remove(key)
         if self.staged == key:
             self.staged = None
 

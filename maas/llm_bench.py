@@ -150,11 +150,6 @@ def build_peer(plan: LlmPlan, store: Path, work: Path) -> dict[str, Any]:
     return {"label": PEER_LABEL, "precision": "fp32", "version": version, "model": PEER, "handler": {}}
 
 
-def streamed_text(url: str, key: str, body: dict[str, Any]) -> str:
-    """A streamed completion's text, read from its server-sent events."""
-    return streamed(url, key, body)[0]
-
-
 def streamed(url: str, key: str, body: dict[str, Any]) -> tuple[str, list[int] | None]:
     """A streamed completion's text and (asked with return_token_ids) its token ids."""
     import requests
@@ -191,10 +186,7 @@ def engine_greedy(folder: Path, prompt: str, tokens: int) -> tuple[list[int], li
     (tests/integration/test_llm_engine.py checks them equal to what it serves)."""
     import onnxruntime_genai as og
 
-    from maas.export.archive import HANDLERS_DIR
-
-    sys.path.insert(0, str(HANDLERS_DIR))
-    from llm_engine import BatchEngine
+    from maas.handlers.llm_engine import BatchEngine  # no flat imports: importable from the package
 
     eos = set(json.loads((folder / "manifest.json").read_text()).get("eos_token_ids") or [])
     ids = [int(t) for t in og.Tokenizer(str(folder)).encode(prompt)]
@@ -249,10 +241,7 @@ def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, re
 
 def batch_invariance(folder: Path, prompts: int = 8, tokens: int = 32) -> dict[str, Any]:
     """Greedy tokens of `prompts` prompts decoded together vs each alone, with the serving engine."""
-    from maas.export.archive import HANDLERS_DIR
-
-    sys.path.insert(0, str(HANDLERS_DIR))
-    from llm_engine import BatchEngine
+    from maas.handlers.llm_engine import BatchEngine  # no flat imports: importable from the package
 
     ids = [[(7 * i + j) % 200 + 3 for j in range(4 + 3 * i)] for i in range(prompts)]
     engine = BatchEngine(folder, prompts, 256, cores(), 2**31)
@@ -344,7 +333,7 @@ def drain(ts: Any, model: str, version: str) -> None:
     """Wait out the requests Locust left behind when it stopped (a server that cannot drop a request
     whose client left finishes it first): a one-token request answered means the queue is empty."""
     started = time.perf_counter()
-    streamed_text(f"{ts.endpoints.inference}/predictions/{model}/{version}/v1/completions",
+    streamed(f"{ts.endpoints.inference}/predictions/{model}/{version}/v1/completions",
                   ts.client.fresh_key("inference"), {"prompt": "drain", "max_tokens": 1, "temperature": 0})
     log.info("bench: %s drained in %.1f s", model, time.perf_counter() - started)
 
