@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MODEL = "bench-llm"
 PEER = "bench-llm-peer"
 PEER_LABEL = "peer: transformers generate (stock handler, fp32)"
+LEVER_INT4_BLOCK = 32  # ONNX Runtime GenAI's own int4 block size: the block-size lever
 PARITY_PROMPTS = ("Machine M-1042 (type L):", "The spindle bearing", "Write a maintenance note for pump 7.")
 
 
@@ -60,6 +61,7 @@ class LlmResult:
     configs: list[dict[str, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     invariance: dict[str, Any] = field(default_factory=dict)
+    step_costs: dict[str, Any] = field(default_factory=dict)
     peer_parity: dict[str, Any] = field(default_factory=dict)
     llama_cpp_parity: dict[str, Any] = field(default_factory=dict)
 
@@ -93,30 +95,42 @@ def weight_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
 
 
-def stale(folder: Path) -> bool:
-    """Whether a kept archive was packaged with other handler files or settings than these."""
+def stale(folder: Path, quantization: dict[str, int]) -> bool:
+    """Whether a kept archive was packaged with other handler files, settings or quantization than these."""
     from maas.export.archive import HANDLERS_DIR
     from maas.handlers.llm_settings import DEFAULT_SETTINGS
 
     config = yaml.safe_load((folder / "model-config.yaml").read_text())
-    return config.get("handler") != DEFAULT_SETTINGS or any(
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return config.get("handler") != DEFAULT_SETTINGS or manifest.get("quantization", {}) != quantization or any(
         (HANDLERS_DIR / p.name).read_bytes() != p.read_bytes() for p in folder.glob("*.py") if (HANDLERS_DIR / p.name).is_file())
 
 
+def build_specs(plan: LlmPlan) -> list[tuple[str, str, int | None]]:
+    """(key, precision, int4 block size) of every build: the precisions asked, and with the levers
+    int4 at the builder's own block size (maas's CPU default is larger: export/llm_build.py)."""
+    specs: list[tuple[str, str, int | None]] = [(p, p, None) for p in plan.precisions]
+    if plan.levers and "int4" in plan.precisions:
+        specs.append((f"int4, blocks of {LEVER_INT4_BLOCK}", "int4", LEVER_INT4_BLOCK))
+    return specs
+
+
 def build(plan: LlmPlan, store: Path, work: Path) -> dict[str, Any]:
-    from maas.export.llm_build import LlmOptions, package_llm
+    from maas.export.llm_build import LlmOptions, package_llm, quantization
 
     builds = {}
-    for precision in plan.precisions:
-        version = f"1.0-{precision}"
+    for key, precision, block in build_specs(plan):
+        version = f"1.0-{precision}" + (f"-b{block}" if block else "")
         folder = store / f"{MODEL}-{version}"
-        if not (folder / "manifest.json").is_file() or stale(folder):
-            log.info("bench: packaging %s at %s ...", plan.source, precision)
-            package_llm(LlmOptions(plan.source, MODEL, version, precision, "cpu", max_kl=plan.max_kl), work, store)
+        quant = quantization(precision, "cpu", block)
+        if not (folder / "manifest.json").is_file() or stale(folder, quant):
+            log.info("bench: packaging %s at %s ...", plan.source, key)
+            package_llm(LlmOptions(plan.source, MODEL, version, precision, "cpu", max_kl=plan.max_kl,
+                                   int4_block_size=block), work, store)
         manifest = json.loads((folder / "manifest.json").read_text())
-        builds[precision] = {"version": version, "folder": str(folder), "weight_bytes": weight_bytes(folder),
-                             "parity": manifest.get("parity"), "cost": manifest.get("cost"),
-                             "context_length": manifest["context_length"]}
+        builds[key] = {"version": version, "folder": str(folder), "weight_bytes": weight_bytes(folder),
+                       "quantization": manifest.get("quantization"), "parity": manifest.get("parity"),
+                       "cost": manifest.get("cost"), "context_length": manifest["context_length"]}
     return builds
 
 
@@ -274,6 +288,39 @@ def batch_invariance(folder: Path, prompts: int = 8, tokens: int = 32) -> dict[s
     return {"prompts": prompts, "tokens": tokens, "sequences_that_differ": flips, "max_abs_logit_diff": worst}
 
 
+def step_costs(folder: Path, rows: tuple[int, ...] = (1, 2, 4, 8), chunk: int = 16, reps: int = 20) -> dict[str, Any]:
+    """What one step of the serving engine costs in process (median ms): a decode step of 1..8 rows
+    of 40-token sequences, and one prefill chunk beside them; the floor under served latencies."""
+    from maas.handlers.llm_engine import BatchEngine
+
+    engine = BatchEngine(folder, max(rows), 256, cores(), 2**31)
+    rng = np.random.default_rng(0)
+
+    def median_ms(step: Any) -> float:
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        return round(float(np.median(times)) * 1e3, 1)
+
+    decode = {}
+    for n in rows:
+        for key in list(engine.key_at):
+            engine.drop(key)
+        for i in range(n):
+            engine.prefill(str(i), rng.integers(3, 200, 40).tolist())
+            engine.activate(str(i))
+        engine.decode({k: 7 for k in engine.key_at})  # warm
+        decode[n] = median_ms(lambda: engine.decode({k: 7 for k in engine.key_at}))
+
+    def prefill_chunk() -> None:
+        engine.prefill("chunk", rng.integers(3, 200, chunk).tolist())
+        engine.drop("chunk")
+
+    return {"decode_ms": decode, "prefill_chunk_tokens": chunk, "prefill_chunk_ms": median_ms(prefill_chunk)}
+
+
 def set_engine(folder: Path, **handler: Any) -> dict[str, Any]:
     """Change the archive folder's handler settings in place; returns the old ones."""
     path = folder / "model-config.yaml"
@@ -339,14 +386,16 @@ def drain(ts: Any, model: str, version: str) -> None:
 
 
 def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]]:
-    configs = [{"label": f"maas {p}", "precision": p, "version": b["version"], "folder": b["folder"], "handler": {}}
-               for p, b in builds.items()]
+    configs = [{"label": f"maas {key}", "precision": b["version"].split("-")[1], "version": b["version"],
+                "folder": b["folder"], "handler": {}} for key, b in builds.items()]
+    main = [c for c in configs if c["label"].removeprefix("maas ") in plan.precisions]
     if plan.levers:  # one lever away at a time, on the last precision (int4 by default)
-        last = configs[-1]
-        configs.append({**last, "label": f"{last['label']}, no batching", "handler": {"engine": "generator"}})
-        configs.append({**last, "label": f"{last['label']}, whole prompts in one step",
-                        "handler": {"prefill_chunk_tokens": 4096}})
-    return configs
+        last = main[-1]
+        main.append({**last, "label": f"{last['label']}, no batching", "handler": {"engine": "generator"}})
+        main.append({**last, "label": f"{last['label']}, whole prompts in one step",
+                     "handler": {"prefill_chunk_tokens": 4096}})
+        main.append({**last, "label": f"{last['label']}, 1 thread", "handler": {"intra_op_threads": 1}})
+    return main + [c for c in configs if c not in main]  # builds that are themselves a lever come last
 
 
 def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
@@ -367,6 +416,8 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
     for precision, b in result.builds.items():
         result.invariance[precision] = batch_invariance(Path(b["folder"]))
         log.info("bench: %s batched vs alone: %s", precision, result.invariance[precision])
+        result.step_costs[precision] = step_costs(Path(b["folder"]))
+        log.info("bench: %s step costs in process: %s", precision, result.step_costs[precision])
     ts = bench_server(store, out_dir / "run", config)
     ts.start(timeout=300)
     try:
@@ -420,6 +471,8 @@ def report(result: LlmResult) -> str:
         single = next((r for r in result.rows if r["label"] == f"maas {precision}" and r["users"] == 1), None)
         rate = (single or {}).get("stream_tokens_per_s_p50") or 0.0
         bound = bound_tokens_per_s(result, precision)
+        if (b.get("quantization") or {}).get("block_size") and "blocks of" not in precision:
+            precision = f"{precision} (blocks of {b['quantization']['block_size']})"
         check = (f"greedy equal on {b['parity']['equal']}/{b['parity']['prompts']} prompts" if b.get("parity")
                  else f"KL {b['cost'].get('mean_kl'):.3g}" if b.get("cost") else "")
         lines.append(f"| {precision} | {b['weight_bytes'] / 1e6:.0f} MB | {bound:.1f} tokens/s | {rate:.1f} tokens/s | "
@@ -444,6 +497,15 @@ def report(result: LlmResult) -> str:
         lp = result.llama_cpp_parity
         lines += ["", f"Checked before timing: llama.cpp's greedy token ids (GGUF f32) equal ours at fp32 on {lp['equal']}/"
                   f"{lp['prompts']} prompts ({lp['max_tokens']} tokens; prompt ids equal on {lp['same_prompt_ids']})."]
+    if result.step_costs:
+        sizes = list(next(iter(result.step_costs.values()))["decode_ms"])
+        lines += ["", "One step of the serving engine in process (median ms; 40-token sequences): what served latencies "
+                  "sit on.", "", f"| build | decode, {' / '.join(map(str, sizes))} rows | {sizes[-1]} rows / 1 | "
+                  "prefill chunk beside them |", "|---|---|---|---|"]
+        for key, c in result.step_costs.items():
+            d = list(c["decode_ms"].values())
+            lines.append(f"| {key} | {' / '.join(f'{x:g}' for x in d)} | {d[-1] / d[0]:.2f} | "
+                         f"{c['prefill_chunk_ms']:g} ({c['prefill_chunk_tokens']} tokens) |")
     lines += ["", "Batched vs alone (in process, greedy, the serving engine):", ""]
     for precision, inv in result.invariance.items():
         lines.append(f"- {precision}: {inv['sequences_that_differ']} of {inv['prompts']} sequences differ over "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import onnx
 import pytest
 from click.testing import CliRunner
 from thirdparty.llm_folders import make_folder
@@ -44,6 +45,11 @@ def test_quantized_builds_report_their_cost_and_sit_beside_fp32(tmp_path) -> Non
         assert cost["within_budget"] and 0 <= cost["mean_kl"] <= cost["kl_budget"]
         assert 0 < cost["top1_agreement"] <= 1 and 0 <= cost["greedy_agreement"] <= 1
         log.info("%s: %s", precision, cost)
+    int4 = store / "llama-1.0-int4"
+    assert json.loads((int4 / "manifest.json").read_text())["quantization"] == {"block_size": 128, "accuracy_level": 4}
+    graph = onnx.load(str(int4 / "model.onnx"), load_external_data=False).graph
+    blocks = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
+    assert blocks == {128}, blocks  # what the CPU decodes fastest (export/llm_build.py DEFAULT_INT4_BLOCK)
     archive = find_archive(store, "llama", "1.0-int4")
     assert archive.path.is_dir() and is_generative(archive)
     assert maas_archives(store) == ([], [])  # store-wide tensor commands pass language models by
@@ -59,6 +65,9 @@ def test_folders_maas_cannot_build_from_are_refused_in_one_line(tmp_path) -> Non
     result = CliRunner().invoke(cli, ["--model-store", str(tmp_path / "store"), "package", "--llm", str(folder),
                                       "--precision", "fp16"])
     assert result.exit_code != 0 and "fp16 is not built for cpu" in result.output
+    result = CliRunner().invoke(cli, ["--model-store", str(tmp_path / "store"), "package", "--llm", str(folder),
+                                      "--int4-block-size", "64"])
+    assert result.exit_code != 0 and "applies to int4 builds, not fp32" in result.output, result.output
     (folder / "pytorch_model.bin").rename(folder / "model.safetensors")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 32}))  # 2 KV heads x 16 wide

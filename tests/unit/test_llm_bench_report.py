@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maas.llm_bench import LlmResult, bound_tokens_per_s, write_outputs
+from maas.llm_bench import LlmPlan, LlmResult, bound_tokens_per_s, build_specs, configurations, write_outputs
 
 
 def test_the_report_puts_single_stream_against_the_bandwidth_bound(tmp_path: Path) -> None:
@@ -18,11 +18,28 @@ def test_the_report_puts_single_stream_against_the_bandwidth_bound(tmp_path: Pat
         rows=[{"label": "maas int4", "users": u, "output_tokens_per_s": 30.0 * u, "stream_tokens_per_s_p50": 35.0,
                "ttft_ms": figures, "itl_ms": figures, "requests": 10, "failures": 0, "generations": 10}
               for u in (1, 4)],
-        invariance={"int4": {"prompts": 8, "tokens": 32, "sequences_that_differ": 0, "max_abs_logit_diff": 0.0}})
+        invariance={"int4": {"prompts": 8, "tokens": 32, "sequences_that_differ": 0, "max_abs_logit_diff": 0.0}},
+        step_costs={"int4": {"decode_ms": {1: 10.0, 8: 25.0}, "prefill_chunk_tokens": 16, "prefill_chunk_ms": 40.0}})
     assert bound_tokens_per_s(result, "int4") == 50.0
     write_outputs(result, tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "| int4 | 400 MB | 50.0 tokens/s | 35.0 tokens/s | 70% | KL 0.05 |" in report
     assert "| maas int4 | 4 | 120.0 | 35.0 | 10 / 20 / 30 | 10 / 20 / 30 | 10 | 0 |" in report
     assert "0 of 8 sequences differ" in report
+    assert "| int4 | 10 / 25 | 2.50 | 40 (16 tokens) |" in report
     assert (tmp_path / "llm.png").stat().st_size > 10_000 and (tmp_path / "results.json").is_file()
+
+
+def test_levers_are_one_change_each_from_the_last_precision() -> None:
+    plan = LlmPlan(source=Path("/x/llama"))
+    assert [spec[0] for spec in build_specs(plan)] == ["fp32", "int4", "int4, blocks of 32"]
+    builds = {key: {"version": "1.0-" + ("int4-b32" if block else precision), "folder": f"/s/{key}"}
+              for key, precision, block in build_specs(plan)}
+    configs = configurations(plan, builds)
+    assert [c["label"] for c in configs] == ["maas fp32", "maas int4", "maas int4, no batching",
+                                             "maas int4, whole prompts in one step", "maas int4, 1 thread",
+                                             "maas int4, blocks of 32"]
+    assert [c["handler"] for c in configs[2:]] == [{"engine": "generator"}, {"prefill_chunk_tokens": 4096},
+                                                   {"intra_op_threads": 1}, {}]
+    assert configs[-1]["version"] == "1.0-int4-b32" and configs[-1]["precision"] == "int4"
+    assert [s[0] for s in build_specs(LlmPlan(source=Path("/x"), levers=False))] == ["fp32", "int4"]
