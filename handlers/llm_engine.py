@@ -135,10 +135,18 @@ class BatchEngine(_Rows):
         if max(pasts) + 1 > self.max_len:
             raise ValueError("a sequence would exceed the cache")
         ids = np.asarray([[tokens[key]] for key in self.key_at], np.int64)
-        mask = np.zeros((n, max(pasts) + 1), np.int64)  # each row's sum is its length: GQA reads it
+        rows = n
+        if n == 1 and self.slots > 1:
+            # A lone row runs with a free one beside it: int4 MatMulNBits computes one row (M=1) on
+            # another kernel than several, whose logits differ (up to 0.1 measured at blocks of 128),
+            # so a stream alone would not get the tokens it gets among others. The spare row is free:
+            # what its step writes there is overwritten when a sequence is moved into it.
+            ids, rows = np.concatenate([ids, ids]), 2
+        mask = np.zeros((rows, max(pasts) + 1), np.int64)  # each row's sum is its length: GQA reads it
         for row, past in enumerate(pasts):
             mask[row, : past + 1] = 1
-        logits = self._run(ids, mask, 0, n)
+        mask[n:, 0] = 1
+        logits = self._run(ids, mask, 0, rows)
         for key in self.key_at:
             self.length[key] += 1
         return {key: logits[row, 0].astype(np.float32) for row, key in enumerate(self.key_at)}

@@ -12,6 +12,7 @@ from thirdparty.llm_folders import make_folder
 
 from maas.cli import cli
 from maas.core.store import find_archive, is_generative, maas_archives
+from maas.llm_bench import batch_invariance
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ def test_quantized_builds_report_their_cost_and_sit_beside_fp32(tmp_path) -> Non
     graph = onnx.load(str(int4 / "model.onnx"), load_external_data=False).graph
     blocks = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
     assert blocks == {128}, blocks  # what the CPU decodes fastest (export/llm_build.py DEFAULT_INT4_BLOCK)
+    # int4 kernels compute one row apart from several: a stream alone still gets its batched logits
+    invariance = batch_invariance(int4, prompts=4, tokens=8)
+    assert invariance["max_abs_logit_diff"] == 0.0 and invariance["sequences_that_differ"] == 0, invariance
     archive = find_archive(store, "llama", "1.0-int4")
     assert archive.path.is_dir() and is_generative(archive)
     assert maas_archives(store) == ([], [])  # store-wide tensor commands pass language models by
