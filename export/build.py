@@ -14,11 +14,16 @@ from pathlib import Path
 
 from maas.core.errors import UnknownModel
 from maas.core.extras import require
+from maas.core.store import find_archive
 from maas.export import archive, onnx_export, variants, zoo
 from maas.export.archive import archive_model
 from maas.export.variant_archive import package_variant
+from maas.export.variant_choice import Choice, choose_variant
 
 log = logging.getLogger(__name__)
+
+
+AUTO = "auto"  # the fastest variant within budget, chosen by measurement (export/variant_choice.py)
 
 
 @dataclass
@@ -28,6 +33,20 @@ class BuildResult:
     mar: Path
     build_dir: Path
     seconds: float
+    choice: Choice | None = None  # with --variant auto: every candidate's figures
+
+
+def _variant(model_store: Path, build_root: Path, name: str, variant: str, version: str | None,
+             start: float) -> BuildResult:
+    if variant == AUTO:
+        choice = choose_variant(model_store, build_root, name, version)
+        if choice.packaged is None:  # FP32 as it is was fastest
+            source = find_archive(model_store, name, version)
+            return BuildResult(name, source.version, source.path, choice.report.parent, time.perf_counter() - start, choice)
+        made = choice.packaged
+        return BuildResult(name, made.version, made.mar, made.build_dir, time.perf_counter() - start, choice)
+    made = package_variant(model_store, build_root, name, variant, version)
+    return BuildResult(name, made.version, made.mar, made.build_dir, time.perf_counter() - start)
 
 
 def build(name: str, build_root: Path, model_store: Path, version: str | None = None,
@@ -47,17 +66,15 @@ def build(name: str, build_root: Path, model_store: Path, version: str | None = 
         if variant is None:
             raise UnknownModel(f"{name} is not a zoo model ({', '.join(zoo.models())}); package your own model "
                                "with `maas package`, or build a variant of it with --variant")
-        made = package_variant(model_store, build_root, name, variant, version)
-        return BuildResult(name, made.version, made.mar, made.build_dir, made.seconds)
+        return _variant(model_store, build_root, name, variant, version, start)
     spec = model.spec
     require("zoo", f"building the zoo's {name}")
     if variant is not None:
-        if variant not in variants.VARIANTS:
-            raise variants.VariantError(f"unknown variant {variant!r}; known: {', '.join(variants.VARIANTS)}")
+        if variant not in (*variants.VARIANTS, AUTO):
+            raise variants.VariantError(f"unknown variant {variant!r}; known: {', '.join(variants.VARIANTS)}, {AUTO}")
         if not (model_store / f"{archive.archive_name(name, version, spec.version)}.mar").exists():
             build(name, build_root, model_store, version=version, seed=seed)
-        made = package_variant(model_store, build_root, name, variant, version)
-        return BuildResult(name, made.version, made.mar, made.build_dir, time.perf_counter() - start)
+        return _variant(model_store, build_root, name, variant, version, start)
     archive_name = archive.archive_name(spec.name, version, spec.version)
     spec = replace(spec, version=version or spec.version)
     build_dir = build_root / archive_name

@@ -8,7 +8,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ import numpy as np
 from maas.core.spec import GENERIC_HANDLER, ModelSpec
 from maas.core.store import Archive, archive_manifest, archive_member, archive_samples, find_archive
 from maas.export import archive, onnx_export
+from maas.export.engines import open_session
 from maas.export.package import SAMPLE_ROWS, Packaged, synthesize
-from maas.export.variants import VARIANTS, VariantError, check_budget, make_variant
+from maas.export.variants import VARIANTS, VariantError, check_budget, engine_of, make_variant
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,13 @@ VARIANT_COSINE_BUDGET = 0.01  # 1 - mean cosine vs FP32, per output
 VARIANT_TOP1_BUDGET = 0.95  # top-1 agreement with FP32, for outputs with labels
 
 
-def variant_cost(spec: ModelSpec, fp32: Path, candidate: Path, samples: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The variant's answers vs FP32's on the samples: mean and worst cosine per row, max abs error,
-    and top-1 agreement for labelled outputs. Cost = 1 - the lowest mean cosine."""
+def variant_cost(spec: ModelSpec, fp32: Path, candidate: Path, samples: dict[str, np.ndarray],
+                 engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The variant's answers (on `engine`; None: ONNX Runtime) vs FP32's on the samples: mean and
+    worst cosine per row, max abs error, and top-1 agreement for labelled outputs. Cost = 1 - the
+    lowest mean cosine."""
     base = onnx_export.ort_run(onnx_export.cpu_session(fp32), spec, samples)
-    cand = onnx_export.ort_run(onnx_export.cpu_session(candidate), spec, samples)
+    cand = onnx_export.ort_run(open_session(candidate, engine), spec, samples)
     per_output, top1 = {}, {}
     for t, b, c in zip(spec.outputs, base, cand):
         rows_b = b.reshape(len(b), -1).astype(np.float64) if spec.batch_axis else b.reshape(1, -1).astype(np.float64)
@@ -49,58 +52,103 @@ def variant_cost(spec: ModelSpec, fp32: Path, candidate: Path, samples: dict[str
             "top1_budget": VARIANT_TOP1_BUDGET if top1 else None, "samples": int(len(next(iter(samples.values()))))}
 
 
+@dataclass
+class PricedVariant:
+    """A variant made from an archive's verified FP32 model, its accuracy cost measured, not yet archived."""
+
+    variant: str
+    source: Archive
+    manifest: dict[str, Any]  # the source archive's
+    model: Any  # the zoo model, None for a packaged one
+    spec: ModelSpec
+    handler: str
+    build_dir: Path
+    fp32: Path
+    made: Path
+    engine: dict[str, Any] | None
+    report: dict[str, Any]
+
+
 def package_variant(model_store: Path, build_root: Path, name: str, variant: str, version: str | None = None) -> Packaged:
     """A variant of an archive in the model store (zoo and packaged models alike): its verified FP32
     model made into `variant`, the cost measured (a zoo model on its held-out data, a packaged model
     on its archive's samples) and held to its budget, archived as <name>-<version>-<variant>.mar."""
+    started = time.perf_counter()
+    return archive_variant(price_variant(model_store, build_root, name, variant, version), started)
+
+
+def price_variant(model_store: Path, build_root: Path, name: str, variant: str, version: str | None = None) -> PricedVariant:
+    """Make `variant` of the archive and measure what it costs (the archive is left as it is)."""
     import zipfile
 
     import yaml
 
     from maas.export import zoo
 
-    started = time.perf_counter()
     source = find_archive(model_store, name, version)
     manifest = archive_manifest(source)
     model = zoo.models().get(name)
     spec = model.spec if model else ModelSpec.from_archive(manifest, yaml.safe_load(archive_member(source, "model-config.yaml")))
-    new_version = f"{manifest['version']}-{variant}"
-    build_dir = build_root / archive.archive_name(name, new_version)
+    build_dir = build_root / archive.archive_name(name, f"{manifest['version']}-{variant}")
     if build_dir.exists():
         shutil.rmtree(build_dir)
     (build_dir / "assets").mkdir(parents=True)
     with zipfile.ZipFile(source.path) as z:
         z.extractall(build_dir / "archive")
         handler = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["handler"]
-    extracted = build_dir / "archive"
-    fp32 = extracted / manifest["model_file"]
-    made = make_variant(variant, fp32, build_dir, model.optimized_graph(None) if model else None)
+    fp32 = build_dir / "archive" / manifest["model_file"]
+    engine = engine_of(variant)
+    calibration = calibration_feeds(model, spec, source, manifest) if variant == "ov-int8" else None
+    made = make_variant(variant, fp32, build_dir, model.optimized_graph(None) if model and engine is None else None,
+                        calibration, bool(model and model.transformer))
     onnx_export.check_contract(made, spec)
-    report = _cost(model, spec, fp32, made, source, manifest)
+    report = _cost(model, spec, fp32, made, source, manifest, engine)
     log.info("%s %s: %s %.4f (budget %.4f)", name, variant, report["cost_metric"], report["cost"], report["budget"])
-    check_budget(name, variant, report)
-    shutil.copy(made, build_dir / "model.onnx")
-    spec = replace(spec, version=new_version, handler=handler)
-    mar = _rearchive(build_dir, spec, manifest, source, variant, report,
-                     extracted / handler if model is None and handler != GENERIC_HANDLER else None)
-    result = json.loads((build_dir / "manifest.json").read_text())
-    return Packaged(name, new_version, mar, build_dir, spec, result, time.perf_counter() - started)
+    return PricedVariant(variant, source, manifest, model, spec, handler, build_dir, fp32, made, engine, report)
 
 
-def _cost(model: Any, spec: ModelSpec, fp32: Path, made: Path, source: Archive, manifest: dict[str, Any]) -> dict[str, Any]:
+def archive_variant(p: PricedVariant, started: float, choice: dict[str, Any] | None = None) -> Packaged:
+    """Archive a priced variant beside its source, if its cost is within budget (`choice`: the
+    chooser's figures, recorded in the manifest)."""
+    check_budget(p.spec.name, p.variant, p.report)
+    new_version = f"{p.manifest['version']}-{p.variant}"
+    shutil.copy(p.made, p.build_dir / "model.onnx")
+    spec = replace(p.spec, version=new_version, handler=p.handler)
+    user_handler = p.build_dir / "archive" / p.handler if p.model is None and p.handler != GENERIC_HANDLER else None
+    mar = _rearchive(p.build_dir, spec, p.manifest, p.source, p.variant, p.report, user_handler, choice)
+    result = json.loads((p.build_dir / "manifest.json").read_text())
+    return Packaged(spec.name, new_version, mar, p.build_dir, spec, result, time.perf_counter() - started)
+
+
+def calibration_feeds(model: Any, spec: ModelSpec, source: Archive, manifest: dict[str, Any],
+                      batches: int = 256) -> list[dict[str, np.ndarray]]:
+    """What INT8 calibration runs on, one item a feed: a zoo model's training-side data, else the
+    archive's samples (a packaged model's --samples; synthesized from the spec without them)."""
+    feeds = model.calibration(batches) if model is not None else []
+    if feeds:
+        return feeds
+    samples = archive_samples(source, manifest) or synthesize(spec, SAMPLE_ROWS)
+    if not spec.batch_axis:
+        return [samples]
+    rows = len(next(iter(samples.values())))
+    return [{k: v[i:i + 1] for k, v in samples.items()} for i in range(min(rows, batches))]
+
+
+def _cost(model: Any, spec: ModelSpec, fp32: Path, made: Path, source: Archive, manifest: dict[str, Any],
+          engine: dict[str, Any] | None = None) -> dict[str, Any]:
     """The variant's accuracy cost: a zoo model's own held-out evaluation, else the archive's samples."""
     from maas.export import zoo
 
     if model is None:
-        return variant_cost(spec, fp32, made, archive_samples(source, manifest) or synthesize(spec, SAMPLE_ROWS))
+        return variant_cost(spec, fp32, made, archive_samples(source, manifest) or synthesize(spec, SAMPLE_ROWS), engine)
     try:
-        return model.variant_report(fp32, made)
+        return model.variant_report(fp32, made, engine)
     except zoo.NoHeldOutEvaluation as exc:
         raise VariantError(str(exc)) from None
 
 
 def _rearchive(build_dir: Path, spec: ModelSpec, manifest: dict[str, Any], source: Archive, variant: str,
-               report: dict[str, Any], user_handler: Path | None) -> Path:
+               report: dict[str, Any], user_handler: Path | None, choice: dict[str, Any] | None = None) -> Path:
     """The variant's archive: the source archive's assets and handler settings, a manifest that
     records the variant and its cost, the same model-config.yaml."""
     extracted = build_dir / "archive"
@@ -113,7 +161,11 @@ def _rearchive(build_dir: Path, spec: ModelSpec, manifest: dict[str, Any], sourc
     # What the handler reads besides the I/O spec (limits, labels, tokenizer, ...) stays as it was.
     extra = {k: v for k, v in manifest.items() if k not in archive.MANIFEST_OWN_KEYS}
     extra.update(external_data=[], variant={"name": variant, "description": VARIANTS[variant],
-                                            "fp32_sha256": manifest["sha256"], "accuracy": report})
+                                            "fp32_sha256": manifest["sha256"], "accuracy": report,
+                                            **({"choice": choice} if choice else {})})
+    extra.pop("engine", None)
+    if engine_of(variant):
+        extra["engine"] = engine_of(variant)
     archive.write_manifest(build_dir, spec, build_dir / "model.onnx", spec.version, manifest.get("metrics", {}),
                            manifest.get("parity", {}), extra)
     (build_dir / "model-config.yaml").write_text(archive_member(source, "model-config.yaml").decode())

@@ -5,6 +5,11 @@
     int8   dynamic INT8 quantization for CPU: per-channel 7-bit signed weights (U8S8, reduce_range), weight MatMuls only
            (quantizing activation x activation MatMuls, i.e. attention, cost minilm ~4x more)
     fp16   FP16 weights and compute with FP32 inputs/outputs, for the CUDA provider
+    ov     the FP32 file on OpenVINO at its default precision (bfloat16 on CPUs that have it)
+    ov-int8  NNCF's post-training INT8 quantization (calibrated on the model's samples), on OpenVINO
+
+An OpenVINO variant is still an ONNX file (OpenVINO reads ONNX); its archive's manifest names the
+engine (`engine`), which the handler opens (handlers/openvino_session.py).
 
 Each model module measures the cost on held-out data (`variant_report`); a variant over its
 budget is refused, never built. The budget: minilm mean cosine vs FP32 >= 0.99; accuracy
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +28,7 @@ import numpy as np
 import onnx
 
 from maas.core.errors import ExportError
+from maas.export.engines import nncf_int8, open_session
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +36,15 @@ VARIANTS = {
     "opt": "ONNX Runtime graph optimizations applied offline",
     "int8": "INT8 dynamic quantization (per-channel 7-bit signed weights) for CPU",
     "fp16": "FP16 weights and compute, FP32 inputs/outputs, for GPU",
+    "ov": "OpenVINO at its default precision (bfloat16 where the CPU has it)",
+    "ov-int8": "NNCF post-training INT8 quantization, calibrated on the model's samples, on OpenVINO",
 }
+ENGINES = {"ov": {"name": "openvino", "precision": "default"}, "ov-int8": {"name": "openvino", "precision": "default"}}
+
+
+def engine_of(variant: str) -> dict[str, Any] | None:
+    """The engine a variant's archive runs on (None: ONNX Runtime)."""
+    return ENGINES.get(variant)
 
 
 class VariantError(ExportError):
@@ -78,17 +93,27 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
-def make_variant(variant: str, fp32: Path, build_dir: Path, optimized_graph: Callable[[Path], Path] | None) -> Path:
+def make_variant(variant: str, fp32: Path, build_dir: Path, optimized_graph: Callable[[Path], Path] | None,
+                 calibration: list[dict[str, np.ndarray]] | None = None, transformer: bool = False) -> Path:
     """Write build_dir/model.<variant>.onnx from the verified FP32 file; returns its path.
 
     `optimized_graph(dst)` is the model's own optimized FP32 graph when it has one; int8 and
-    fp16 start from it too, as ONNX Runtime's quantizer handles the fused ops.
+    fp16 start from it too, as ONNX Runtime's quantizer handles the fused ops. OpenVINO variants
+    start from the plain FP32 file (ONNX Runtime's fused ops are its own); ov-int8 is calibrated
+    on `calibration` (feeds, one batch each), with NNCF's transformer preset for `transformer`s.
     """
     if variant not in VARIANTS:
         raise VariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     start = time.perf_counter()
     with _quiet_ort_tools():
-        out = _make(variant, fp32, build_dir, optimized_graph)
+        if variant == "ov":
+            out = Path(shutil.copy(fp32, build_dir / "model.ov.onnx"))
+        elif variant == "ov-int8":
+            if not calibration:
+                raise VariantError("ov-int8 needs calibration samples: package the model with --samples")
+            out = nncf_int8(fp32, build_dir / "model.ov-int8.onnx", calibration, transformer)
+        else:
+            out = _make(variant, fp32, build_dir, optimized_graph)
     log.info("%s variant written: %s (%.1f MB, %.1f s)", variant, out.name, out.stat().st_size / 1e6,
              time.perf_counter() - start)
     return out
@@ -132,11 +157,9 @@ def check_budget(name: str, variant: str, report: dict[str, Any]) -> None:
             f"{report['budget']:.4f}; not built")
 
 
-def held_out_outputs(path: Path, inputs: dict[str, Any], batch: int = 256) -> list[Any]:
-    """Every output of `path` on held-out inputs, run in batches on the CPU provider."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def held_out_outputs(path: Path, inputs: dict[str, Any], batch: int = 256, engine: dict[str, Any] | None = None) -> list[Any]:
+    """Every output of `path` on held-out inputs, run in batches on the CPU (ONNX Runtime, or `engine`)."""
+    session = open_session(path, engine)
     n = len(next(iter(inputs.values())))
     parts = [session.run(None, {k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]

@@ -83,6 +83,17 @@ def choose_providers(gpu_id: Any, use_tensorrt: bool = False) -> list[Any]:
     return providers
 
 
+def open_openvino(model_path: Path, threads: int, engine: dict[str, Any], shared: bool) -> Any:
+    """The archive's ONNX file on OpenVINO's CPU plugin, behind ORT's session surface (`shared`:
+    other workers share the machine, so no thread pinning)."""
+    try:
+        from openvino_session import OpenVinoSession
+        return OpenVinoSession(model_path, threads, str(engine.get("precision", "default")), pinning=not shared)
+    except ImportError as exc:
+        raise RuntimeError(f"this archive runs on OpenVINO, which this server's Python lacks ({exc}): "
+                           "pip install 'maas[openvino]'") from None
+
+
 def note_worker_start(model_dir: Path) -> bool:
     """Record this worker's start; True when it replaces a worker that died.
 
@@ -154,8 +165,12 @@ class OrtHandler:
             # Idle intra-op threads spin by default; on a box whose cores TorchServe's frontend
             # (and here the load generator) share, spinning steals the cores the pool waits for.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = choose_providers(props.get("gpu_id"), bool(self.settings.get("use_tensorrt", False)))
-        self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        engine = self.manifest.get("engine") or {}
+        if engine.get("name") == "openvino":  # an OpenVINO variant (export/variants.py): same file, same contract
+            self.session = open_openvino(model_path, threads, engine, int(yaml_config.get("maxWorkers", 1)) > 1)
+        else:
+            providers = choose_providers(props.get("gpu_id"), bool(self.settings.get("use_tensorrt", False)))
+            self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         self.provider = self.session.get_providers()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
         if props.get("gpu_id") is not None and self.provider == "CPUExecutionProvider":

@@ -2,8 +2,9 @@
 
 In one run on one machine, for each model family (minilm, digits) and each worker layout
 (workers x threads, threads = cores // workers in every handler, peers included):
-  peers     eager PyTorch (the primary peer), TorchScript, OpenVINO (maas/bench_peers.py)
-  ours      FP32, FP32 with the transformer-fused graph (the `opt` variant), INT8
+  peers     eager PyTorch (the primary peer), TorchScript, OpenVINO, OpenVINO INT8 (maas/bench_peers.py)
+  ours      FP32, FP32 with the transformer-fused graph (the `opt` variant), NNCF INT8 on
+            OpenVINO (the `ov-int8` variant, with the `openvino` extra), INT8
   ceiling   the same archive's handler in-process, same layout, no server (maas/inprocess.py),
             the fastest of one measurement per round
   served    TorchServe + Locust, closed loop, at each client concurrency, each configuration
@@ -38,9 +39,8 @@ import numpy as np
 import yaml
 
 from maas import bench_peers
-from maas.core.clock import now_iso
 from maas.core.extras import require
-from maas.core.machine import cores
+from maas.core.machine import cores, cpu_isa, machine_info  # noqa: F401 - cpu_isa, machine_info: re-exported
 from maas.core.spec import ServingSpec
 from maas.inprocess import ceiling, ceilings
 from maas.loadtest import LoadTest
@@ -118,9 +118,19 @@ class BenchResult:
 
 
 # ---- the store ----------------------------------------------------------------------------
+# The last of a family is the one the levers take away from.
 OURS = {"minilm": (("ours FP32", "minilm.mar", None), ("ours FP32 fused", "minilm-1.0-opt.mar", "opt"),
+                   ("ours OpenVINO INT8", "minilm-1.0-ov-int8.mar", "ov-int8"),
                    ("ours INT8", "minilm-1.0-int8.mar", "int8")),
         "digits": (("ours FP32", "digits.mar", None),)}
+
+
+def ours(family: str) -> tuple[tuple[str, str, str | None], ...]:
+    """Our configurations of a family this Python can build (OpenVINO ones need the `openvino` extra)."""
+    from maas.export.engines import has_nncf
+    from maas.export.variants import engine_of
+
+    return tuple(o for o in OURS[family] if o[2] is None or engine_of(o[2]) is None or has_nncf())
 
 
 def build_store(families: tuple[str, ...], store: Path, work: Path) -> None:
@@ -128,7 +138,7 @@ def build_store(families: tuple[str, ...], store: Path, work: Path) -> None:
     from maas.export.build import build
 
     for family in families:
-        for _, name, variant in OURS[family]:
+        for _, name, variant in ours(family):
             if not (store / name).exists():
                 build(family, work, store, variant=variant)
         bench_peers.build_peers(family, work, store)
@@ -142,12 +152,12 @@ def configurations(family: str, plan: BenchPlan) -> list[Served]:
     peers = [at(bench_peers.LABELS[p], f"{family}-{p}.mar", layout)
              for layout in plan.layouts for p in bench_peers.peers_for(family)
              if (family, p) not in RECORD_PEERS or layout == plan.layouts[0]]
-    ours = [at(label, name, layout) for layout in plan.layouts for label, name, _ in OURS[family]]
+    mine = [at(label, name, layout) for layout in plan.layouts for label, name, _ in ours(family)]
     levers = []
     if plan.levers and family == "minilm":
-        label, name, _ = OURS[family][-1]
+        label, name, _ = ours(family)[-1]
         levers = [at(label, name, plan.layouts[index], settings, lever) for lever, settings, index in LEVERS]
-    return peers + ours + levers
+    return peers + mine + levers
 
 
 def run_archive(store: Path, served: Served) -> tuple[str, Path]:
@@ -427,7 +437,7 @@ def warm_frontend(ts: TorchServe, store: Path, plan: BenchPlan, reports: Path) -
     if plan.frontend_warmup_s <= 0:
         return
     family = plan.families[0]
-    label, name, _ = OURS[family][-1]
+    label, name, _ = ours(family)[-1]
     workers, batch, delay = plan.layouts[0]
     served = Served(family, "frontend warm-up", name, workers, batch_size=batch, max_batch_delay_ms=delay)
     with registered(ts, store, served) as (model, _):
@@ -501,43 +511,6 @@ def run_bench(plan: BenchPlan, out_dir: Path, store: Path | None = None,
     result.sequence_runs = best_of_rounds(result.sequence_runs)
     write_outputs(result, out_dir)
     return result
-
-
-def machine_info() -> dict[str, Any]:
-    import platform
-    from importlib import metadata
-
-    versions = {}
-    for pkg in ("torch", "onnxruntime-gpu", "torchserve", "locust", "transformers", "openvino"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = "not installed"
-    return {"cores": cores(), "cpu": _cpu_info("model name") or platform.processor() or platform.machine(),
-            "isa": cpu_isa(set(_cpu_info("flags").split())), "python": platform.python_version(), **versions,
-            "date": now_iso()}
-
-
-def _cpu_info(field: str) -> str:
-    """The first `field` line of /proc/cpuinfo ("" where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-# The x86 instruction sets that pick ONNX Runtime's (MLAS) and PyTorch's kernels, best first.
-# INT8 differs most: VNNI does a u8 x s8 dot product in one instruction, AVX2 needs three.
-ISA_LEVELS = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX2 VNNI"),
-              ("avx512f", "AVX-512 (no VNNI)"), ("avx2", "AVX2 (no VNNI)"))
-
-
-def cpu_isa(flags: set[str]) -> str:
-    """The best vector instruction set among the CPU's flags, as the report names it."""
-    return next((name for flag, name in ISA_LEVELS if flag in flags), "no AVX2" if flags else "unknown")
 
 
 def publish(out_dir: Path, dest: Path) -> None:

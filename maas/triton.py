@@ -1,4 +1,6 @@
-"""Export verified archives as a Triton Inference Server model repository (ONNX Runtime backend).
+"""Export verified archives as a Triton Inference Server model repository (ONNX Runtime backend;
+Triton's OpenVINO backend for an archive whose manifest names the openvino engine, which reads the
+same ONNX file).
 
     model_repository/<model>/config.pbtxt     from the archive's manifest (I/O spec) and model-config.yaml
     model_repository/<model>/1/model.onnx     the archive's model, sha256-checked against its manifest
@@ -47,9 +49,10 @@ def config_pbtxt(manifest: dict[str, Any], model_config: dict[str, Any], gpu: bo
     threads = serving.intra_op_threads
     # The largest batch one request may carry (the handler's item limit) or the batcher forms; 0: unbatched.
     max_batch = max(serving.batch_size, serving.max_items_per_request)
+    openvino = (manifest.get("engine") or {}).get("name") == "openvino"
     lines = [
         f'name: "{manifest["name"]}"',
-        'backend: "onnxruntime"',
+        'backend: "openvino"\ndefault_model_filename: "model.onnx"' if openvino else 'backend: "onnxruntime"',
         f"max_batch_size: {max_batch if batched else 0}",
         "input [\n" + ",\n".join(_tensor(t, batched) for t in manifest["inputs"]) + "\n]",
         "output [\n" + ",\n".join(_tensor(t, batched) for t in manifest["outputs"]) + "\n]",
@@ -61,7 +64,10 @@ def config_pbtxt(manifest: dict[str, Any], model_config: dict[str, Any], gpu: bo
         f"    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}\n  }}\n]",
         "version_policy: { specific: { versions: [ 1 ] } }",
     ]
-    if threads:
+    if openvino:  # Triton's OpenVINO backend passes these to the CPU plugin, as the maas handler sets them
+        settings = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {})}
+        lines += ['parameters {\n  key: "%s"\n  value: { string_value: "%s" }\n}' % kv for kv in settings.items()]
+    elif threads:
         lines.append('parameters {\n  key: "intra_op_thread_count"\n  value: { string_value: "%d" }\n}' % threads)
     return "\n".join(lines) + "\n"
 

@@ -101,6 +101,23 @@ def build_zoo(build_root: Path, store: Path, tiny: bool) -> dict[str, Built]:
 
 
 @pytest.fixture(scope="session")
+def openvino_variants(tmp_path_factory: pytest.TempPathFactory, built_models: dict[str, Built]) -> Path:
+    """The zoo's FP32 archives, minilm's NNCF INT8 on OpenVINO (minilm-1.0-ov-int8.mar) and what
+    `--variant auto` chose for digits, in a store of their own (export/variant_choice.py)."""
+    import shutil
+
+    from maas.export.build import build
+
+    store = tmp_path_factory.mktemp("openvino_store")
+    work = store / ".build"  # the chooser's report lands here: <name>-<version>-choice.json
+    for built in built_models.values():
+        shutil.copy(built.mar, store / built.mar.name)
+    build("minilm", work, store, variant="ov-int8")
+    build("digits", work, store, variant="auto")
+    return store
+
+
+@pytest.fixture(scope="session")
 def maintenance_built(built_models: dict[str, Built]) -> Built:
     return built_models["maintenance"]
 

@@ -44,9 +44,26 @@ class ZooModel:
         """Model-specific checks of the exported file (raise an ExportError to refuse it)."""
         return {}
 
-    def variant_report(self, fp32: Path, variant: Path) -> dict[str, Any]:
-        """The variant's accuracy cost on held-out data: cost_metric, cost, budget, within_budget."""
+    def variant_report(self, fp32: Path, variant: Path, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The variant's accuracy cost on held-out data, run on `engine` (None: ONNX Runtime):
+        cost_metric, cost, budget, within_budget."""
         raise NoHeldOutEvaluation(f"{self.name} has no held-out evaluation for variants")
+
+    def calibration(self, items: int) -> list[dict[str, Any]]:
+        """`items` feeds of one item each, from training-side data (never the held-out set) and
+        spanning the inputs the model will be sent: what static INT8 calibrates on. Empty: none."""
+        return []
+
+    def timing_batches(self, batches: int, batch: int) -> list[dict[str, Any]]:
+        """`batches` feeds of `batch` items like a load test's requests: what the variant chooser
+        times. By default the calibration items, `batch` at a time."""
+        import numpy as np
+
+        items = self.calibration(batches * batch)
+        return [{k: np.concatenate([it[k] for it in items[i:i + batch]]) for k in items[0]}
+                for i in range(0, len(items) - batch + 1, batch)]
+
+    transformer: ClassVar[bool] = False  # NNCF's transformer preset for its INT8 quantization
 
     def optimized_graph(self, trained: Any | None) -> Callable[[Path], Path] | None:
         """A better FP32 graph than ONNX Runtime's own optimizations, if the model has one (made

@@ -117,12 +117,13 @@ def train(seed: int = 0, epochs: int = 60) -> Trained:
     return Trained(model, {"pixels": x_te}, metrics, extra)
 
 
-def variant_report(fp32: Path, variant: Path) -> dict[str, Any]:
+def variant_report(fp32: Path, variant: Path, engine: dict[str, Any] | None = None) -> dict[str, Any]:
     """Held-out accuracy of both files on the 360 test scans; the cost is the drop in points."""
     from maas.export.variants import held_out_outputs
 
     _, _, x_te, y_te = _split(*_arrays(), 0)
-    base, cand = (float((held_out_outputs(p, {"pixels": x_te})[0].argmax(1) == y_te).mean()) for p in (fp32, variant))
+    base, cand = (float((held_out_outputs(p, {"pixels": x_te}, engine=e)[0].argmax(1) == y_te).mean())
+                  for p, e in ((fp32, None), (variant, engine)))
     drop = 100 * (base - cand)
     return {"cost_metric": "accuracy drop (points)", "cost": drop, "budget": 1.0, "within_budget": drop <= 1.0,
             "fp32": {"accuracy": base}, "variant": {"accuracy": cand}, "test_images": int(len(y_te))}
@@ -181,8 +182,12 @@ class Digits(ZooModel):
     def tiny(self, seed: int = 0) -> Trained:
         return train(seed=seed, epochs=0)
 
-    def variant_report(self, fp32: Path, variant: Path) -> dict[str, Any]:
-        return variant_report(fp32, variant)
+    def variant_report(self, fp32: Path, variant: Path, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+        return variant_report(fp32, variant, engine)
+
+    def calibration(self, items: int) -> list[dict[str, Any]]:
+        x_tr = _split(*_arrays(), 0)[0]
+        return [{"pixels": x_tr[i:i + 1]} for i in range(min(items, len(x_tr)))]
 
     def payloads(self, seed: int = 0, pool: int = 256, png_share: float = 0.25) -> Payloads:
         """Real scans from scikit-learn's load_digits: 3 in 4 as JSON pixels, 1 in 4 as a PNG upload

@@ -202,13 +202,14 @@ def split(n_records: int = 30_000, seed: int = 0) -> tuple[Records, Records]:
     return data.subset(order[:cut]), data.subset(order[cut:])
 
 
-def variant_report(fp32: Path, variant: Path) -> dict[str, Any]:
+def variant_report(fp32: Path, variant: Path, engine: dict[str, Any] | None = None) -> dict[str, Any]:
     """Held-out failure metrics of both files; the cost is the accuracy drop in points."""
     from maas.export.variants import held_out_outputs
 
     _, test_set = split()
     feats = {"features": test_set.features()}
-    base, cand = (binary_metrics(test_set.failure, held_out_outputs(p, feats)[0]) for p in (fp32, variant))
+    base, cand = (binary_metrics(test_set.failure, held_out_outputs(p, feats, engine=e)[0])
+                  for p, e in ((fp32, None), (variant, engine)))
     drop = 100 * (base["accuracy"] - cand["accuracy"])
     return {"cost_metric": "accuracy drop (points)", "cost": drop, "budget": 1.0, "within_budget": drop <= 1.0,
             "fp32": base, "variant": cand,
@@ -326,8 +327,12 @@ class Maintenance(ZooModel):
     def tiny(self, seed: int = 0) -> Trained:
         return train(seed=seed, epochs=0, hidden=8)
 
-    def variant_report(self, fp32: Path, variant: Path) -> dict[str, Any]:
-        return variant_report(fp32, variant)
+    def variant_report(self, fp32: Path, variant: Path, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+        return variant_report(fp32, variant, engine)
+
+    def calibration(self, items: int) -> list[dict[str, Any]]:
+        features = split()[0].features()
+        return [{"features": features[i:i + 1]} for i in range(min(items, len(features)))]
 
     def payloads(self, seed: int = 0, pool: int = 512) -> Payloads:
         rng = random.Random(seed)

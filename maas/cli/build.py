@@ -17,9 +17,11 @@ from maas.project import Project
               help="version to stamp; writes <model>-<version>.mar beside the others [the spec's version]; "
                    "with --variant: the archive's version to make the variant from [the plain archive]")
 @click.option("--seed", type=int, help="training seed, e.g. for a second training as a new version")
-@click.option("--variant", type=click.Choice(list(VARIANTS)),
+@click.option("--variant", type=click.Choice([*VARIANTS, "auto"]),
               help="make this optimized variant of the model's verified FP32 archive, as version <version>-<variant>: opt (ORT graph "
-                   "optimizations), int8 (dynamic quantization, CPU), fp16 (GPU); refused over its accuracy budget")
+                   "optimizations), int8 (dynamic quantization, CPU), fp16 (GPU), ov (OpenVINO, its default precision), "
+                   "ov-int8 (NNCF-calibrated INT8 on OpenVINO); refused over its accuracy budget. auto: make every CPU "
+                   "candidate, time them here and keep the fastest within budget")
 @click.option("--ensemble", type=click.IntRange(2, 16),
               help="build N maintenance members (seeds 0..N-1) and the maintenance-ensemble workflow (.war); "
                    "refused unless the ensemble's held-out AUROC is at least its best member's")
@@ -44,6 +46,15 @@ def build(models: tuple[str, ...], version: str | None, seed: int | None, varian
         return
     for name in models or tuple(zoo.models()):
         result = build_model(name, project.build_dir, project.model_store, version=version, seed=seed, variant=variant)
+        if result.choice is not None:
+            from maas.export.variant_choice import choice_lines
+
+            for line in choice_lines(result.choice):
+                click.echo(f"  {line}")
+            click.echo(f"  figures: {result.choice.report}")
+            if result.choice.packaged is None:
+                click.echo(f"{name}: FP32 on ONNX Runtime is the fastest within budget here; nothing new archived")
+                continue
         for line in built_lines(result.mar, result.seconds, json.loads((result.build_dir / "manifest.json").read_text())):
             click.echo(line)
 
@@ -58,8 +69,9 @@ def built_lines(mar: Path, seconds: float, manifest: dict[str, Any]) -> list[str
         return [first]
     acc = manifest["variant"]["accuracy"]
     top1 = f", top-1 agreement {acc['top1_agreement']}" if acc.get("top1_agreement") else ""
-    return [first, f"  {manifest['variant']['name']}: {acc['cost_metric']} {acc['cost']:.4f} (budget {acc['budget']:g})"
-            f"{top1}, {manifest['size_bytes'] / 1e6:.1f} MB"]
+    engine = manifest.get("engine", {}).get("name", "onnxruntime")
+    return [first, f"  {manifest['variant']['name']} ({engine}): {acc['cost_metric']} {acc['cost']:.4f} "
+            f"(budget {acc['budget']:g}){top1}, {manifest['size_bytes'] / 1e6:.1f} MB"]
 
 
 @click.command("init")

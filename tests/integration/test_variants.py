@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from conftest import bare_server
@@ -51,7 +52,7 @@ def test_variants_record_their_cost_within_budget(variant_store: Path) -> None:
 
 
 def test_a_variant_over_budget_is_not_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, maintenance_built) -> None:
-    def costly(fp32: Path, variant: Path) -> dict:
+    def costly(fp32: Path, variant: Path, engine: dict | None = None) -> dict:
         return {"cost_metric": "accuracy drop (points)", "cost": 3.5, "budget": 1.0, "within_budget": False}
 
     monkeypatch.setattr(maintenance, "variant_report", costly)
@@ -73,5 +74,65 @@ def test_int8_minilm_serves_beside_fp32(tmp_path_factory: pytest.TempPathFactory
         assert np.all(np.sum(fp32 * int8, axis=1) > 0.97)
         resp = ts.client.predict("minilm", json.dumps(texts).encode(), version="1.0-int8")
         assert resp.headers["X-Model-Version"] == "1.0-int8"
+    finally:
+        ts.stop()
+
+
+def test_openvino_int8_is_calibrated_priced_on_its_engine_and_still_onnx(openvino_variants: Path) -> None:
+    mar = openvino_variants / "minilm-1.0-ov-int8.mar"
+    m = manifest_of(mar)
+    assert m["engine"] == {"name": "openvino", "precision": "default"} and m["variant"]["name"] == "ov-int8"
+    acc = m["variant"]["accuracy"]
+    assert acc["within_budget"] and acc["vs_fp32"]["mean_cosine"] >= 0.99 and acc["vs_fp32"]["sentences"] >= 200
+    with zipfile.ZipFile(mar) as z:
+        graph = onnx.load_from_string(z.read("model.onnx")).graph
+        assert "openvino_session.py" in z.namelist()  # the handler opens the engine the manifest names
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # NNCF's calibrated QDQ graph: the artifact stays ONNX
+
+
+def test_auto_keeps_the_fastest_candidate_within_budget(openvino_variants: Path) -> None:
+    choice = json.loads((openvino_variants / ".build" / "digits-1.0-choice.json").read_text())
+    rows = {r["variant"]: r for r in choice["candidates"]}
+    assert set(rows) == {"fp32", "opt", "int8", "ov", "ov-int8"}, rows
+    timed = [r for r in rows.values() if "items_per_s" in r]
+    assert len(timed) == 5 and all(r["items_per_s"] > 0 and r["engine"] for r in timed), rows
+    assert rows["ov"]["engine"].startswith("OpenVINO CPU") and rows["int8"]["engine"] == "CPUExecutionProvider"
+    best = max((r for r in timed if r["within_budget"]), key=lambda r: r["items_per_s"])
+    assert choice["chosen"] == best["variant"] and choice["machine"]["cores"] >= 1
+    archived = sorted(p.name for p in openvino_variants.glob("digits-1.0-*.mar"))
+    if best["variant"] == "fp32":  # nothing new: the FP32 archive is already the fastest
+        assert archived == []
+    else:
+        assert archived == [f"digits-1.0-{best['variant']}.mar"]
+        assert manifest_of(openvino_variants / archived[0])["variant"]["choice"] == choice
+
+
+def test_openvino_minilm_serves_what_fp32_serves(tmp_path_factory: pytest.TempPathFactory, openvino_variants: Path) -> None:
+    """The same handler contract on the other engine: answers close to FP32's, a bad item refused
+    alone in its batch, the Open Inference Protocol, the version header."""
+    ts = bare_server(tmp_path_factory, openvino_variants)
+    try:
+        deploy(ts.client, openvino_variants, "minilm", "1.0")
+        deploy(ts.client, openvino_variants, "minilm", "1.0-ov-int8")
+        texts = {"texts": ["The cooling pump keeps failing during the night shift.", "Invoice 42 is missing."]}
+        fp32 = np.array(ts.client.predict_json("minilm", texts, version="1.0")["embeddings"])
+        ov = np.array(ts.client.predict_json("minilm", texts, version="1.0-ov-int8")["embeddings"])
+        assert np.all(np.sum(fp32 * ov, axis=1) > 0.97)
+        resp = ts.client.predict("minilm", json.dumps(texts).encode(), version="1.0-ov-int8")
+        assert resp.headers["X-Model-Version"] == "1.0-ov-int8"
+        bad = ts.client.predict("minilm", json.dumps({"texts": ["fine", 42]}).encode(), version="1.0-ov-int8")
+        assert bad.status_code == 400 and bad.json()["field"] == "texts[1]", bad.text
+        # TorchServe's v2 endpoint serves the default version only (501 "Model versioning is not yet supported")
+        assert ts.client.management("PUT", "/models/minilm/1.0-ov-int8/set-default")
+        v2 = ts.client.request("inference", "POST", "/v2/models/minilm/infer", data=json.dumps({"inputs": [
+            {"name": "input_ids", "datatype": "INT64", "shape": [1, 5], "data": [101, 7592, 2088, 999, 102]},
+            {"name": "attention_mask", "datatype": "INT64", "shape": [1, 5], "data": [1, 1, 1, 1, 1]}]}),
+            headers={"Content-Type": "application/json"})
+        assert v2.status_code == 200, v2.text
+        assert v2.json()["model_version"] == "1.0-ov-int8" and v2.json()["outputs"][0]["shape"] == [1, 384]
+        log_text = (ts.layout.log_dir / "model_log.log").read_text(errors="replace")
+        assert "provider OpenVINO CPU" in log_text
+        assert ts.worker_restarts() == {}
     finally:
         ts.stop()

@@ -41,3 +41,16 @@ def test_a_tampered_archive_is_not_exported(tiny_maintenance, tmp_path: Path) ->
     tamper(tiny_maintenance.mar, store / "maintenance.mar")
     with pytest.raises(TritonExportError, match="sha256"):
         export(store, "maintenance", tmp_path / "repo")
+
+
+def test_an_openvino_archive_names_tritons_openvino_backend_with_the_handlers_settings() -> None:
+    from maas.triton import config_pbtxt
+
+    manifest = {"name": "minilm", "batch_axis": "batch", "engine": {"name": "openvino", "precision": "default"},
+                "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}],
+                "outputs": [{"name": "embedding", "dtype": "float32", "shape": ["batch", 384]}]}
+    text = config_pbtxt(manifest, {"handler": {"intra_op_threads": 2}})
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.backend == "openvino" and config.default_model_filename == "model.onnx"
+    assert {k: v.string_value for k, v in config.parameters.items()} == {
+        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "2"}
