@@ -84,8 +84,9 @@ def time_all(sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], round
 
 
 def choose_variant(model_store: Path, build_root: Path, name: str, version: str | None = None,
-                   batch: int = 8) -> Choice:
-    """Price and time every candidate; archive the fastest within budget."""
+                   batch: int = 8, rounds: int = 5, round_s: float = 1.5) -> Choice:
+    """Price and time every candidate (`rounds` interleaved rounds of `round_s` seconds each);
+    archive the fastest within budget."""
     from maas.export import zoo
     from maas.handlers.cores import available_cores
 
@@ -120,7 +121,7 @@ def choose_variant(model_store: Path, build_root: Path, name: str, version: str 
     sessions = {"fp32": open_session(fp32, None, threads)}
     sessions.update({v: open_session(p.made, p.engine, threads) for v, p in priced.items()})
     log.info("%s: timing %s in process (%d threads, batches of %d) ...", name, ", ".join(sessions), threads, batch)
-    speed = time_all(sessions, feeds)
+    speed = time_all(sessions, feeds, rounds, round_s)
     for row in rows:
         if row["variant"] in sessions:  # what the engine resolved to: "OpenVINO CPU (bf16)", ...
             row["engine"] = sessions[row["variant"]].get_providers()[0]

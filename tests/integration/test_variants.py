@@ -24,11 +24,13 @@ def manifest_of(mar: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def variant_store(tmp_path_factory: pytest.TempPathFactory, built_models) -> Path:
-    """Variants made from the session's verified FP32 archives (a variant starts from its archive)."""
+def variant_store(tmp_path_factory: pytest.TempPathFactory, built_models, openvino_variants: Path) -> Path:
+    """Variants made from the session's verified FP32 archives (a variant starts from its archive),
+    and minilm's OpenVINO INT8 (conftest.openvino_variants)."""
     store, work = tmp_path_factory.mktemp("variant_store"), tmp_path_factory.mktemp("variant_build")
     for name, built in built_models.items():
         shutil.copy(built.mar, store / built.mar.name)
+    shutil.copy(openvino_variants / "minilm-1.0-ov-int8.mar", store)
     build("maintenance", work, store, variant="int8")
     build("minilm", work, store, variant="int8")
     build("digits", work, store, variant="fp16")
@@ -63,21 +65,6 @@ def test_a_variant_over_budget_is_not_built(tmp_path: Path, monkeypatch: pytest.
     assert [p.name for p in (tmp_path / "store").glob("*.mar")] == ["maintenance.mar"]  # no variant archive
 
 
-def test_int8_minilm_serves_beside_fp32(tmp_path_factory: pytest.TempPathFactory, variant_store: Path) -> None:
-    ts = bare_server(tmp_path_factory, variant_store)
-    try:
-        deploy(ts.client, variant_store, "minilm", "1.0")
-        deploy(ts.client, variant_store, "minilm", "1.0-int8")
-        texts = {"texts": ["The cooling pump keeps failing during the night shift.", "Invoice 42 is missing."]}
-        fp32 = np.array(ts.client.predict_json("minilm", texts, version="1.0")["embeddings"])
-        int8 = np.array(ts.client.predict_json("minilm", texts, version="1.0-int8")["embeddings"])
-        assert np.all(np.sum(fp32 * int8, axis=1) > 0.97)
-        resp = ts.client.predict("minilm", json.dumps(texts).encode(), version="1.0-int8")
-        assert resp.headers["X-Model-Version"] == "1.0-int8"
-    finally:
-        ts.stop()
-
-
 def test_openvino_int8_is_calibrated_priced_on_its_engine_and_still_onnx(openvino_variants: Path) -> None:
     mar = openvino_variants / "minilm-1.0-ov-int8.mar"
     m = manifest_of(mar)
@@ -108,19 +95,22 @@ def test_auto_keeps_the_fastest_candidate_within_budget(openvino_variants: Path)
         assert manifest_of(openvino_variants / archived[0])["variant"]["choice"] == choice
 
 
-def test_openvino_minilm_serves_what_fp32_serves(tmp_path_factory: pytest.TempPathFactory, openvino_variants: Path) -> None:
-    """The same handler contract on the other engine: answers close to FP32's, a bad item refused
-    alone in its batch, the Open Inference Protocol, the version header."""
-    ts = bare_server(tmp_path_factory, openvino_variants)
+def test_int8_variants_serve_beside_fp32_on_either_engine(tmp_path_factory: pytest.TempPathFactory,
+                                                          variant_store: Path) -> None:
+    """ONNX Runtime's INT8 and OpenVINO's beside FP32 on one server, the same handler contract on
+    both engines: answers close to FP32's, a bad item refused alone, the Open Inference Protocol,
+    the version header."""
+    ts = bare_server(tmp_path_factory, variant_store)
     try:
-        deploy(ts.client, openvino_variants, "minilm", "1.0")
-        deploy(ts.client, openvino_variants, "minilm", "1.0-ov-int8")
+        for version in ("1.0", "1.0-int8", "1.0-ov-int8"):
+            deploy(ts.client, variant_store, "minilm", version)
         texts = {"texts": ["The cooling pump keeps failing during the night shift.", "Invoice 42 is missing."]}
         fp32 = np.array(ts.client.predict_json("minilm", texts, version="1.0")["embeddings"])
-        ov = np.array(ts.client.predict_json("minilm", texts, version="1.0-ov-int8")["embeddings"])
-        assert np.all(np.sum(fp32 * ov, axis=1) > 0.97)
-        resp = ts.client.predict("minilm", json.dumps(texts).encode(), version="1.0-ov-int8")
-        assert resp.headers["X-Model-Version"] == "1.0-ov-int8"
+        for version in ("1.0-int8", "1.0-ov-int8"):
+            other = np.array(ts.client.predict_json("minilm", texts, version=version)["embeddings"])
+            assert np.all(np.sum(fp32 * other, axis=1) > 0.97), version
+            resp = ts.client.predict("minilm", json.dumps(texts).encode(), version=version)
+            assert resp.headers["X-Model-Version"] == version
         bad = ts.client.predict("minilm", json.dumps({"texts": ["fine", 42]}).encode(), version="1.0-ov-int8")
         assert bad.status_code == 400 and bad.json()["field"] == "texts[1]", bad.text
         # TorchServe's v2 endpoint serves the default version only (501 "Model versioning is not yet supported")
