@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup java prometheus haproxy build demo lint test test-unit bench bench-llm docs monitor clean help
+.PHONY: setup java prometheus haproxy docker image build demo lint test test-unit bench bench-llm docs monitor clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,13 @@ prometheus:  ## Debian's Prometheus and promtool (the monitoring tests and `make
 haproxy:  ## Debian's HAProxy (the cluster tests and `maas cluster` need it)
 	@bash scripts/ensure-debian.sh haproxy haproxy
 
+docker:  ## Debian's Docker Engine and mmdebstrap (the image test builds and runs the serving image)
+	@bash scripts/ensure-debian.sh docker.io dockerd docker
+	@bash scripts/ensure-debian.sh mmdebstrap mmdebstrap
+
+image: setup docker  ## the serving image every manifest runs (maas-torchserve:0.12.0), built without a registry
+	$(BIN)/maas image build
+
 build: setup  ## train, export, verify and archive every model into model_store/
 	$(BIN)/maas build
 
@@ -36,7 +43,7 @@ demo: setup  ## build, serve, send real requests, run a short load test, stop
 lint: setup  ## ruff (its rules in pyproject.toml)
 	$(BIN)/ruff check .
 
-test: setup prometheus haproxy lint  ## lint, then unit + integration tests (real TorchServes, Prometheus and HAProxy on 127.0.0.1)
+test: setup prometheus haproxy docker lint  ## lint, then unit + integration tests (real TorchServes, Prometheus, HAProxy and the image's containers on 127.0.0.1)
 	$(BIN)/python -m pytest
 
 test-unit: setup prometheus  ## the fast tier: no server, tiny untrained zoo models (~45 s)

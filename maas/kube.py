@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from maas.core.spec import ModelSpec
-from maas.core.store import store_archives
+from maas.core.store import Archive, archive_member, store_archives
 from maas.export.archive import archive_name as archive_file_name
 from maas.properties import read_properties, write_properties
 
@@ -76,6 +76,14 @@ def archive_name(spec: ModelSpec, version: str | None) -> str:
 
 
 def cluster_properties(project: dict[str, str], spec: ModelSpec, version: str | None = None) -> dict[str, str]:
+    """config.properties for a pod serving `spec`: see pod_properties."""
+    version = version or spec.version
+    settings = {"marName": archive_name(spec, version), **spec.serving.snapshot_settings()}
+    return pod_properties(project, spec.name, version, settings, spec.serving.max_workers)
+
+
+def pod_properties(project: dict[str, str], model: str, version: str, settings: dict[str, Any],
+                   workers: int) -> dict[str, str]:
     """config.properties for a pod: inference and metrics on the pod network, the rest loopback.
 
     Token authorization is off in a pod: TorchServe writes random keys into the pod's own
@@ -83,10 +91,8 @@ def cluster_properties(project: dict[str, str], spec: ModelSpec, version: str | 
     the NetworkPolicy (plain Kubernetes) or KServe's ingress; the management API stays on
     loopback and the model API is off, so nothing can be registered from outside.
     """
-    s = spec.serving
-    version = version or spec.version
-    snapshot = {"name": "startup.cfg", "modelCount": 1, "models": {spec.name: {version: {
-        "defaultVersion": True, "marName": archive_name(spec, version), **s.snapshot_settings()}}}}
+    snapshot = {"name": "startup.cfg", "modelCount": 1, "models": {model: {version: {
+        "defaultVersion": True, **settings}}}}
     props = {
         "inference_address": f"http://0.0.0.0:{INFERENCE_PORT}",
         "management_address": f"http://127.0.0.1:{MANAGEMENT_PORT}",
@@ -100,7 +106,7 @@ def cluster_properties(project: dict[str, str], spec: ModelSpec, version: str | 
         "model_store": f"{MOUNT}/model-store",
         "metrics_config": f"{MOUNT}/config/metrics.yaml",
         "model_snapshot": json.dumps(snapshot, separators=(",", ":")),
-        "default_workers_per_model": str(s.max_workers),
+        "default_workers_per_model": str(workers),
         "vmargs": "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25 -XX:+ExitOnOutOfMemoryError",
     }
     props.update({k: project[k] for k in CARRIED if k in project})
@@ -179,8 +185,12 @@ def deployment(spec: ModelSpec) -> dict[str, Any]:
     labels = _labels(spec)
     container = _container(spec, pod_resources(spec))
     container.update(_probes())
+    # A read-only root filesystem, as the image test runs it (tests/integration/test_container_image.py):
+    # TorchServe's cwd and TEMP (logs, key file, unpacked archives) and /tmp (workers' sockets) are emptyDirs.
+    container["securityContext"]["readOnlyRootFilesystem"] = True
     container["volumeMounts"] = [{"name": "models", "mountPath": MOUNT, "subPath": spec.name, "readOnly": True},
-                                 {"name": "scratch", "mountPath": "/home/model-server/tmp"}]
+                                 {"name": "scratch", "mountPath": "/home/model-server/tmp"},
+                                 {"name": "tmp", "mountPath": "/tmp"}]
     container["env"].append({"name": "TEMP", "value": "/home/model-server/tmp"})
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -198,7 +208,7 @@ def deployment(spec: ModelSpec) -> dict[str, Any]:
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": PVC, "readOnly": True}},
-                                {"name": "scratch", "emptyDir": {}}],
+                                {"name": "scratch", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
                 },
             },
         },
@@ -278,6 +288,32 @@ def write_storage(folder: Path, spec: ModelSpec, project_config: Path, model_sto
     store = folder / "model-store"
     store.mkdir(exist_ok=True)
     return Path(shutil.copy2(match, store / wanted))
+
+
+def write_llm_storage(folder: Path, archive: Archive, project_config: Path) -> Path:
+    """A language model's storage tree, laid out as write_storage's: config/ plus its archive folder
+    (`maas package --llm` ships the no-archive format) in model-store/, with the worker and batching
+    settings of the archive's own model-config.yaml. Served on the same image; its clients speak
+    the OpenAI API at /predictions/<model>/<version>/v1 (no v2, so no InferenceService)."""
+    settings = yaml.safe_load(archive_member(archive, "model-config.yaml")) or {}
+    kept = {k: settings[k] for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout")
+            if k in settings}
+    project = read_properties(project_config)
+    props = pod_properties(project, archive.model, archive.version, {"marName": archive.path.name, **kept},
+                           int(settings.get("maxWorkers", 1)))
+    config = folder / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    write_properties(config / "config.properties", props,
+                     header=f"TorchServe in a pod serving {archive.model}; generated by `maas export-kserve`")
+    if project.get("metrics_config"):
+        shutil.copy(project_config.parent / project["metrics_config"], config / "metrics.yaml")
+    target = folder / "model-store" / archive.path.name
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    target.parent.mkdir(exist_ok=True)
+    if archive.path.is_dir():
+        return Path(shutil.copytree(archive.path, target))
+    return Path(shutil.copy2(archive.path, target))
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from maas.cli import build, cluster, demo, exports, load, models, monitor, serve
+from maas.cli import build, cluster, demo, exports, image, load, models, monitor, serve
 from maas.core.errors import MaasError, UnknownModel
 from maas.project import Project
 
@@ -77,5 +77,6 @@ def main() -> None:
 
 for command in (build.build, build.init, build.package_cmd, serve.serve, serve.status, models.deploy, models.scale,
                 models.set_default, models.undeploy, models.predict, load.loadtest, load.release, cluster.cluster,
-                monitor.monitor, demo.demo, exports.export_triton, exports.export_kserve, exports.bench):
+                monitor.monitor, demo.demo, exports.export_triton, exports.export_kserve, exports.bench,
+                image.image):
     cli.add_command(command)
