@@ -39,17 +39,27 @@ def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: 
 @click.pass_obj
 def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, kubernetes_dir: str,
                   storage_uri: str) -> None:
-    """Write KServe and Kubernetes manifests for MODELS (default: the whole zoo) and copy their
-    archives into KServe's storage layout (config/config.properties + model-store/)."""
+    """Write KServe and Kubernetes manifests for MODELS (default: the zoo and every model in the store)
+    and copy their archives into KServe's storage layout (config/config.properties + model-store/);
+    a language model gets its storage tree only."""
+    from maas.core.store import is_generative, store_archives
     from maas.export.clients import model_names, spec_for
-    from maas.kube import export_all
+    from maas.kube import export_all, write_llm_storage
 
-    names = models or tuple(model_names(project.model_store))
-    specs = [spec_for(m, project.model_store) for m in names]
-    result = export_all(specs, project.config, project.model_store, Path(kserve_dir), Path(kubernetes_dir),
+    store = project.model_store
+    # Language models (archive folders of `maas package --llm`): a storage tree each, for the same image.
+    llms = {a.model: a for a in (store_archives(store) if store.is_dir() else []) if is_generative(a)
+            and (not models or a.model in models)}
+    names = [m for m in models or model_names(store) if m not in llms]
+    specs = [spec_for(m, store) for m in names]
+    result = export_all(specs, project.config, store, Path(kserve_dir), Path(kubernetes_dir),
                         storage_uri, project.root)
     for path in result.manifests + result.archives:
         click.echo(f"wrote {path}")
+    for name, archive in llms.items():
+        folder = write_llm_storage(Path(kserve_dir) / "storage" / name, archive, project.config)
+        click.echo(f"wrote {folder} (a language model: its tree serves the OpenAI API on the same image; "
+                   "no InferenceService, as KServe's v2 protocol does not carry it)")
     if result.missing:
         click.echo(f"not built, so no archive in storage/ for: {', '.join(result.missing)} (run `maas build`)", err=True)
 

@@ -23,11 +23,10 @@ import requests
 from conftest import ROOT, Built, bare_server
 from maas import deploy as d
 from maas.client import TorchServeClient
-from maas.core.store import read_archive
 from maas.export import zoo
 from maas.export.clients import spec_for
 from maas.image import build_image, docker, docker_env, health, run_flags
-from maas.kube import _probes, export_all, write_llm_storage
+from maas.kube import _probes, export_all
 from maas.properties import Endpoints, on_free_loopback_ports, read_properties, write_properties
 from maas.thirdparty import wheel_files
 
@@ -80,7 +79,13 @@ def trees(tmp_path_factory: pytest.TempPathFactory, model_store: Path, built_mod
     packaged = export_all([spec_for("magika", magika_store)], config, magika_store, out / "kserve", out / "k8s")
     assert not zoo_result.missing and not packaged.missing
     storage = out / "kserve" / "storage"
-    write_llm_storage(storage / llm_archive.name, read_archive(llm_archive), config)
+    from click.testing import CliRunner
+
+    from maas.cli import cli
+
+    result = CliRunner().invoke(cli, ["--model-store", str(llm_archive.parent), "export-kserve", llm_archive.name,
+                                      "--kserve-dir", str(out / "kserve"), "--kubernetes-dir", str(out / "k8s")])
+    assert result.exit_code == 0 and "a language model" in result.output, result.output
     return {p.name: p for p in storage.iterdir()}
 
 
