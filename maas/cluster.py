@@ -100,16 +100,21 @@ class Cluster:
             self.key_file.chmod(0o600)
             address = f"http://127.0.0.1:{port}"
             (self.home / "cluster.json").write_text(json.dumps({"address": address, "replicas": replicas}))
-            self._start_haproxy(port, key)
+            self.start_haproxy(port, key)
             return address
         except BaseException:
             for server in started:
                 server.stop()
             raise
 
-    def _start_haproxy(self, port: int, key: str, timeout: float = 30.0) -> None:
+    def start_haproxy(self, port: int, key: str, timeout: float = 30.0, servers: list[str] | None = None,
+                       up: int | None = None) -> None:
+        """HAProxy on `port` in front of `servers` (default: every replica); returns once `up` of them
+        (default: all) pass its health check."""
+        servers = servers or [s.endpoints.inference for s in self.replicas()]
+        up = len(servers) if up is None else up
         config = self.home / "haproxy.cfg"
-        config.write_text(haproxy_config(port, key, [s.endpoints.inference for s in self.replicas()], self.socket_path))
+        config.write_text(haproxy_config(port, key, servers, self.socket_path))
         config.chmod(0o600)  # it holds the key
         check = subprocess.run(["haproxy", "-c", "-q", "-f", str(config)], capture_output=True, text=True)
         if check.returncode != 0:
@@ -124,10 +129,10 @@ class Cluster:
             if proc.poll() is not None:
                 raise ClusterError(f"HAProxy exited ({proc.returncode}); see {self.home / 'haproxy.log'}")
             states = self.server_states() if self.socket_path.exists() else {}
-            if states and all(s == "UP" for s in states.values()):
+            if states and sum(s == "UP" for s in states.values()) >= up:
                 return
             time.sleep(0.5)
-        raise ClusterError(f"HAProxy did not see every replica UP within {timeout:g} s: {self.server_states()}")
+        raise ClusterError(f"HAProxy did not see {up} replicas UP within {timeout:g} s: {self.server_states()}")
 
     def pid(self) -> int | None:
         return live_pid(self.pid_file)

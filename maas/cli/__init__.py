@@ -76,7 +76,7 @@ def main() -> None:
 
 
 for command in (build.build, build.init, build.package_cmd, serve.serve, serve.status, models.deploy, models.scale,
-                models.set_default, models.undeploy, models.predict, load.loadtest, load.release, cluster.cluster,
+                models.set_default, models.undeploy, models.predict, load.loadtest, load.release, cluster.cluster, cluster.swarm,
                 monitor.monitor, demo.demo, exports.export_triton, exports.export_kserve, exports.bench,
                 image.image):
     cli.add_command(command)

@@ -37,6 +37,13 @@ PROMPT = "The pump"
 
 @pytest.fixture(scope="module")
 def image():
+    """`maas image build` (idempotent: a no-op when an image of the same recipe is there)."""
+    from click.testing import CliRunner
+
+    from maas.cli import cli
+
+    result = CliRunner().invoke(cli, ["image", "build"], catch_exceptions=False)
+    assert result.exit_code == 0 and " MB, " in result.output, result.output
     env = docker_env()
     built = build_image(env=env, echo=log.info)
     log.info("image %s: %.0f MB, built in %.0f s (0 = up to date)", built.tag, built.size_mb, built.build_s)

@@ -65,7 +65,8 @@ def cli_calls() -> list[tuple[str, set[str]]]:
 
 CALLS = cli_calls()
 # Commands whose tests drive the function they run, not the CLI (the command is its thin wrapper)
-THROUGH_THE_API = {("cluster", "start"): "test_cluster.py"}
+THROUGH_THE_API = {("cluster", "start"): "test_cluster.py", ("swarm", "start"): "test_swarm.py",
+                   ("swarm", "scale"): "test_swarm.py", ("swarm", "update"): "test_swarm.py", ("swarm", "stop"): "test_swarm.py"}
 
 
 def exercised(names: list[str]) -> bool:
