@@ -79,9 +79,7 @@ class Swarm:
         """`replicas` containers of the image serving `tree` under Swarm, HAProxy on 127.0.0.1:`port`."""
         if shutil.which("haproxy") is None:
             raise ClusterError("HAProxy is not installed: `apt-get install haproxy` (in a checkout: `make haproxy`)")
-        if not (tree / "config" / "config.properties").is_file() or not (tree / "model-store").is_dir():
-            raise ClusterError(f"{tree} is not a storage tree (config/config.properties, model-store/): "
-                               "write one with `maas export-kserve MODEL`")
+        _check_tree(tree)
         if not 1 <= replicas <= max_replicas:
             raise ClusterError(f"--replicas {replicas}: between 1 and --max-replicas {max_replicas}")
         env = docker_env()
@@ -150,6 +148,7 @@ class Swarm:
     def update(self, tree: Path, timeout: float = 600.0) -> None:
         """Roll the service onto another storage tree (a new model version), one container at a time;
         returns when Swarm reports the update completed (it rolls back on a failed one)."""
+        _check_tree(tree)
         env = docker_env()
         replicas = self.replicas(env)
         # From a settled service only: a container still starting (say, one just replaced) that the
@@ -227,3 +226,9 @@ class Swarm:
                 raise ClusterError(f"{self.healthy(env)} healthy containers and {self.up()} slots UP in HAProxy, "
                                    f"not {replicas}, after {timeout:g} s")
             time.sleep(0.5)
+
+
+def _check_tree(tree: Path) -> None:
+    if not (tree / "config" / "config.properties").is_file() or not (tree / "model-store").is_dir():
+        raise ClusterError(f"{tree} is not a storage tree (config/config.properties, model-store/): "
+                           "write one with `maas export-kserve MODEL`")

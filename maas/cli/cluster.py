@@ -86,7 +86,7 @@ def _swarm(project: Project) -> Any:
 
 
 @swarm.command("start")
-@click.argument("tree", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("tree", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 16), help="containers to run")
 @click.option("--max-replicas", default=8, show_default=True, type=click.IntRange(1, 16),
               help="slots HAProxy knows (the most `maas swarm scale` can run)")
@@ -122,7 +122,7 @@ def swarm_scale(project: Project, replicas: int) -> None:
 
 
 @swarm.command("update")
-@click.argument("tree", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("tree", type=click.Path(file_okay=False, path_type=Path))
 @click.pass_obj
 def swarm_update(project: Project, tree: Path) -> None:
     """Roll the containers onto TREE (e.g. a new model version's storage tree), one at a time."""
