@@ -45,7 +45,10 @@ def archive(family: str, peer: str, work: Path, store: Path, serialized: Path, h
            "--serialized-file", str(serialized), "--handler", str(PEER_DIR / handler),
            "--extra-files", ",".join(str(p) for p in extra), "--config-file", str(work / "model-config.yaml"),
            "--export-path", str(store), "--force"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    store.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"torch-model-archiver for the {peer} peer failed: {done.stderr.strip()[-800:]}")
     log.info("peer archive %s.mar built (%s)", name, handler)
     return store / f"{name}.mar"
 
