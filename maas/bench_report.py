@@ -20,6 +20,9 @@ WHY_PEERS = {
     "peer OpenVINO": "what an engineer picks to go faster on x86 without maas: the PyTorch model converted to "
                      "OpenVINO IR (as its docs advise), LATENCY hint, threads = cores // workers; on a CPU with "
                      "bfloat16 instructions OpenVINO computes in bfloat16 by default, and the peer keeps that default",
+    "peer OpenVINO INT8 (NNCF)": "OpenVINO's own INT8 path, for a user after the fastest CPU serving: NNCF post-training "
+                                 "quantization (transformer model type, mixed preset) of that IR, calibrated on the same "
+                                 "256 texts as maas's ov-int8 variant, served by the same handler as the OpenVINO peer",
 }
 
 
