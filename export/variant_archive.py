@@ -19,7 +19,8 @@ from maas.core.store import Archive, archive_manifest, archive_member, archive_s
 from maas.export import archive, onnx_export
 from maas.export.engines import open_session
 from maas.export.package import SAMPLE_ROWS, Packaged, synthesize
-from maas.export.variants import VARIANTS, VariantError, check_budget, engine_of, make_variant
+from maas.export.calibrated_int8 import recipe_of
+from maas.export.variants import CALIBRATED, VARIANTS, VariantError, check_budget, engine_of, make_variant
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,13 @@ def price_variant(model_store: Path, build_root: Path, name: str, variant: str, 
         handler = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["handler"]
     fp32 = build_dir / "archive" / manifest["model_file"]
     engine = engine_of(variant)
-    calibration = calibration_feeds(model, spec, source, manifest) if variant == "ov-int8" else None
+    calibration = calibration_feeds(model, spec, source, manifest) if variant in CALIBRATED else None
     made = make_variant(variant, fp32, build_dir, model.optimized_graph(None) if model and engine is None else None,
                         calibration, bool(model and model.transformer))
     onnx_export.check_contract(made, spec)
     report = _cost(model, spec, fp32, made, source, manifest, engine)
+    if recipe_of(made):
+        report["recipe"] = recipe_of(made)
     log.info("%s %s: %s %.4f (budget %.4f)", name, variant, report["cost_metric"], report["cost"], report["budget"])
     return PricedVariant(variant, source, manifest, model, spec, handler, build_dir, fp32, made, engine, report)
 

@@ -1,9 +1,12 @@
 """Optimized variants of a verified FP32 model, each its own version with its accuracy cost.
 
     opt    ONNX Runtime graph optimizations saved offline (a model may supply a better graph:
-           minilm's is the transformer-fused one, with Attention/SkipLayerNorm/BiasGelu ops)
+           minilm's is the transformer-fused one, with Attention/BiasGelu ops; SkipLayerNorm
+           is left unfused, being slower on CPU: handlers/ort_fusions.py)
     int8   dynamic INT8 quantization for CPU: per-channel 7-bit signed weights (U8S8, reduce_range), weight MatMuls only
            (quantizing activation x activation MatMuls, i.e. attention, cost minilm ~4x more)
+    int8-cal  int8 calibrated on the model's samples: SmoothQuant smoothing, 8-bit weights where the CPU
+           has VNNI, the most sensitive MatMuls left in FP32 (export/calibrated_int8.py)
     fp16   FP16 weights and compute with FP32 inputs/outputs, for the CUDA provider
     ov     the FP32 file on OpenVINO at its default precision (bfloat16 on CPUs that have it)
     ov-int8  NNCF's post-training INT8 quantization (calibrated on the model's samples), on OpenVINO
@@ -29,16 +32,20 @@ import onnx
 
 from maas.core.errors import ExportError
 from maas.export.engines import nncf_int8, open_session
+from maas.handlers.ort_fusions import CPU_SLOWER_FUSIONS
 
 log = logging.getLogger(__name__)
 
 VARIANTS = {
     "opt": "ONNX Runtime graph optimizations applied offline",
     "int8": "INT8 dynamic quantization (per-channel 7-bit signed weights) for CPU",
+    "int8-cal": "INT8 dynamic quantization calibrated on the model's samples (SmoothQuant smoothing, the most "
+                "sensitive MatMuls in FP32) for CPU",
     "fp16": "FP16 weights and compute, FP32 inputs/outputs, for GPU",
     "ov": "OpenVINO at its default precision (bfloat16 where the CPU has it)",
     "ov-int8": "NNCF post-training INT8 quantization, calibrated on the model's samples, on OpenVINO",
 }
+CALIBRATED = ("int8-cal", "ov-int8")  # variants made with the model's calibration data
 ENGINES = {"ov": {"name": "openvino", "precision": "default"}, "ov-int8": {"name": "openvino", "precision": "default"}}
 
 
@@ -62,7 +69,8 @@ def ort_offline_optimize(src: Path, dst: Path, basic: bool = False) -> Path:
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if basic
                                         else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     options.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(CPU_SLOWER_FUSIONS))  # slower on CPU: handlers/ort_fusions.py
     return dst
 
 
@@ -118,7 +126,7 @@ def make_variant(variant: str, fp32: Path, build_dir: Path, optimized_graph: Cal
     """Write build_dir/model.<variant>.onnx from the verified FP32 file; returns its path.
 
     `optimized_graph(dst)` is the model's own optimized FP32 graph when it has one; int8 and
-    fp16 start from it too, as ONNX Runtime's quantizer handles the fused ops. OpenVINO variants
+    fp16 (and int8-cal, calibrated on `calibration`) start from it too, as ONNX Runtime's quantizer handles the fused ops. OpenVINO variants
     start from the plain FP32 file (ONNX Runtime's fused ops are its own); ov-int8 is calibrated
     on `calibration` (feeds, one batch each), with NNCF's transformer preset for `transformer`s.
     """
@@ -132,6 +140,10 @@ def make_variant(variant: str, fp32: Path, build_dir: Path, optimized_graph: Cal
             if not calibration:
                 raise VariantError("ov-int8 needs calibration samples: package the model with --samples")
             out = nncf_int8(fp32, build_dir / "model.ov-int8.onnx", calibration, transformer)
+        elif variant == "int8-cal":
+            if not calibration:
+                raise VariantError("int8-cal needs calibration samples: package the model with --samples")
+            out = _make(variant, fp32, build_dir, optimized_graph, calibration)
         else:
             out = _make(variant, fp32, build_dir, optimized_graph)
     log.info("%s variant written: %s (%.1f MB, %.1f s)", variant, out.name, out.stat().st_size / 1e6,
@@ -156,7 +168,8 @@ def _quiet_ort_tools():
         root.removeFilter(_not_ort_chatter)
 
 
-def _make(variant: str, fp32: Path, build_dir: Path, optimized_graph: Callable[[Path], Path] | None) -> Path:
+def _make(variant: str, fp32: Path, build_dir: Path, optimized_graph: Callable[[Path], Path] | None,
+          calibration: list[dict[str, np.ndarray]] | None = None) -> Path:
     base = fp32
     if optimized_graph is not None:
         base = optimized_graph(build_dir / "model.opt.onnx")
@@ -165,6 +178,13 @@ def _make(variant: str, fp32: Path, build_dir: Path, optimized_graph: Callable[[
     out = base if variant == "opt" else build_dir / f"model.{variant}.onnx"
     if variant == "int8":
         quantize_int8(base, out)
+    elif variant == "int8-cal":
+        from maas.export.calibrated_int8 import calibrated_int8
+
+        try:
+            calibrated_int8(base, out, calibration or [])
+        except (ValueError, KeyError) as exc:
+            raise VariantError(f"int8-cal: {exc}") from exc
     elif variant == "fp16":
         convert_fp16(base, out)
     return out

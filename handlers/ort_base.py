@@ -37,6 +37,7 @@ from cores import worker_threads
 from http_reply import reply, reply_binary
 from inputs import InputError, clip, finite_number, parse_json, request_body, request_header, unicode_text
 from integrity import sha256_file
+from ort_fusions import disabled_optimizers
 from tensor_form import Arrays, TensorRequest, check_spec, looks_like_tensor_form, read_tensor_form, tensor_answer
 from v2 import HEADER_LENGTH, BinaryAnswer, V2Request, is_v2, parsed_body, v2_refusal, v2_response, v2_tensors
 
@@ -170,7 +171,8 @@ class OrtHandler:
             self.session = open_openvino(model_path, threads, engine, int(yaml_config.get("maxWorkers", 1)) > 1)
         else:
             providers = choose_providers(props.get("gpu_id"), bool(self.settings.get("use_tensorrt", False)))
-            self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers,
+                                                disabled_optimizers=disabled_optimizers(providers))
         self.provider = self.session.get_providers()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
         if props.get("gpu_id") is not None and self.provider == "CPUExecutionProvider":

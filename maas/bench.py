@@ -4,7 +4,7 @@ In one run on one machine, for each model family (minilm, digits) and each worke
 (workers x threads, threads = cores // workers in every handler, peers included):
   peers     eager PyTorch (the primary peer), TorchScript, OpenVINO, OpenVINO INT8 (maas/bench_peers.py)
   ours      FP32, FP32 with the transformer-fused graph (the `opt` variant), NNCF INT8 on
-            OpenVINO (the `ov-int8` variant, with the `openvino` extra), INT8
+            OpenVINO (the `ov-int8` variant, with the `openvino` extra), INT8 calibrated (`int8-cal`), INT8
   ceiling   the same archive's handler in-process, same layout, no server (maas/inprocess.py),
             the fastest of one measurement per round
   served    TorchServe + Locust, closed loop, at each client concurrency, each configuration
@@ -121,6 +121,7 @@ class BenchResult:
 # The last of a family is the one the levers take away from.
 OURS = {"minilm": (("ours FP32", "minilm.mar", None), ("ours FP32 fused", "minilm-1.0-opt.mar", "opt"),
                    ("ours OpenVINO INT8", "minilm-1.0-ov-int8.mar", "ov-int8"),
+                   ("ours INT8 calibrated", "minilm-1.0-int8-cal.mar", "int8-cal"),
                    ("ours INT8", "minilm-1.0-int8.mar", "int8")),
         "digits": (("ours FP32", "digits.mar", None),)}
 

@@ -228,13 +228,15 @@ def held_out_sentences(n: int = 200, seed: int = 7) -> list[str]:
 
 
 def optimized_graph(trained: Trained | None = None) -> Callable[[Path], Path]:
-    """The transformer-fused FP32 graph (Attention, SkipLayerNormalization, BiasGelu, ...).
+    """The transformer-fused FP32 graph (Attention, BiasGelu, EmbedLayerNormalization, ...; not
+    SkipLayerNormalization, whose CPU kernel is slower than what it fuses: handlers/ort_fusions.py).
 
     ORT's fusion recognises the TorchScript exporter's attention pattern, not the dynamo
     exporter's, so this graph is exported that way; its parity with PyTorch is checked here.
     """
     def make(dst: Path) -> Path:
         import torch
+        from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
 
         from maas.export.onnx_export import check_contract, check_parity
@@ -248,8 +250,10 @@ def optimized_graph(trained: Trained | None = None) -> Callable[[Path], Path]:
                           input_names=list(SPEC.input_names), output_names=list(SPEC.output_names),
                           dynamic_axes=axes)
         config = loaded.module.encoder.config
+        fusions = FusionOptions("bert")
+        fusions.enable_skip_layer_norm = False
         fused = optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads,
-                               hidden_size=config.hidden_size, opt_level=1)
+                               hidden_size=config.hidden_size, opt_level=1, optimization_options=fusions)
         stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
         fused.save_model_to_file(str(dst))
         raw.unlink()

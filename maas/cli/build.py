@@ -19,7 +19,8 @@ from maas.project import Project
 @click.option("--seed", type=int, help="training seed, e.g. for a second training as a new version")
 @click.option("--variant", type=click.Choice([*VARIANTS, "auto"]),
               help="make this optimized variant of the model's verified FP32 archive, as version <version>-<variant>: opt (ORT graph "
-                   "optimizations), int8 (dynamic quantization, CPU), fp16 (GPU), ov (OpenVINO, its default precision), "
+                   "optimizations), int8 (dynamic quantization, CPU), int8-cal (int8 calibrated on the model's samples: smoothed, "
+                   "its most sensitive MatMuls in FP32), fp16 (GPU), ov (OpenVINO, its default precision), "
                    "ov-int8 (NNCF-calibrated INT8 on OpenVINO); refused over its accuracy budget. auto: make every CPU "
                    "candidate, time them here and keep the fastest within budget")
 @click.option("--ensemble", type=click.IntRange(2, 16),

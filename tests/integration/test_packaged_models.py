@@ -279,6 +279,14 @@ def test_the_downstream_road_on_a_packaged_model(served, tmp_path: Path) -> None
     capacity = find_capacity(ts.endpoints.inference, ts.layout.key_file, tmp_path, "magika", slo, max_users=2, step_s=2,
                              model_store=store)
     assert capacity["capacity"] and capacity["capacity"]["rps"] > 0
+    # int8-cal on a third-party transformer (DistilBERT's architecture): calibrated on the archive's
+    # samples, smoothed, priced against FP32 on them
+    maas(store, build, "build", "distilbert", "--variant", "int8-cal")
+    with zipfile.ZipFile(store / "distilbert-1.0-int8-cal.mar") as z:
+        variant = json.loads(z.read("manifest.json"))["variant"]
+    recipe = variant["accuracy"]["recipe"]
+    assert variant["accuracy"]["within_budget"] and recipe["quantizable_nodes"] >= 12, recipe
+    assert recipe["calibration_cost"] <= recipe["calibration_cost_by_alpha"]["none"]
     out = maas(store, build, "export-triton", "magika", "distilbert", "--out", str(tmp_path / "triton"))
     config = (tmp_path / "triton" / "magika" / "config.pbtxt").read_text()
     assert "TYPE_INT32" in config and "dims: [ 2048 ]" in config and "wrote" in out

@@ -81,7 +81,9 @@ def test_openvino_int8_is_calibrated_priced_on_its_engine_and_still_onnx(openvin
 def test_auto_keeps_the_fastest_candidate_within_budget(openvino_variants: Path) -> None:
     choice = json.loads((openvino_variants / ".build" / "digits-1.0-choice.json").read_text())
     rows = {r["variant"]: r for r in choice["candidates"]}
-    assert set(rows) == {"fp32", "opt", "int8", "ov", "ov-int8"}, rows
+    assert set(rows) == {"fp32", "opt", "int8", "int8-cal", "ov", "ov-int8"}, rows
+    # digits' weights are in Conv and Gemm: nothing for int8-cal's smoothing, and the row says so
+    assert "no MatMul" in rows["int8-cal"]["left_out"]
     timed = [r for r in rows.values() if "items_per_s" in r]
     assert len(timed) == 5 and all(r["items_per_s"] > 0 and r["engine"] for r in timed), rows
     assert rows["ov"]["engine"].startswith("OpenVINO CPU") and rows["int8"]["engine"] == "CPUExecutionProvider"

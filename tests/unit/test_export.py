@@ -131,7 +131,7 @@ def test_a_handler_carries_exactly_the_modules_it_imports() -> None:
         return {p.name for p in handler_support(HANDLERS_DIR / handler)}
 
     base = {"ort_base.py", "cores.py", "http_reply.py", "inputs.py", "v2.py", "dtypes.py", "integrity.py",
-            "tensor_form.py", "numpy_body.py", "openvino_session.py"}  # the tensor form beside its own; either engine
+            "tensor_form.py", "numpy_body.py", "openvino_session.py", "ort_fusions.py"}  # the tensor form beside its own; either engine
     assert carried("maintenance.py") == base
     assert carried("digits.py") == base | {"image_input.py"}
     assert carried("minilm.py") == base | {"buckets.py"}
