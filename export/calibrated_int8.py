@@ -183,16 +183,11 @@ def _quantize(src: Path, dst: Path, full_range: bool, keep: list[str]) -> None:
     root = logging.getLogger()
     root.addFilter(_no_preprocessing_advice)
     try:
-        _quantize_dynamic(quantize_dynamic, QuantType, src, dst, full_range, keep)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=not full_range, op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=keep,
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.removeFilter(_no_preprocessing_advice)
-
-
-def _quantize_dynamic(quantize_dynamic: Any, QuantType: Any, src: Path, dst: Path, full_range: bool,  # noqa: N803
-                      keep: list[str]) -> None:
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=not full_range,
-                     op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=keep,
-                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def _outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
