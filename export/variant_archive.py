@@ -17,9 +17,9 @@ import numpy as np
 from maas.core.spec import GENERIC_HANDLER, ModelSpec
 from maas.core.store import Archive, archive_manifest, archive_member, archive_samples, find_archive
 from maas.export import archive, onnx_export
+from maas.export.calibrated_int8 import recipe_of
 from maas.export.engines import open_session
 from maas.export.package import SAMPLE_ROWS, Packaged, synthesize
-from maas.export.calibrated_int8 import recipe_of
 from maas.export.variants import CALIBRATED, VARIANTS, VariantError, check_budget, engine_of, make_variant
 
 log = logging.getLogger(__name__)
