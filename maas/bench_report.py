@@ -319,7 +319,7 @@ def plot(result: Any, path: Path) -> Path:
             axes[i][1].bar(xs, [at[name]["p95_ms"] if name in at else 0 for name in labels], width, label=f"{u} users")
         for ax, what, unit in ((axes[i][0], "throughput (fastest layout)", "req/s"), (axes[i][1], "p95 latency", "ms")):
             ax.set_xticks([k + width * (len(users) - 1) / 2 for k in range(len(labels))])
-            ax.set_xticklabels([name.replace("peer ", "peer\n").replace("ours ", "ours\n") for name in labels], fontsize=8)
+            ax.set_xticklabels(labels, fontsize=8, rotation=35, ha="right")  # long names, many bars: slanted, none overlap
             ax.set(title=f"{family}: {what}", ylabel=unit)
             ax.grid(axis="y", alpha=0.3)
             ax.legend(fontsize=8)
