@@ -47,6 +47,7 @@ from openai_api import (
     usage_chunk,
 )
 from token_sampler import generator_for, next_token
+from token_text import text_streams
 
 log = logging.getLogger(__name__)
 # This handler's own series (metrics.yaml declares them; the ORT handlers' MaasRequests and
@@ -64,7 +65,7 @@ class Stream:
     request_id: str
     req: GenerationRequest
     pending: list[int]  # prompt tokens not yet in the KV cache
-    decoder: Any  # og.TokenizerStream: bytes of a token may complete a character only later
+    decoder: Any  # token_text: bytes of a token may complete a character only later
     rng: Any  # its own sampler: its tokens depend on nothing but its own logits
     prompt_tokens: int
     max_new: int
@@ -113,6 +114,7 @@ class LlmHandler:
         checked = time.perf_counter()
         self.og = og
         self.tokenizer = og.Tokenizer(str(model_dir))
+        self.text_stream = text_streams(model_dir, self.tokenizer)
         model_context = int(self.manifest.get("context_length") or 2048)
         self.context_length = min(model_context, int(settings["max_sequence_tokens"] or model_context))
         self.eos = set(self.manifest.get("eos_token_ids") or [])
@@ -133,13 +135,14 @@ class LlmHandler:
         else:
             threads = worker_threads(int(settings["intra_op_threads"]), int(yaml_config.get("maxWorkers", 1)))
             self.engine = BatchEngine(model_dir, streams, self.context_length, threads,
-                                      int(float(settings["kv_cache_mb"]) * 1e6))
+                                      int(float(settings["kv_cache_mb"]) * 1e6), _flag(settings["batch_invariant"]))
             self.context_length = self.engine.max_len
         self._warm_up()
         log.info("%s %s: loaded on %s, %s engine: %d streams x %d tokens (KV cache %.1f MB, %d bytes a token), "
-                 "prefill chunk %d, queue %d (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
+                 "prefill chunk %d, queue %d%s (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
                  self.provider, self.engine.kind, streams, self.context_length, self.engine.cache_bytes / 1e6,
-                 self.engine.bytes_per_token, self.prefill_chunk, self.max_waiting, checked - start,
+                 self.engine.bytes_per_token, self.prefill_chunk, self.max_waiting,
+                 ", batch-invariant" if getattr(self.engine, "batch_invariant", False) else "", checked - start,
                  time.perf_counter() - checked)
         self.initialized = True
 
@@ -274,6 +277,8 @@ class LlmHandler:
             stream.text += stream.decoder.decode(token)
             if stream.tokens >= stream.max_new:
                 stream.finish = "length"
+        if stream.finish is not None:
+            stream.text += stream.decoder.flush()  # bytes no later token will complete
         cut = min((i for i in (stream.text.find(s, max(0, stream.sent - len(s))) for s in stream.req.stop) if i >= 0),
                   default=-1)
         if cut >= 0:
@@ -364,7 +369,7 @@ class LlmHandler:
             set_header(context, idx, "Retry-After", RETRY_AFTER_S)
             raise ApiError(f"this worker's {self.engine.slots} streams and its queue of {self.max_waiting} requests are "
                            "full; retry later", status=429, kind="requests", code="rate_limit_exceeded")
-        stream = Stream(rid, req, prompt_ids, self.tokenizer.create_stream(), generator_for(req), len(prompt_ids),
+        stream = Stream(rid, req, prompt_ids, self.text_stream(), generator_for(req), len(prompt_ids),
                         req.max_tokens or room, http=http)
         if req.return_token_ids:
             stream.ids = (list(prompt_ids), [])
@@ -457,3 +462,8 @@ def handle(data: list[dict[str, Any]], context: Any) -> list[Any] | None:
     if data is None:
         return None
     return _service.handle(data, context)
+
+
+def _flag(value: Any) -> bool:
+    """A model-config.yaml boolean (YAML reads true/false; a quoted "false" means false too)."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")

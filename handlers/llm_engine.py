@@ -51,8 +51,10 @@ class BatchEngine(_Rows):
 
     kind = "batch"
 
-    def __init__(self, model_dir: Path, slots: int, max_len: int, threads: int, budget_bytes: int) -> None:
-        """`max_len` tokens per sequence, fewer if (slots + 2) rows of them would not fit `budget_bytes`."""
+    def __init__(self, model_dir: Path, slots: int, max_len: int, threads: int, budget_bytes: int,
+                 batch_invariant: bool = True) -> None:
+        """`max_len` tokens per sequence, fewer if (slots + 2) rows of them would not fit `budget_bytes`.
+        `batch_invariant`: a sequence's logits do not depend on how many others decode beside it."""
         import onnxruntime as ort
 
         config = json.loads((model_dir / "genai_config.json").read_text())["model"]
@@ -81,6 +83,7 @@ class BatchEngine(_Rows):
             raise ValueError(f"a KV cache of {budget_bytes / 1e6:.0f} MB holds {max_len} tokens for each of {slots} "
                              f"streams ({token_bytes} bytes a token): raise kv_cache_mb or lower max_streams")
         self.slots, self.max_len = slots, max_len
+        self.batch_invariant = batch_invariant
         # Row `slots` is the staging row where prompts are prefilled; `slots` + 1 the lone row
         self.cache = [np.zeros((slots + 2, self.kv_heads, max_len, self.head_size), dtype) for _ in self.kv_pairs]
         self.key_at: list[str] = []  # running sequences, by slot
@@ -136,11 +139,12 @@ class BatchEngine(_Rows):
             raise ValueError("a sequence would exceed the cache")
         ids = np.asarray([[tokens[key]] for key in self.key_at], np.int64)
         rows = n
-        if n == 1 and self.slots > 1:
+        if n == 1 and self.slots > 1 and self.batch_invariant:
             # A lone row runs with a free one beside it: int4 MatMulNBits computes one row (M=1) on
             # another kernel than several, whose logits differ (up to 0.1 measured at blocks of 128),
-            # so a stream alone would not get the tokens it gets among others. The spare row is free:
-            # what its step writes there is overwritten when a sequence is moved into it.
+            # so a stream alone would not get the tokens it gets among others. The spare row costs
+            # a lone stream 15 % (568M Llama, int4, 2 cores: 15.5 vs 13.5 ms a token); what its step
+            # writes there is overwritten when a sequence is moved into it.
             ids, rows = np.concatenate([ids, ids]), 2
         mask = np.zeros((rows, max(pasts) + 1), np.int64)  # each row's sum is its length: GQA reads it
         for row, past in enumerate(pasts):

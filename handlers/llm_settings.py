@@ -11,5 +11,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "kv_cache_mb": 1024,
     "prefill_chunk_tokens": 16,  # prompt tokens prefilled per step, between decode steps (bench: 16 beat 64)
     "intra_op_threads": 0,  # 0: cores // workers
+    # true: a stream gets the same tokens alone as among others (a lone stream decodes with a spare
+    # row, 15 % slower: int4 computes one row on another kernel than several); false: that 15 % back
+    "batch_invariant": True,
     "engine": "batch",  # or "generator": one ONNX Runtime GenAI Generator per sequence (CUDA always)
 }

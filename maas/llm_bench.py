@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from maas.bench import bench_server, machine_info, worker_rss_mb
+from maas.compute_bound import gemm_peak_gmacs, macs_per_token
 from maas.core.machine import cores
 from maas.loadtest import LoadTest
 from maas.loadtest import run as run_locust
@@ -57,6 +58,7 @@ class LlmResult:
     machine: dict[str, Any]
     plan: dict[str, Any]
     bandwidth_gbs: float = 0.0
+    gemm_peak_gmacs: dict[str, float] = field(default_factory=dict)  # ONNX Runtime's own GEMMs: int8, fp32
     builds: dict[str, Any] = field(default_factory=dict)
     configs: list[dict[str, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -129,6 +131,7 @@ def build(plan: LlmPlan, store: Path, work: Path) -> dict[str, Any]:
                                    int4_block_size=block), work, store)
         manifest = json.loads((folder / "manifest.json").read_text())
         builds[key] = {"version": version, "folder": str(folder), "weight_bytes": weight_bytes(folder),
+                       "macs_per_token": macs_per_token(folder),
                        "quantization": manifest.get("quantization"), "parity": manifest.get("parity"),
                        "cost": manifest.get("cost"), "context_length": manifest["context_length"]}
     return builds
@@ -253,12 +256,13 @@ def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, re
         result.configs.append(config)
 
 
-def batch_invariance(folder: Path, prompts: int = 8, tokens: int = 32) -> dict[str, Any]:
-    """Greedy tokens of `prompts` prompts decoded together vs each alone, with the serving engine."""
+def batch_invariance(folder: Path, prompts: int = 8, tokens: int = 32, invariant: bool = True) -> dict[str, Any]:
+    """Greedy tokens of `prompts` prompts decoded together vs each alone, with the serving engine
+    (`invariant`: its batch_invariant setting)."""
     from maas.handlers.llm_engine import BatchEngine  # no flat imports: importable from the package
 
     ids = [[(7 * i + j) % 200 + 3 for j in range(4 + 3 * i)] for i in range(prompts)]
-    engine = BatchEngine(folder, prompts, 256, cores(), 2**31)
+    engine = BatchEngine(folder, prompts, 256, cores(), 2**31, batch_invariant=invariant)
 
     def decode(keys: list[str]) -> dict[str, list[np.ndarray]]:
         logits = {}
@@ -395,6 +399,7 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
         main.append({**last, "label": f"{last['label']}, whole prompts in one step",
                      "handler": {"prefill_chunk_tokens": 4096}})
         main.append({**last, "label": f"{last['label']}, 1 thread", "handler": {"intra_op_threads": 1}})
+        main.append({**last, "label": f"{last['label']}, not batch-invariant", "handler": {"batch_invariant": False}})
     return main + [c for c in configs if c not in main]  # builds that are themselves a lever come last
 
 
@@ -409,13 +414,16 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
     result = LlmResult(machine=machine_info(), plan={**asdict(plan), "source": str(plan.source),
                                                      "llama_cpp": str(plan.llama_cpp or "")})
     result.bandwidth_gbs = memory_bandwidth_gbs()
-    log.info("bench: memory read bandwidth %.1f GB/s (measured again at the end; the higher is the bound)",
-             result.bandwidth_gbs)
+    result.gemm_peak_gmacs = {kind: gemm_peak_gmacs(kind, cores()) for kind in ("int8", "fp32")}
+    log.info("bench: memory read bandwidth %.1f GB/s, GEMM GMAC/s %s (measured again at the end; the higher is "
+             "the bound)", result.bandwidth_gbs, result.gemm_peak_gmacs)
     result.builds = build(plan, store, work)
     peer = build_peer(plan, store, work) if plan.peer and "fp32" in result.builds else None
     for precision, b in result.builds.items():
         result.invariance[precision] = batch_invariance(Path(b["folder"]))
         log.info("bench: %s batched vs alone: %s", precision, result.invariance[precision])
+        if plan.levers and precision == plan.precisions[-1]:  # what batch_invariant: false changes
+            result.invariance[f"{precision}, not batch-invariant"] = batch_invariance(Path(b["folder"]), invariant=False)
         result.step_costs[precision] = step_costs(Path(b["folder"]))
         log.info("bench: %s step costs in process: %s", precision, result.step_costs[precision])
     ts = bench_server(store, out_dir / "run", config)
@@ -436,6 +444,7 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
     if plan.llama_cpp is not None:
         llama_cpp_rows(plan, result, store, work, reports)
     result.bandwidth_gbs = max(result.bandwidth_gbs, memory_bandwidth_gbs())
+    result.gemm_peak_gmacs = {kind: max(peak, gemm_peak_gmacs(kind, cores())) for kind, peak in result.gemm_peak_gmacs.items()}
     write_outputs(result, out_dir)
     return result
 
@@ -443,6 +452,14 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
 # ---- report -------------------------------------------------------------------------------
 def bound_tokens_per_s(result: LlmResult, precision: str) -> float:
     return result.bandwidth_gbs * 1e9 / result.builds[precision]["weight_bytes"]
+
+
+def arithmetic_bound_tokens_per_s(result: LlmResult, key: str) -> float | None:
+    """Tokens/s all streams together could reach if the weight products ran at the GEMM's best:
+    int4 and int8 builds compute in int8, fp32 in fp32."""
+    kind = "fp32" if key.startswith("fp32") else "int8"
+    peak, macs = result.gemm_peak_gmacs.get(kind), result.builds[key].get("macs_per_token")
+    return peak * 1e9 / macs if peak and macs else None
 
 
 def write_outputs(result: LlmResult, out_dir: Path) -> None:
@@ -464,19 +481,29 @@ def report(result: LlmResult) -> str:
              "Memory read bandwidth measured in this run (the higher of its start and end): "
              f"**{result.bandwidth_gbs} GB/s**. Locust's streaming users "
              f"(sampled chat completions, up to 64 tokens) run on the same cores as TorchServe; "
-             f"{result.plan['warmup_s']} s warm-up + {result.plan['run_time_s']} s measured per row.", "",
-             "| precision | weights read per token | bandwidth bound | single stream | of the bound | parity / cost |",
-             "|---|---|---|---|---|---|"]
+             f"{result.plan['warmup_s']} s warm-up + {result.plan['run_time_s']} s measured per row. "
+             f"ONNX Runtime's own GEMMs on these cores, the best of start and end: "
+             f"int8 {result.gemm_peak_gmacs.get('int8', 0):g}, fp32 {result.gemm_peak_gmacs.get('fp32', 0):g} GMAC/s: "
+             "the arithmetic bound of many streams (int4 computes in int8).", "",
+             "| precision | weights read per token | bandwidth bound | single stream | of the bound | arithmetic bound "
+             "| most tokens/s served | of it | parity / cost |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for precision, b in result.builds.items():
         single = next((r for r in result.rows if r["label"] == f"maas {precision}" and r["users"] == 1), None)
         rate = (single or {}).get("stream_tokens_per_s_p50") or 0.0
         bound = bound_tokens_per_s(result, precision)
+        arithmetic = arithmetic_bound_tokens_per_s(result, precision)
+        best = max((r for r in result.rows if r["label"] == f"maas {precision}"),
+                   key=lambda r: r["output_tokens_per_s"], default=None)
+        served = f"{best['output_tokens_per_s']:.1f} ({best['users']} streams)" if best else ""
+        of_it = f"{best['output_tokens_per_s'] / arithmetic:.0%}" if best and arithmetic else ""
         if (b.get("quantization") or {}).get("block_size") and "blocks of" not in precision:
             precision = f"{precision} (blocks of {b['quantization']['block_size']})"
         check = (f"greedy equal on {b['parity']['equal']}/{b['parity']['prompts']} prompts" if b.get("parity")
                  else f"KL {b['cost'].get('mean_kl'):.3g}" if b.get("cost") else "")
         lines.append(f"| {precision} | {b['weight_bytes'] / 1e6:.0f} MB | {bound:.1f} tokens/s | {rate:.1f} tokens/s | "
-                     f"{rate / bound:.0%} | {check} |")
+                     f"{rate / bound:.0%} | {f'{arithmetic:.0f} tokens/s' if arithmetic else ''} | {served} | {of_it} | "
+                     f"{check} |")
     lines += ["", "| configuration | users | output tokens/s | one stream p50 tokens/s | TTFT p50 / p95 / p99 ms | "
               "ITL p50 / p95 / p99 ms | requests | errors |", "|---|---|---|---|---|---|---|---|"]
     for r in result.rows:
@@ -491,8 +518,7 @@ def report(result: LlmResult) -> str:
     if result.peer_parity:
         pp = result.peer_parity
         lines += ["", f"Checked before timing: the peer's greedy token ids equal ours at fp32 on {pp['equal']}/"
-                  f"{pp['prompts']} prompts ({pp['max_tokens']} tokens; the text on {pp['same_text']}: random weights emit "
-                  "lone bytes of characters that each decoder renders its own way)."]
+                  f"{pp['prompts']} prompts ({pp['max_tokens']} tokens), and the text on {pp['same_text']}."]
     if result.llama_cpp_parity:
         lp = result.llama_cpp_parity
         lines += ["", f"Checked before timing: llama.cpp's greedy token ids (GGUF f32) equal ours at fp32 on {lp['equal']}/"

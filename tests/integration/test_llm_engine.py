@@ -38,6 +38,21 @@ def test_batched_streams_get_what_one_generator_each_gives(llm_archive: Path) ->
     assert texts(llm_archive, mixed_calls(stagger=1), prefill_chunk_tokens=2, max_streams=5) == reference
 
 
+def test_batch_invariant_false_decodes_a_lone_stream_on_one_row(llm_archive: Path) -> None:
+    """batch_invariant: false runs a stream that decodes alone as one row (the one-row kernel, 15 %
+    faster at int4), true with a spare row beside it; at fp32 both give the reference's tokens."""
+    reference = texts(llm_archive, mixed_calls(stagger=60), engine="generator")  # one stream at a time
+    for invariant in (True, False):
+        handler, context = handler_for(llm_archive, batch_invariant=invariant)
+        rows: list[int] = []
+        run = handler.engine._run
+        handler.engine._run = lambda ids, mask, first, end: rows.append(len(ids)) or run(ids, mask, first, end)
+        calls = mixed_calls(stagger=60)
+        run_steps(handler, context, calls)
+        assert [call.text() for call in calls] == reference
+        assert (2 in rows) == invariant  # prefills run one row either way
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_while_streams_go_on(llm_archive: Path) -> None:
     chunk, prompt = 16, list(range(3, 153))  # 150 token ids: 10 chunks
     running = Call({"prompt": "The pump", "max_tokens": 40, "temperature": 0, "stream": True, "stop": []})

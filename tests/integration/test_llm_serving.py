@@ -65,6 +65,7 @@ def post(ts, route: str, body, stream: bool = False) -> requests.Response:
 def in_process_greedy(model_dir: Path, prompt: str, max_tokens: int) -> tuple[str, int]:
     """ONNX Runtime GenAI's greedy text for `prompt` from the served folder itself."""
     import onnxruntime_genai as og
+    from tokenizers import Tokenizer
 
     model = og.Model(str(model_dir))
     tokenizer = og.Tokenizer(model)
@@ -80,10 +81,11 @@ def in_process_greedy(model_dir: Path, prompt: str, max_tokens: int) -> tuple[st
         out.append(int(generator.get_next_tokens()[0]))
         if out[-1] in eos:
             break
-    # og's TokenizerStream, as the handler decodes: random weights emit lone bytes of characters that
-    # whole-sequence decode() turns into one U+FFFD, the stream drops
-    stream = tokenizer.create_stream()
-    return "".join(stream.decode(t) for t in out if t not in eos), len(out)
+    # what transformers answers: the whole answer decoded by the tokenizer (random weights emit lone
+    # bytes of characters: U+FFFD here, and in the handler's stream, which drops nothing)
+    text = Tokenizer.from_file(str(model_dir / "tokenizer.json")).decode([t for t in out if t not in eos],
+                                                                         skip_special_tokens=True)
+    return text, len(out)
 
 
 def worker_pid(ts) -> int:

@@ -1,0 +1,68 @@
+"""The arithmetic side of a decode step's bound: multiply-accumulates a token costs, and how many
+this machine does a second through ONNX Runtime's own GEMMs.
+
+A single stream reads every weight once per token, so memory bandwidth bounds it; many streams
+decoded together share that read and the bound becomes arithmetic. int4 builds compute in int8
+(MatMulNBits accuracy level 4), so their bound is ONNX Runtime's int8 GEMM (MLAS QGEMM: VNNI where
+the CPU has it); fp32 builds run its fp32 GEMM (SGEMM). Each is timed on a large square-ish
+product where the GEMM reaches its best, with the threads a worker gets.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def macs_per_token(folder: Path) -> int:
+    """Multiply-accumulates of one decoded token in the weight products of `folder`'s ONNX graph
+    (MatMulNBits and MatMul/Gemm by a constant): attention over the context comes on top."""
+    import onnx
+
+    total = 0
+    for path in sorted(folder.glob("*.onnx")):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        constants = {i.name: list(i.dims) for i in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "MatMulNBits":
+                attrs = {a.name: a.i for a in node.attribute}
+                total += attrs["K"] * attrs["N"]
+            elif node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in constants:
+                total += math.prod(constants[node.input[1]])
+    return total
+
+
+def gemm_peak_gmacs(kind: str, threads: int, m: int = 512, k: int = 2048, n: int = 4096, rounds: int = 7) -> float:
+    """The best GMAC/s of ONNX Runtime's `kind` GEMM ("int8": uint8 x int8 MatMulInteger; "fp32":
+    MatMul) on an [m, k] x [k, n] product, with `threads` threads."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if kind == "int8":
+        a = rng.integers(0, 255, (m, k), dtype=np.uint8)
+        b = rng.integers(-127, 127, (k, n), dtype=np.int8)
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    elif kind == "fp32":
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        node = helper.make_node("MatMul", ["a", "b"], ["y"])
+        a_type = y_type = TensorProto.FLOAT
+    else:
+        raise ValueError(f"GEMM kind {kind!r}: int8 or fp32")
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("a", a_type, [m, k])],
+                              [helper.make_tensor_value_info("y", y_type, [m, n])], [numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"a": a})
+    best = math.inf
+    for _ in range(rounds):
+        started = time.perf_counter()
+        session.run(None, {"a": a})
+        best = min(best, time.perf_counter() - started)
+    return round(m * k * n / best / 1e9, 1)

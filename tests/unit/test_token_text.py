@@ -1,0 +1,58 @@
+"""The generation handler's streamed text (handlers/token_text.py): every byte a token carries
+reaches the client, and the stream's text equals the whole answer decoded at once."""
+from pathlib import Path
+
+import numpy as np
+from token_text import text_streams
+
+from maas.export.notes_llm import train_tokenizer
+
+
+class _NoGenAI:
+    def create_stream(self):  # the fallback's source: never reached when tokenizer.json reads
+        raise AssertionError("GenAI's stream used")
+
+
+def _tokenizer(tmp_path: Path):
+    texts = ["héllo wörld ✓ 日本 pump bearing torque 1500 rpm"] * 20
+    train_tokenizer(texts, tmp_path, vocab_size=300)
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+
+
+def _streamed(factory, ids) -> tuple[str, list[str]]:
+    stream = factory()
+    parts = [stream.decode(int(t)) for t in ids]
+    return "".join(parts) + stream.flush(), parts
+
+
+def test_streamed_text_equals_the_whole_decode_even_for_lone_bytes(tmp_path: Path) -> None:
+    tokenizer = _tokenizer(tmp_path)
+    factory = text_streams(tmp_path, _NoGenAI())
+    ids = np.random.default_rng(0).integers(0, tokenizer.get_vocab_size(), 300)  # random weights' output
+    text, _ = _streamed(factory, ids)
+    assert text == tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+    assert "\ufffd" in text  # lone bytes kept as U+FFFD, not dropped
+
+
+def test_a_character_is_sent_when_its_last_byte_comes(tmp_path: Path) -> None:
+    tokenizer = _tokenizer(tmp_path)
+    lone = [tokenizer.token_to_id(t) for t in ("Ã",)]  # byte 0xC3: the first of a two-byte character
+    ids = tokenizer.encode("héllo ✓").ids
+    text, parts = _streamed(text_streams(tmp_path, _NoGenAI()), ids)
+    assert text == "héllo ✓" and parts[-1].endswith("✓")
+    text, parts = _streamed(text_streams(tmp_path, _NoGenAI()), ids[:1] + lone)  # an answer cut mid-character
+    assert parts[-1] == "" and text.endswith("\ufffd")
+
+
+def test_without_a_readable_tokenizer_json_genai_streams(tmp_path: Path) -> None:
+    class GenAI:
+        def create_stream(self):
+            class S:
+                def decode(self, token: int) -> str:
+                    return str(token)
+            return S()
+
+    stream = text_streams(tmp_path, GenAI())()  # tmp_path holds no tokenizer.json
+    assert stream.decode(7) == "7" and stream.flush() == ""
