@@ -120,6 +120,7 @@ class LlmHandler:
         self.eos = set(self.manifest.get("eos_token_ids") or [])
         self.max_waiting = int(settings["max_waiting"])
         self.prefill_chunk = max(1, int(settings["prefill_chunk_tokens"]))
+        self.idle_prefill = max(self.prefill_chunk, int(settings["idle_prefill_tokens"]))
         streams = int(settings["max_streams"])
         gpu_id = props.get("gpu_id")
         engine = settings["engine"]
@@ -217,9 +218,11 @@ class LlmHandler:
 
     def _prefill(self, context: Any) -> None:
         """Prompts into the cache, in order, up to `prefill_chunk` tokens a step: a long prompt is
-        prefilled over several steps while running streams go on. A new prompt starts only when a
-        slot is free for it once it is done."""
-        budget = self.prefill_chunk
+        prefilled over several steps while running streams go on. With none running, up to
+        `idle_prefill` tokens a step: each step is a pass over all the weights, so a prompt that
+        keeps nobody waiting goes in at once (time to first token). A new prompt starts only when
+        a slot is free for it once it is done."""
+        budget = self.prefill_chunk if self.engine.running else self.idle_prefill
         while budget > 0 and self.queue:
             stream = self.queue[0]
             if self.engine.staged != stream.request_id and not self.engine.free_slots():

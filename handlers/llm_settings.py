@@ -10,6 +10,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "max_sequence_tokens": 0,  # prompt + output per sequence; 0: the model's context length
     "kv_cache_mb": 1024,
     "prefill_chunk_tokens": 16,  # prompt tokens prefilled per step, between decode steps (bench: 16 beat 64)
+    "idle_prefill_tokens": 512,  # ... and per step while no stream decodes (nobody to keep waiting)
     "intra_op_threads": 0,  # 0: cores // workers
     # true: a stream gets the same tokens alone as among others (a lone stream decodes with a spare
     # row, 15 % slower: int4 computes one row on another kernel than several); false: that 15 % back

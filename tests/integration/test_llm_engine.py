@@ -66,6 +66,22 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_streams_go_on(llm_archive: P
     assert tokens["req-1"] == list(range(3 + 10 - 1, 3 + 10 - 1 + 5))
 
 
+def test_with_no_stream_decoding_a_prompt_goes_in_at_once(llm_archive: Path) -> None:
+    """Chunks keep running streams going; with none running there is nobody to keep waiting, so
+    up to idle_prefill_tokens go in one step (one pass over the weights: time to first token)."""
+    def long() -> Call:
+        return Call({"prompt": list(range(3, 153)), "max_tokens": 5, "temperature": 0, "stream": True})
+
+    handler, context = handler_for(llm_archive, prefill_chunk_tokens=16)
+    tokens = record_tokens(handler, context)
+    run_steps(handler, context, [long()])
+    assert tokens["req-0"] == list(range(5))  # its first token in the step it arrived
+    handler, context = handler_for(llm_archive, prefill_chunk_tokens=16, idle_prefill_tokens=50)
+    tokens = record_tokens(handler, context)
+    run_steps(handler, context, [long()])
+    assert tokens["req-0"] == list(range(2, 2 + 5))  # 150 tokens, 50 a step
+
+
 def test_a_full_queue_answers_429_with_retry_after(llm_archive: Path) -> None:
     calls = [Call({"prompt": f"Valve {i} is", "max_tokens": 10, "temperature": 0}) for i in range(5)]
     handler, context = handler_for(llm_archive, max_streams=2, max_waiting=1)
