@@ -136,7 +136,8 @@ class LlmHandler:
         else:
             threads = worker_threads(int(settings["intra_op_threads"]), int(yaml_config.get("maxWorkers", 1)))
             self.engine = BatchEngine(model_dir, streams, self.context_length, threads,
-                                      int(float(settings["kv_cache_mb"]) * 1e6), _flag(settings["batch_invariant"]))
+                                      int(float(settings["kv_cache_mb"]) * 1e6), _flag(settings["batch_invariant"]),
+                                      _flag(settings["allow_spinning"]))
             self.context_length = self.engine.max_len
         self._warm_up()
         log.info("%s %s: loaded on %s, %s engine: %d streams x %d tokens (KV cache %.1f MB, %d bytes a token), "

@@ -31,12 +31,16 @@ def generation_broken(g: dict[str, Any] | None, t: Thresholds) -> list[str]:
     """A language model's streaming thresholds (those its SLO file sets)."""
     if g is None:
         return ["no generation finished"] if any(v is not None for v in (t.max_ttft_p95_ms, t.max_itl_p95_ms,
+                                                                             t.max_tpot_p95_ms,
                                                                              t.min_output_tokens_per_s)) else []
     broken = []
     if t.max_ttft_p95_ms is not None and g["ttft_ms"]["p95"] > t.max_ttft_p95_ms:
         broken.append(f"p95 time to first token {g['ttft_ms']['p95']:.1f} ms > budget {t.max_ttft_p95_ms:g} ms")
     if t.max_itl_p95_ms is not None and g["itl_ms"]["p95"] > t.max_itl_p95_ms:
         broken.append(f"p95 inter-token latency {g['itl_ms']['p95']:.1f} ms > budget {t.max_itl_p95_ms:g} ms")
+    tpot = (g.get("tpot_ms") or {}).get("p95")
+    if t.max_tpot_p95_ms is not None and (tpot is None or tpot > t.max_tpot_p95_ms):
+        broken.append(f"p95 time per output token {tpot or 0:.1f} ms > budget {t.max_tpot_p95_ms:g} ms")
     if t.min_output_tokens_per_s is not None and g["output_tokens_per_s"] < t.min_output_tokens_per_s:
         broken.append(f"output {g['output_tokens_per_s']:.1f} tokens/s < minimum {t.min_output_tokens_per_s:g}")
     return broken
@@ -68,4 +72,5 @@ def generation_line(g: dict[str, Any]) -> str:
     return (f"streaming: {g['generations']} generations, {g['output_tokens_per_s']:.1f} output tokens/s "
             f"(one stream p50 {g['stream_tokens_per_s_p50']:.1f}); time to first token ms p50 {ttft['p50']:.1f} "
             f"p95 {ttft['p95']:.1f} p99 {ttft['p99']:.1f}; inter-token ms p50 {itl['p50']:.1f} p95 {itl['p95']:.1f} "
-            f"p99 {itl['p99']:.1f}")
+            f"p99 {itl['p99']:.1f}" + (f"; per output token ms p50 {tpot['p50']:.1f} p95 {tpot['p95']:.1f}"
+                                       if (tpot := g.get("tpot_ms")) else ""))

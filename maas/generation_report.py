@@ -3,7 +3,8 @@
 Locust's own figures time whole generations (a 64-token answer is one "request"). What a user
 of a streaming API feels is measured here from what each Locust process logged
 (loadtests/locustfile.py GenerationUser): every generation's time to first token and token
-count, and every gap between two tokens of a stream. The warm-up is left out, as in Locust's
+count, and every gap between two events of a stream that carried text (inter-token latency);
+and per generation the time per output token after the first (TPOT). The warm-up is left out, as in Locust's
 figures; the plot shows them per second over the whole run.
 """
 from __future__ import annotations
@@ -48,14 +49,17 @@ def generation_figures(folder: Path, warmup_s: float, run_time_s: float) -> dict
     gaps = gaps[gaps[:, 0] >= start]
     streaming_s = np.maximum(measured[:, 3] - measured[:, 1], 1e-3) / 1000
     per_stream = (measured[:, 2] - 1) / streaming_s
+    several = measured[:, 2] > 1
     return {
         "generations": int(len(measured)),
         "ttft_ms": _percentiles(measured[:, 1]),
         "itl_ms": _percentiles(gaps[:, 1]),
+        # time per output token after the first, per generation (vLLM's TPOT): unlike the gaps between
+        # events it counts every token, also those whose bytes complete no character yet
+        "tpot_ms": _percentiles(1000 / per_stream[several]),
         "output_tokens": int(measured[:, 2].sum()),
         "output_tokens_per_s": round(float(measured[:, 2].sum() / max(run_time_s, 1e-9)), 2),
-        "stream_tokens_per_s_p50": round(float(np.median(per_stream[measured[:, 2] > 1])), 2)
-        if (measured[:, 2] > 1).any() else 0.0,
+        "stream_tokens_per_s_p50": round(float(np.median(per_stream[several])), 2) if several.any() else 0.0,
     }
 
 

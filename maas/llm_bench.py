@@ -372,7 +372,7 @@ def row(label: str, users: int, summary: dict[str, Any], folder: Path) -> dict[s
     gen = summary.get("generation") or {}
     out = {"label": label, "users": users, "output_tokens_per_s": gen.get("output_tokens_per_s", 0.0),
            "stream_tokens_per_s_p50": gen.get("stream_tokens_per_s_p50"), "ttft_ms": gen.get("ttft_ms"),
-           "itl_ms": gen.get("itl_ms"), "generations": gen.get("generations", 0),
+           "itl_ms": gen.get("itl_ms"), "tpot_ms": gen.get("tpot_ms"), "generations": gen.get("generations", 0),
            "requests": summary["requests"], "failures": summary["failures"], "report": str(folder)}
     log.info("%s, %d users: %.1f output tokens/s, TTFT p95 %s ms, ITL p95 %s ms, %d failures", label, users,
              out["output_tokens_per_s"], (out["ttft_ms"] or {}).get("p95"), (out["itl_ms"] or {}).get("p95"),
@@ -400,6 +400,7 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
                      "handler": {"prefill_chunk_tokens": 4096}})
         main.append({**last, "label": f"{last['label']}, 1 thread", "handler": {"intra_op_threads": 1}})
         main.append({**last, "label": f"{last['label']}, not batch-invariant", "handler": {"batch_invariant": False}})
+        main.append({**last, "label": f"{last['label']}, threads sleep between ops", "handler": {"allow_spinning": False}})
     return main + [c for c in configs if c not in main]  # builds that are themselves a lever come last
 
 
@@ -504,13 +505,18 @@ def report(result: LlmResult) -> str:
         lines.append(f"| {precision} | {b['weight_bytes'] / 1e6:.0f} MB | {bound:.1f} tokens/s | {rate:.1f} tokens/s | "
                      f"{rate / bound:.0%} | {f'{arithmetic:.0f} tokens/s' if arithmetic else ''} | {served} | {of_it} | "
                      f"{check} |")
-    lines += ["", "| configuration | users | output tokens/s | one stream p50 tokens/s | TTFT p50 / p95 / p99 ms | "
-              "ITL p50 / p95 / p99 ms | requests | errors |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "ITL: gaps between a stream's events that carried text (a token whose bytes complete no character "
+              "yet sends none, so random weights' lone bytes make some gaps span several tokens); TPOT: per "
+              "generation, the time per output token after the first.", "",
+              "| configuration | users | output tokens/s | one stream p50 tokens/s | TTFT p50 / p95 / p99 ms | "
+              "ITL p50 / p95 / p99 ms | TPOT p50 / p95 / p99 ms | requests | errors |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in result.rows:
-        t, i = r["ttft_ms"], r["itl_ms"]
+        t, i, o = r["ttft_ms"], r["itl_ms"], r.get("tpot_ms")
         lines.append(f"| {r['label']} | {r['users']} | {r['output_tokens_per_s']:.1f} | "
                      f"{r['stream_tokens_per_s_p50'] or 0:.1f} | {_p(t, 'p50')} / {_p(t, 'p95')} / {_p(t, 'p99')} | "
-                     f"{_p(i, 'p50')} / {_p(i, 'p95')} / {_p(i, 'p99')} | {r['requests']} | {r['failures']} |")
+                     f"{_p(i, 'p50')} / {_p(i, 'p95')} / {_p(i, 'p99')} | {_p(o, 'p50')} / {_p(o, 'p95')} / "
+                     f"{_p(o, 'p99')} | {r['requests']} | {r['failures']} |")
     lines += ["", "| configuration | worker RSS MB | register to READY s | worker start |", "|---|---|---|---|"]
     for c in result.configs:
         lines.append(f"| {c['label']} | {', '.join(map(str, c.get('worker_rss_mb', [])))} | "

@@ -27,6 +27,7 @@ class Thresholds:
     # Language models (streamed): not gated unless the SLO file sets them
     max_ttft_p95_ms: float | None = None
     max_itl_p95_ms: float | None = None
+    max_tpot_p95_ms: float | None = None
     min_output_tokens_per_s: float | None = None
 
 
@@ -71,7 +72,7 @@ class SLO:
     def _from_mapping(cls, raw: dict, path: Path) -> "SLO":
         slo = cls()
         keys = {"users", "spawn_rate", "run_time_s", "warmup_s", "p95_ms", "p99_ms", "max_error_ratio",
-                "min_rps", "regression", "ttft_p95_ms", "itl_p95_ms", "min_output_tokens_per_s"}
+                "min_rps", "regression", "ttft_p95_ms", "itl_p95_ms", "tpot_p95_ms", "min_output_tokens_per_s"}
         unknown = sorted(set(raw) - keys)
         if unknown:
             raise SLOError(f"{path}: unknown SLO keys {unknown}; known: {sorted(keys)}")
@@ -80,7 +81,7 @@ class SLO:
                 setattr(slo, key, type(getattr(slo, key))(raw[key]))
         mapping = {"p95_ms": "max_p95_ms", "p99_ms": "max_p99_ms", "max_error_ratio": "max_error_ratio",
                    "min_rps": "min_rps", "ttft_p95_ms": "max_ttft_p95_ms", "itl_p95_ms": "max_itl_p95_ms",
-                   "min_output_tokens_per_s": "min_output_tokens_per_s"}
+                   "tpot_p95_ms": "max_tpot_p95_ms", "min_output_tokens_per_s": "min_output_tokens_per_s"}
         for key, attr in mapping.items():
             if key in raw:
                 setattr(slo.thresholds, attr, float(raw[key]))

@@ -406,7 +406,8 @@ def test_a_load_test_streams_and_gates_on_time_to_first_token(llm_served, tmp_pa
     ts, model_dir = llm_served
     slo_file = tmp_path / f"{MODEL}.yaml"
     slo_file.write_text("users: 4\nspawn_rate: 4\nwarmup_s: 1\nrun_time_s: 6\np95_ms: 60000\np99_ms: 60000\n"
-                        "min_rps: 0.1\nttft_p95_ms: 5000\nitl_p95_ms: 1000\nmin_output_tokens_per_s: 5\n")
+                        "min_rps: 0.1\nttft_p95_ms: 5000\nitl_p95_ms: 1000\ntpot_p95_ms: 1000\n"
+                        "min_output_tokens_per_s: 5\n")
     slo = SLO.from_file(slo_file)
     summary, out = loadtest.run_on_server(ts, loadtest.LoadTest(MODEL, slo, model_store=model_dir.parent), tmp_path)
     g = summary["generation"]
@@ -414,10 +415,13 @@ def test_a_load_test_streams_and_gates_on_time_to_first_token(llm_served, tmp_pa
     assert summary["passed"], summary["broken"]
     assert g["generations"] >= 4 and g["output_tokens"] > 0 and 0 < g["ttft_ms"]["p50"] <= g["ttft_ms"]["p99"]
     assert 0 < g["itl_ms"]["p50"] <= g["itl_ms"]["p95"] and g["output_tokens_per_s"] > 0
+    assert 0 < g["tpot_ms"]["p50"] <= g["tpot_ms"]["p95"]  # time per output token: every token counted
     assert (out / "generation.png").stat().st_size > 10_000 and summary["error_ratio"] == 0
     slo.thresholds.max_ttft_p95_ms, slo.thresholds.min_output_tokens_per_s = 0.01, 1e9
+    slo.thresholds.max_tpot_p95_ms = 0.01
     broken = evaluate(summary, slo.thresholds)
     assert any("time to first token" in b for b in broken) and any("tokens/s" in b for b in broken)
+    assert any("time per output token" in b for b in broken)
 
 
 def test_an_int4_version_is_released_through_the_gate(llm_served, llm_source: Path, tmp_path: Path) -> None:

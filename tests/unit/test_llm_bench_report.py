@@ -26,7 +26,8 @@ def test_the_report_puts_single_stream_against_the_bandwidth_bound(tmp_path: Pat
         configs=[{"label": "maas int4", "worker_rss_mb": [700], "register_to_ready_s": 3.0,
                   "worker_log": "big 1.0: loaded on CPUExecutionProvider, batch engine"}],
         rows=[{"label": "maas int4", "users": u, "output_tokens_per_s": 30.0 * u, "stream_tokens_per_s_p50": 35.0,
-               "ttft_ms": figures, "itl_ms": figures, "requests": 10, "failures": 0, "generations": 10}
+               "ttft_ms": figures, "itl_ms": figures, "tpot_ms": figures, "requests": 10, "failures": 0,
+               "generations": 10}
               for u in (1, 4)],
         invariance={"int4": {"prompts": 8, "tokens": 32, "sequences_that_differ": 0, "max_abs_logit_diff": 0.0}},
         step_costs={"int4": {"decode_ms": {1: 10.0, 8: 25.0}, "prefill_chunk_tokens": 16, "prefill_chunk_ms": 40.0}})
@@ -36,7 +37,7 @@ def test_the_report_puts_single_stream_against_the_bandwidth_bound(tmp_path: Pat
     report = (tmp_path / "report.md").read_text()
     assert ("| int4 | 400 MB | 50.0 tokens/s | 35.0 tokens/s | 70% | 200 tokens/s | 120.0 (4 streams) | 60% "
             "| KL 0.05 |") in report
-    assert "| maas int4 | 4 | 120.0 | 35.0 | 10 / 20 / 30 | 10 / 20 / 30 | 10 | 0 |" in report
+    assert "| maas int4 | 4 | 120.0 | 35.0 | 10 / 20 / 30 | 10 / 20 / 30 | 10 / 20 / 30 | 10 | 0 |" in report
     assert "0 of 8 sequences differ" in report
     assert "| int4 | 10 / 25 | 2.50 | 40 (16 tokens) |" in report
     assert (tmp_path / "llm.png").stat().st_size > 10_000 and (tmp_path / "results.json").is_file()
@@ -50,8 +51,10 @@ def test_levers_are_one_change_each_from_the_last_precision() -> None:
     configs = configurations(plan, builds)
     assert [c["label"] for c in configs] == ["maas fp32", "maas int4", "maas int4, no batching",
                                              "maas int4, whole prompts in one step", "maas int4, 1 thread",
-                                             "maas int4, not batch-invariant", "maas int4, blocks of 32"]
+                                             "maas int4, not batch-invariant", "maas int4, threads sleep between ops",
+                                             "maas int4, blocks of 32"]
     assert [c["handler"] for c in configs[2:]] == [{"engine": "generator"}, {"prefill_chunk_tokens": 4096},
-                                                   {"intra_op_threads": 1}, {"batch_invariant": False}, {}]
+                                                   {"intra_op_threads": 1}, {"batch_invariant": False},
+                                                   {"allow_spinning": False}, {}]
     assert configs[-1]["version"] == "1.0-int4-b32" and configs[-1]["precision"] == "int4"
     assert [s[0] for s in build_specs(LlmPlan(source=Path("/x"), levers=False))] == ["fp32", "int4"]
