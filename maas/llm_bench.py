@@ -474,21 +474,9 @@ def _p(figures: dict[str, Any] | None, key: str) -> str:
     return "" if value is None else f"{value:.0f}"
 
 
-def report(result: LlmResult) -> str:
-    m = result.machine
-    lines = [f"# Language model serving: {Path(result.plan['source']).name}", "",
-             f"{m['cores']} cores, {m['cpu']} ({m['isa']}); torch {m['torch']}, onnxruntime {m['onnxruntime-gpu']}, "
-             f"torchserve {m['torchserve']}, locust {m['locust']}; {m['date']}.", "",
-             "Memory read bandwidth measured in this run (the higher of its start and end): "
-             f"**{result.bandwidth_gbs} GB/s**. Locust's streaming users "
-             f"(sampled chat completions, up to 64 tokens) run on the same cores as TorchServe; "
-             f"{result.plan['warmup_s']} s warm-up + {result.plan['run_time_s']} s measured per row. "
-             f"ONNX Runtime's own GEMMs on these cores, the best of start and end: "
-             f"int8 {result.gemm_peak_gmacs.get('int8', 0):g}, fp32 {result.gemm_peak_gmacs.get('fp32', 0):g} GMAC/s: "
-             "the arithmetic bound of many streams (int4 computes in int8).", "",
-             "| precision | weights read per token | bandwidth bound | single stream | of the bound | arithmetic bound "
-             "| most tokens/s served | of it | parity / cost |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def _bounds_lines(result: LlmResult) -> list[str]:
+    """A row a build: single stream against the bandwidth bound, the most served against the arithmetic one."""
+    lines = []
     for precision, b in result.builds.items():
         single = next((r for r in result.rows if r["label"] == f"maas {precision}" and r["users"] == 1), None)
         rate = (single or {}).get("stream_tokens_per_s_p50") or 0.0
@@ -505,6 +493,25 @@ def report(result: LlmResult) -> str:
         lines.append(f"| {precision} | {b['weight_bytes'] / 1e6:.0f} MB | {bound:.1f} tokens/s | {rate:.1f} tokens/s | "
                      f"{rate / bound:.0%} | {f'{arithmetic:.0f} tokens/s' if arithmetic else ''} | {served} | {of_it} | "
                      f"{check} |")
+    return lines
+
+
+def report(result: LlmResult) -> str:
+    m = result.machine
+    lines = [f"# Language model serving: {Path(result.plan['source']).name}", "",
+             f"{m['cores']} cores, {m['cpu']} ({m['isa']}); torch {m['torch']}, onnxruntime {m['onnxruntime-gpu']}, "
+             f"torchserve {m['torchserve']}, locust {m['locust']}; {m['date']}.", "",
+             "Memory read bandwidth measured in this run (the higher of its start and end): "
+             f"**{result.bandwidth_gbs} GB/s**. Locust's streaming users "
+             f"(sampled chat completions, up to 64 tokens) run on the same cores as TorchServe; "
+             f"{result.plan['warmup_s']} s warm-up + {result.plan['run_time_s']} s measured per row. "
+             f"ONNX Runtime's own GEMMs on these cores, the best of start and end: "
+             f"int8 {result.gemm_peak_gmacs.get('int8', 0):g}, fp32 {result.gemm_peak_gmacs.get('fp32', 0):g} GMAC/s: "
+             "the arithmetic bound of many streams (int4 computes in int8).", "",
+             "| precision | weights read per token | bandwidth bound | single stream | of the bound | arithmetic bound "
+             "| most tokens/s served | of it | parity / cost |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += _bounds_lines(result)
     lines += ["", "ITL: gaps between a stream's events that carried text (a token whose bytes complete no character "
               "yet sends none, so random weights' lone bytes make some gaps span several tokens); TPOT: per "
               "generation, the time per output token after the first.", "",
