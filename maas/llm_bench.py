@@ -558,20 +558,26 @@ def plot(result: LlmResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for label in dict.fromkeys(r["label"] for r in result.rows):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6))
+    labels = list(dict.fromkeys(r["label"] for r in result.rows))
+    colors = plt.get_cmap("tab20").colors  # one colour a configuration: more than the default cycle's ten
+    for n, label in enumerate(labels):
         rows = [r for r in result.rows if r["label"] == label]
         users = [r["users"] for r in rows]
-        axes[0].plot(users, [r["output_tokens_per_s"] for r in rows], marker="o", label=label)
-        axes[1].plot(users, [(r["itl_ms"] or {}).get("p95", np.nan) for r in rows], marker="o", label=label)
-        axes[2].plot(users, [(r["ttft_ms"] or {}).get("p95", np.nan) for r in rows], marker="o", label=label)
-    for ax, title in zip(axes, ("output tokens/s (all streams)", "inter-token latency p95 (ms)",
-                                "time to first token p95 (ms)")):
+        style = {"color": colors[n % len(colors)], "marker": "o", "label": label,
+                 "linestyle": "--" if label.startswith("peer") else "-"}  # peers dashed
+        axes[0].plot(users, [r["output_tokens_per_s"] for r in rows], **style)
+        axes[1].plot(users, [(r["itl_ms"] or {}).get("p95", np.nan) for r in rows], **style)
+        axes[2].plot(users, [(r["ttft_ms"] or {}).get("p95", np.nan) for r in rows], **style)
+    for ax, title in zip(axes, ("output tokens/s (all streams)", "inter-token latency p95 (ms, log)",
+                                "time to first token p95 (ms, log)")):
         ax.set_title(title)
         ax.set_xlabel("concurrent streams (Locust users)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    for ax in axes[1:]:
+        ax.set_yscale("log")  # the one-request-at-a-time peer is 10-100x the others
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
