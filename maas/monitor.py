@@ -104,8 +104,8 @@ def rules(slos: dict[str, SLO]) -> dict[str, Any]:
 
 def generation_alerts(model: str, slo: SLO) -> list[dict[str, Any]]:
     """A language model's streaming budgets (SLO keys ttft_p95_ms, itl_p95_ms) as alerts. The handler
-    exports each token's figure as a gauge sample, not a histogram: the mean of a minute's samples over
-    the p95 budget means the p95 is over it too (late, never false)."""
+    exports gauges, not histograms (a request's time to first token; each second's mean inter-token
+    gap): the mean of a minute's samples over the p95 budget means the p95 is over it too (late, never false)."""
     found = []
     for key, metric, what in (("max_ttft_p95_ms", "MaasTimeToFirstTokenMs", "time to first token"),
                               ("max_itl_p95_ms", "MaasInterTokenLatencyMs", "inter-token latency")):
