@@ -32,7 +32,7 @@ from http_reply import json_body, set_header, set_status
 from inputs import request_header
 from integrity import sha256_file
 from llm_engine import BatchEngine, GeneratorEngine
-from llm_settings import DEFAULT_SETTINGS
+from llm_settings import read_settings
 from openai_api import (
     DONE,
     ApiError,
@@ -108,7 +108,7 @@ class LlmHandler:
         self.name = self.manifest["name"]
         self.version = str(props.get("model_version") or self.manifest.get("version", ""))
         yaml_config = getattr(context, "model_yaml_config", None) or {}
-        settings = {**DEFAULT_SETTINGS, **(yaml_config.get("handler") or {})}
+        settings = read_settings(yaml_config.get("handler"))  # a bad setting: one line naming it
         start = time.perf_counter()
         for file, facts in self.manifest["files"].items():  # nothing loads that was not verified
             if sha256_file(model_dir / file) != facts["sha256"]:
@@ -118,12 +118,12 @@ class LlmHandler:
         self.tokenizer = og.Tokenizer(str(model_dir))
         self.text_stream = text_streams(model_dir, self.tokenizer)
         model_context = int(self.manifest.get("context_length") or 2048)
-        self.context_length = min(model_context, int(settings["max_sequence_tokens"] or model_context))
+        self.context_length = min(model_context, settings["max_sequence_tokens"] or model_context)
         self.eos = set(self.manifest.get("eos_token_ids") or [])
-        self.max_waiting = int(settings["max_waiting"])
-        self.prefill_chunk = max(1, int(settings["prefill_chunk_tokens"]))
-        self.idle_prefill = max(self.prefill_chunk, int(settings["idle_prefill_tokens"]))
-        streams = int(settings["max_streams"])
+        self.max_waiting = settings["max_waiting"]
+        self.prefill_chunk = settings["prefill_chunk_tokens"]
+        self.idle_prefill = max(self.prefill_chunk, settings["idle_prefill_tokens"])
+        streams = settings["max_streams"]
         gpu_id = props.get("gpu_id")
         engine = settings["engine"]
         on_cuda = self.manifest.get("execution_provider") == "cuda" and gpu_id is not None and og.is_cuda_available()
@@ -136,10 +136,10 @@ class LlmHandler:
                 self.provider = "CUDAExecutionProvider"
             self.engine: Any = GeneratorEngine(og, og.Model(config), streams, self.context_length)
         else:
-            threads = worker_threads(int(settings["intra_op_threads"]), int(yaml_config.get("maxWorkers", 1)))
+            threads = worker_threads(settings["intra_op_threads"], int(yaml_config.get("maxWorkers", 1)))
             self.engine = BatchEngine(model_dir, streams, self.context_length, threads,
-                                      int(float(settings["kv_cache_mb"]) * 1e6), _flag(settings["batch_invariant"]),
-                                      _flag(settings["allow_spinning"]))
+                                      int(settings["kv_cache_mb"] * 1e6), settings["batch_invariant"],
+                                      settings["allow_spinning"])
             self.context_length = self.engine.max_len
         self._warm_up()
         log.info("%s %s: loaded on %s, %s engine: %d streams x %d tokens (KV cache %.1f MB, %d bytes a token), "
@@ -480,7 +480,3 @@ def handle(data: list[dict[str, Any]], context: Any) -> list[Any] | None:
         return None
     return _service.handle(data, context)
 
-
-def _flag(value: Any) -> bool:
-    """A model-config.yaml boolean (YAML reads true/false; a quoted "false" means false too)."""
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")

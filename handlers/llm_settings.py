@@ -1,5 +1,6 @@
 """The generation handler's settings (model-config.yaml `handler:`) and their defaults: read by the
 handler and written into every language-model archive by the build (export/llm_build.py)."""
+import math
 from typing import Any
 
 # model-config.yaml `handler:` settings and their defaults. The KV cache is allocated once, at start:
@@ -20,3 +21,56 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "allow_spinning": True,
     "engine": "batch",  # or "generator": one ONNX Runtime GenAI Generator per sequence (CUDA always)
 }
+
+# The smallest value each numeric setting takes (kv_cache_mb may be fractional)
+_LEAST = {"max_streams": 1, "max_waiting": 0, "max_sequence_tokens": 0, "kv_cache_mb": 0.01, "prefill_chunk_tokens": 1,
+          "idle_prefill_tokens": 1, "intra_op_threads": 0}
+_ENGINES = ("batch", "generator")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+class SettingsError(ValueError):
+    """model-config.yaml's `handler:` block holds a setting this handler cannot use."""
+
+
+def read_settings(given: dict[str, Any] | None) -> dict[str, Any]:
+    """DEFAULT_SETTINGS overlaid with `given` (model-config.yaml's `handler:`), each checked and
+    converted: an unknown name (a typo), a number that is not one, a boolean that is not one. Every
+    problem is named in one error, so the worker's log says what to fix instead of a traceback."""
+    problems, settings = [], dict(DEFAULT_SETTINGS)
+    for name, value in (given or {}).items():
+        default = DEFAULT_SETTINGS.get(name)
+        if name not in DEFAULT_SETTINGS:
+            problems.append(f"unknown setting {name!r}")
+        elif isinstance(default, bool):
+            text = str(value).strip().lower()
+            if text not in _TRUE + _FALSE:
+                problems.append(f"{name} must be true or false, not {value!r}")
+            settings[name] = text in _TRUE
+        elif name == "engine":
+            if value not in _ENGINES:
+                problems.append(f"engine must be one of {', '.join(_ENGINES)}, not {value!r}")
+            settings[name] = value
+        else:
+            number = _number(value, float if name == "kv_cache_mb" else int)
+            if number is None or number < _LEAST[name]:
+                problems.append(f"{name} must be {'a number' if name == 'kv_cache_mb' else 'an integer'} of at "
+                                f"least {_LEAST[name]}, not {value!r}")
+            settings[name] = number
+    if problems:
+        raise SettingsError(f"model-config.yaml handler: {'; '.join(problems)} (settings: {', '.join(DEFAULT_SETTINGS)})")
+    return settings
+
+
+def _number(value: Any, kind: type) -> float | int | None:
+    """`value` as `kind` (int or float), from YAML's number or a quoted one; None if it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or (kind is int and value != int(value)):
+        return None
+    return kind(value)

@@ -108,6 +108,9 @@ def test_the_kv_budget_bounds_the_context(llm_archive: Path) -> None:
     assert "context is 19 tokens" in error["message"]
     with pytest.raises(ValueError, match="raise kv_cache_mb or lower max_streams"):
         handler_for(llm_archive, kv_cache_mb=0.05)
+    # a mistyped setting stops the worker's load with one line naming it, before anything is allocated
+    with pytest.raises(ValueError, match="unknown setting 'max_stream'.*batch_invariant must be true or false"):
+        handler_for(llm_archive, max_stream=4, batch_invariant="flase")
 
 
 def test_a_client_that_leaves_frees_its_row_and_the_others_are_untouched(llm_archive: Path) -> None:
