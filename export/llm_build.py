@@ -49,6 +49,11 @@ HANDLER = "llm.py"
 # with a 429 (beyond batchSize TorchServe queues requests itself, out of the handler's sight).
 SERVING = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 5, "responseTimeout": 600,
            "startupTimeout": 600, "continuousBatching": True}
+# Instead: TorchServe's asynchronous worker (handlers/llm_async.py): the engine steps on a thread of its
+# own and streams while the next step runs, without a frontend round trip a step; each request reaches
+# the handler alone (batchSize 1) as it arrives. Not the default: that frontend never says that a
+# client left, so an abandoned generation runs to its end.
+ASYNC_SERVING = {"asyncCommunication": True, "continuousBatching": False, "batchSize": 1}
 
 
 class LlmSourceError(ExportError):

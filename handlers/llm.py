@@ -31,6 +31,7 @@ from cores import worker_threads
 from http_reply import json_body, set_header, set_status
 from inputs import request_header
 from integrity import sha256_file
+from llm_async import EngineLoop
 from llm_engine import BatchEngine, GeneratorEngine
 from llm_settings import read_settings
 from openai_api import (
@@ -83,6 +84,8 @@ class Stream:
     finish: str | None = None
     opened: bool = False  # its first event (the assistant role) was sent
     steps: int = 0  # answers sent
+    context: Any = None  # asyncCommunication: its own TorchServe context (idx in it), answered from the engine loop
+    idx: int = 0
 
 
 class LlmHandler:
@@ -93,9 +96,10 @@ class LlmHandler:
         self.streams: dict[str, Stream] = {}  # every request with a generation in progress
         self.queue: deque[Stream] = deque()  # admitted, prompt not (all) prefilled yet; the first may be staged
         self.closing: set[str] = set()  # answered whole; their empty last answer goes out next step
-        self._ended: list[Stream] = []  # finished or failed in this step, answered at its end
+        self.ended: list[Stream] = []  # finished or failed in this step, answered at its end
         self.manifest: dict[str, Any] = {}
         self.provider = "CPUExecutionProvider"  # named as ONNX Runtime names it, like the other handlers
+        self.loop: EngineLoop | None = None
         self.window = StepWindow()  # inter-token gaps and step gauges: emitted once a second, not once a token
 
     # ---- start ---------------------------------------------------------------------------
@@ -142,6 +146,9 @@ class LlmHandler:
                                       settings["allow_spinning"])
             self.context_length = self.engine.max_len
         self._warm_up()
+        # TorchServe's asynchronous worker (model-config.yaml asyncCommunication: true): the engine steps
+        # on its own thread and streams answers while it runs (llm_async.py); else one step a call
+        self.loop = EngineLoop(self) if _flag(yaml_config.get("asyncCommunication")) else None
         log.info("%s %s: loaded on %s, %s engine: %d streams x %d tokens (KV cache %.1f MB, %d bytes a token), "
                  "prefill chunk %d, queue %d%s (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
                  self.provider, self.engine.kind, streams, self.context_length, self.engine.cache_bytes / 1e6,
@@ -184,26 +191,26 @@ class LlmHandler:
                 self.closing.discard(rid)
                 finished[idx] = True
             elif rid not in self.streams:
-                stream = self._new_request(context, idx, rid, item, answers, finished)
+                stream = self.new_request(context, idx, rid, item, answers, finished)
                 if stream is not None and not stream.http:  # see _over_http: one gRPC answer, whole
-                    answers[idx] = self._generate_alone(context, idx, stream)
+                    answers[idx] = self.generate_alone(context, idx, stream)
                     finished[idx] = True
-        self._decode(context)
-        self._prefill(context)
-        for rid, stream in list(self.streams.items()) + [(s.request_id, s) for s in self._ended]:
+        self.decode_step(context)
+        self.prefill_step(context)
+        for rid, stream in list(self.streams.items()) + [(s.request_id, s) for s in self.ended]:
             idx = index[rid]
-            answers[idx] = self._answer(context, idx, stream)
+            answers[idx] = self.answer(context, idx, stream)
             if stream.finish is not None:
                 if stream.steps > 1:
                     finished[idx] = True
                 else:
                     self.closing.add(rid)
-        self._ended.clear()
-        self._step_metrics(context)
+        self.ended.clear()
+        self.step_metrics(context)
         context.stopping_criteria = [(lambda _answer, done=done: done) for done in finished]
         return answers
 
-    def _decode(self, context: Any) -> None:
+    def decode_step(self, context: Any) -> None:
         """One token for every running stream, in one run of the model."""
         running = [self.streams[key] for key in self.engine.key_at]  # the engine's rows, in order
         if not running:
@@ -213,12 +220,12 @@ class LlmHandler:
         except Exception:
             log.exception("decoding step failed; its %d streams end with an error", len(running))
             for stream in running:
-                self._fail(stream)
+                self.fail(stream)
             return
         for stream in running:
             self._take(context, stream, next_token(logits[stream.request_id], stream.req, stream.rng))
 
-    def _prefill(self, context: Any) -> None:
+    def prefill_step(self, context: Any) -> None:
         """Prompts into the cache, in order, up to `prefill_chunk` tokens a step: a long prompt is
         prefilled over several steps while running streams go on. With none running, up to
         `idle_prefill` tokens a step: each step is a pass over all the weights, so a prompt that
@@ -241,9 +248,9 @@ class LlmHandler:
                     self.engine.activate(stream.request_id)
             except Exception:
                 log.exception("request %s: prefill failed", stream.request_id)
-                self._fail(stream)
+                self.fail(stream)
 
-    def _generate_alone(self, context: Any, idx: int, stream: Stream) -> bytes:
+    def generate_alone(self, context: Any, idx: int, stream: Stream) -> bytes:
         """A whole generation in this step, outside the batch (gRPC)."""
         self.queue.remove(stream)
         try:
@@ -256,12 +263,12 @@ class LlmHandler:
                 logits = self.engine.prefill(stream.request_id, [stream.last_token], alone=True)
         except Exception:
             log.exception("request %s: generation failed", stream.request_id)
-            self._fail(stream)
-        self._ended.remove(stream)
+            self.fail(stream)
+        self.ended.remove(stream)
         if stream.finish == "error":
             return self._refuse(context, idx, ApiError("generation failed for this request", status=500,
                                                        kind="server_error"))
-        return self._answer(context, idx, stream)
+        return self.answer(context, idx, stream)
 
     def _take(self, context: Any, stream: Stream, token: int) -> None:
         """`token` is `stream`'s next: its text, its timing, and whether it ends the generation."""
@@ -291,7 +298,7 @@ class LlmHandler:
         if stream.finish is not None:
             self._finished(context, stream)
 
-    def _answer(self, context: Any, idx: int, stream: Stream) -> bytes:
+    def answer(self, context: Any, idx: int, stream: Stream) -> bytes:
         """This step's answer to `stream`: its new events (streaming), or its whole answer when done."""
         stream.steps += 1
         if stream.finish == "error":
@@ -320,10 +327,10 @@ class LlmHandler:
             events += DONE
         return events
 
-    def _fail(self, stream: Stream) -> None:
+    def fail(self, stream: Stream) -> None:
         stream.finish = "error"
         self._forget(stream)
-        self._ended.append(stream)
+        self.ended.append(stream)
 
     def _forget(self, stream: Stream) -> None:
         self.streams.pop(stream.request_id, None)
@@ -331,7 +338,7 @@ class LlmHandler:
             self.queue.remove(stream)
         self.engine.drop(stream.request_id)
 
-    def _new_request(self, context: Any, idx: int, rid: str, item: Any, answers: list[Any],
+    def new_request(self, context: Any, idx: int, rid: str, item: Any, answers: list[Any],
                      finished: list[bool | None]) -> Stream | None:
         """A request seen for the first time: its stream, queued; or its whole answer (a refusal,
         v1/models) put in `answers`, with how it ends in `finished`."""
@@ -401,7 +408,7 @@ class LlmHandler:
 
     def _finished(self, context: Any, stream: Stream) -> None:
         self._forget(stream)
-        self._ended.append(stream)
+        self.ended.append(stream)
         self._count(context, "MaasPromptTokens", stream.prompt_tokens)
         self._count(context, "MaasCompletionTokens", stream.tokens)
         if stream.first_token_at is not None and stream.last_token_at is not None and stream.tokens > 1:
@@ -420,7 +427,7 @@ class LlmHandler:
         return _bytes(json_body(exc.body()))
 
     # ---- metrics (declared in metrics.yaml) -------------------------------------------------
-    def _step_metrics(self, context: Any) -> None:
+    def step_metrics(self, context: Any) -> None:
         """The window's mean inter-token gap and the step gauges, when due (step_metrics.py: a metric
         line a token cost a lone stream a fifth of its speed)."""
         idle = not self.engine.running and not self.queue
@@ -478,5 +485,11 @@ def handle(data: list[dict[str, Any]], context: Any) -> list[Any] | None:
         _service.initialize(context)
     if data is None:
         return None
+    if _service.loop is not None:
+        return _service.loop.generate(data, context)  # a coroutine: TorchServe's async worker awaits it
     return _service.handle(data, context)
+
+
+def _flag(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes", "on")
 

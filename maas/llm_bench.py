@@ -28,6 +28,7 @@ import yaml
 from maas.bench import bench_server, machine_info, worker_rss_mb
 from maas.compute_bound import gemm_peak_gmacs, macs_per_token
 from maas.core.machine import cores
+from maas.export.llm_build import ASYNC_SERVING
 from maas.loadtest import LoadTest
 from maas.loadtest import run as run_locust
 from maas.slo import SLO, Thresholds
@@ -325,12 +326,14 @@ def step_costs(folder: Path, rows: tuple[int, ...] = (1, 2, 4, 8), chunk: int = 
     return {"decode_ms": decode, "prefill_chunk_tokens": chunk, "prefill_chunk_ms": median_ms(prefill_chunk)}
 
 
-def set_engine(folder: Path, **handler: Any) -> dict[str, Any]:
-    """Change the archive folder's handler settings in place; returns the old ones."""
+def set_engine(folder: Path, top: dict[str, Any] | None = None, **handler: Any) -> str:
+    """Change the archive folder's model-config.yaml in place (`top`-level keys, `handler:` settings);
+    returns its old text."""
     path = folder / "model-config.yaml"
-    config = yaml.safe_load(path.read_text())
-    old = dict(config.get("handler") or {})
-    config["handler"] = {**old, **handler}
+    old = path.read_text()
+    config = yaml.safe_load(old)
+    config.update(top or {})
+    config["handler"] = {**(config.get("handler") or {}), **handler}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return old
 
@@ -393,7 +396,7 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
     configs = [{"label": f"maas {key}", "precision": b["version"].split("-")[1], "version": b["version"],
                 "folder": b["folder"], "handler": {}} for key, b in builds.items()]
     main = [c for c in configs if c["label"].removeprefix("maas ") in plan.precisions]
-    if plan.levers:  # one lever away at a time, on the last precision (int4 by default)
+    if plan.levers:  # one lever changed at a time, on the last precision (int4 by default)
         last = main[-1]
         main.append({**last, "label": f"{last['label']}, no batching", "handler": {"engine": "generator"}})
         main.append({**last, "label": f"{last['label']}, whole prompts in one step",
@@ -401,6 +404,8 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
         main.append({**last, "label": f"{last['label']}, 1 thread", "handler": {"intra_op_threads": 1}})
         main.append({**last, "label": f"{last['label']}, not batch-invariant", "handler": {"batch_invariant": False}})
         main.append({**last, "label": f"{last['label']}, threads sleep between ops", "handler": {"allow_spinning": False}})
+        main.append({**last, "label": f"{last['label']}, asynchronous worker", "handler": {},
+                     "serving": ASYNC_SERVING})
     return main + [c for c in configs if c not in main]  # builds that are themselves a lever come last
 
 
@@ -431,12 +436,13 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
     ts.start(timeout=300)
     try:
         for cfg in configurations(plan, result.builds) + ([peer] if peer else []):
-            old = set_engine(Path(cfg["folder"]), **cfg["handler"]) if cfg.get("handler") else None
+            changed = cfg.get("handler") or cfg.get("serving")
+            old = set_engine(Path(cfg["folder"]), cfg.get("serving"), **cfg.get("handler", {})) if changed else None
             try:
                 result.rows += served_rows(ts, store, cfg, plan, reports)
             finally:
                 if old is not None:
-                    set_engine(Path(cfg["folder"]), **old)
+                    (Path(cfg["folder"]) / "model-config.yaml").write_text(old)
             result.configs.append({k: v for k, v in cfg.items() if k != "folder"})
             if cfg.get("parity"):
                 result.peer_parity = cfg["parity"]
