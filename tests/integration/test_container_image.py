@@ -120,7 +120,10 @@ class Container:
         while time.monotonic() - started < timeout:
             key = self.scratch / "key_file.json"
             if key.exists() and not headers:
-                headers = {"Authorization": "Bearer " + json.loads(key.read_text())["inference"]["key"]}
+                try:
+                    headers = {"Authorization": "Bearer " + json.loads(key.read_text())["inference"]["key"]}
+                except (ValueError, KeyError):
+                    pass  # TorchServe is still writing it: read it again on the next round
             try:
                 if requests.get(self.endpoints.inference + "/v2/health/ready", headers=headers, timeout=2).ok:
                     return time.monotonic() - started
