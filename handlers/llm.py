@@ -167,7 +167,7 @@ class LlmHandler:
         ids = {idx: str(rid) for idx, rid in (context.request_ids or {}).items()}
         live = set(ids.values())
         for rid in [r for r in self.streams if r not in live]:  # its client went away
-            self._forget(self.streams[rid])
+            self.forget(self.streams[rid])
             log.info("request %s: client left; its generation stopped and freed", rid)
             self._count(context, "MaasGenerationsCancelled", 1)
         self.closing &= live
@@ -266,7 +266,7 @@ class LlmHandler:
             self.fail(stream)
         self.ended.remove(stream)
         if stream.finish == "error":
-            return self._refuse(context, idx, ApiError("generation failed for this request", status=500,
+            return self.refuse(context, idx, ApiError("generation failed for this request", status=500,
                                                        kind="server_error"))
         return self.answer(context, idx, stream)
 
@@ -302,7 +302,7 @@ class LlmHandler:
         """This step's answer to `stream`: its new events (streaming), or its whole answer when done."""
         stream.steps += 1
         if stream.finish == "error":
-            return self._refuse(context, idx, ApiError("generation failed for this request", status=500,
+            return self.refuse(context, idx, ApiError("generation failed for this request", status=500,
                                                        kind="server_error"))
         context.set_response_content_type(idx, "text/event-stream" if stream.req.stream else "application/json")
         if not stream.req.stream:
@@ -329,10 +329,10 @@ class LlmHandler:
 
     def fail(self, stream: Stream) -> None:
         stream.finish = "error"
-        self._forget(stream)
+        self.forget(stream)
         self.ended.append(stream)
 
-    def _forget(self, stream: Stream) -> None:
+    def forget(self, stream: Stream) -> None:
         self.streams.pop(stream.request_id, None)
         if stream in self.queue:
             self.queue.remove(stream)
@@ -349,7 +349,7 @@ class LlmHandler:
             if not isinstance(exc, ApiError):
                 log.exception("request %s: could not be admitted", rid)
                 exc = ApiError("generation failed for this request", status=500, kind="server_error")
-            answers[idx] = self._refuse(context, idx, exc)
+            answers[idx] = self.refuse(context, idx, exc)
             finished[idx] = None if _over_http(context, idx) else True
         else:
             if stream is not None:
@@ -407,7 +407,7 @@ class LlmHandler:
         return ids
 
     def _finished(self, context: Any, stream: Stream) -> None:
-        self._forget(stream)
+        self.forget(stream)
         self.ended.append(stream)
         self._count(context, "MaasPromptTokens", stream.prompt_tokens)
         self._count(context, "MaasCompletionTokens", stream.tokens)
@@ -419,7 +419,7 @@ class LlmHandler:
         context.set_response_content_type(idx, "application/json")
         return _bytes(json_body(models_list(self.name, self.version, self.context_length)))
 
-    def _refuse(self, context: Any, idx: int, exc: ApiError) -> bytes:
+    def refuse(self, context: Any, idx: int, exc: ApiError) -> bytes:
         context.set_response_content_type(idx, "application/json")
         set_status(context, idx, exc.status)
         if exc.status < 500:

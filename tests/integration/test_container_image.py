@@ -112,7 +112,11 @@ class Container:
         docker(env, "run", "-d", "--name", self.name, *run_flags(tree, scratch), image)
         self.endpoints = Endpoints.from_properties(props)
         self.client = TorchServeClient(self.endpoints, scratch / "key_file.json" if token else None)
-        self.ready_s = self._wait_ready(started)
+        try:
+            self.ready_s = self._wait_ready(started)
+        except BaseException:
+            self.__exit__()  # never ready: no `with` body will remove it
+            raise
 
     def _wait_ready(self, started: float, timeout: float = 300) -> float:
         """Seconds from `docker run` to the readiness probe's 200 (every model loaded)."""

@@ -83,3 +83,23 @@ def test_eight_concurrent_streams_get_what_each_gets_alone_and_a_refusal_disturb
     log_text = (ts.layout.log_dir / "model_log.log").read_text(errors="replace")
     assert "handle_connection_async" in log_text  # TorchServe's asynchronous worker ran it, not continuous batching
     assert "engine loop step failed" not in log_text
+
+
+def test_grpc_answers_whole_and_its_refusals_as_over_http(llm_async) -> None:
+    """gRPC's StreamPredictions gets the same events in one answer (marked last, so the async frontend
+    forgets it), and a refusal as INVALID_ARGUMENT; the worker serves on."""
+    import json
+
+    from maas.grpc_client import GrpcCallError, GrpcInference
+
+    ts, folder = llm_async
+    expected, _ = in_process_greedy(folder, "The pump reports", 12)
+    body = json.dumps({"prompt": "The pump reports", "max_tokens": 12, "temperature": 0, "stream": True}).encode()
+    with GrpcInference.for_server(ts) as client:
+        events = b"".join(client.stream_predict(LLM, body)).split(b"\n\n")
+        with pytest.raises(GrpcCallError, match="INVALID_ARGUMENT.*prompt is empty"):
+            list(client.stream_predict(LLM, b'{"prompt": ""}'))
+    assert events[-2] == b"data: [DONE]"
+    assert "".join(json.loads(e[6:])["choices"][0]["text"] for e in events if e.startswith(b"data: {")) == expected
+    assert streamed_text(ts, {"prompt": "torque", "max_tokens": 4, "temperature": 0})
+
