@@ -33,7 +33,7 @@ from inputs import request_header
 from integrity import sha256_file
 from llm_async import EngineLoop
 from llm_engine import BatchEngine, GeneratorEngine
-from llm_settings import read_settings
+from llm_settings import is_true, read_settings
 from openai_api import (
     DONE,
     ApiError,
@@ -148,7 +148,7 @@ class LlmHandler:
         self._warm_up()
         # TorchServe's asynchronous worker (model-config.yaml asyncCommunication: true): the engine steps
         # on its own thread and streams answers while it runs (llm_async.py); else one step a call
-        self.loop = EngineLoop(self) if _flag(yaml_config.get("asyncCommunication")) else None
+        self.loop = EngineLoop(self) if is_true(yaml_config.get("asyncCommunication")) else None
         log.info("%s %s: loaded on %s, %s engine: %d streams x %d tokens (KV cache %.1f MB, %d bytes a token), "
                  "prefill chunk %d, queue %d%s (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
                  self.provider, self.engine.kind, streams, self.context_length, self.engine.cache_bytes / 1e6,
@@ -489,7 +489,4 @@ def handle(data: list[dict[str, Any]], context: Any) -> list[Any] | None:
         return _service.loop.generate(data, context)  # a coroutine: TorchServe's async worker awaits it
     return _service.handle(data, context)
 
-
-def _flag(value: Any) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes", "on")
 

@@ -43,10 +43,9 @@ def read_settings(given: dict[str, Any] | None) -> dict[str, Any]:
         if name not in DEFAULT_SETTINGS:
             problems.append(f"unknown setting {name!r}")
         elif isinstance(default, bool):
-            text = str(value).strip().lower()
-            if text not in _TRUE + _FALSE:
+            if str(value).strip().lower() not in _TRUE + _FALSE:
                 problems.append(f"{name} must be true or false, not {value!r}")
-            settings[name] = text in _TRUE
+            settings[name] = is_true(value)
         elif name == "engine":
             if value not in _ENGINES:
                 problems.append(f"engine must be one of {', '.join(_ENGINES)}, not {value!r}")
@@ -60,6 +59,11 @@ def read_settings(given: dict[str, Any] | None) -> dict[str, Any]:
     if problems:
         raise SettingsError(f"model-config.yaml handler: {'; '.join(problems)} (settings: {', '.join(DEFAULT_SETTINGS)})")
     return settings
+
+
+def is_true(value: Any) -> bool:
+    """A YAML boolean, or a quoted one ("true", "yes", "on", "1")."""
+    return str(value).strip().lower() in _TRUE
 
 
 def _number(value: Any, kind: type) -> float | int | None:
