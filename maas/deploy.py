@@ -13,6 +13,7 @@ from typing import Any
 from maas.client import ApiError, ServeError, TorchServeClient, api_path
 from maas.core.names import name_problem
 from maas.core.store import Archive, find_archive, workflow_archive
+from maas.worker_log import load_failure
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ def wait_for_workers(client: TorchServeClient, model: str, version: str, count: 
 
 def deploy(client: TorchServeClient, model_store: Path, model: str, version: str | None = None,
            workers: int = 1, batch_size: int | None = None, max_batch_delay_ms: int | None = None,
-           timeout: float = 180.0, load_retries: int = 2) -> dict[str, Any]:
-    """Register an archive from the model store by name, synchronously; returns its description."""
+           timeout: float = 180.0, load_retries: int = 2, log_dir: Path | None = None) -> dict[str, Any]:
+    """Register an archive from the model store by name, synchronously; returns its description.
+    With the server's `log_dir`, a model that cannot load fails with its worker's reason."""
     for value, what in ((model, "model name"), (version, "version")):
         problem = name_problem(value, what) if value is not None else None
         if problem:
@@ -57,7 +59,14 @@ def deploy(client: TorchServeClient, model_store: Path, model: str, version: str
             raise
         # Registered, but the first worker died while loading (a transient failure, or a
         # model that fails its checks): TorchServe leaves it at 0 workers. Try again.
-        _retry_workers(client, archive, workers, timeout, load_retries, err, params)
+        _retry_workers(client, archive, workers, timeout, load_retries, err, params, log_dir)
+    except ServeError:
+        # TorchServe's asynchronous worker (asyncCommunication) never reports a failed load: the
+        # registration waits out its startupTimeout. The worker log may say why.
+        reason = load_failure(log_dir, archive.model, archive.version) if log_dir is not None else None
+        if reason is None:
+            raise
+        _give_up(client, archive, f"workers failed to load: {reason}")
     # The archive's model-config.yaml (minWorkers/maxWorkers) wins over initial_workers: scale to the ask.
     if len(client.describe(archive.model, archive.version)[0].get("workers", [])) != workers:
         return scale(client, archive.model, workers, None, archive.version, timeout)
@@ -65,7 +74,7 @@ def deploy(client: TorchServeClient, model_store: Path, model: str, version: str
 
 
 def _retry_workers(client: TorchServeClient, archive: Archive, workers: int, timeout: float, attempts: int,
-                   first: ApiError, register_params: dict[str, Any]) -> None:
+                   first: ApiError, register_params: dict[str, Any], log_dir: Path | None = None) -> None:
     path = api_path("models", archive.model, archive.version)
     for attempt in range(1, attempts + 1):
         log.info("%s %s: workers failed to start (%s); retry %d/%d", archive.model, archive.version,
@@ -95,15 +104,21 @@ def _retry_workers(client: TorchServeClient, archive: Archive, workers: int, tim
             if "UNLOADING" in states:  # the worker died while loading again
                 break
             time.sleep(0.3)
-    # Stop TorchServe from restarting a worker that cannot load, over and over.
+    reason = load_failure(log_dir, archive.model, archive.version) if log_dir is not None else None
+    why = f": {reason}" if reason else " (see the worker log, model_log.log, e.g. an INTEGRITY line)"
+    _give_up(client, archive, f"workers failed to load {attempts + 1} times{why}")
+
+
+def _give_up(client: TorchServeClient, archive: Archive, what: str) -> None:
+    """Stop TorchServe from restarting a worker that cannot load, over and over; say what happened."""
     try:
-        client.management("PUT", path, params={"min_worker": 0, "max_worker": 0, "synchronous": "false"})
+        client.management("PUT", api_path("models", archive.model, archive.version),
+                          params={"min_worker": 0, "max_worker": 0, "synchronous": "false"})
     except ApiError as err:
         if err.status != 404:  # already dropped by TorchServe: nothing left to stop
             raise
-    raise ServeError(f"{archive.model} {archive.version}: workers failed to load {attempts + 1} times "
-                     f"(see the worker log, model_log.log, e.g. an INTEGRITY line); the model stays registered "
-                     f"with 0 workers: `maas undeploy {archive.model} --version {archive.version}`")
+    raise ServeError(f"{archive.model} {archive.version}: {what}; the model stays registered with 0 workers: "
+                     f"`maas undeploy {archive.model} --version {archive.version}`")
 
 
 def resolve_version(client: TorchServeClient, model: str, version: str | None) -> str:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 MODEL = "bench-llm"
 PEER = "bench-llm-peer"
 PEER_LABEL = "peer: transformers generate (stock handler, fp32)"
-LEVER_INT4_BLOCK = 32  # ONNX Runtime GenAI's own int4 block size: the block-size lever
+LEVER_INT4_BLOCKS = (128, 32)  # the int4 block-size lever: maas's CPU default is 256, the builder's own 32
 PARITY_PROMPTS = ("Machine M-1042 (type L):", "The spindle bearing", "Write a maintenance note for pump 7.")
 
 
@@ -98,35 +98,34 @@ def weight_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
 
 
-def stale(folder: Path, quantization: dict[str, int]) -> bool:
-    """Whether a kept archive was packaged with other handler files, settings or quantization than these."""
+def stale(folder: Path, quantizations: list[dict[str, int]]) -> bool:
+    """Whether a kept archive was packaged with other handler files, settings or a quantization not among these."""
     from maas.export.archive import HANDLERS_DIR
     from maas.handlers.llm_settings import DEFAULT_SETTINGS
 
     config = yaml.safe_load((folder / "model-config.yaml").read_text())
     manifest = json.loads((folder / "manifest.json").read_text())
-    return config.get("handler") != DEFAULT_SETTINGS or manifest.get("quantization", {}) != quantization or any(
+    return config.get("handler") != DEFAULT_SETTINGS or manifest.get("quantization", {}) not in quantizations or any(
         (HANDLERS_DIR / p.name).read_bytes() != p.read_bytes() for p in folder.glob("*.py") if (HANDLERS_DIR / p.name).is_file())
 
 
 def build_specs(plan: LlmPlan) -> list[tuple[str, str, int | None]]:
     """(key, precision, int4 block size) of every build: the precisions asked, and with the levers
-    int4 at the builder's own block size (maas's CPU default is larger: export/llm_build.py)."""
+    int4 at smaller blocks than maas's CPU default (export/llm_build.py INT4_BLOCK_ORDER)."""
     specs: list[tuple[str, str, int | None]] = [(p, p, None) for p in plan.precisions]
     if plan.levers and "int4" in plan.precisions:
-        specs.append((f"int4, blocks of {LEVER_INT4_BLOCK}", "int4", LEVER_INT4_BLOCK))
+        specs += [(f"int4, blocks of {block}", "int4", block) for block in LEVER_INT4_BLOCKS]
     return specs
 
 
 def build(plan: LlmPlan, store: Path, work: Path) -> dict[str, Any]:
-    from maas.export.llm_build import LlmOptions, package_llm, quantization
+    from maas.export.llm_build import LlmOptions, package_llm, quantization_choices
 
     builds = {}
     for key, precision, block in build_specs(plan):
         version = f"1.0-{precision}" + (f"-b{block}" if block else "")
         folder = store / f"{MODEL}-{version}"
-        quant = quantization(precision, "cpu", block)
-        if not (folder / "manifest.json").is_file() or stale(folder, quant):
+        if not (folder / "manifest.json").is_file() or stale(folder, quantization_choices(precision, "cpu", block)):
             log.info("bench: packaging %s at %s ...", plan.source, key)
             package_llm(LlmOptions(plan.source, MODEL, version, precision, "cpu", max_kl=plan.max_kl,
                                    int4_block_size=block), work, store)
@@ -343,11 +342,11 @@ def served_rows(ts: Any, store: Path, config: dict[str, Any], plan: LlmPlan, rep
 
     model, version, rows = config.get("model", MODEL), config["version"], []
     started = time.perf_counter()
-    deploy(ts.client, store, model, version, timeout=900)
+    deploy(ts.client, store, model, version, timeout=900, log_dir=ts.layout.log_dir)
     config["register_to_ready_s"] = round(time.perf_counter() - started, 1)
     try:
         if model == PEER:  # ours at fp32 beside it, for the check only
-            deploy(ts.client, store, MODEL, version, timeout=900)
+            deploy(ts.client, store, MODEL, version, timeout=900, log_dir=ts.layout.log_dir)
             try:
                 config["parity"] = peer_parity(ts, version)
             finally:

@@ -31,8 +31,9 @@ def deploy(project: Project, model: str, version: str | None, workers: int, batc
         click.echo(f"deployed workflow {model} in {time.monotonic() - started:.1f} s: "
                    f"POST /wfpredict/{model}\n{json.dumps(described, indent=2)}")
         return
-    desc = deploy_ops.deploy(project.server().client, project.model_store, model, version, workers,
-                             batch_size, max_batch_delay, timeout)
+    server = project.server()
+    desc = deploy_ops.deploy(server.client, project.model_store, model, version, workers,
+                             batch_size, max_batch_delay, timeout, log_dir=server.layout.log_dir)
     click.echo(f"deployed {desc['modelName']} {desc['modelVersion']} in {time.monotonic() - started:.1f} s")
     click.echo(format_rows(status_rows(project.server().client, model)))
 
