@@ -107,25 +107,22 @@ def test_grpc_answers_whole_and_its_refusals_as_over_http(llm_async) -> None:
 
 def test_a_version_with_mistaken_settings_fails_to_deploy_naming_them(llm_async) -> None:
     """A typo in model-config.yaml's handler: block is refused when the worker loads, and `maas
-    deploy` quotes the worker's one-line reason (read from model_log.log), not a bare failure: in
-    the default mode after TorchServe's retries (the good version serves on), in the asynchronous one
-    (whose frontend never reports a failed load) when the registration times out. Last in this module:
-    TorchServe 0.12 can leave a model's other versions unanswered after that (docs/how-to/language-models.md)."""
+    deploy` quotes the worker's one-line reason (read from model_log.log) after TorchServe's retries,
+    not a bare failure; the good version serves on. (In the asynchronous mode TorchServe never
+    reports a failed load: tests/unit/test_deploy_retry.py, docs/how-to/language-models.md.)"""
     import json
 
     ts, folder = llm_async
-    for version, mode in (("1.0-bad", {"asyncCommunication": False, "continuousBatching": True}),
-                          ("1.0-bad-async", {})):
-        bad = folder.parent / f"{LLM}-{version}"
-        shutil.copytree(folder, bad)
-        manifest = json.loads((bad / "MAR-INF" / "MANIFEST.json").read_text())
-        manifest["model"]["modelVersion"] = version
-        (bad / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
-        config = yaml.safe_load((bad / "model-config.yaml").read_text())
-        config.update(mode, handler={**config.get("handler", {}), "max_stream": 4, "prefill_chunk_tokens": "lots"})
-        (bad / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        with pytest.raises(d.ServeError, match=r"workers failed to load.*: llm_settings.SettingsError: .*"
-                                               r"prefill_chunk_tokens must be an integer.*unknown setting 'max_stream'"):
-            d.deploy(ts.client, ts.layout.model_store, LLM, version, timeout=20, log_dir=ts.layout.log_dir)
-        if mode:
-            assert streamed_text(ts, {"prompt": "torque", "max_tokens": 4, "temperature": 0})  # 1.0 serves on
+    bad = folder.parent / f"{LLM}-bad"
+    shutil.copytree(folder, bad)
+    manifest = json.loads((bad / "MAR-INF" / "MANIFEST.json").read_text())
+    manifest["model"]["modelVersion"] = "1.0-bad"
+    (bad / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
+    config = yaml.safe_load((bad / "model-config.yaml").read_text())
+    config.update(asyncCommunication=False, continuousBatching=True,
+                  handler={**config.get("handler", {}), "max_stream": 4, "prefill_chunk_tokens": "lots"})
+    (bad / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(d.ServeError, match=r"workers failed to load 3 times: llm_settings.SettingsError: .*"
+                                           r"prefill_chunk_tokens must be an integer.*unknown setting 'max_stream'"):
+        d.deploy(ts.client, ts.layout.model_store, LLM, "1.0-bad", timeout=60, log_dir=ts.layout.log_dir)
+    assert streamed_text(ts, {"prompt": "torque", "max_tokens": 4, "temperature": 0})  # 1.0 serves on
