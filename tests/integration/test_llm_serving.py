@@ -129,7 +129,8 @@ def test_raw_stream_is_server_sent_events_ending_in_done(llm_served) -> None:
         events = [line for line in resp.iter_lines() if line]
     assert events[-1] == b"data: [DONE]"
     assert all(e.startswith(b"data: ") for e in events)
-    assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "length"
+    # sampled (no seed): 6 tokens, or fewer when the random model samples its end token (CI saw it once)
+    assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] in ("length", "stop")
 
 
 def test_seeded_sampling_is_reproducible_and_stop_sequences_cut(llm_served) -> None:
