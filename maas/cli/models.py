@@ -35,7 +35,7 @@ def deploy(project: Project, model: str, version: str | None, workers: int, batc
     desc = deploy_ops.deploy(server.client, project.model_store, model, version, workers,
                              batch_size, max_batch_delay, timeout, log_dir=server.layout.log_dir)
     click.echo(f"deployed {desc['modelName']} {desc['modelVersion']} in {time.monotonic() - started:.1f} s")
-    click.echo(format_rows(status_rows(project.server().client, model)))
+    click.echo(format_rows(status_rows(server.client, model)))
 
 
 @click.command()
