@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from maas import deploy, loadtest, smoke
-from maas.client import ApiError, TorchServeClient
+from maas.client import ApiError, ServeError, TorchServeClient
 from maas.core.clock import now_iso
 from maas.gate import figures
 from maas.records import write_record
@@ -65,8 +65,10 @@ def regressions(candidate: dict[str, Any], baseline: dict[str, Any], tolerance: 
 def release(client: TorchServeClient, endpoints_inference: str, key_file: Path | None, model_store: Path,
             reports_dir: Path, model: str, candidate: str, slo: SLO, workers: int = 0,
             fresh_baseline: bool = False,
-            worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None) -> dict[str, Any]:
-    """Run the gate; returns the decision record (also written to release.json)."""
+            worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None,
+            log_dir: Path | None = None) -> dict[str, Any]:
+    """Run the gate; returns the decision record (also written to release.json). With the server's
+    `log_dir`, a candidate that cannot load is refused with its worker's reason."""
     started = time.monotonic()
     record: dict[str, Any] = {"model": model, "candidate": candidate, "slo": asdict(slo),
                               "started": now_iso()}
@@ -82,9 +84,13 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
     else:
         if not registered:
             log.info("release: deploying %s %s beside the default %s", model, candidate, default)
-            deploy.deploy(client, model_store, model, candidate)
-            deployed_here = True
-        reasons += [f"smoke: {p}" for p in smoke.run_cases(client, model, candidate, model_store)]
+            try:
+                deploy.deploy(client, model_store, model, candidate, log_dir=log_dir)
+                deployed_here = True
+            except ServeError as err:  # it never served: the default was never at risk
+                reasons.append(f"deploy: {err}")
+        if not reasons:
+            reasons += [f"smoke: {p}" for p in smoke.run_cases(client, model, candidate, model_store)]
 
     run = lambda version, label: loadtest.run(  # noqa: E731
         loadtest.LoadTest(model, slo, version, workers, label, model_store=model_store), endpoints_inference,

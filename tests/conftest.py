@@ -195,16 +195,18 @@ def package_variant(built: Built, store: Path, work: Path, archive_name: str, re
     return package(build, spec, store, version, archive_name, handlers_dir=handlers)
 
 
-def tamper(src: Path, dst: Path, model_name: str | None = None) -> None:
-    """A copy of an archive whose model bytes changed after packaging (optionally registered as `model_name`)."""
+def tamper(src: Path, dst: Path, model_name: str | None = None, version: str | None = None) -> None:
+    """A copy of an archive whose model bytes changed after packaging (optionally registered as
+    `model_name`, or as `version`)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
         for item in zin.infolist():
             data = zin.read(item.filename)
             if item.filename == "model.onnx":
                 data = data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]
-            if item.filename == "MAR-INF/MANIFEST.json" and model_name:
+            if item.filename == "MAR-INF/MANIFEST.json" and (model_name or version):
                 manifest = json.loads(data)
-                manifest["model"]["modelName"] = model_name
+                manifest["model"]["modelName"] = model_name or manifest["model"]["modelName"]
+                manifest["model"]["modelVersion"] = version or manifest["model"]["modelVersion"]
                 data = json.dumps(manifest).encode()
             zout.writestr(item, data)
 

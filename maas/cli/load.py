@@ -96,7 +96,7 @@ def release(project: Project, model: str, candidate: str, fresh_baseline: bool, 
     server = _server(project, 3 * (slo.warmup_s + slo.run_time_s) + 120)
     record = gate(server.client, server.endpoints.inference, server.client.key_file, project.model_store,
                   project.reports_dir, model, candidate, slo, locust_workers, fresh_baseline,
-                  worker_restarts=server.worker_restarts)
+                  worker_restarts=server.worker_restarts, log_dir=server.layout.log_dir)
     if record["promoted"]:
         click.echo(f"released {model} {candidate}: now the default (was {record['previous_default']}); "
                    f"{record['wall_time_s']} s")

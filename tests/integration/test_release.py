@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import bare_server, package_variant
+from conftest import bare_server, package_variant, tamper
 
 FAST_SLO = """
 users: 4
@@ -29,13 +29,15 @@ regression:
 
 @pytest.fixture(scope="module")
 def release_server(tmp_path_factory: pytest.TempPathFactory, maintenance_built, maintenance_v2):
-    """Store: maintenance 1.0, 2.0 (another training) and 3.0 whose handler answers wrongly."""
+    """Store: maintenance 1.0, 2.0 (another training), 3.0 whose handler answers wrongly and 4.0 whose
+    model bytes changed after packaging (its workers refuse to load it)."""
     store = tmp_path_factory.mktemp("release_store")
     shutil.copy(maintenance_built.mar, store / "maintenance.mar")
     shutil.copy(maintenance_v2.mar, store / "maintenance-2.0.mar")
     package_variant(maintenance_built, store, tmp_path_factory.mktemp("bad"), "maintenance-3.0",
                     lambda src: src.replace('"failure": bool(p >= threshold)', '"failure": bool(p < threshold)'),
                     version="3.0")
+    tamper(maintenance_built.mar, store / "maintenance-4.0.mar", version="4.0")
     ts = bare_server(tmp_path_factory, store)
     ts.client.management("POST", "/models", params={"url": "maintenance.mar", "synchronous": "true"})
     yield ts
@@ -67,6 +69,20 @@ def test_wrong_answers_are_not_promoted_and_the_old_default_keeps_serving(releas
     (record,) = tmp_path.glob("*-maintenance-release/release.json")
     decision = json.loads(record.read_text())
     assert decision["promoted"] is False and decision["default_now"] == "1.0" and decision["reasons"]
+
+
+def test_a_candidate_that_cannot_load_is_refused_with_its_workers_reason(release_server, tmp_path: Path) -> None:
+    before = default_version(release_server)
+    slo = tmp_path / "slo.yaml"
+    slo.write_text(FAST_SLO)
+    out = maas(release_server, "release", "maintenance", "--candidate", "4.0", "--slo", str(slo), reports=tmp_path)
+    assert out.returncode == 1 and "NOT released" in out.stdout, out.stdout + out.stderr
+    assert "deploy: maintenance 4.0: workers failed to load" in out.stdout and "sha256" in out.stdout
+    assert default_version(release_server) == before
+    (record,) = tmp_path.glob("*-maintenance-release/release.json")
+    decision = json.loads(record.read_text())
+    assert decision["promoted"] is False and "candidate_summary" not in decision  # no load test was run
+    release_server.client.management("DELETE", "/models/maintenance/4.0")
 
 
 def test_impossible_slo_keeps_the_candidate_out(release_server, tmp_path: Path) -> None:
