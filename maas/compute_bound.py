@@ -66,3 +66,41 @@ def gemm_peak_gmacs(kind: str, threads: int, m: int = 512, k: int = 2048, n: int
         session.run(None, {"a": a})
         best = min(best, time.perf_counter() - started)
     return round(m * k * n / best / 1e9, 1)
+
+
+def int4_kernel_gmacs(threads: int, rows: tuple[int, ...] = (1, 8), block: int = 256, k: int = 1536, n: int = 4096,
+                      layers: int = 24, rounds: int = 7) -> dict[int, float]:
+    """The best GMAC/s of ONNX Runtime's int4 kernel (MatMulNBits, accuracy level 4: int8 arithmetic)
+    at each count of `rows`, what a decode step of that many streams runs. `layers` products of
+    [rows, k] x [k, n] in one run, so the weights (75 MB by default) come from memory, not cache.
+    One row is bound by bandwidth; several rows by this kernel's arithmetic, which at a few rows
+    stays far below the GEMM's best (gemm_peak_gmacs) measured on a large product."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    blocks, nodes, weights = -(-k // block), [], []
+    for i in range(layers):
+        weights += [numpy_helper.from_array(rng.integers(0, 255, (n, blocks, block // 2), dtype=np.uint8), f"w{i}"),
+                    numpy_helper.from_array((rng.random(n * blocks) * 0.01 + 0.001).astype(np.float32), f"s{i}")]
+        nodes.append(helper.make_node("MatMulNBits", ["x", f"w{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft",
+                                      K=k, N=n, bits=4, block_size=block, accuracy_level=4))
+    nodes.append(helper.make_node("Sum", [f"y{i}" for i in range(layers)], ["y"]))
+    graph = helper.make_graph(nodes, "int4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rates = {}
+    for m in rows:
+        x = rng.standard_normal((m, k), dtype=np.float32)
+        session.run(None, {"x": x})
+        best = math.inf
+        for _ in range(rounds):
+            started = time.perf_counter()
+            session.run(None, {"x": x})
+            best = min(best, time.perf_counter() - started)
+        rates[m] = round(m * k * n * layers / best / 1e9, 1)
+    return rates

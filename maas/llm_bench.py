@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from maas.bench import bench_server, machine_info, worker_rss_mb
-from maas.compute_bound import gemm_peak_gmacs, macs_per_token
+from maas.compute_bound import gemm_peak_gmacs, int4_kernel_gmacs, macs_per_token
 from maas.core.machine import cores
 from maas.export.llm_build import ASYNC_SERVING
 from maas.loadtest import LoadTest
@@ -60,6 +60,7 @@ class LlmResult:
     plan: dict[str, Any]
     bandwidth_gbs: float = 0.0
     gemm_peak_gmacs: dict[str, float] = field(default_factory=dict)  # ONNX Runtime's own GEMMs: int8, fp32
+    int4_kernel_gmacs: dict[int, float] = field(default_factory=dict)  # its int4 kernel, by rows (1, 8)
     builds: dict[str, Any] = field(default_factory=dict)
     configs: list[dict[str, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -420,8 +421,10 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
                                                      "llama_cpp": str(plan.llama_cpp or "")})
     result.bandwidth_gbs = memory_bandwidth_gbs()
     result.gemm_peak_gmacs = {kind: gemm_peak_gmacs(kind, cores()) for kind in ("int8", "fp32")}
-    log.info("bench: memory read bandwidth %.1f GB/s, GEMM GMAC/s %s (measured again at the end; the higher is "
-             "the bound)", result.bandwidth_gbs, result.gemm_peak_gmacs)
+    result.int4_kernel_gmacs = int4_kernel_gmacs(cores())
+    log.info("bench: memory read bandwidth %.1f GB/s, GEMM GMAC/s %s, int4 kernel GMAC/s by rows %s (measured "
+             "again at the end; the higher is the bound)", result.bandwidth_gbs, result.gemm_peak_gmacs,
+             result.int4_kernel_gmacs)
     result.builds = build(plan, store, work)
     peer = build_peer(plan, store, work) if plan.peer and "fp32" in result.builds else None
     for precision, b in result.builds.items():
@@ -451,6 +454,8 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
         llama_cpp_rows(plan, result, store, work, reports)
     result.bandwidth_gbs = max(result.bandwidth_gbs, memory_bandwidth_gbs())
     result.gemm_peak_gmacs = {kind: max(peak, gemm_peak_gmacs(kind, cores())) for kind, peak in result.gemm_peak_gmacs.items()}
+    result.int4_kernel_gmacs = {rows: max(rate, result.int4_kernel_gmacs.get(rows, 0.0))
+                                for rows, rate in int4_kernel_gmacs(cores()).items()}
     write_outputs(result, out_dir)
     return result
 
@@ -462,10 +467,19 @@ def bound_tokens_per_s(result: LlmResult, precision: str) -> float:
 
 def arithmetic_bound_tokens_per_s(result: LlmResult, key: str) -> float | None:
     """Tokens/s all streams together could reach if the weight products ran at the GEMM's best:
-    int4 and int8 builds compute in int8, fp32 in fp32."""
+    int4 and int8 builds compute in int8, fp32 in fp32. An int4 build's products run on the int4
+    kernel, whose rate at 8 rows (8 streams) is the bound where it was measured."""
     kind = "fp32" if key.startswith("fp32") else "int8"
     peak, macs = result.gemm_peak_gmacs.get(kind), result.builds[key].get("macs_per_token")
+    if key.startswith("int4"):
+        peak = int4_rate(result, 8) or peak
     return peak * 1e9 / macs if peak and macs else None
+
+
+def int4_rate(result: LlmResult, rows: int) -> float | None:
+    """The int4 kernel's GMAC/s at `rows` (results.json keeps the rows as text)."""
+    rates = {int(r): rate for r, rate in (result.int4_kernel_gmacs or {}).items()}
+    return rates.get(rows)
 
 
 def write_outputs(result: LlmResult, out_dir: Path) -> None:
@@ -501,6 +515,15 @@ def _bounds_lines(result: LlmResult) -> list[str]:
     return lines
 
 
+def _int4_kernel_sentence(result: LlmResult) -> str:
+    one, eight = int4_rate(result, 1), int4_rate(result, 8)
+    if not (one and eight):
+        return ""
+    return (f" Its int4 kernel (MatMulNBits, int8 arithmetic) on 75 MB of weights: {one:g} GMAC/s at 1 row, "
+            f"{eight:g} at 8 rows; 8 streams' products run at that rate, not at the GEMM's best, so it is an int4 "
+            "build's arithmetic bound below.")
+
+
 def report(result: LlmResult) -> str:
     m = result.machine
     lines = [f"# Language model serving: {Path(result.plan['source']).name}", "",
@@ -512,7 +535,7 @@ def report(result: LlmResult) -> str:
              f"{result.plan['warmup_s']} s warm-up + {result.plan['run_time_s']} s measured per row. "
              f"ONNX Runtime's own GEMMs on these cores, the best of start and end: "
              f"int8 {result.gemm_peak_gmacs.get('int8', 0):g}, fp32 {result.gemm_peak_gmacs.get('fp32', 0):g} GMAC/s: "
-             "the arithmetic bound of many streams (int4 computes in int8).", "",
+             "the arithmetic bound of many streams (int4 computes in int8)." + _int4_kernel_sentence(result), "",
              "| precision | weights read per token | bandwidth bound | single stream | of the bound | arithmetic bound "
              "| most tokens/s served | of it | parity / cost |",
              "|---|---|---|---|---|---|---|---|---|"]

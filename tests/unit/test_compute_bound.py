@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save
 
-from maas.compute_bound import gemm_peak_gmacs, macs_per_token
+from maas.compute_bound import gemm_peak_gmacs, int4_kernel_gmacs, macs_per_token
 
 
 def test_macs_per_token_counts_weight_products_not_activations(tmp_path: Path) -> None:
@@ -29,3 +29,8 @@ def test_gemm_peak_is_measured(kind: str) -> None:
 def test_gemm_kinds_are_named() -> None:
     with pytest.raises(ValueError, match="int8 or fp32"):
         gemm_peak_gmacs("int4", 1)
+
+
+def test_the_int4_kernel_is_measured_at_each_row_count() -> None:
+    rates = int4_kernel_gmacs(1, rows=(1, 4), k=256, n=256, layers=2, rounds=2)
+    assert set(rates) == {1, 4} and min(rates.values()) > 0.01

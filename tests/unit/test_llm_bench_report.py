@@ -33,11 +33,15 @@ def test_the_report_puts_single_stream_against_the_bandwidth_bound(tmp_path: Pat
         step_costs={"int4": {"decode_ms": {1: 10.0, 8: 25.0}, "prefill_chunk_tokens": 16, "prefill_chunk_ms": 40.0}})
     assert bound_tokens_per_s(result, "int4") == 50.0
     assert arithmetic_bound_tokens_per_s(result, "int4") == 200.0  # int4 computes in int8
+    result.int4_kernel_gmacs = {"1": 30.0, "8": 60.0}  # as results.json keeps them: its 8-row rate is the bound
+    assert arithmetic_bound_tokens_per_s(result, "int4") == 120.0
+    result.int4_kernel_gmacs = {1: 30.0, 8: 100.0}
     write_outputs(result, tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert ("| int4 | 400 MB | 50.0 tokens/s | 35.0 tokens/s | 70% | 200 tokens/s | 120.0 (4 streams) | 60% "
             "| KL 0.05 |") in report
     assert "| maas int4 | 4 | 120.0 | 35.0 | 10 / 20 / 30 | 10 / 20 / 30 | 10 / 20 / 30 | 10 | 0 |" in report
+    assert "30 GMAC/s at 1 row, 100 at 8 rows" in report
     assert "0 of 8 sequences differ" in report
     assert "| int4 | 10 / 25 | 2.50 | 40 (16 tokens) |" in report
     assert (tmp_path / "llm.png").stat().st_size > 10_000 and (tmp_path / "results.json").is_file()
