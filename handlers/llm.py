@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ class LlmHandler:
         self.provider = "CPUExecutionProvider"  # named as ONNX Runtime names it, like the other handlers
         self.loop: EngineLoop | None = None
         self.window = StepWindow()  # inter-token gaps and step gauges: emitted once a second, not once a token
+        self.ahead_pool: ThreadPoolExecutor | None = None  # overlap_decode: the next step's decode, started early
+        self.ahead: Future | None = None
 
     # ---- start ---------------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -149,6 +152,8 @@ class LlmHandler:
         # TorchServe's asynchronous worker (model-config.yaml asyncCommunication: true): the engine steps
         # on its own thread and streams answers while it runs (llm_async.py); else one step a call
         self.loop = EngineLoop(self) if is_true(yaml_config.get("asyncCommunication")) else None
+        if settings["overlap_decode"] and self.loop is None and self.engine.kind == "batch":
+            self.ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="maas-decode-ahead")
         log.info("%s %s: loaded on %s, %s engine: %d streams x %d tokens (KV cache %.1f MB, %d bytes a token), "
                  "prefill chunk %d, queue %d%s (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
                  self.provider, self.engine.kind, streams, self.context_length, self.engine.cache_bytes / 1e6,
@@ -164,6 +169,7 @@ class LlmHandler:
 
     # ---- one step ------------------------------------------------------------------------
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        ahead = self._decoded_ahead()  # first: nothing else touches the engine while it decodes
         ids = {idx: str(rid) for idx, rid in (context.request_ids or {}).items()}
         live = set(ids.values())
         for rid in [r for r in self.streams if r not in live]:  # its client went away
@@ -195,7 +201,7 @@ class LlmHandler:
                 if stream is not None and not stream.http:  # see _over_http: one gRPC answer, whole
                     answers[idx] = self.generate_alone(context, idx, stream)
                     finished[idx] = True
-        self.decode_step(context)
+        self.decode_step(context, ahead)
         self.prefill_step(context)
         for rid, stream in list(self.streams.items()) + [(s.request_id, s) for s in self.ended]:
             idx = index[rid]
@@ -208,15 +214,40 @@ class LlmHandler:
         self.ended.clear()
         self.step_metrics(context)
         context.stopping_criteria = [(lambda _answer, done=done: done) for done in finished]
+        self._decode_ahead()
         return answers
 
-    def decode_step(self, context: Any) -> None:
-        """One token for every running stream, in one run of the model."""
+    def _decode_ahead(self) -> None:
+        """Start the next step's decode now, on a thread of its own, so that it runs while this step's
+        answers travel to the frontend and the next step comes back (a round trip of 2.5-5 ms on 2
+        cores, against a 13-17 ms step): its inputs, every running stream's last token, are known
+        now, and nothing a step brings changes them: new requests join the batch only after the
+        decode, and a stream whose client left is dropped with its extra token unused."""
+        if self.ahead_pool is not None and self.engine.key_at:
+            tokens = {key: self.streams[key].last_token for key in self.engine.key_at}
+            self.ahead = self.ahead_pool.submit(self.engine.decode, tokens)
+
+    def _decoded_ahead(self) -> dict[str, Any] | Exception | None:
+        """The logits the decode started at the end of the last step gives (waiting for it), or its error."""
+        if self.ahead is None:
+            return None
+        future, self.ahead = self.ahead, None
+        try:
+            return future.result()
+        except Exception as exc:  # noqa: BLE001 (decode_step logs it and fails the streams it was for)
+            return exc
+
+    def decode_step(self, context: Any, ahead: dict[str, Any] | Exception | None = None) -> None:
+        """One token for every running stream, in one run of the model (or the run `ahead` already made)."""
         running = [self.streams[key] for key in self.engine.key_at]  # the engine's rows, in order
         if not running:
             return
         try:
-            logits = self.engine.decode({s.request_id: s.last_token for s in running})
+            if isinstance(ahead, Exception):
+                raise ahead
+            if ahead is not None and any(s.request_id not in ahead for s in running):
+                raise RuntimeError("a running stream missed the decode made ahead")  # never: only drops come between
+            logits = ahead if ahead is not None else self.engine.decode({s.request_id: s.last_token for s in running})
         except Exception:
             log.exception("decoding step failed; its %d streams end with an error", len(running))
             for stream in running:

@@ -34,6 +34,7 @@ def test_batched_streams_get_what_one_generator_each_gives(llm_archive: Path) ->
     reference = texts(llm_archive, mixed_calls(), engine="generator")
     assert all(reference)
     assert texts(llm_archive, mixed_calls()) == reference
+    assert texts(llm_archive, mixed_calls(), overlap_decode=False) == reference  # each step's decode in its step
     assert texts(llm_archive, mixed_calls(stagger=0), max_streams=3) == reference
     assert texts(llm_archive, mixed_calls(stagger=1), prefill_chunk_tokens=2, max_streams=5) == reference
 
