@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,6 @@ def macs_per_token(folder: Path) -> int:
 def gemm_peak_gmacs(kind: str, threads: int, m: int = 512, k: int = 2048, n: int = 4096, rounds: int = 7) -> float:
     """The best GMAC/s of ONNX Runtime's `kind` GEMM ("int8": uint8 x int8 MatMulInteger; "fp32":
     MatMul) on an [m, k] x [k, n] product, with `threads` threads."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -56,16 +56,26 @@ def gemm_peak_gmacs(kind: str, threads: int, m: int = 512, k: int = 2048, n: int
     graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("a", a_type, [m, k])],
                               [helper.make_tensor_value_info("y", y_type, [m, n])], [numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    return round(m * k * n / _best_seconds(_session(model, threads), {"a": a}, rounds) / 1e9, 1)
+
+
+def _session(model: Any, threads: int) -> Any:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    session.run(None, {"a": a})
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _best_seconds(session: Any, feeds: dict[str, np.ndarray], rounds: int) -> float:
+    """The fastest of `rounds` runs, after one to warm up."""
+    session.run(None, feeds)
     best = math.inf
     for _ in range(rounds):
         started = time.perf_counter()
-        session.run(None, {"a": a})
+        session.run(None, feeds)
         best = min(best, time.perf_counter() - started)
-    return round(m * k * n / best / 1e9, 1)
+    return best
 
 
 def int4_kernel_gmacs(threads: int, rows: tuple[int, ...] = (1, 8), block: int = 256, k: int = 1536, n: int = 4096,
@@ -75,7 +85,6 @@ def int4_kernel_gmacs(threads: int, rows: tuple[int, ...] = (1, 8), block: int =
     [rows, k] x [k, n] in one run, so the weights (75 MB by default) come from memory, not cache.
     One row is bound by bandwidth; several rows by this kernel's arithmetic, which at a few rows
     stays far below the GEMM's best (gemm_peak_gmacs) measured on a large product."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -90,17 +99,6 @@ def int4_kernel_gmacs(threads: int, rows: tuple[int, ...] = (1, 8), block: int =
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
                               ir_version=9)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    rates = {}
-    for m in rows:
-        x = rng.standard_normal((m, k), dtype=np.float32)
-        session.run(None, {"x": x})
-        best = math.inf
-        for _ in range(rounds):
-            started = time.perf_counter()
-            session.run(None, {"x": x})
-            best = min(best, time.perf_counter() - started)
-        rates[m] = round(m * k * n * layers / best / 1e9, 1)
-    return rates
+    session = _session(model, threads)
+    return {m: round(m * k * n * layers / _best_seconds(session, {"x": rng.standard_normal((m, k), dtype=np.float32)},
+                                                         rounds) / 1e9, 1) for m in rows}
