@@ -14,9 +14,7 @@ setup: $(STAMP) java  ## create/refresh .venv with the pinned dependencies, and 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# --no-compile: byte-compiling every file of torch and onnxruntime up front costs ~45 s on 2 cores;
-	# Python compiles what is imported on first use instead
-	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
