@@ -398,6 +398,8 @@ def test_clients_that_hang_up_are_stopped_and_their_memory_freed(llm_served) -> 
     assert left >= 45, f"only {left} of 50 abandoned generations were stopped"
     assert rss_after - rss_before < 30e6
     assert worker_pid(ts) == pid
+    ts_log = (ts.layout.log_dir / "ts_log.log").read_text()  # hundreds of steps ran, and no line each
+    assert "Backend received inference" not in log_text and "Backend response time" not in ts_log
 
 
 def test_a_load_test_streams_and_gates_on_time_to_first_token(llm_served, tmp_path: Path) -> None:

@@ -22,8 +22,12 @@ def test_the_packaged_configuration_writes_each_line_once_and_skips_per_request_
     assert found["ACCESS_LOG"].get("level") == "info"  # the audit trail stays: one line per request
     for per_request in ("org.pytorch.serve.wlm.BatchAggregator", "org.pytorch.serve.wlm.WorkerLifeCycle"):
         assert found[per_request].get("level") == "warn"
-    # WorkerThread's "Retry worker" (INFO) is what maas.worker_log counts: it must not be silenced
+    # WorkerThread's "Retry worker" (INFO) is what maas.worker_log counts: it must not be silenced,
+    # only its lines per generation step are filtered out
     assert "org.pytorch.serve.wlm.WorkerThread" not in found
+    dropped = found["org.pytorch.serve"].find("RegexFilter").get("regex")
+    assert "Backend response time" in dropped and "Retry worker" not in dropped
+    assert "Backend received inference" in found["MODEL_LOG"].find("RegexFilter").get("regex")
 
 
 def test_a_log4j2_xml_beside_the_config_wins(tmp_path: Path) -> None:
