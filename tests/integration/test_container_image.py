@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -155,6 +156,13 @@ class Container:
                     found.add(conn.laddr.ip.removeprefix("::ffff:"))  # Java binds IPv4-mapped IPv6
         return found
 
+    def stop(self) -> tuple[float, int]:
+        """`docker stop` with Kubernetes' default grace period: (seconds it took, the exit code)."""
+        started = time.monotonic()
+        docker(self.env, "stop", "-t", "30", self.name)
+        took = time.monotonic() - started
+        return took, int(docker(self.env, "inspect", "-f", "{{.State.ExitCode}}", self.name).stdout)
+
     def __enter__(self) -> "Container":
         return self
 
@@ -199,7 +207,10 @@ def test_container_answers_as_the_host_does(model: str, image, trees: dict[str, 
         finally:
             if model == "magika":
                 host_ts.stop()
-        log.info("%s: container ready in %.1f s", model, box.ready_s)
+        # SIGTERM reaches TorchServe (deploy/docker/entrypoint.py), so no grace period is waited out
+        stop_s, code = box.stop()
+        log.info("%s: container ready in %.1f s, stopped in %.1f s", model, box.ready_s, stop_s)
+        assert stop_s < 10 and code == 128 + signal.SIGTERM, (stop_s, code)
 
 
 
