@@ -53,7 +53,7 @@ class ImagePlan:
     def recipe(self) -> str:
         """A hash of everything the image is made from: same hash, same image."""
         digest = hashlib.sha256(repr(self).encode())
-        for name in ("Dockerfile", "requirements.txt", "healthcheck.py", "entrypoint.py", "base.sh"):
+        for name in ("Dockerfile", "requirements.txt", "healthcheck.py", "entrypoint.py", "log4j2.xml", "base.sh"):
             digest.update((DOCKER_DIR / name).read_bytes())
         return digest.hexdigest()[:16]
 

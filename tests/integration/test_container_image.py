@@ -207,6 +207,11 @@ def test_container_answers_as_the_host_does(model: str, image, trees: dict[str, 
         finally:
             if model == "magika":
                 host_ts.stop()
+        # The image's log4j2.xml: the console (docker logs) has each access line once, no per-batch line, no file
+        console = docker(box.env, "logs", box.name).stdout
+        assert console.count(f'"POST /predictions/{model} HTTP/1.1" 200') == len(served), console[-3000:]
+        assert "Backend response time" not in console and "[DEBUG]" not in console
+        assert not (box.scratch / "logs" / "ts_log.log").exists()
         # SIGTERM reaches TorchServe (deploy/docker/entrypoint.py), so no grace period is waited out
         stop_s, code = box.stop()
         log.info("%s: container ready in %.1f s, stopped in %.1f s", model, box.ready_s, stop_s)
