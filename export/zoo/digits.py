@@ -130,6 +130,16 @@ def variant_report(fp32: Path, variant: Path, engine: dict[str, Any] | None = No
 
 
 def _arrays() -> tuple[np.ndarray, np.ndarray]:
+    """load_digits()'s images and labels. Read from the file scikit-learn ships when it is where
+    load_digits reads it: importing sklearn.datasets costs 1.5 s, and every Locust process that
+    loads digits pays it before its first request."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    shipped = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if shipped is not None and shipped.is_file():
+        rows = np.loadtxt(shipped, delimiter=",")
+        return rows[:, :-1].reshape(-1, 1, 8, 8).astype(np.float32), rows[:, -1].astype(int)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
