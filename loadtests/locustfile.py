@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import gevent
+import locust.stats
 import orjson
 from locust import FastHttpUser, User, events, task
 from locust.runners import WorkerRunner
@@ -28,6 +29,10 @@ from maas.grpc_client import (  # grpc itself is imported on first use
     refused,
 )
 from maas.loadtests import payloads
+
+# The history CSV reaches the disk each second, not each 5 s: maas prints progress from it while a
+# run goes (a short run's lines said "users 0" throughout).
+locust.stats.CSV_STATS_FLUSH_INTERVAL_SEC = 1
 
 KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
 
