@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import textwrap
 import time
 from pathlib import Path
@@ -212,10 +211,10 @@ def test_container_answers_as_the_host_does(model: str, image, trees: dict[str, 
         assert console.count(f'"POST /predictions/{model} HTTP/1.1" 200') == len(served), console[-3000:]
         assert "Backend response time" not in console and "[DEBUG]" not in console
         assert not (box.scratch / "logs" / "ts_log.log").exists()
-        # SIGTERM reaches TorchServe (deploy/docker/entrypoint.py), so no grace period is waited out
+        # SIGTERM reaches TorchServe's frontend (deploy/docker/entrypoint.py): no grace period waited out
         stop_s, code = box.stop()
         log.info("%s: container ready in %.1f s, stopped in %.1f s", model, box.ready_s, stop_s)
-        assert stop_s < 10 and code == 128 + signal.SIGTERM, (stop_s, code)
+        assert stop_s < 10 and code == 0, (stop_s, code)  # TorchServe stopped cleanly, not killed
 
 
 
