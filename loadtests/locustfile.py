@@ -136,11 +136,18 @@ class KeyFile:
     def key(self, reread: bool = False) -> str | None:
         if not self.path:
             return None
-        mtime = os.stat(self.path).st_mtime_ns
-        if reread or mtime != self._mtime:
-            with open(self.path) as f:
-                self._key = json.load(f)["inference"]["key"]
+        for _ in range(100):
+            mtime = os.stat(self.path).st_mtime_ns
+            if not (reread or mtime != self._mtime):
+                break
+            try:
+                with open(self.path) as f:
+                    self._key = json.load(f)["inference"]["key"]
+            except ValueError:  # empty or cut short: TorchServe truncates and rewrites it in place
+                gevent.sleep(0.005)
+                continue
             self._mtime = mtime
+            break
         return self._key
 
     def header(self, reread: bool = False) -> dict[str, str]:

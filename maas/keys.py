@@ -5,11 +5,15 @@ TorchServe 0.12 writes key_file.json into its working directory at start:
 Management and inference keys expire after `token_expiration_min`; the API key does not
 and renews them through POST /token?type=management|inference on the management port,
 after which TorchServe rewrites the file. Nothing here caches a key across calls.
+
+TorchServe rewrites the file in place (truncate, then write), so a reader can find it empty or
+cut short while a key is renewed; read_keys reads again for a moment before it gives up.
 """
 from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,14 +47,29 @@ def _parse_time(text: str | None) -> datetime | None:
         return None
 
 
+REREAD_S = 0.5  # how long a file caught mid-rewrite is read again (a rewrite takes ~1 ms)
+
+
+def _load(path: Path) -> dict:
+    deadline = time.monotonic() + REREAD_S
+    while True:
+        try:
+            return json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise KeyFileError(f"no key file at {path}: is TorchServe running (maas serve start)?") from None
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {path}: {exc}") from None
+        except json.JSONDecodeError as exc:  # empty or cut short: caught while TorchServe rewrites it
+            if time.monotonic() > deadline:
+                raise KeyFileError(f"cannot read key file {path}: {exc}") from None
+            time.sleep(0.005)
+
+
 def read_keys(path: Path) -> dict[str, Key]:
     """{"management": Key, "inference": Key, "API": Key} from TorchServe's key file."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise KeyFileError(f"no key file at {path}: is TorchServe running (maas serve start)?") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc}") from None
+    raw = _load(path)
+    if not isinstance(raw, dict):
+        raise KeyFileError(f"key file {path} is not a JSON object")
     keys = {}
     for kind, entry in raw.items():
         if isinstance(entry, dict) and "key" in entry:

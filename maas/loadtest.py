@@ -143,6 +143,8 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
 def _run_locust(commands: list[list[str]], out: Path, slo: SLO, keep_keys_fresh: Callable[[], Any] | None) -> None:
     """Locust's processes until the master exits (bounded), printing progress and renewing keys;
     whatever happens, every process is stopped."""
+    if keep_keys_fresh is not None:
+        keep_keys_fresh()  # now, not one period in: a key about to expire would fail the first requests
     started = time.monotonic()
     limit = slo.warmup_s + slo.run_time_s + 90
     procs = []

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+import maas.keys
 from maas.gate import evaluate
 from maas.keys import KeyFileError, read_keys
 from maas.locust_csv import read_aggregate, read_errors
@@ -27,6 +30,36 @@ def test_keys_parse_with_java_nanoseconds(tmp_path: Path) -> None:
     keys = read_keys(tmp_path / "k.json")
     assert keys["inference"].value == "i1" and keys["API"].expires is None
     assert not keys["inference"].expires_within(60) and keys["inference"].expires_within(3700)
+
+
+def test_a_key_file_read_while_torchserve_rewrites_it_is_read_whole(tmp_path: Path) -> None:
+    """TorchServe renews a key by truncating key_file.json and writing it again (Files.write): a
+    reader between the two finds it empty, which once failed a request as 'server not running'."""
+    path, done = tmp_path / "k.json", threading.Event()
+    write_keys(path, 60)
+    whole = path.read_bytes()
+
+    def rewrite_in_place() -> None:
+        while not done.is_set():
+            with open(path, "r+b") as f:
+                f.truncate(0)
+                time.sleep(0.001)
+                f.write(whole)
+    writer = threading.Thread(target=rewrite_in_place)
+    writer.start()
+    try:
+        values = {read_keys(path)["inference"].value for _ in range(300)}
+    finally:
+        done.set()
+        writer.join()
+    assert values == {"i1"}
+
+
+def test_a_key_file_that_stays_empty_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(maas.keys, "REREAD_S", 0.05)
+    (tmp_path / "k.json").write_text("")
+    with pytest.raises(KeyFileError, match="cannot read key file"):
+        read_keys(tmp_path / "k.json")
 
 
 def test_missing_key_file_says_how_to_start(tmp_path: Path) -> None:
