@@ -34,3 +34,18 @@ def test_a_log4j2_xml_beside_the_config_wins(tmp_path: Path) -> None:
     (tmp_path / "config.properties").write_text("")
     (tmp_path / "log4j2.xml").write_text("<Configuration/>")
     assert log_config(tmp_path / "config.properties") == (tmp_path / "log4j2.xml").resolve()
+
+
+def test_the_image_logs_what_a_host_logs_to_the_console_only() -> None:
+    """deploy/docker/log4j2.xml is a copy of the host template with console appenders (the image's
+    build context is deploy/docker): its loggers, levels and filters must change with it."""
+    root = Path(__file__).resolve().parents[2]
+    host, image = loggers(root / "maas/templates/log4j2.xml"), loggers(root / "deploy/docker/log4j2.xml")
+
+    def rules(found: dict[str, ET.Element]) -> dict[str, tuple]:
+        return {name: (e.tag, e.get("level"), e.get("additivity"),
+                       tuple((f.tag, sorted(f.attrib.items())) for f in e if f.tag != "AppenderRef"))
+                for name, e in found.items()}
+    assert rules(image) == rules(host)
+    console = {e.get("name") for e in ET.parse(root / "deploy/docker/log4j2.xml").getroot().find("Appenders")}
+    assert console == {"STDOUT"} and all(ref.get("ref") == "STDOUT" for e in image.values() for ref in e.findall("AppenderRef"))
