@@ -70,12 +70,12 @@ def raw_record(fragment: bytes) -> bytes:
             b'"rotational_speed_rpm": 1551, "torque_nm": ' + fragment + b', "tool_wear_min": 0}')
 
 
-DEEP = b"[" * 5000 + b'"\u00e9"' + b"]" * 5000
+DEEP = b"[" * 5000 + rb'"\u00e9"' + b"]" * 5000
 RAW = [DEEP, b'{"pixels": ' + DEEP + b"}", b'{"text": ' + DEEP + b"}", b'{"inputs": ' + DEEP + b"}",
        raw_record(b"9" * 5000), raw_record(b"-" + b"9" * 4400), raw_record(b"NaN"), raw_record(b"-Infinity"),
-       raw_record(b"1e999999"), raw_record(b'"\ud83d"'), raw_record(b'"\u0000"'), raw_record(b"\\"),
+       raw_record(b"1e999999"), raw_record(rb'"\ud83d"'), raw_record(rb'"\u0000"'), raw_record(b"\\"),
        b"\xef\xbb\xbf" + raw_record(b"1"), b'{"\\ud83d": 1}', b'{"\xc3\xa9\xff": 1}', b"\x00" * 64,
-       b'{"inputs": [{"name": "\ud800", "datatype": "FP32", "shape": [1, 8], "data": [' + b"9" * 5000 + b"]}]}"]
+       rb'{"inputs": [{"name": "\ud800", "datatype": "FP32", "shape": [1, 8], "data": [' + b"9" * 5000 + b"]}]}"]
 
 
 def mutate_record(record: dict[str, Any]) -> st.SearchStrategy:

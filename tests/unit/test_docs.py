@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -32,15 +33,23 @@ def shown_commands() -> list[tuple[str, list[str]]]:
     return found
 
 
+def unparsed(ctx: click.Context) -> list[str]:
+    """A group's subcommand and its arguments: Click 8 keeps the first in protected_args
+    (deprecated), Click 9 will have them all in args."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return [*getattr(ctx, "protected_args", []), *ctx.args]
+
+
 def command_path(argv: list[str]) -> list[str]:
     """Parse argv as the maas CLI would (options, arguments, choices); the (sub)command names."""
     ctx = cli.make_context("maas", list(argv))
-    names, group, args = [], cli, ctx.protected_args + ctx.args
+    names, group, args = [], cli, unparsed(ctx)
     while isinstance(group, click.Group) and args:
         name, command, args = group.resolve_command(ctx, args)
         names.append(name)
         ctx = command.make_context(name, list(args), parent=ctx)
-        group, args = command, ctx.protected_args + ctx.args if isinstance(command, click.Group) else []
+        group, args = command, unparsed(ctx) if isinstance(command, click.Group) else []
     return names
 
 
