@@ -113,7 +113,7 @@ def train(out: Path, steps: int = 400, seed: int = 0, batch: int = 24, window: i
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        loss_value = float(loss)
+        loss_value = loss.item()
         bar.set_postfix(loss=f"{loss_value:.3f}")
     model.eval()
     model.save_pretrained(out, safe_serialization=True)

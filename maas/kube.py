@@ -30,6 +30,7 @@ from maas.properties import read_properties, write_properties
 IMAGE = "maas-torchserve:0.12.0"  # built from deploy/docker/Dockerfile
 MOUNT = "/mnt/models"
 INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT = 8080, 8081, 8082
+PRE_STOP_SLEEP_S = 5  # < terminationGracePeriodSeconds (30), which also covers TorchServe's own ~2.5 s stop
 RUNTIME = "maas-torchserve"
 PVC = "maas-models"
 # Threads per worker when the model leaves it to the machine (intra_op_threads=0).
@@ -137,6 +138,10 @@ def _container(spec: ModelSpec | None, res: PodResources | None) -> dict[str, An
         "ports": [{"containerPort": INFERENCE_PORT, "name": "http1" if spec is None else "http", "protocol": "TCP"}],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
+        # A terminating pod leaves the Service's endpoints while it gets SIGTERM, not before: for
+        # a few seconds kube-proxy and ingresses still send it new connections. TorchServe closes
+        # its ports on SIGTERM, so those would be refused; the sleep keeps them served first.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SLEEP_S)]}}},
     }
     if spec is not None:
         c["ports"].append({"containerPort": METRICS_PORT, "name": "metrics", "protocol": "TCP"})

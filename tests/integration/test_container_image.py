@@ -26,7 +26,7 @@ from maas.client import TorchServeClient
 from maas.export import zoo
 from maas.export.clients import spec_for
 from maas.image import build_image, docker, docker_env, health, run_flags
-from maas.kube import _probes, export_all
+from maas.kube import _container, _probes, export_all
 from maas.properties import Endpoints, on_free_loopback_ports, read_properties, write_properties
 from maas.thirdparty import wheel_files
 
@@ -211,6 +211,9 @@ def test_container_answers_as_the_host_does(model: str, image, trees: dict[str, 
         assert console.count(f'"POST /predictions/{model} HTTP/1.1" 200') == len(served), console[-3000:]
         assert "Backend response time" not in console and "[DEBUG]" not in console
         assert not (box.scratch / "logs" / "ts_log.log").exists()
+        # The manifests' preStop hook runs in the image, as kubelet execs it (a 0 s sleep here)
+        pre_stop = _container(None, None)["lifecycle"]["preStop"]["exec"]["command"]
+        docker(box.env, "exec", box.name, pre_stop[0], "0")
         # SIGTERM reaches TorchServe's frontend (deploy/docker/entrypoint.py): no grace period waited out
         stop_s, code = box.stop()
         log.info("%s: container ready in %.1f s, stopped in %.1f s", model, box.ready_s, stop_s)

@@ -136,3 +136,16 @@ def test_cli_writes_the_layout_and_names_what_is_not_built(tmp_path: Path) -> No
     assert "not built" in result.output
     bad = CliRunner().invoke(cli, ["export-kserve", "resnet", "--kserve-dir", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "unknown model" in bad.output
+
+
+def test_pods_keep_serving_while_they_leave_the_endpoints() -> None:
+    """A terminating pod is taken out of its Service while it gets SIGTERM: the preStop sleep
+    keeps it answering the connections still sent to it, within the grace period."""
+    runtime = yaml.safe_load((COMMITTED[0] / "servingruntime.yaml").read_text())
+    pods = [d["spec"]["template"]["spec"] for d in docs(COMMITTED[1]) if d["kind"] == "Deployment"]
+    assert pods and len(pods) == len(MODELS)
+    for container in [*runtime["spec"]["containers"], *(p["containers"][0] for p in pods)]:
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and 0 < int(command[1]) <= 10
+    assert all(int(p["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1]) + 10
+               <= p["terminationGracePeriodSeconds"] for p in pods)
