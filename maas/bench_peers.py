@@ -2,7 +2,8 @@
 
     eager     (minilm) PyTorch eager, the style of TorchServe's own Hugging Face example:
               the primary peer, every headline ratio is against it
-    torchscript  the same trained weights traced with torch.jit.trace, stock BaseHandler
+    torchscript  the same trained weights (read from our archive's ONNX file where they map onto the
+              module by name) traced with torch.jit.trace, stock BaseHandler
               (digits' peer; for minilm a second, labelled row: TorchScript is deprecated
               and re-specialises on each new sequence length)
     openvino  (minilm) what an engineer picks to go faster on x86 without maas: the PyTorch
@@ -24,7 +25,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
@@ -53,13 +54,58 @@ def archive(family: str, peer: str, work: Path, store: Path, serialized: Path, h
     return store / f"{name}.mar"
 
 
+def served_weights(mar: Path) -> dict[str, Any]:
+    """{initializer name: array} of the ONNX file in an archive of ours ({} without one, or when its
+    weights live in external files)."""
+    import zipfile
+
+    import onnx
+    from onnx import numpy_helper
+
+    if not mar.exists():
+        return {}
+    with zipfile.ZipFile(mar) as z:
+        if "model.onnx" not in z.namelist():
+            return {}
+        proto = onnx.load_model_from_string(z.read("model.onnx"))
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer):
+        return {}
+    return {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+
+
+def trained_like_ours(family: str, store: Path) -> Any:
+    """The family's module with the weights of our archive in `store`, read from its ONNX file (the
+    very weights served; digits: no 14 s of training again), or trained again, seeded as ours was,
+    where the ONNX initializers do not map onto the module's parameters by name and shape."""
+    import torch
+
+    from maas.export import zoo
+
+    model = zoo.get(family)
+    weights = served_weights(store / f"{family}.mar")
+    if weights:
+        zoo_log = logging.getLogger("maas.export.zoo")
+        level = zoo_log.level
+        zoo_log.setLevel(logging.WARNING)  # the untrained shell's accuracy is no news
+        try:
+            shell = model.tiny()
+        finally:
+            zoo_log.setLevel(level)
+        state = shell.module.state_dict()
+        if state and all(k in weights and tuple(v.shape) == weights[k].shape for k, v in state.items()):
+            shell.module.load_state_dict({k: torch.from_numpy(weights[k].copy()) for k in state})
+            log.info("%s: the peer takes the weights of %s.mar", family, family)
+            return shell
+    return model.train()
+
+
 def build_torchscript(family: str, work: Path, store: Path) -> Path:
     import torch
 
     from maas.export import zoo
 
     model = zoo.get(family)
-    trained = model.train()
+    trained = trained_like_ours(family, store)
     work.mkdir(parents=True, exist_ok=True)
     example = tuple(torch.from_numpy(trained.sample[n][:2]) for n in model.spec.input_names)
     traced = torch.jit.trace(trained.module.eval(), example, check_trace=False)
