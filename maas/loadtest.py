@@ -23,7 +23,7 @@ from maas.core.clock import now_iso, stamp
 from maas.core.errors import LoadTestError
 from maas.core.machine import cores
 from maas.gate import evaluate
-from maas.locust_csv import number, read_aggregate, read_errors
+from maas.locust_csv import read_aggregate, read_errors, recent_rps
 from maas.properties import free_loopback_ports
 from maas.slo import SLO
 
@@ -58,7 +58,7 @@ def _progress(prefix: Path, started: float) -> None:
     if rows:
         r = rows[-1]
         log.info("  %3.0f s  users %-3s  %6.1f req/s  p95 %s ms  failures %s", time.monotonic() - started,
-                 r["User Count"], number(r, "Requests/s"), r["95%"], r["Total Failure Count"])
+                 r["User Count"], recent_rps(rows), r["95%"], r["Total Failure Count"])
 
 
 def locust_commands(test: LoadTest, host: str, key_file: Path | None, out: Path) -> list[list[str]]:

@@ -15,6 +15,21 @@ def number(row: dict[str, str], key: str) -> float:
         return 0.0
 
 
+def recent_rps(rows: list[dict[str, str]], window_s: float = 5.0) -> float:
+    """Requests per second over the last `window_s` of Locust's history ('Aggregated' rows, one
+    a second), from its running request count. Locust's own 'Requests/s' there reads 0 for the
+    first seconds of a run and again after the warm-up's reset (it averages a window that
+    ends 2 s back); a count that drops marks that reset, and the window starts after it."""
+    points = [(number(r, "Timestamp"), number(r, "Total Request Count")) for r in rows]
+    if not points:
+        return 0.0
+    start = len(points) - 1
+    while start > 0 and points[start - 1][1] <= points[start][1] and points[-1][0] - points[start - 1][0] <= window_s:
+        start -= 1
+    (t0, n0), (t1, n1) = points[start], points[-1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
 def read_aggregate(prefix: Path) -> dict[str, float]:
     """The 'Aggregated' row of Locust's <prefix>_stats.csv."""
     with open(f"{prefix}_stats.csv", newline="") as f:

@@ -12,7 +12,7 @@ import pytest
 import maas.keys
 from maas.gate import evaluate
 from maas.keys import KeyFileError, read_keys
-from maas.locust_csv import read_aggregate, read_errors
+from maas.locust_csv import read_aggregate, read_errors, recent_rps
 from maas.properties import Endpoints, read_properties
 from maas.slo import Thresholds
 
@@ -43,8 +43,9 @@ def test_a_key_file_read_while_torchserve_rewrites_it_is_read_whole(tmp_path: Pa
         while not done.is_set():
             with open(path, "r+b") as f:
                 f.truncate(0)
-                time.sleep(0.001)
+                time.sleep(0.001)  # empty a third of the time: TorchServe's own window is microseconds
                 f.write(whole)
+            time.sleep(0.002)
     writer = threading.Thread(target=rewrite_in_place)
     writer.start()
     try:
@@ -105,6 +106,18 @@ def test_locust_csv_summary(tmp_path: Path) -> None:
     assert agg == {"requests": 10, "failures": 2, "rps": 2.5, "avg_ms": 6.0, "p50_ms": 5.0, "p90_ms": 9.0,
                    "p95_ms": 12.0, "p99_ms": 25.0, "max_ms": 30.0}
     assert read_errors(prefix) == {"400": 1, "body": 1}
+
+
+def test_progress_rate_comes_from_the_request_count() -> None:
+    """Locust's history says 'Requests/s' 0 for a run's first seconds and after the warm-up's
+    reset; the progress line's rate comes from the running count instead, from the reset on."""
+    def row(t: int, count: int) -> dict[str, str]:
+        return {"Timestamp": str(t), "Total Request Count": str(count), "Requests/s": "0.000000"}
+    history = [row(0, 0), row(1, 380), row(2, 1040), row(3, 0), row(4, 650), row(5, 1300), row(6, 1960)]
+    assert recent_rps(history[:3]) == 520.0  # the first seconds, before Locust has a figure
+    assert recent_rps(history) == 1960 / 3  # from the reset on, not across it
+    assert recent_rps(history + [row(t, 1960 + 600 * (t - 6)) for t in range(7, 13)]) == 600.0  # the last 5 s
+    assert recent_rps([]) == 0.0 and recent_rps(history[:1]) == 0.0
 
 
 def test_slo_files_parse_and_reject_unknown_keys(tmp_path: Path) -> None:
