@@ -155,6 +155,11 @@ class KeyFile:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def token_refused(resp) -> bool:
+    """An HTTP answer refusing the key (TorchServe 0.12 says so with a 400)."""
+    return resp.status_code in (400, 401) and says_token_refused(resp.text)
+
+
 def answer_problem(body, explaining: bool, check) -> Optional[str]:
     """What is wrong with a decoded answer (None: it is right), over either protocol."""
     if explaining:
@@ -181,7 +186,7 @@ class ModelUser(FastHttpUser):
         for attempt in range(1, KEY_RETRIES + 2):
             headers = {"Content-Type": self.payloads.content_type, **self.keys.header(reread=attempt > 1)}
             with self.client.post(self.path, data=body, headers=headers, name=self.path, catch_response=True) as resp:
-                if attempt <= KEY_RETRIES and self._token_refused(resp):
+                if attempt <= KEY_RETRIES and token_refused(resp):
                     # The key was renewed between reading the file and sending (TorchServe switches
                     # keys before it rewrites the file): not the server's fault. Reported under its
                     # own name, then retried with the file's key once it has changed.
@@ -193,10 +198,6 @@ class ModelUser(FastHttpUser):
                 if problem:
                     resp.failure(problem)
                 return
-
-    @staticmethod
-    def _token_refused(resp) -> bool:
-        return resp.status_code in (400, 401) and says_token_refused(resp.text)
 
     def _problem(self, resp) -> Optional[str]:
         if resp.status_code != 200:
@@ -291,8 +292,7 @@ class GenerationUser(User):
         first = last = None
         tokens, finish, length, failure = 0, None, 0, None
         try:
-            headers = {"Content-Type": "application/json", **self.keys.header()}
-            with self.session.post(self.url, data=body, headers=headers, stream=True, timeout=300) as resp:
+            with self._post(body) as resp:
                 if resp.status_code != 200:
                     failure = AnswerError(f"HTTP {resp.status_code}: {resp.text[:200]}")
                 for line in (resp.iter_lines() if failure is None else ()):
@@ -321,3 +321,14 @@ class GenerationUser(User):
         GENERATIONS.append((time.time(), ttft, tokens, elapsed, int(failure is not None)))
         self.environment.events.request.fire(request_type="POST", name=self.name, response_time=elapsed,
                                              response_length=length, exception=failure, context={}, start_time=started)
+
+    def _post(self, body: bytes):
+        """The streaming response; a key refused because it was just renewed is retried with the file's
+        new one, as ModelUser does (the retry's time counts: the client waited for it)."""
+        for attempt in range(1, KEY_RETRIES + 2):
+            headers = {"Content-Type": "application/json", **self.keys.header(reread=attempt > 1)}
+            resp = self.session.post(self.url, data=body, headers=headers, stream=True, timeout=300)
+            if attempt > KEY_RETRIES or not token_refused(resp):
+                return resp
+            resp.close()
+            gevent.sleep(0.05 * attempt)
