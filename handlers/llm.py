@@ -146,7 +146,7 @@ class LlmHandler:
             threads = worker_threads(settings["intra_op_threads"], int(yaml_config.get("maxWorkers", 1)))
             self.engine = BatchEngine(model_dir, streams, self.context_length, threads,
                                       int(settings["kv_cache_mb"] * 1e6), settings["batch_invariant"],
-                                      settings["allow_spinning"])
+                                      settings["allow_spinning"], settings["reuse_prompt_prefix"])
             self.context_length = self.engine.max_len
         self._warm_up()
         # TorchServe's asynchronous worker (model-config.yaml asyncCommunication: true): the engine steps
@@ -265,8 +265,11 @@ class LlmHandler:
         budget = self.prefill_chunk if self.engine.running else self.idle_prefill
         while budget > 0 and self.queue:
             stream = self.queue[0]
-            if self.engine.staged != stream.request_id and not self.engine.free_slots():
-                return  # it waits in the queue
+            if self.engine.staged != stream.request_id:
+                if not self.engine.free_slots():
+                    return  # it waits in the queue
+                reused = self.engine.reuse_prefix(stream.request_id, stream.pending)
+                stream.pending = stream.pending[reused:]
             part, stream.pending = stream.pending[:budget], stream.pending[budget:]
             budget -= len(part)
             try:

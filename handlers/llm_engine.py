@@ -10,6 +10,8 @@ writes one new position per row in place and never allocates. Running sequences 
 GroupQueryAttention refuses several rows of more than one new token with a past, so prompts
 are prefilled one at a time, in chunks, in a staging row of their own, and copied into a
 slot when done: a long prompt costs running streams one chunk per step, not a freeze.
+The staging row keeps what the last prompt left there: a new prompt that begins as it did (a
+shared system prompt, a chat template's head) starts after that common part (`reuse_prefix`).
 
 `GeneratorEngine`: one ONNX Runtime GenAI Generator per sequence, decoded one after another.
 It is what CUDA archives run (GenAI keeps the KV cache on the device) and the baseline the
@@ -52,7 +54,7 @@ class BatchEngine(_Rows):
     kind = "batch"
 
     def __init__(self, model_dir: Path, slots: int, max_len: int, threads: int, budget_bytes: int,
-                 batch_invariant: bool = True, allow_spinning: bool = True) -> None:
+                 batch_invariant: bool = True, allow_spinning: bool = True, reuse_prompt_prefix: bool = True) -> None:
         """`max_len` tokens per sequence, fewer if (slots + 2) rows of them would not fit `budget_bytes`.
         `batch_invariant`: a sequence's logits do not depend on how many others decode beside it.
         `allow_spinning`: ONNX Runtime's intra-op threads spin between the ~150 parallel sections of a
@@ -93,6 +95,8 @@ class BatchEngine(_Rows):
         self.length: dict[str, int] = {}  # tokens in the cache, per sequence (the staged one too)
         self.staged: str | None = None
         self.alone: str | None = None
+        self.reuse_prompt_prefix = reuse_prompt_prefix
+        self.staging_tokens: list[int] = []  # the tokens whose keys and values the staging row holds, in order
 
     @property
     def cache_bytes(self) -> int:
@@ -118,9 +122,25 @@ class BatchEngine(_Rows):
             raise ValueError(f"sequence of {past + len(tokens)} tokens exceeds the cache's {self.max_len}")
         ids = np.asarray([tokens], np.int64)
         mask = np.ones((1, past + len(tokens)), np.int64)
+        if not alone:
+            self.staging_tokens = self.staging_tokens[:past]  # what follows is overwritten now
         logits = self._run(ids, mask, row, row + 1)
         self.length[key] = past + len(tokens)
+        if not alone:
+            self.staging_tokens += tokens
         return logits[0, len(tokens) - 1].astype(np.float32)
+
+    def reuse_prefix(self, key: str, prompt: list[int]) -> int:
+        """Stage `key` with the part of `prompt` the staging row already holds (the last prompt's
+        keys and values are left there when it moves into a slot); -> how many tokens need no
+        prefill. The last token is always computed: its logits give the first answer token."""
+        if self.staged not in (None, key) or self.length.get(key):
+            raise RuntimeError(f"{key} cannot be staged now")
+        shared, held = 0, self.staging_tokens if self.reuse_prompt_prefix else []
+        while shared < min(len(prompt) - 1, len(held)) and prompt[shared] == held[shared]:
+            shared += 1
+        self.staged, self.length[key] = key, shared
+        return shared
 
     def activate(self, key: str) -> None:
         """Move the staged sequence into a free slot: from the next decode on it runs in the batch."""
@@ -214,6 +234,9 @@ class GeneratorEngine(_Rows):
         if not alone:
             self.staged = key
         return self._append(generator, tokens)
+
+    def reuse_prefix(self, key: str, prompt: list[int]) -> int:
+        return 0  # each Generator holds its own cache
 
     def activate(self, key: str) -> None:
         if not self.free_slots():

@@ -22,6 +22,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # the next step's decode starts as a step's answers go out, and runs while they travel and the
     # next step comes back (TorchServe's round trip); the same tokens either way
     "overlap_decode": True,
+    # a prompt that begins as the last one did (a system prompt, a chat template's head) is prefilled
+    # from where they part: the staging row still holds the last prompt's keys and values
+    "reuse_prompt_prefix": True,
     "engine": "batch",  # or "generator": one ONNX Runtime GenAI Generator per sequence (CUDA always)
 }
 

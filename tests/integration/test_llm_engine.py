@@ -83,6 +83,26 @@ def test_with_no_stream_decoding_a_prompt_goes_in_at_once(llm_archive: Path) -> 
     assert tokens["req-0"] == list(range(2, 2 + 5))  # 150 tokens, 50 a step
 
 
+def test_a_prompt_that_begins_as_the_last_one_did_is_prefilled_from_where_they_part(llm_archive: Path) -> None:
+    """A shared head (a system prompt: 80 tokens here) is prefilled once: the next prompt starts
+    after it, in the staging row the last one left, and gets the tokens it gets without reuse and
+    from one Generator each (the reference)."""
+    def calls() -> list[Call]:
+        head = list(range(3, 83))
+        return [Call({"prompt": head + [90 + i, 91], "max_tokens": 6, "temperature": 0}, joins=12 * i) for i in range(3)]
+
+    reference = texts(llm_archive, calls(), engine="generator")
+    for reuse in (True, False):
+        handler, context = handler_for(llm_archive, reuse_prompt_prefix=reuse)
+        prefilled: list[int] = []
+        prefill = handler.engine.prefill
+        handler.engine.prefill = lambda key, tokens, alone=False: prefilled.append(len(tokens)) or prefill(key, tokens, alone)
+        done = calls()
+        run_steps(handler, context, done)
+        assert [call.text() for call in done] == reference
+        assert prefilled == ([82, 2, 2] if reuse else [82, 82, 82])
+
+
 def test_a_full_queue_answers_429_with_retry_after(llm_archive: Path) -> None:
     calls = [Call({"prompt": f"Valve {i} is", "max_tokens": 10, "temperature": 0}) for i in range(5)]
     handler, context = handler_for(llm_archive, max_streams=2, max_waiting=1)
