@@ -118,6 +118,11 @@ class BatchEngine(_Rows):
         else:
             self.staged = key
         past = self.length.get(key, 0)
+        if not alone and self.batch_invariant and len(tokens) == 1 and past > 0:
+            # One token would run on int4's one-row kernel, whose numbers differ from the several-row
+            # one's (a chunk of one, or all but the last token reused): the token before it, which the
+            # staging row holds, is computed again beside it, to the same values it has
+            tokens, past = [self.staging_tokens[past - 1], *tokens], past - 1
         if past + len(tokens) > self.max_len:
             raise ValueError(f"sequence of {past + len(tokens)} tokens exceeds the cache's {self.max_len}")
         ids = np.asarray([tokens], np.int64)
