@@ -265,14 +265,14 @@ class LlmHandler:
         budget = self.prefill_chunk if self.engine.running else self.idle_prefill
         while budget > 0 and self.queue:
             stream = self.queue[0]
-            if self.engine.staged != stream.request_id:
-                if not self.engine.free_slots():
-                    return  # it waits in the queue
-                reused = self.engine.reuse_prefix(stream.request_id, stream.pending)
-                stream.pending = stream.pending[reused:]
-            part, stream.pending = stream.pending[:budget], stream.pending[budget:]
-            budget -= len(part)
+            starts = self.engine.staged != stream.request_id
+            if starts and not self.engine.free_slots():
+                return  # it waits in the queue
             try:
+                if starts:  # what the last prompt left in the staging row is not computed again
+                    stream.pending = stream.pending[self.engine.reuse_prefix(stream.request_id, stream.pending):]
+                part, stream.pending = stream.pending[:budget], stream.pending[budget:]
+                budget -= len(part)
                 logits = self.engine.prefill(stream.request_id, part)
                 if stream.pending:
                     continue
