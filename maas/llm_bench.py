@@ -405,6 +405,8 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
         main.append({**last, "label": f"{last['label']}, not batch-invariant", "handler": {"batch_invariant": False}})
         main.append({**last, "label": f"{last['label']}, threads sleep between ops", "handler": {"allow_spinning": False}})
         main.append({**last, "label": f"{last['label']}, decode not overlapped", "handler": {"overlap_decode": False}})
+        main.append({**last, "label": f"{last['label']}, prompt prefix not reused",
+                     "handler": {"reuse_prompt_prefix": False}})
         main.append({**last, "label": f"{last['label']}, asynchronous worker", "handler": {},
                      "serving": ASYNC_SERVING})
     return main + [c for c in configs if c not in main]  # builds that are themselves a lever come last
