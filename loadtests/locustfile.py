@@ -10,6 +10,7 @@ changes (maas renews keys there), so a long run never sends an expired copy.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,6 @@ from maas.grpc_client import (  # grpc itself is imported on first use
     GrpcInference,
     refused,
 )
-from maas.keys import read_keys
 from maas.loadtests import payloads
 
 # The history CSV reaches the disk each second, not each 5 s: maas prints progress from it while a
@@ -136,10 +136,18 @@ class KeyFile:
     def key(self, reread: bool = False) -> str | None:
         if not self.path:
             return None
-        mtime = os.stat(self.path).st_mtime_ns
-        if reread or mtime != self._mtime:
-            # read_keys reads a file caught mid-rewrite again (its sleeps are gevent's under Locust)
-            self._key, self._mtime = read_keys(Path(self.path))["inference"].value, mtime
+        for _ in range(100):
+            mtime = os.stat(self.path).st_mtime_ns
+            if not (reread or mtime != self._mtime):
+                break
+            try:
+                with open(self.path) as f:
+                    self._key = json.load(f)["inference"]["key"]
+            except ValueError:  # empty or cut short: TorchServe truncates and rewrites it in place
+                gevent.sleep(0.005)
+                continue
+            self._mtime = mtime
+            break
         return self._key
 
     def header(self, reread: bool = False) -> dict[str, str]:
