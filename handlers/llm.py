@@ -146,7 +146,8 @@ class LlmHandler:
             threads = worker_threads(settings["intra_op_threads"], int(yaml_config.get("maxWorkers", 1)))
             self.engine = BatchEngine(model_dir, streams, self.context_length, threads,
                                       int(settings["kv_cache_mb"] * 1e6), settings["batch_invariant"],
-                                      settings["allow_spinning"], settings["reuse_prompt_prefix"])
+                                      settings["allow_spinning"], settings["reuse_prompt_prefix"],
+                                      int(settings["prompt_cache_mb"] * 1e6))
             self.context_length = self.engine.max_len
         self._warm_up()
         # TorchServe's asynchronous worker (model-config.yaml asyncCommunication: true): the engine steps
@@ -155,10 +156,12 @@ class LlmHandler:
         if settings["overlap_decode"] and self.loop is None and self.engine.kind == "batch":
             self.ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="maas-decode-ahead")
         log.info("%s %s: loaded on %s, %s engine: %d streams x %d tokens (KV cache %.1f MB, %d bytes a token), "
-                 "prefill chunk %d, queue %d%s (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
+                 "prefill chunk %d, queue %d%s%s (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
                  self.provider, self.engine.kind, streams, self.context_length, self.engine.cache_bytes / 1e6,
                  self.engine.bytes_per_token, self.prefill_chunk, self.max_waiting,
-                 ", batch-invariant" if getattr(self.engine, "batch_invariant", False) else "", checked - start,
+                 ", batch-invariant" if getattr(self.engine, "batch_invariant", False) else "",
+                 f", prompt cache up to {kept / 1e6:.0f} MB" if (kept := getattr(self.engine, "prompts_budget", 0)) else "",
+                 checked - start,
                  time.perf_counter() - checked)
         self.initialized = True
 

@@ -10,8 +10,9 @@ writes one new position per row in place and never allocates. Running sequences 
 GroupQueryAttention refuses several rows of more than one new token with a past, so prompts
 are prefilled one at a time, in chunks, in a staging row of their own, and copied into a
 slot when done: a long prompt costs running streams one chunk per step, not a freeze.
-The staging row keeps what the last prompt left there: a new prompt that begins as it did (a
-shared system prompt, a chat template's head) starts after that common part (`reuse_prefix`).
+The staging row keeps what the last prompt left there, and a `PromptCache` the prompts before
+it: a new prompt that begins as one of them did (a shared system prompt, a chat template's head)
+starts after that common part (`reuse_prefix`).
 
 `GeneratorEngine`: one ONNX Runtime GenAI Generator per sequence, decoded one after another.
 It is what CUDA archives run (GenAI keeps the KV cache on the device) and the baseline the
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prompt_cache import PromptCache
 
 Logits = np.ndarray  # [vocab] float32
 
@@ -54,8 +56,10 @@ class BatchEngine(_Rows):
     kind = "batch"
 
     def __init__(self, model_dir: Path, slots: int, max_len: int, threads: int, budget_bytes: int,
-                 batch_invariant: bool = True, allow_spinning: bool = True, reuse_prompt_prefix: bool = True) -> None:
+                 batch_invariant: bool = True, allow_spinning: bool = True, reuse_prompt_prefix: bool = True,
+                 prompt_cache_bytes: int = 0) -> None:
         """`max_len` tokens per sequence, fewer if (slots + 2) rows of them would not fit `budget_bytes`.
+        `prompt_cache_bytes`: recent prompts' keys and values kept beyond the staging row's last one.
         `batch_invariant`: a sequence's logits do not depend on how many others decode beside it.
         `allow_spinning`: ONNX Runtime's intra-op threads spin between the ~150 parallel sections of a
         step instead of sleeping (568M Llama, int4, 2 cores: one row 15.3 -> 11.4 ms a step, 8 rows
@@ -97,10 +101,15 @@ class BatchEngine(_Rows):
         self.alone: str | None = None
         self.reuse_prompt_prefix = reuse_prompt_prefix
         self.staging_tokens: list[int] = []  # the tokens whose keys and values the staging row holds, in order
+        self.prompts = PromptCache(prompt_cache_bytes, self.bytes_per_token) if reuse_prompt_prefix else None
 
     @property
     def cache_bytes(self) -> int:
         return sum(a.nbytes for a in self.cache)
+
+    @property
+    def prompts_budget(self) -> int:
+        return self.prompts.budget if self.prompts else 0
 
     @property
     def bytes_per_token(self) -> int:
@@ -136,14 +145,25 @@ class BatchEngine(_Rows):
         return logits[0, len(tokens) - 1].astype(np.float32)
 
     def reuse_prefix(self, key: str, prompt: list[int]) -> int:
-        """Stage `key` with the part of `prompt` the staging row already holds (the last prompt's
-        keys and values are left there when it moves into a slot); -> how many tokens need no
-        prefill. The last token is always computed: its logits give the first answer token."""
+        """Stage `key` with the longest head of `prompt` whose keys and values are at hand: in the
+        staging row (the last prompt's are left there when it moves into a slot) or kept in the
+        prompt cache (copied into the staging row); -> how many tokens need no prefill. The last
+        token is always computed: its logits give the first answer token."""
         if self.staged not in (None, key) or self.length.get(key):
             raise RuntimeError(f"{key} cannot be staged now")
-        shared, held = 0, self.staging_tokens if self.reuse_prompt_prefix else []
-        while shared < min(len(prompt) - 1, len(held)) and prompt[shared] == held[shared]:
-            shared += 1
+        shared, limit = 0, len(prompt) - 1
+        if self.prompts is not None:
+            held = self.staging_tokens
+            while shared < min(limit, len(held)) and prompt[shared] == held[shared]:
+                shared += 1
+            staging = [array[self.slots] for array in self.cache]
+            if shared < len(held):  # the last prompt is about to be overwritten
+                self.prompts.keep(held, staging)
+            tokens, kept = self.prompts.match(prompt, limit)
+            if kept > shared:
+                for array, values in zip(staging, self.prompts.values(tokens)):
+                    array[:, :kept] = values[:, :kept]
+                self.staging_tokens, shared = list(tokens[:kept]), kept
         self.staged, self.length[key] = key, shared
         return shared
 

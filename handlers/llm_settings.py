@@ -25,12 +25,16 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # a prompt that begins as the last one did (a system prompt, a chat template's head) is prefilled
     # from where they part: the staging row still holds the last prompt's keys and values
     "reuse_prompt_prefix": True,
+    # ... or as one of the prompts before it did: their keys and values are kept, least recently used
+    # dropped first, up to this many MB beside the KV cache (one prompt is kept up to a quarter of it)
+    "prompt_cache_mb": 128,
     "engine": "batch",  # or "generator": one ONNX Runtime GenAI Generator per sequence (CUDA always)
 }
 
-# The smallest value each numeric setting takes (kv_cache_mb may be fractional)
-_LEAST = {"max_streams": 1, "max_waiting": 0, "max_sequence_tokens": 0, "kv_cache_mb": 0.01, "prefill_chunk_tokens": 1,
-          "idle_prefill_tokens": 1, "intra_op_threads": 0}
+# The smallest value each numeric setting takes
+_LEAST = {"max_streams": 1, "max_waiting": 0, "max_sequence_tokens": 0, "kv_cache_mb": 0.01, "prompt_cache_mb": 0,
+          "prefill_chunk_tokens": 1, "idle_prefill_tokens": 1, "intra_op_threads": 0}
+_MEGABYTES = ("kv_cache_mb", "prompt_cache_mb")  # may be fractional
 _ENGINES = ("batch", "generator")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -57,9 +61,9 @@ def read_settings(given: dict[str, Any] | None) -> dict[str, Any]:
                 problems.append(f"engine must be one of {', '.join(_ENGINES)}, not {value!r}")
             settings[name] = value
         else:
-            number = _number(value, float if name == "kv_cache_mb" else int)
+            number = _number(value, float if name in _MEGABYTES else int)
             if number is None or number < _LEAST[name]:
-                problems.append(f"{name} must be {'a number' if name == 'kv_cache_mb' else 'an integer'} of at "
+                problems.append(f"{name} must be {'a number' if name in _MEGABYTES else 'an integer'} of at "
                                 f"least {_LEAST[name]}, not {value!r}")
             settings[name] = number
     if problems:

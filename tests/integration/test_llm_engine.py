@@ -6,6 +6,7 @@ Retry-After, the KV budget bounds the context, and a client that leaves frees it
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llm_steps import Call, handler_for, record_tokens, run_steps
@@ -98,19 +99,39 @@ def test_a_prompt_that_begins_as_the_last_one_did_is_prefilled_from_where_they_p
     reference = texts(llm_archive, calls(), engine="generator")
     for reuse in (True, False):
         handler, context = handler_for(llm_archive, reuse_prompt_prefix=reuse)
-        prefilled: list[int] = []  # tokens of each run in the staging row
-        run = handler.engine._run
-        staging = handler.engine.slots
+        assert staging_runs(handler, context, calls(), reference) == ([82, 2, 2] if reuse else [82, 82, 82])
 
-        def spy(ids, mask, first, end, run=run, staging=staging):
-            if first == staging:
-                prefilled.append(ids.shape[1])
-            return run(ids, mask, first, end)
-        handler.engine._run = spy
-        done = calls()
-        run_steps(handler, context, done)
-        assert [call.text() for call in done] == reference
-        assert prefilled == ([82, 2, 2] if reuse else [82, 82, 82])
+
+def test_prompts_that_alternate_between_heads_are_prefilled_from_the_prompt_cache(llm_archive: Path) -> None:
+    """Two system prompts in turn: each new prompt shares nothing with the last one (the staging
+    row), but its head is in the prompt cache, copied back instead of computed; the same tokens as
+    one Generator per request. With `prompt_cache_mb: 0` only the staging row is reused."""
+    heads = list(range(3, 43)), list(range(100, 140))
+    prompts = [heads[i % 2] + [200 + i, 201 + i] for i in range(4)]
+
+    def calls() -> list[Call]:
+        return [Call({"prompt": prompt, "max_tokens": 4, "temperature": 0}, joins=10 * i)
+                for i, prompt in enumerate(prompts)]
+
+    reference = texts(llm_archive, calls(), engine="generator")
+    for budget, runs in ((128, [42, 42, 2, 2]), (0, [42, 42, 42, 42])):
+        handler, context = handler_for(llm_archive, prompt_cache_mb=budget)
+        assert staging_runs(handler, context, calls(), reference) == runs
+
+
+def staging_runs(handler: Any, context: Any, calls: list[Call], reference: list[str]) -> list[int]:
+    """Run `calls` to their end (their texts must be `reference`); -> the tokens of each run in the staging row."""
+    prefilled: list[int] = []
+    run, staging = handler.engine._run, handler.engine.slots
+
+    def spy(ids, mask, first, end):
+        if first == staging:
+            prefilled.append(ids.shape[1])
+        return run(ids, mask, first, end)
+    handler.engine._run = spy
+    run_steps(handler, context, calls)
+    assert [call.text() for call in calls] == reference
+    return prefilled
 
 
 def test_a_full_queue_answers_429_with_retry_after(llm_archive: Path) -> None:

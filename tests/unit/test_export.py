@@ -139,4 +139,5 @@ def test_a_handler_carries_exactly_the_modules_it_imports() -> None:
     assert carried("ensemble_workflow.py") == {"http_reply.py"}
     # the generation handler: none of the tensor stack
     assert carried("llm.py") == {"cores.py", "http_reply.py", "inputs.py", "integrity.py", "llm_async.py", "llm_engine.py",
-                                 "llm_settings.py", "openai_api.py", "step_metrics.py", "token_sampler.py", "token_text.py"}
+                                 "llm_settings.py", "openai_api.py", "prompt_cache.py", "step_metrics.py", "token_sampler.py",
+                                 "token_text.py"}
