@@ -258,8 +258,9 @@ def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, re
 
 
 def batch_invariance(folder: Path, prompts: int = 8, tokens: int = 32, invariant: bool = True) -> dict[str, Any]:
-    """Greedy tokens of `prompts` prompts decoded together vs each alone, with the serving engine
-    (`invariant`: its batch_invariant setting)."""
+    """Greedy tokens of `prompts` prompts decoded together vs each alone in the batch, and vs each
+    outside it (the row gRPC's generations run in), with the serving engine (`invariant`: its
+    batch_invariant setting)."""
     from maas.handlers.llm_engine import BatchEngine  # no flat imports: importable from the package
 
     ids = [[(7 * i + j) % 200 + 3 for j in range(4 + 3 * i)] for i in range(prompts)]
@@ -278,18 +279,28 @@ def batch_invariance(folder: Path, prompts: int = 8, tokens: int = 32, invariant
             engine.drop(key)
         return logits
 
+    def outside(key: str) -> list[np.ndarray]:
+        steps = [engine.prefill(key, ids[int(key)], alone=True)]
+        while len(steps) < tokens:
+            steps.append(engine.prefill(key, [int(np.argmax(steps[-1]))], alone=True))
+        engine.drop(key)
+        return steps
+
     together = decode([str(i) for i in range(prompts)])
     alone = {}
     for i in range(prompts):
         alone.update(decode([str(i)]))
     flips, worst = 0, 0.0
     for key, steps in together.items():
-        a = [int(np.argmax(x)) for x in alone[key]]
         b = [int(np.argmax(x)) for x in steps]
-        flips += a != b
-        # compare logits only while both saw the same tokens
-        same = next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
-        worst = max([worst] + [float(np.abs(x - y).max()) for x, y in zip(alone[key][: same + 1], steps[: same + 1])])
+        differs = False
+        for other in (alone[key], outside(key)):
+            a = [int(np.argmax(x)) for x in other]
+            differs |= a != b
+            # compare logits only while both saw the same tokens
+            same = next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+            worst = max([worst] + [float(np.abs(x - y).max()) for x, y in zip(other[: same + 1], steps[: same + 1])])
+        flips += differs
     return {"prompts": prompts, "tokens": tokens, "sequences_that_differ": flips, "max_abs_logit_diff": worst}
 
 
