@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 try:  # flat, as inside an archive
-    from prompt_cache import PromptCache
+    from prompt_cache import PromptCache, shared_head
 except ImportError:  # maas.handlers.llm_engine, as the bench imports it in process
-    from .prompt_cache import PromptCache
+    from .prompt_cache import PromptCache, shared_head
 
 Logits = np.ndarray  # [vocab] float32
 
@@ -177,8 +177,7 @@ class BatchEngine(_Rows):
         shared, limit = 0, len(prompt) - 1
         if self.prompts is not None:
             held = self.staging_tokens
-            while shared < min(limit, len(held)) and prompt[shared] == held[shared]:
-                shared += 1
+            shared = shared_head(tuple(held), tuple(prompt), limit)
             staging = [array[self.slots] for array in self.cache]
             if shared < len(held):  # the last prompt is about to be overwritten
                 self.prompts.keep(held, staging)

@@ -15,6 +15,21 @@ import numpy as np
 Tokens = tuple[int, ...]
 # A prompt longer than this share of the budget is kept only up to it: its head is what others share
 LONGEST_SHARE = 4
+# Prompts kept at most, whatever their size: a request's lookup compares it with each of them
+MOST_ENTRIES = 256
+
+
+def shared_head(a: Tokens, b: Tokens, limit: int) -> int:
+    """How many leading tokens `a` and `b` share, at most `limit`: a binary search over slice
+    comparisons, which run in C (a 200-token system prompt shared with 256 kept ones: 256 x 8)."""
+    low, high = 0, min(len(a), len(b), limit)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 class PromptCache:
@@ -23,10 +38,11 @@ class PromptCache:
     def __init__(self, budget_bytes: int, bytes_per_token: int) -> None:
         self.budget, self.bytes_per_token = budget_bytes, bytes_per_token
         self.entries: OrderedDict[Tokens, list[np.ndarray]] = OrderedDict()  # least recently used first
+        self.kept_tokens = 0
 
     @property
     def used_bytes(self) -> int:
-        return sum(len(tokens) for tokens in self.entries) * self.bytes_per_token
+        return self.kept_tokens * self.bytes_per_token
 
     def longest_tokens(self) -> int:
         """How many tokens of one prompt are kept at most."""
@@ -36,10 +52,9 @@ class PromptCache:
         """The kept prefix that shares the most leading tokens with `prompt` (at most `limit`), and
         how many it shares; ((), 0) when none does."""
         best: tuple[Tokens, int] = ((), 0)
+        wanted = tuple(prompt)
         for tokens in self.entries:
-            shared, end = 0, min(limit, len(tokens))
-            while shared < end and tokens[shared] == prompt[shared]:
-                shared += 1
+            shared = shared_head(tokens, wanted, limit)
             if shared > best[1]:
                 best = (tokens, shared)
         if best[1]:
@@ -56,10 +71,16 @@ class PromptCache:
                 self.entries.move_to_end(holder)
             return
         for shorter in [t for t in self.entries if kept[: len(t)] == t]:
-            del self.entries[shorter]
-        while self.entries and self.used_bytes + len(kept) * self.bytes_per_token > self.budget:
-            self.entries.popitem(last=False)
+            self._drop(shorter)
+        while self.entries and (self.used_bytes + len(kept) * self.bytes_per_token > self.budget
+                                or len(self.entries) >= MOST_ENTRIES):
+            self._drop(next(iter(self.entries)))
         self.entries[kept] = [array[:, : len(kept)].copy() for array in arrays]
+        self.kept_tokens += len(kept)
 
     def values(self, tokens: Tokens) -> list[np.ndarray]:
         return self.entries[tokens]
+
+    def _drop(self, tokens: Tokens) -> None:
+        del self.entries[tokens]
+        self.kept_tokens -= len(tokens)

@@ -128,7 +128,9 @@ def _write_requests(environment, **_kwargs) -> None:
 
 
 class KeyFile:
-    """The inference key, re-read only when key_file.json changes on disk."""
+    """The inference key, re-read only when key_file.json changes on disk. Not maas.keys.read_keys:
+    the key files of a cluster or a Swarm (HAProxy in front) hold only an "inference" key, which
+    read_keys refuses, and a Locust user must not block its gevent loop while the file is rewritten."""
 
     def __init__(self, path: str) -> None:
         self.path, self._mtime, self._key = path, None, None

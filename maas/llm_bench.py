@@ -412,6 +412,8 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
         main.append({**last, "label": f"{last['label']}, no batching", "handler": {"engine": "generator"}})
         main.append({**last, "label": f"{last['label']}, whole prompts in one step",
                      "handler": {"prefill_chunk_tokens": 4096}})
+        main.append({**last, "label": f"{last['label']}, prompts in chunks of 8",  # shorter steps beside streams
+                     "handler": {"prefill_chunk_tokens": 8}})
         main.append({**last, "label": f"{last['label']}, 1 thread", "handler": {"intra_op_threads": 1}})
         main.append({**last, "label": f"{last['label']}, not batch-invariant", "handler": {"batch_invariant": False}})
         main.append({**last, "label": f"{last['label']}, threads sleep between ops", "handler": {"allow_spinning": False}})
@@ -443,7 +445,7 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
     peer = build_peer(plan, store, work) if plan.peer and "fp32" in result.builds else None
     for precision, b in result.builds.items():
         result.invariance[precision] = batch_invariance(Path(b["folder"]))
-        log.info("bench: %s batched vs alone: %s", precision, result.invariance[precision])
+        log.info("bench: %s batched vs alone and outside the batch: %s", precision, result.invariance[precision])
         if plan.levers and precision == plan.precisions[-1]:  # what batch_invariant: false changes
             result.invariance[f"{precision}, not batch-invariant"] = batch_invariance(Path(b["folder"]), invariant=False)
         result.step_costs[precision] = step_costs(Path(b["folder"]))
@@ -587,7 +589,7 @@ def report(result: LlmResult) -> str:
             d = list(c["decode_ms"].values())
             lines.append(f"| {key} | {' / '.join(f'{x:g}' for x in d)} | {d[-1] / d[0]:.2f} | "
                          f"{c['prefill_chunk_ms']:g} ({c['prefill_chunk_tokens']} tokens) |")
-    lines += ["", "Batched vs alone (in process, greedy, the serving engine):", ""]
+    lines += ["", "Batched vs each alone in the batch and outside it (gRPC's row; in process, greedy, the serving engine):", ""]
     for precision, inv in result.invariance.items():
         lines.append(f"- {precision}: {inv['sequences_that_differ']} of {inv['prompts']} sequences differ over "
                      f"{inv['tokens']} tokens; largest logit difference before any differs {inv['max_abs_logit_diff']:.2e}")

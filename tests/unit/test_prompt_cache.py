@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from prompt_cache import PromptCache
+from prompt_cache import MOST_ENTRIES, PromptCache, shared_head
 
 TOKEN_BYTES = 2 * 3 * 4  # two cache arrays of [3 heads, tokens, 1] float32 below
 
@@ -46,3 +46,20 @@ def test_no_budget_keeps_nothing() -> None:
     cache = PromptCache(0, TOKEN_BYTES)
     cache.keep([1, 2, 3], row([1, 2, 3]))
     assert not cache.entries and cache.match([1, 2, 3], limit=2) == ((), 0)
+
+
+def test_shared_heads_are_counted_up_to_the_limit() -> None:
+    assert shared_head((1, 2, 3, 4), (1, 2, 3, 5), limit=10) == 3
+    assert shared_head((1, 2, 3), (1, 2, 3, 4), limit=10) == 3
+    assert shared_head((1, 2, 3), (1, 2, 3), limit=2) == 2
+    assert shared_head((9,), (1,), limit=5) == 0 and shared_head((), (1,), limit=5) == 0
+    long = tuple(range(1000))
+    assert all(shared_head(long, long[:k] + (-1,), limit=2000) == k for k in (0, 1, 499, 500, 999))
+
+
+def test_at_most_so_many_prompts_are_kept() -> None:
+    cache = PromptCache(10**9, TOKEN_BYTES)
+    for i in range(MOST_ENTRIES + 5):
+        cache.keep([i, i], row([i, i]))
+    assert len(cache.entries) == MOST_ENTRIES and (0, 0) not in cache.entries
+    assert cache.used_bytes == 2 * MOST_ENTRIES * TOKEN_BYTES
