@@ -83,10 +83,12 @@ class LlmClient(ArchiveClient):
                "Summarise the last shift on line {i} in two sentences.", "Is a torque of {i} Nm too high?",
                "List three checks before restarting the gearbox.", "What does a rising bearing temperature mean?")
 
-    def payloads(self, seed: int = 0, max_tokens: int = 64, **options: Any) -> Payloads:
+    def payloads(self, seed: int = 0, max_tokens: int = 64, seeded: bool = True, **options: Any) -> Payloads:
+        """Sampled chat completions; `seeded`: each with its own `seed` (reproducible tokens, which the
+        server keeps equal alone and among others), else none, as most chat clients send them."""
         bodies = [json.dumps({"model": self.model, "messages": [{"role": "user", "content": p.format(i=seed * 7 + i)}],
-                              "max_tokens": max_tokens, "temperature": 0.7, "seed": seed * 100 + i, "stream": True,
-                              "stream_options": {"include_usage": True}}).encode()
+                              "max_tokens": max_tokens, "temperature": 0.7, **({"seed": seed * 100 + i} if seeded else {}),
+                              "stream": True, "stream_options": {"include_usage": True}}).encode()
                   for i, p in enumerate(self.PROMPTS * 4)]
         return Payloads(bodies, "application/json", generation_check)
 

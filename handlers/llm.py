@@ -227,8 +227,9 @@ class LlmHandler:
         now, and nothing a step brings changes them: new requests join the batch only after the
         decode, and a stream whose client left is dropped with its extra token unused."""
         if self.ahead_pool is not None and self.engine.key_at:
-            tokens = {key: self.streams[key].last_token for key in self.engine.key_at}
-            self.ahead = self.ahead_pool.submit(self.engine.decode, tokens)
+            running = [self.streams[key] for key in self.engine.key_at]
+            self.ahead = self.ahead_pool.submit(self.engine.decode, {s.request_id: s.last_token for s in running},
+                                                _exact(running))
 
     def _decoded_ahead(self) -> dict[str, Any] | Exception | None:
         """The logits the decode started at the end of the last step gives (waiting for it), or its error."""
@@ -250,7 +251,8 @@ class LlmHandler:
                 raise ahead
             if ahead is not None and any(s.request_id not in ahead for s in running):
                 raise RuntimeError("a running stream missed the decode made ahead")  # never: only drops come between
-            logits = ahead if ahead is not None else self.engine.decode({s.request_id: s.last_token for s in running})
+            logits = ahead if ahead is not None else self.engine.decode({s.request_id: s.last_token for s in running},
+                                                                        _exact(running))
         except Exception:
             log.exception("decoding step failed; its %d streams end with an error", len(running))
             for stream in running:
@@ -276,7 +278,7 @@ class LlmHandler:
                     stream.pending = stream.pending[self.engine.reuse_prefix(stream.request_id, stream.pending):]
                 part, stream.pending = stream.pending[:budget], stream.pending[budget:]
                 budget -= len(part)
-                logits = self.engine.prefill(stream.request_id, part)
+                logits = self.engine.prefill(stream.request_id, part, exact=stream.req.reproducible)
                 if stream.pending:
                     continue
                 self.queue.popleft()
@@ -297,7 +299,8 @@ class LlmHandler:
                 self._take(context, stream, next_token(logits, stream.req, stream.rng))
                 if stream.finish is not None:
                     break
-                logits = self.engine.prefill(stream.request_id, [stream.last_token], alone=True)
+                logits = self.engine.prefill(stream.request_id, [stream.last_token], alone=True,
+                                             exact=stream.req.reproducible)
         except Exception:
             log.exception("request %s: generation failed", stream.request_id)
             self.fail(stream)
@@ -497,6 +500,12 @@ class LlmHandler:
 
     def _time(self, context: Any, name: str, ms: float) -> None:
         self._emit(context, lambda m, dims: m.add_time(name, ms, None, "ms", dims))
+
+
+def _exact(running: list[Stream]) -> bool:
+    """Whether a step must compute as the batch does: only when a request's tokens are reproducible
+    (greedy or seeded); a lone stream sampled without a seed then skips the spare row (llm_engine)."""
+    return any(stream.req.reproducible for stream in running)
 
 
 def _over_http(context: Any, idx: int) -> bool:

@@ -119,9 +119,10 @@ class BatchEngine(_Rows):
     def bytes_per_token(self) -> int:
         return sum(a.itemsize * a.shape[1] * a.shape[3] for a in self.cache)
 
-    def prefill(self, key: str, tokens: list[int], alone: bool = False) -> Logits:
+    def prefill(self, key: str, tokens: list[int], alone: bool = False, exact: bool = True) -> Logits:
         """Append `tokens` to `key`'s sequence in the staging row, one sequence at a time, until it is
-        activated; or (`alone`) in the row of a sequence that never joins the batch."""
+        activated; or (`alone`) in the row of a sequence that never joins the batch. `exact: False`
+        (a sampled request without a seed): its logits need not be the batch's, one token runs as one row."""
         row = self.slots + 1 if alone else self.slots
         holder = self.alone if alone else self.staged
         if holder not in (None, key):
@@ -131,7 +132,7 @@ class BatchEngine(_Rows):
         else:
             self.staged = key
         past, held = self.length.get(key, 0), self.held[row]
-        if self.batch_invariant and len(tokens) == 1 and past > 0:
+        if self.batch_invariant and exact and len(tokens) == 1 and past > 0:
             if alone and len(self.staging_tokens) < self.max_len:
                 return self._decode_outside(key, tokens[0])
             # One token would run on int4's one-row kernel, whose numbers differ from the several-row
@@ -176,12 +177,12 @@ class BatchEngine(_Rows):
             raise RuntimeError(f"{key} cannot be staged now")
         shared, limit = 0, len(prompt) - 1
         if self.prompts is not None:
-            held = self.staging_tokens
-            shared = shared_head(tuple(held), tuple(prompt), limit)
+            held, wanted = self.staging_tokens, tuple(prompt)  # tuple() of a tuple is that tuple: converted once
+            shared = shared_head(tuple(held), wanted, limit)
             staging = [array[self.slots] for array in self.cache]
             if shared < len(held):  # the last prompt is about to be overwritten
                 self.prompts.keep(held, staging)
-            tokens, kept = self.prompts.match(prompt, limit)
+            tokens, kept = self.prompts.match(wanted, limit)
             if kept > shared:
                 for array, values in zip(staging, self.prompts.values(tokens)):
                     array[:, :kept] = values[:, :kept]
@@ -199,8 +200,9 @@ class BatchEngine(_Rows):
         self.key_at.append(key)
         self.staged = None
 
-    def decode(self, tokens: dict[str, int]) -> dict[str, Logits]:
-        """One token for every running sequence (all of them: a batch is the running prefix)."""
+    def decode(self, tokens: dict[str, int], exact: bool = True) -> dict[str, Logits]:
+        """One token for every running sequence (all of them: a batch is the running prefix). `exact:
+        False` (no running request needs reproducible tokens): a lone row may run as one row."""
         if set(tokens) != set(self.key_at):
             raise ValueError("decode takes one token for every running sequence")
         n = len(self.key_at)
@@ -209,12 +211,13 @@ class BatchEngine(_Rows):
             raise ValueError("a sequence would exceed the cache")
         ids = np.asarray([[tokens[key]] for key in self.key_at], np.int64)
         rows = n
-        if n == 1 and self.slots > 1 and self.batch_invariant:
+        if n == 1 and self.slots > 1 and self.batch_invariant and exact:
             # A lone row runs with a free one beside it: int4 MatMulNBits computes one row (M=1) on
             # another kernel than several, whose logits differ (up to 0.1 measured at blocks of 128),
             # so a stream alone would not get the tokens it gets among others. The spare row costs
-            # a lone stream 15 % (568M Llama, int4, 2 cores: 15.5 vs 13.5 ms a token); what its step
-            # writes there is overwritten when a sequence is moved into it.
+            # a lone stream 15 % (568M Llama, int4, 2 cores: 15.5 vs 13.5 ms a token), paid only for
+            # requests whose tokens are reproducible; what its step writes there is overwritten when
+            # a sequence is moved into it.
             ids, rows = np.concatenate([ids, ids]), 2
         mask = np.zeros((rows, max(pasts) + 1), np.int64)  # each row's sum is its length: GQA reads it
         for row, past in enumerate(pasts):
@@ -272,7 +275,7 @@ class GeneratorEngine(_Rows):
     cache_bytes = 0  # GenAI allocates per generator
     bytes_per_token = 0
 
-    def prefill(self, key: str, tokens: list[int], alone: bool = False) -> Logits:
+    def prefill(self, key: str, tokens: list[int], alone: bool = False, exact: bool = True) -> Logits:
         generator = self.generators.get(key)
         if generator is None:
             params = self.og.GeneratorParams(self.model)
@@ -291,7 +294,7 @@ class GeneratorEngine(_Rows):
         self.key_at.append(key)
         self.staged = None
 
-    def decode(self, tokens: dict[str, int]) -> dict[str, Logits]:
+    def decode(self, tokens: dict[str, int], exact: bool = True) -> dict[str, Logits]:
         return {key: self._append(self.generators[key], [tokens[key]]) for key in self.key_at}
 
     def drop(self, key: str) -> None:

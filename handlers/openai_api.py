@@ -57,6 +57,12 @@ class GenerationRequest:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def reproducible(self) -> bool:
+        """Its tokens are a function of the request (greedy, or sampled from its seed); a sampled one
+        without a seed is random anyway, so it may decode on numbers that depend on its neighbours."""
+        return self.greedy or self.seed is not None
+
 
 def route_of(url_path: str | None, body: Any) -> str:
     """The endpoint asked for: from the URL's tail (/predictions/M/V/v1/...), else from the body (gRPC)."""

@@ -48,7 +48,7 @@ class PromptCache:
         """How many tokens of one prompt are kept at most."""
         return self.budget // (LONGEST_SHARE * self.bytes_per_token) if self.bytes_per_token else 0
 
-    def match(self, prompt: list[int], limit: int) -> tuple[Tokens, int]:
+    def match(self, prompt: Tokens | list[int], limit: int) -> tuple[Tokens, int]:
         """The kept prefix that shares the most leading tokens with `prompt` (at most `limit`), and
         how many it shares; ((), 0) when none does."""
         best: tuple[Tokens, int] = ((), 0)

@@ -12,10 +12,12 @@ from pathlib import Path
 
 from maas.core.bodies import Payloads
 
-# Benchmark variants of a zoo model's bodies: "digits-json" compares engines, not image
-# decoding (JSON bodies only); "minilm-128"/"minilm-256" send texts of that many tokens.
+# Benchmark variants of a model's bodies: "digits-json" compares engines, not image decoding
+# (JSON bodies only); "minilm-128"/"minilm-256" send texts of that many tokens; "bench-llm-unseeded"
+# samples the bench's language model without a seed.
 VARIANTS = {"digits-json": ("digits", {"png_share": 0.0}),
-            "minilm-128": ("minilm", {"tokens": 128}), "minilm-256": ("minilm", {"tokens": 256})}
+            "minilm-128": ("minilm", {"tokens": 128}), "minilm-256": ("minilm", {"tokens": 256}),
+            "bench-llm-unseeded": ("bench-llm", {"seeded": False})}
 
 
 def for_model(model: str, seed: int = 0, version: str = "", model_store: str = "") -> Payloads:

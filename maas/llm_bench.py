@@ -367,7 +367,8 @@ def served_rows(ts: Any, store: Path, config: dict[str, Any], plan: LlmPlan, rep
         for users in plan.users:
             slo = SLO(users=users, spawn_rate=float(users), run_time_s=plan.run_time_s, warmup_s=plan.warmup_s,
                       thresholds=Thresholds(max_p95_ms=1e9, max_p99_ms=1e9, max_error_ratio=1.0, min_rps=0.0))
-            test = LoadTest(model, slo, version=version, model_store=store, generative=True, payload=MODEL,
+            test = LoadTest(model, slo, version=version, model_store=store, generative=True,
+                            payload=config.get("payload", MODEL),
                             label=f"{re.sub(r'[^a-z0-9]+', '-', config['label'].lower())[:40]}-{users}u")
             summary, folder = run_locust(test, ts.endpoints.inference, ts.layout.key_file, reports)
             drain(ts, model, version)
@@ -416,6 +417,8 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
                      "handler": {"prefill_chunk_tokens": 8}})
         main.append({**last, "label": f"{last['label']}, 1 thread", "handler": {"intra_op_threads": 1}})
         main.append({**last, "label": f"{last['label']}, not batch-invariant", "handler": {"batch_invariant": False}})
+        main.append({**last, "label": f"{last['label']}, requests without a seed", "handler": {},  # no spare row alone
+                     "payload": f"{MODEL}-unseeded"})
         main.append({**last, "label": f"{last['label']}, threads sleep between ops", "handler": {"allow_spinning": False}})
         main.append({**last, "label": f"{last['label']}, decode not overlapped", "handler": {"overlap_decode": False}})
         main.append({**last, "label": f"{last['label']}, prompt prefix not reused",
@@ -425,12 +428,14 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
     return main + [c for c in configs if c not in main]  # builds that are themselves a lever come last
 
 
-def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path) -> LlmResult:
+def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path, store: Path | None = None) -> LlmResult:
+    """Everything the report shows, in one run; `store`: archives kept from an earlier run are reused
+    where their handler files, settings and quantization are still what this run builds."""
     from maas.export.llm_build import read_source
 
     read_source(plan.source)  # a folder maas cannot build is refused before anything is measured
     out_dir = out_dir.resolve()
-    store, work, reports = (out_dir / n for n in ("store", "work", "locust"))
+    store, work, reports = (store or out_dir / "store").resolve(), out_dir / "work", out_dir / "locust"
     for d in (store, work, reports):
         d.mkdir(parents=True, exist_ok=True)
     result = LlmResult(machine=machine_info(), plan={**asdict(plan), "source": str(plan.source),

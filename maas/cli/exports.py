@@ -97,7 +97,7 @@ def bench(project: Project, families: str, users: str | None, layouts: str, run_
 
     if llm_source is not None:
         _bench_llm(project, llm_source, users or "1,4,8,16", precisions, run_time_s, warmup_s, not no_levers, max_kl,
-                   llama_cpp, out_dir, publish)
+                   llama_cpp, out_dir, publish, store)
         return
     from maas import bench as bench_mod
 
@@ -127,14 +127,14 @@ def bench(project: Project, families: str, users: str | None, layouts: str, run_
 
 def _bench_llm(project: Project, source: Path, users: str, precisions: str, run_time_s: int, warmup_s: int,
                levers: bool, max_kl: float | None, llama_cpp: Path | None, out_dir: Path | None,
-               publish: Path | None) -> None:
+               publish: Path | None, store: Path | None = None) -> None:
     from maas import llm_bench
 
     plan = llm_bench.LlmPlan(source.resolve(), tuple(p.strip() for p in precisions.split(",") if p.strip()),
                              tuple(int(u) for u in users.split(",")), max(run_time_s, 1), max(warmup_s, 0), levers,
                              llama_cpp=llama_cpp.resolve() if llama_cpp else None, max_kl=max_kl)
     out = out_dir or project.reports_dir / f"bench-llm-{stamp()}"
-    llm_bench.run_llm_bench(plan, out, project.config)
+    llm_bench.run_llm_bench(plan, out, project.config, store)
     if publish:
         llm_bench.publish(out, publish)
     click.echo((out / "report.md").read_text())

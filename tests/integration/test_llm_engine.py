@@ -55,6 +55,22 @@ def test_batch_invariant_false_decodes_a_lone_stream_on_one_row(llm_archive: Pat
         assert (2 in rows) == invariant  # prefills run one row either way
 
 
+def test_only_reproducible_requests_pay_for_the_spare_row(llm_archive: Path) -> None:
+    """The spare row keeps a lone stream's tokens what they are among others; a request sampled
+    without a seed cannot tell, so alone it decodes as one row (the faster one-row kernel at int4),
+    on the same engine where a greedy or seeded request alone gets its spare row."""
+    handler, context = handler_for(llm_archive)
+    rows: list[int] = []
+    run = handler.engine._run
+    handler.engine._run = lambda ids, mask, first, end: rows.append(len(ids)) or run(ids, mask, first, end)
+    for body, spare in (({"temperature": 0.8}, False), ({"temperature": 0.8, "seed": 5}, True),
+                        ({"temperature": 0}, True)):
+        rows.clear()
+        call = Call({"prompt": "The pump", "max_tokens": 12, **body})
+        run_steps(handler, context, [call])
+        assert call.text() and (2 in rows) == spare, body
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_while_streams_go_on(llm_archive: Path) -> None:
     chunk, prompt = 16, list(range(3, 153))  # 150 token ids: 10 chunks
     running = Call({"prompt": "The pump", "max_tokens": 40, "temperature": 0, "stream": True, "stop": []})

@@ -56,14 +56,16 @@ def test_levers_are_one_change_each_from_the_last_precision() -> None:
     assert [c["label"] for c in configs] == ["maas fp32", "maas int4", "maas int4, no batching",
                                              "maas int4, whole prompts in one step", "maas int4, prompts in chunks of 8",
                                              "maas int4, 1 thread",
-                                             "maas int4, not batch-invariant", "maas int4, threads sleep between ops",
+                                             "maas int4, not batch-invariant", "maas int4, requests without a seed",
+                                             "maas int4, threads sleep between ops",
                                              "maas int4, decode not overlapped", "maas int4, prompt prefix not reused",
                                              "maas int4, asynchronous worker",
                                              "maas int4, blocks of 128", "maas int4, blocks of 32"]
     assert [c["handler"] for c in configs[2:]] == [{"engine": "generator"}, {"prefill_chunk_tokens": 4096},
                                                    {"prefill_chunk_tokens": 8}, {"intra_op_threads": 1}, {"batch_invariant": False},
-                                                   {"allow_spinning": False}, {"overlap_decode": False},
+                                                   {}, {"allow_spinning": False}, {"overlap_decode": False},
                                                    {"reuse_prompt_prefix": False}, {}, {}, {}]
-    assert configs[10]["serving"] == {"asyncCommunication": True, "continuousBatching": False, "batchSize": 1}
+    assert configs[7]["payload"] == "bench-llm-unseeded"
+    assert configs[11]["serving"] == {"asyncCommunication": True, "continuousBatching": False, "batchSize": 1}
     assert configs[-1]["version"] == "1.0-int4-b32" and configs[-1]["precision"] == "int4"
     assert [s[0] for s in build_specs(LlmPlan(source=Path("/x"), levers=False))] == ["fp32", "int4"]
