@@ -74,8 +74,9 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
 @click.option("--warmup", "warmup_s", type=int, default=3, show_default=True, help="warm-up seconds per run")
 @click.option("--no-levers", is_flag=True, help="skip the runs that take one optimisation away at a time")
 @click.option("--no-scaling", is_flag=True, help="skip the longer-text and batch-size runs (minilm)")
-@click.option("--rounds", type=int, default=2, show_default=True,
-              help="interleaved rounds of served runs and in-process ceilings; each point is its fastest round")
+@click.option("--rounds", type=int,
+              help="interleaved rounds of served runs (and in-process ceilings); each point is its fastest round "
+                   "[2; --llm: 1]")
 @click.option("--store", type=click.Path(path_type=Path), help="bench model store to reuse [<out>/store]")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder [reports/bench-<UTC time>]")
 @click.option("--publish", type=click.Path(path_type=Path),
@@ -88,7 +89,7 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
               help="--llm: also llama.cpp's server, built in this cache folder from PyPI's llama-cpp-python sources")
 @click.pass_obj
 def bench(project: Project, families: str, users: str | None, layouts: str, run_time_s: int, warmup_s: int,
-          no_levers: bool, no_scaling: bool, rounds: int, store: Path | None, out_dir: Path | None, publish: Path | None,
+          no_levers: bool, no_scaling: bool, rounds: int | None, store: Path | None, out_dir: Path | None, publish: Path | None,
           llm_source: Path | None, precisions: str, max_kl: float | None, llama_cpp: Path | None) -> None:
     """Benchmark our ONNX Runtime handlers (FP32, fused FP32, INT8) against what a TorchServe user
     would serve instead (eager PyTorch, TorchScript, OpenVINO) and against each configuration's
@@ -97,7 +98,7 @@ def bench(project: Project, families: str, users: str | None, layouts: str, run_
 
     if llm_source is not None:
         _bench_llm(project, llm_source, users or "1,4,8,16", precisions, run_time_s, warmup_s, not no_levers, max_kl,
-                   llama_cpp, out_dir, publish, store)
+                   llama_cpp, out_dir, publish, store, rounds or 1)
         return
     from maas import bench as bench_mod
 
@@ -115,7 +116,7 @@ def bench(project: Project, families: str, users: str | None, layouts: str, run_
     plan = bench_mod.BenchPlan(families=chosen, users=tuple(int(u) for u in users.split(",")),
                                layouts=grid, run_time_s=run_time_s,
                                warmup_s=warmup_s, levers=not no_levers, scaling=not no_scaling,
-                               rounds=max(1, rounds))
+                               rounds=max(1, rounds or 2))
     when = stamp()
     out = out_dir or project.reports_dir / f"bench-{when}"
     bench_mod.run_bench(plan, out, store, project.config)
@@ -127,12 +128,13 @@ def bench(project: Project, families: str, users: str | None, layouts: str, run_
 
 def _bench_llm(project: Project, source: Path, users: str, precisions: str, run_time_s: int, warmup_s: int,
                levers: bool, max_kl: float | None, llama_cpp: Path | None, out_dir: Path | None,
-               publish: Path | None, store: Path | None = None) -> None:
+               publish: Path | None, store: Path | None = None, rounds: int = 1) -> None:
     from maas import llm_bench
 
     plan = llm_bench.LlmPlan(source.resolve(), tuple(p.strip() for p in precisions.split(",") if p.strip()),
                              tuple(int(u) for u in users.split(",")), max(run_time_s, 1), max(warmup_s, 0), levers,
-                             llama_cpp=llama_cpp.resolve() if llama_cpp else None, max_kl=max_kl)
+                             llama_cpp=llama_cpp.resolve() if llama_cpp else None, max_kl=max_kl,
+                             rounds=max(1, rounds))
     out = out_dir or project.reports_dir / f"bench-llm-{stamp()}"
     llm_bench.run_llm_bench(plan, out, project.config, store)
     if publish:

@@ -10,6 +10,7 @@ from maas.llm_bench import (
     bound_tokens_per_s,
     build_specs,
     configurations,
+    fastest_rounds,
     write_outputs,
 )
 
@@ -69,3 +70,16 @@ def test_levers_are_one_change_each_from_the_last_precision() -> None:
     assert configs[11]["serving"] == {"asyncCommunication": True, "continuousBatching": False, "batchSize": 1}
     assert configs[-1]["version"] == "1.0-int4-b32" and configs[-1]["precision"] == "int4"
     assert [s[0] for s in build_specs(LlmPlan(source=Path("/x"), levers=False))] == ["fp32", "int4"]
+
+
+def test_each_row_is_its_fastest_round_in_the_first_rounds_order() -> None:
+    def r(label: str, users: int, rate: float) -> dict:
+        return {"label": label, "users": users, "output_tokens_per_s": rate, "ttft_ms": {"p50": rate}}
+
+    rounds = [[r("a", 1, 60.0), r("a", 8, 200.0), r("b", 1, 70.0)],
+              [r("a", 1, 66.0), r("a", 8, 180.0), r("b", 1, 64.0)]]
+    assert fastest_rounds(rounds) == [
+        {**r("a", 1, 66.0), "rounds_tokens_per_s": [60.0, 66.0]},
+        {**r("a", 8, 200.0), "rounds_tokens_per_s": [200.0, 180.0]},
+        {**r("b", 1, 70.0), "rounds_tokens_per_s": [70.0, 64.0]}]
+    assert fastest_rounds([rounds[0]])[0]["rounds_tokens_per_s"] == [60.0]
