@@ -206,15 +206,17 @@ class LlmHandler:
                     finished[idx] = True
         self.decode_step(context, ahead)
         self.prefill_step(context)
-        for rid, stream in list(self.streams.items()) + [(s.request_id, s) for s in self.ended]:
-            idx = index[rid]
-            answers[idx] = self.answer(context, idx, stream)
-            if stream.finish is not None:
-                if stream.steps > 1:
-                    finished[idx] = True
-                else:
-                    self.closing.add(rid)
-        self.ended.clear()
+        try:
+            for rid, stream in list(self.streams.items()) + [(s.request_id, s) for s in self.ended]:
+                idx = index[rid]
+                answers[idx] = self.answer(context, idx, stream)
+                if stream.finish is not None:
+                    if stream.steps > 1:
+                        finished[idx] = True
+                    else:
+                        self.closing.add(rid)
+        finally:  # answered, or failed with the whole batch: either way no later step owes them an answer
+            self.ended.clear()
         self.step_metrics(context)
         context.stopping_criteria = [(lambda _answer, done=done: done) for done in finished]
         self._decode_ahead()
@@ -259,7 +261,11 @@ class LlmHandler:
                 self.fail(stream)
             return
         for stream in running:
-            self._take(context, stream, next_token(logits[stream.request_id], stream.req, stream.rng))
+            try:
+                self._take(context, stream, next_token(logits[stream.request_id], stream.req, stream.rng))
+            except Exception:  # one stream's failure (its sampling, its text) is not its neighbours'
+                log.exception("request %s: its next token failed", stream.request_id)
+                self.fail(stream)
 
     def prefill_step(self, context: Any) -> None:
         """Prompts into the cache, in order, up to `prefill_chunk` tokens a step: a long prompt is
@@ -342,8 +348,13 @@ class LlmHandler:
         """This step's answer to `stream`: its new events (streaming), or its whole answer when done."""
         stream.steps += 1
         if stream.finish == "error":
-            return self.refuse(context, idx, ApiError("generation failed for this request", status=500,
-                                                       kind="server_error"))
+            failure = ApiError("generation failed for this request", status=500, kind="server_error")
+            # Once its 200 went out (its first event; in continuous batching its first answer, even an
+            # empty one), a stream's error is an event, as OpenAI's are: its client raises it
+            if stream.req.stream and (stream.opened or (self.loop is None and stream.steps > 1)):
+                context.set_response_content_type(idx, "text/event-stream")
+                return b"data: " + _bytes(json_body(failure.body())) + b"\n\n" + DONE
+            return self.refuse(context, idx, failure)
         context.set_response_content_type(idx, "text/event-stream" if stream.req.stream else "application/json")
         if not stream.req.stream:
             if stream.finish is None:
@@ -421,7 +432,8 @@ class LlmHandler:
             set_header(context, idx, "Retry-After", RETRY_AFTER_S)
             raise ApiError(f"this worker's {self.engine.slots} streams and its queue of {self.max_waiting} requests are "
                            "full; retry later", status=429, kind="requests", code="rate_limit_exceeded")
-        stream = Stream(rid, req, prompt_ids, self.text_stream(), generator_for(req), len(prompt_ids),
+        decoder = self.text_stream(prompt_ids if req.route == "completion" else ())  # a completion continues its prompt
+        stream = Stream(rid, req, prompt_ids, decoder, generator_for(req), len(prompt_ids),
                         req.max_tokens or room, http=http)
         if req.return_token_ids:
             stream.ids = (list(prompt_ids), [])
@@ -438,7 +450,11 @@ class LlmHandler:
         if req.route == "chat":
             if not self.manifest.get("chat_template"):
                 raise ApiError("this model has no chat template: use v1/completions", "messages")
-            text = self.tokenizer.apply_chat_template(json.dumps(req.messages), add_generation_prompt=True)
+            try:
+                text = self.tokenizer.apply_chat_template(json.dumps(req.messages), add_generation_prompt=True)
+            except RuntimeError as exc:  # GenAI: the template's raise_exception (roles must alternate, no system role)
+                reason = str(exc).split("\n")[0].split(" at row ")[0][:300]
+                raise ApiError(f"this model's chat template refused these messages: {reason}", "messages") from None
         else:
             text = req.prompt
         ids = [int(t) for t in self.tokenizer.encode(text)]

@@ -126,8 +126,8 @@ class EngineLoop:
         """After a failed step: every request still waiting gets a 500, and the engine is emptied."""
         h = self.handler
         for stream in list(h.streams.values()):
-            h.forget(stream)
-        h.ended.clear()
+            h.fail(stream)
+        self._answer_all()  # a stream already answering gets its error as an event (LlmHandler.answer)
         for rid, (context, _, _) in list(self.waiting.items()):
             idx = next((i for i, r in (context.request_ids or {}).items() if str(r) == rid), 0)
             self._refuse(context, idx, rid)

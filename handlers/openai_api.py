@@ -18,9 +18,18 @@ MAX_STOPS = 4
 MAX_STOP_CHARS = 256
 MAX_SEED = 2**31 - 1
 DONE = b"data: [DONE]\n\n"
-# Fields this server cannot honour, and the values that ask for nothing (accepted).
+# Fields this server cannot honour, and the values that ask for nothing (accepted), compared with
+# their JSON type: completions' `logprobs: 0` asks for the sampled tokens' logprobs, `false` does not.
+# vLLM's sampling extras are refused by name too: a client that sends them expects them honoured.
 UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "best_of": (None, 1), "logit_bias": (None, {}),
-               "tools": (None, []), "suffix": (None, ""), "response_format": (None, {"type": "text"})}
+               "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+               "function_call": (None, "none", "auto"), "suffix": (None, ""), "echo": (None, False),
+               "response_format": (None, {"type": "text"}), "min_p": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0),
+               "min_tokens": (None, 0), "ignore_eos": (None, False)}
+
+
+def _harmless(value: Any, harmless: tuple[Any, ...]) -> bool:
+    return any(value is h or (type(value) is type(h) and value == h) for h in harmless)
 
 
 class ApiError(Exception):
@@ -102,15 +111,14 @@ def parse_body(raw: Any) -> dict[str, Any]:
     return raw
 
 
-def _number(body: dict[str, Any], name: str, default: float, low: float, high: float, *, low_open: bool = False) -> float:
+def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
     value = body.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ApiError(f"{name} must be a number, not {json.dumps(value)[:40]}", name)
-    if value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise ApiError(f"{name} must be in {bracket}{low:g}, {high:g}], not {value:g}", name)
+    if value > high or value < low:
+        raise ApiError(f"{name} must be in [{low:g}, {high:g}], not {value:g}", name)
     return float(value)
 
 
@@ -210,7 +218,7 @@ def parse_request(body: dict[str, Any], route: str, served: str) -> GenerationRe
     if n not in (None, 1):
         raise ApiError("n must be 1: ask once per completion", "n")
     for name, harmless in UNSUPPORTED.items():
-        if body.get(name) not in harmless:
+        if not _harmless(body.get(name), harmless):
             raise ApiError(f"{name} is not supported by this server", name)
     for name in ("presence_penalty", "frequency_penalty"):
         if _number(body, name, 0.0, -2.0, 2.0) != 0.0:
@@ -221,6 +229,8 @@ def parse_request(body: dict[str, Any], route: str, served: str) -> GenerationRe
         max_tokens = 16  # the completions API's own default
     stream = _flag(body, "stream")
     options = body.get("stream_options")
+    if options is not None and not stream:
+        raise ApiError("stream_options is only allowed when stream is true", "stream_options")
     if options is not None and not (isinstance(options, dict) and isinstance(options.get("include_usage", False), bool)):
         raise ApiError("stream_options must be an object like {\"include_usage\": true}", "stream_options")
     return GenerationRequest(
@@ -229,8 +239,8 @@ def parse_request(body: dict[str, Any], route: str, served: str) -> GenerationRe
         messages=_messages(body) if route == "chat" else [],
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        top_k=_integer(body, "top_k", 0, 1 << 20) or 0,
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),  # 0: the most likely token only
+        top_k=max(_integer(body, "top_k", -1, 1 << 20) or 0, 0),  # -1: off, as vLLM's
         seed=_integer(body, "seed", -(2**63), 2**63 - 1),
         stop=_stops(body),
         stream=stream,

@@ -17,9 +17,15 @@ def generator_for(req: GenerationRequest) -> np.random.Generator:
 
 
 def next_token(logits: np.ndarray, req: GenerationRequest, rng: np.random.Generator) -> int:
+    if not np.isfinite(logits).any() or np.isnan(logits).any():
+        raise ValueError("the model's logits are not numbers (NaN, or no finite one)")
     if req.greedy:
         return int(np.argmax(logits))
-    scores = logits.astype(np.float64) / req.temperature
+    # Shifted before the division: the best token's score is 0 and the others' are <= 0, so a
+    # temperature near 0 (1e-300 is valid) makes them -inf, not inf - inf = NaN.
+    scores = logits.astype(np.float64)
+    with np.errstate(over="ignore"):
+        scores = (scores - scores.max()) / req.temperature
     if req.top_k and req.top_k < scores.size:
         kth = np.partition(scores, -req.top_k)[-req.top_k]
         scores[scores < kth] = -np.inf

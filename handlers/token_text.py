@@ -7,14 +7,21 @@ an event. Hugging Face `tokenizers`' DecodeStream holds such bytes only until th
 then emits them as U+FFFD, so the streamed text always equals `tokenizer.decode(ids)`, what
 `transformers` answers. It reads the archive's tokenizer.json; a tokenizer it cannot read keeps
 GenAI's stream.
+
+A completion continues its prompt, so its stream starts from the prompt's last tokens: a
+SentencePiece decoder (Llama 2, Mistral, Phi-3) strips the space that begins a text, and the
+answer to "The capital is" must be " Paris", as prompt + completion reads (vLLM does the same).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 log = logging.getLogger(__name__)
+
+
+PREFIX_TOKENS = 4  # of the prompt, before a completion's first token: what a decoder's start rules see
 
 
 class TextStream(Protocol):
@@ -34,9 +41,10 @@ class _GenAIStream:
         return ""
 
 
-def text_streams(model_dir: Path, genai_tokenizer: Any) -> Callable[[], TextStream]:
+def text_streams(model_dir: Path, genai_tokenizer: Any) -> Callable[..., TextStream]:
     """A factory of per-stream decoders for the model in `model_dir`: `decode(token)` is the text
-    the token completes; `flush()`, at the end, the text of bytes no token completed."""
+    the token completes; `flush()`, at the end, the text of bytes no token completed. `prefix`: the
+    tokens the text continues (a completion's prompt), whose own text is not the stream's."""
     try:
         from tokenizers import Tokenizer
         from tokenizers.decoders import DecodeStream
@@ -44,13 +52,13 @@ def text_streams(model_dir: Path, genai_tokenizer: Any) -> Callable[[], TextStre
         tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     except Exception as exc:  # noqa: BLE001 - any reason: GenAI's own stream still works
         log.info("streamed text through GenAI's TokenizerStream (%s)", exc)
-        return lambda: _GenAIStream(genai_tokenizer)
+        return lambda prefix=(): _GenAIStream(genai_tokenizer)
 
     class _Stream:
         __slots__ = ("_stream", "_pending")
 
-        def __init__(self) -> None:
-            self._stream = DecodeStream(skip_special_tokens=True)
+        def __init__(self, prefix: Sequence[int] = ()) -> None:
+            self._stream = DecodeStream(list(prefix[-PREFIX_TOKENS:]) or None, skip_special_tokens=True)
             self._pending: list[int] = []  # tokens whose bytes are no text yet
 
         def decode(self, token: int) -> str:

@@ -61,8 +61,11 @@ class Call:
         return self.answer()["choices"][0]["text"]
 
 
-def run_steps(handler: llm.LlmHandler, context: StepContext, calls: list[Call], max_steps: int = 10_000) -> int:
-    """Step until every call is answered whole (or left); returns the number of steps."""
+def run_steps(handler: llm.LlmHandler, context: StepContext, calls: list[Call], max_steps: int = 10_000,
+              headers: dict[str, str] | None = None) -> int:
+    """Step until every call is answered whole (or left); returns the number of steps. `headers`:
+    every request's (default: HTTP to v1/completions)."""
+    headers = headers or {"Host": "127.0.0.1", "url_path": "v1/completions"}
     live: list[int] = []
     for step in range(max_steps):
         live += [i for i, call in enumerate(calls) if call.joins == step]
@@ -73,7 +76,7 @@ def run_steps(handler: llm.LlmHandler, context: StepContext, calls: list[Call], 
             continue
         context.step = step
         context.request_ids = {k: f"req-{i}" for k, i in enumerate(live)}
-        context.headers = {k: {"Host": "127.0.0.1", "url_path": "v1/completions"} for k in range(len(live))}
+        context.headers = {k: dict(headers) for k in range(len(live))}
         context.status, context.response_headers = {}, {}
         answers = handler.handle([{"body": calls[i].body} for i in live], context)
         still = []

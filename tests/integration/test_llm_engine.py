@@ -5,6 +5,7 @@ chunks while running streams keep their one token a step, a full queue answers 4
 Retry-After, the KV budget bounds the context, and a client that leaves frees its row."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,66 @@ def test_a_client_that_leaves_frees_its_row_and_the_others_are_untouched(llm_arc
     run_steps(handler, context, left)
     assert [c.text() for c in left[1:]] == [c.text() for c in alone[1:]]
     assert handler.engine.running == 0 and handler.engine.free_slots() == 8 and not handler.engine.length
+
+
+def test_a_stream_that_fails_mid_generation_ends_in_an_error_event_and_costs_no_one_else(llm_archive: Path) -> None:
+    def calls() -> list[Call]:
+        return [Call({"prompt": p, "max_tokens": 12, "temperature": 0, "stream": i == 0}) for i, p in enumerate(PROMPTS[:3])]
+
+    alone = calls()
+    handler, context = handler_for(llm_archive)
+    run_steps(handler, context, alone)
+    failing = calls()
+    take = handler._take
+
+    def fails_on_its_fourth_token(ctx: Any, stream: Any, token: int) -> None:
+        if stream.request_id == "req-0" and stream.tokens == 3:
+            raise RuntimeError("injected: this stream's token fails")
+        take(ctx, stream, token)
+
+    handler._take = fails_on_its_fourth_token  # type: ignore[method-assign]
+    run_steps(handler, context, failing)
+    handler._take = take  # type: ignore[method-assign]
+    events = failing[0].body_bytes.decode().split("\n\n")
+    # its 200 went out with its first events: the error is an event too, then [DONE] (as OpenAI's)
+    assert failing[0].status == 200 and events[-3:] == [events[-3], "data: [DONE]", ""], events
+    assert json.loads(events[-3].removeprefix("data: "))["error"]["type"] == "server_error"
+    assert [c.text() for c in failing[1:]] == [c.text() for c in alone[1:]]
+    again = calls()  # the worker goes on: nothing of the failed step is left behind
+    run_steps(handler, context, again)
+    assert [streamed(c) for c in again[:1]] + [c.text() for c in again[1:]] == \
+        [streamed(alone[0])] + [c.text() for c in alone[1:]]
+    assert handler.engine.running == 0 and not handler.streams and not handler.ended
+
+
+def streamed(call: Call) -> str:
+    events = [e.removeprefix("data: ") for e in call.body_bytes.decode().split("\n\n") if e.startswith("data: {")]
+    return "".join(json.loads(e)["choices"][0].get("text") or "" for e in events if json.loads(e).get("choices"))
+
+
+def test_messages_a_chat_template_refuses_are_a_400_naming_its_reason(llm_archive: Path) -> None:
+    handler, context = handler_for(llm_archive)
+    genai = handler.tokenizer
+
+    class AlternatingRoles:  # the archive's GenAI tokenizer with a Mistral-Instruct-like template
+        TEMPLATE = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception("
+                    "'Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+                    "[{{ m['content'] }}]{% endfor %}")
+
+        def apply_chat_template(self, messages: str, add_generation_prompt: bool) -> str:
+            return genai.apply_chat_template(messages, template_str=self.TEMPLATE, add_generation_prompt=add_generation_prompt)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(genai, name)
+
+    handler.tokenizer = AlternatingRoles()
+    handler.manifest = {**handler.manifest, "chat_template": AlternatingRoles.TEMPLATE}
+    two_users = [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]
+    calls = [Call({"messages": two_users, "max_tokens": 4}), Call({"messages": two_users[:1], "max_tokens": 4})]
+    context_headers = {"Host": "127.0.0.1", "url_path": "v1/chat/completions"}
+    run_steps(handler, context, calls, headers=context_headers)
+    error = calls[0].answer()["error"]
+    assert calls[0].status == 400 and error["param"] == "messages", error
+    assert error["message"] == ("this model's chat template refused these messages: Conversation roles must "
+                                "alternate user/assistant/user/assistant/...")
+    assert calls[1].status == 200 and calls[1].answer()["usage"]["completion_tokens"] == 4

@@ -37,12 +37,23 @@ def test_a_full_request_reads_as_asked() -> None:
     ({"prompt": "x", "top_p": 1.5}, "top_p"), ({"prompt": "x", "stop": [""]}, "stop"), ({"prompt": "x", "stop": 5}, "stop"),
     ({"prompt": "x", "presence_penalty": 1}, "presence_penalty"), ({"prompt": "x", "best_of": 2}, "best_of"),
     ({"prompt": "x", "stream_options": "usage"}, "stream_options"), ({"prompt": "x", "model": 5}, "model"),
+    # asked for and not honoured: refused by name, never ignored
+    ({"prompt": "x", "echo": True}, "echo"), ({"prompt": "x", "logprobs": 0}, "logprobs"),
+    ({"prompt": "x", "functions": [{"name": "f"}]}, "functions"), ({"prompt": "x", "tool_choice": "required"}, "tool_choice"),
+    ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"), ({"prompt": "x", "min_p": 0.1}, "min_p"),
+    ({"prompt": "x", "repetition_penalty": 1.2}, "repetition_penalty"), ({"prompt": "x", "ignore_eos": True}, "ignore_eos"),
 ])
 def test_refusals_name_the_field(body, param) -> None:
     with pytest.raises(ApiError) as caught:
         parse_request(body, "completion", "m")
     assert caught.value.param == param and caught.value.status == 400
     assert caught.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_values_that_ask_for_nothing_are_accepted() -> None:
+    req = parse_request({"prompt": "x", "echo": False, "logprobs": None, "tool_choice": "none", "top_p": 0, "top_k": -1,
+                         "repetition_penalty": 1.0, "min_p": 0, "stream": False}, "completion", "m")
+    assert (req.top_p, req.top_k) == (0.0, 0)  # top_p 0: the most likely token only; top_k -1: off (vLLM's)
 
 
 def test_bodies_that_are_not_json_objects_are_refused() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from openai_api import GenerationRequest
 from token_sampler import generator_for, next_token
 
@@ -36,3 +37,13 @@ def test_the_same_seed_gives_the_same_tokens() -> None:
         return [next_token(LOGITS, req, rng) for _ in range(50)]
 
     assert tokens(7) == tokens(7) != tokens(8)
+
+
+def test_a_temperature_near_zero_samples_the_best_token_and_bad_logits_are_an_error() -> None:
+    for temperature in (1e-300, 1e-30, 5e-324):
+        req = GenerationRequest("completion", "x", seed=1, temperature=temperature, top_p=0.5)
+        assert next_token(LOGITS, req, generator_for(req)) == 0
+    req = GenerationRequest("completion", "x", seed=1)
+    for bad in (np.array([0.0, np.nan, 1.0], np.float32), np.full(3, -np.inf, np.float32)):
+        with pytest.raises(ValueError, match="not numbers"):
+            next_token(bad, req, generator_for(req))

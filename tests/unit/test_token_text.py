@@ -56,3 +56,21 @@ def test_without_a_readable_tokenizer_json_genai_streams(tmp_path: Path) -> None
 
     stream = text_streams(tmp_path, GenAI())()  # tmp_path holds no tokenizer.json
     assert stream.decode(7) == "7" and stream.flush() == ""
+
+
+def test_a_completion_keeps_the_space_a_sentencepiece_decoder_strips_at_a_texts_start(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    # Llama 2 / Mistral / Phi-3's tokenizer.json shape: "▁" for a space, the first one stripped on decode
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁The": 3, "▁capital": 4, "▁is": 5, "▁Paris": 6, ".": 7}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    factory = text_streams(tmp_path, _NoGenAI())
+    prompt = [3, 4, 5]  # "The capital is"
+    completion = factory(prompt)
+    assert "".join(completion.decode(t) for t in (6, 7)) + completion.flush() == " Paris."
+    assert tokenizer.decode(prompt) + " Paris." == "The capital is Paris."
+    assert "".join(factory().decode(t) for t in (6, 7)) == "Paris."  # a chat answer starts its own text
