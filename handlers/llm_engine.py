@@ -62,7 +62,8 @@ class BatchEngine(_Rows):
     def __init__(self, model_dir: Path, slots: int, max_len: int, threads: int, budget_bytes: int,
                  batch_invariant: bool = True, allow_spinning: bool = True, reuse_prompt_prefix: bool = True,
                  prompt_cache_bytes: int = 0) -> None:
-        """`max_len` tokens per sequence, fewer if (slots + 2) rows of them would not fit `budget_bytes`.
+        """`max_len` tokens per sequence, fewer if the cache's rows of them would not fit `budget_bytes`:
+        `slots` (one more if odd: a batch-invariant step runs an even number of rows), the staging row, the lone row.
         `prompt_cache_bytes`: recent prompts' keys and values kept beyond the staging row's last one.
         `batch_invariant`: a sequence's logits do not depend on how many others decode beside it.
         `allow_spinning`: ONNX Runtime's intra-op threads spin between the ~150 parallel sections of a
@@ -91,20 +92,22 @@ class BatchEngine(_Rows):
         past_type = {i.name: i.type for i in self.session.get_inputs()}[self.kv_pairs[0][0]]
         dtype = np.float16 if "float16" in past_type else np.float32
         token_bytes = len(self.kv_pairs) * self.kv_heads * self.head_size * np.dtype(dtype).itemsize
-        max_len = min(max_len, budget_bytes // ((slots + 2) * token_bytes))
+        # Rows 0..slots-1 (and a spare one when slots is odd) decode; then the staging row, then the lone row
+        self.staging = slots + slots % 2
+        max_len = min(max_len, budget_bytes // ((self.staging + 2) * token_bytes))
         if max_len < 16:
             raise ValueError(f"a KV cache of {budget_bytes / 1e6:.0f} MB holds {max_len} tokens for each of {slots} "
                              f"streams ({token_bytes} bytes a token): raise kv_cache_mb or lower max_streams")
         self.slots, self.max_len = slots, max_len
         self.batch_invariant = batch_invariant
-        # Row `slots` is the staging row where prompts are prefilled; `slots` + 1 the lone row
-        self.cache = [np.zeros((slots + 2, self.kv_heads, max_len, self.head_size), dtype) for _ in self.kv_pairs]
+        # Row `staging` is where prompts are prefilled; `staging` + 1 the lone row (gRPC's generations)
+        self.cache = [np.zeros((self.staging + 2, self.kv_heads, max_len, self.head_size), dtype) for _ in self.kv_pairs]
         self.key_at: list[str] = []  # running sequences, by slot
         self.length: dict[str, int] = {}  # tokens in the cache, per sequence (the staged one too)
         self.staged: str | None = None
         self.alone: str | None = None
         self.reuse_prompt_prefix = reuse_prompt_prefix
-        self.held: dict[int, list[int]] = {slots: [], slots + 1: []}  # the staging and lone rows' tokens, in order
+        self.held: dict[int, list[int]] = {self.staging: [], self.staging + 1: []}  # those rows' tokens, in order
         self.prompts = PromptCache(prompt_cache_bytes, self.bytes_per_token) if reuse_prompt_prefix else None
 
     @property
@@ -123,7 +126,7 @@ class BatchEngine(_Rows):
         """Append `tokens` to `key`'s sequence in the staging row, one sequence at a time, until it is
         activated; or (`alone`) in the row of a sequence that never joins the batch. `exact: False`
         (a sampled request without a seed): its logits need not be the batch's, one token runs as one row."""
-        row = self.slots + 1 if alone else self.slots
+        row = self.staging + 1 if alone else self.staging
         holder = self.alone if alone else self.staged
         if holder not in (None, key):
             raise RuntimeError(f"{holder} holds that row")
@@ -141,8 +144,13 @@ class BatchEngine(_Rows):
             tokens, past = [held[past - 1], *tokens], past - 1
         if past + len(tokens) > self.max_len:
             raise ValueError(f"sequence of {past + len(tokens)} tokens exceeds the cache's {self.max_len}")
-        ids = np.asarray([tokens], np.int64)
-        mask = np.ones((1, past + len(tokens)), np.int64)
+        run = tokens
+        if self.batch_invariant and exact and len(tokens) % 2 and past + len(tokens) < self.max_len:
+            # An odd chunk's last token would be the odd row out (see decode): a copy runs beside it, at
+            # the next position, which the sequence's next token overwrites (nothing reads it before)
+            run = [*tokens, tokens[-1]]
+        ids = np.asarray([run], np.int64)
+        mask = np.ones((1, past + len(run)), np.int64)
         del held[past:]  # what follows is overwritten now
         logits = self._run(ids, mask, row, row + 1)
         self.length[key] = past + len(tokens)
@@ -158,15 +166,15 @@ class BatchEngine(_Rows):
         mask = np.zeros((2, max(spare, past) + 1), np.int64)
         mask[0, : spare + 1] = 1
         mask[1, : past + 1] = 1
-        logits = self._run(np.asarray([[token], [token]], np.int64), mask, self.slots, self.slots + 2)
+        logits = self._run(np.asarray([[token], [token]], np.int64), mask, self.staging, self.staging + 2)
         self.length[key] = past + 1
-        self.held[self.slots + 1].append(token)
+        self.held[self.staging + 1].append(token)
         return logits[1, 0].astype(np.float32)
 
     @property
     def staging_tokens(self) -> list[int]:
         """The tokens whose keys and values the staging row holds, in order."""
-        return self.held[self.slots]
+        return self.held[self.staging]
 
     def reuse_prefix(self, key: str, prompt: list[int]) -> int:
         """Stage `key` with the longest head of `prompt` whose keys and values are at hand: in the
@@ -179,14 +187,14 @@ class BatchEngine(_Rows):
         if self.prompts is not None:
             held, wanted = self.staging_tokens, tuple(prompt)  # tuple() of a tuple is that tuple: converted once
             shared = shared_head(tuple(held), wanted, limit)
-            staging = [array[self.slots] for array in self.cache]
+            staging = [array[self.staging] for array in self.cache]
             if shared < len(held):  # the last prompt is about to be overwritten
                 self.prompts.keep(held, staging)
             tokens, kept = self.prompts.match(wanted, limit)
             if kept > shared:
                 for array, values in zip(staging, self.prompts.values(tokens)):
                     array[:, :kept] = values[:, :kept]
-                self.held[self.slots], shared = list(tokens[:kept]), kept
+                self.held[self.staging], shared = list(tokens[:kept]), kept
         self.staged, self.length[key] = key, shared
         return shared
 
@@ -196,7 +204,7 @@ class BatchEngine(_Rows):
             raise RuntimeError(f"{key} is not staged")
         if not self.free_slots():
             raise EngineFull("every slot holds a running sequence")
-        self._copy(self.slots, len(self.key_at), self.length[key])
+        self._copy(self.staging, len(self.key_at), self.length[key])
         self.key_at.append(key)
         self.staged = None
 
@@ -211,14 +219,15 @@ class BatchEngine(_Rows):
             raise ValueError("a sequence would exceed the cache")
         ids = np.asarray([[tokens[key]] for key in self.key_at], np.int64)
         rows = n
-        if n == 1 and self.slots > 1 and self.batch_invariant and exact:
-            # A lone row runs with a free one beside it: int4 MatMulNBits computes one row (M=1) on
-            # another kernel than several, whose logits differ (up to 0.1 measured at blocks of 128),
-            # so a stream alone would not get the tokens it gets among others. The spare row costs
-            # a lone stream 15 % (568M Llama, int4, 2 cores: 15.5 vs 13.5 ms a token), paid only for
-            # requests whose tokens are reproducible; what its step writes there is overwritten when
-            # a sequence is moved into it.
-            ids, rows = np.concatenate([ids, ids]), 2
+        if n % 2 and self.batch_invariant and exact:
+            # An odd row runs with a free one beside it: int4 MatMulNBits computes rows in pairs and an
+            # odd one out (M=1, or the last of 3, 5, 7) on another kernel, whose logits differ (up to
+            # 0.12 measured on the 568M Llama), so a stream alone, or third of three, would not get the
+            # tokens it gets among others. The spare row costs a lone stream 8-15 % (568M Llama, int4,
+            # 2 cores), paid only for requests whose tokens are reproducible; what its step writes
+            # there is overwritten when a sequence is moved into it (the row beyond an odd `slots`
+            # is only ever that spare).
+            ids, rows = np.concatenate([ids, ids[-1:]]), n + 1
         mask = np.zeros((rows, max(pasts) + 1), np.int64)  # each row's sum is its length: GQA reads it
         for row, past in enumerate(pasts):
             mask[row, : past + 1] = 1

@@ -57,8 +57,8 @@ def test_quantized_builds_report_their_cost_and_sit_beside_fp32(tmp_path) -> Non
     graph = onnx.load(str(int4 / "model.onnx"), load_external_data=False).graph
     blocks = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
     assert blocks == {32}, blocks
-    # int4 kernels compute one row apart from several: a stream alone still gets its batched logits
-    invariance = batch_invariance(int4, prompts=4, tokens=8)
+    # int4 kernels compute an odd row apart from pairs: a stream alone, or third of three, still gets its batched logits
+    invariance = batch_invariance(int4, prompts=3, tokens=8)
     assert invariance["max_abs_logit_diff"] == 0.0 and invariance["sequences_that_differ"] == 0, invariance
     archive = find_archive(store, "llama", "1.0-int4")
     assert archive.path.is_dir() and is_generative(archive)

@@ -257,3 +257,27 @@ def test_messages_a_chat_template_refuses_are_a_400_naming_its_reason(llm_archiv
     assert error["message"] == ("this model's chat template refused these messages: Conversation roles must "
                                 "alternate user/assistant/user/assistant/...")
     assert calls[1].status == 200 and calls[1].answer()["usage"]["completion_tokens"] == 4
+
+
+def test_every_run_of_a_reproducible_request_has_an_even_number_of_rows(llm_archive: Path) -> None:
+    """int4's MatMulNBits computes rows in pairs and an odd one out on another kernel (the 568M
+    Llama: the third of three streams 0.045 off its logits alone, a 5-token chunk 0.13): a greedy or
+    seeded request's runs are padded to even (a spare row; a copy of a chunk's last token), so its
+    tokens do not depend on how many streams run beside it or how its prompt was cut."""
+    handler, context = handler_for(llm_archive, prefill_chunk_tokens=5, max_streams=3)
+    assert handler.engine.staging == 4  # a spare decode row beyond an odd max_streams
+    runs: list[tuple[int, int]] = []
+    run = handler.engine._run
+    handler.engine._run = lambda ids, mask, first, end: runs.append(ids.shape) or run(ids, mask, first, end)
+    calls = [Call({"prompt": p, "max_tokens": 9, "temperature": 0}, joins=i) for i, p in enumerate(PROMPTS[1:4])]
+    run_steps(handler, context, calls)
+    assert {rows * length % 2 for rows, length in runs} == {0} and (4, 1) in runs, runs
+    alone = []
+    for call in calls:
+        again = Call(call.body)
+        run_steps(handler, context, [again])
+        alone.append(again.text())
+    assert [c.text() for c in calls] == alone
+    runs.clear()  # sampled without a seed: nothing to keep reproducible, no spare rows
+    run_steps(handler, context, [Call({"prompt": PROMPTS[1], "max_tokens": 9, "temperature": 0.9}, joins=i) for i in range(3)])
+    assert {rows * length % 2 for rows, length in runs} == {0, 1}
