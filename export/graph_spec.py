@@ -23,15 +23,22 @@ class GraphSpecError(ExportError, ValueError):
     """The graph's inputs or outputs cannot be served as they are."""
 
 
+def _axis_name(text: str) -> str:
+    """An axis name a spec file takes (ASCII letters, digits and _, not a digit first): "2*N" -> "_2_N",
+    a non-ASCII letter its code point ("批" -> "_6279"), so names that differ stay different."""
+    name = re.sub(r"[^A-Za-z0-9_]", lambda m: "_" if m.group().isascii() else f"_{ord(m.group()):x}", text)
+    return f"_{name}" if name[:1].isdigit() else name
+
+
 def _dims(value_info: onnx.ValueInfoProto) -> list[Dim]:
     dims: list[Dim] = []
     for axis, d in enumerate(value_info.type.tensor_type.shape.dim):
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
         elif d.HasField("dim_param") and re.search(r"\w", d.dim_param):
-            dims.append(re.sub(r"\W", "_", d.dim_param))
+            dims.append(_axis_name(d.dim_param))
         else:  # no name, or a placeholder such as "?": independent of every other axis
-            dims.append(re.sub(r"\W", "_", f"{value_info.name}_{axis}"))
+            dims.append(_axis_name(f"{value_info.name}_{axis}"))
     return dims
 
 

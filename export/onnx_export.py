@@ -347,8 +347,24 @@ def check_batch_independence(path: Path, spec: ModelSpec, sample: dict[str, np.n
             if err > _tolerance(spec, a):
                 problems.append(f"row {i} of output {name} differs by {err:.3g} between a batch of {rows} and alone")
     if problems:
-        raise BatchIndependenceError(f"{spec.name}: " + "; ".join(dict.fromkeys(problems)))
+        raise BatchIndependenceError(f"{spec.name}: " + "; ".join(dict.fromkeys(problems)) + _batch_names_hint(path))
     return worst
+
+
+def _batch_names_hint(path: Path) -> str:
+    """Where the graph names its inputs' first axes differently (CLIP's text_batch_size and
+    image_batch_size), they may be two batches, not one: how to serve it so."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    names = {v.name: v.type.tensor_type.shape.dim[0].dim_param for v in graph.input
+             if v.name not in initializers and v.type.tensor_type.shape.dim}
+    if len(set(names.values())) < 2:
+        return ""
+    return (f". The graph names its inputs' first axes differently ({', '.join(f'{k}: {v!r}' for k, v in names.items())}): "
+            "if they are independent batches, declare them so in a spec file (`maas package --write-spec maas.yaml`, "
+            "give each input's axis 0 its own name, then `--spec maas.yaml`); the model is then served unbatched")
 
 
 def batch_variance(path: Path, spec: ModelSpec, sample: dict[str, np.ndarray], probes: int = 3,

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from maas.core.bodies import savez
 from maas.core.sampling import draw
 from maas.core.spec import ATOL, GENERIC_HANDLER, RTOL, ModelSpec, ServingSpec, TensorSpec
 from maas.core.spec_file import (
@@ -332,7 +333,7 @@ def package_model(opts: PackageOptions, build_root: Path, model_store: Path, wri
 
     step(f"manifest, model-config.yaml and {archive_name}.mar")
     samples = _samples(opts, spec, example)
-    np.savez(build_dir / "assets" / "samples.npz", **samples)
+    savez(build_dir / "assets" / "samples.npz", samples)
     extra_manifest = {
         "source": {"kind": loaded.kind, "from": str(opts.onnx or opts.torch or opts.exported_program)},
         "samples": "samples.npz",

@@ -5,7 +5,8 @@ probability tensor into a sequence of {class: probability} maps, a type no tenso
 Triton, KServe) carries. maas serves the tensor ZipMap was given instead, under the same output
 name, and keeps the class names as the output's labels (in the model's metadata, where the
 graph's reader finds them): the answer is the same numbers, with `predictions` naming the
-top classes. Nothing else in the graph changes.
+top classes. A string tensor of predicted class names beside it is left out. Nothing else in the
+graph changes.
 """
 from __future__ import annotations
 
@@ -47,8 +48,19 @@ def unzip_maps(path: Path) -> list[str]:
                                        LABELS_KEY + name: json.dumps(labels)})
         log.info("%s: output %r was a ZipMap (a sequence of maps); served as its [N, %d] probability tensor "
                  "with the class names as labels", path.name, name, len(labels))
+    _drop_string_labels(graph, path.name)
     onnx.save(model, str(path))
     return [n.output[0] for n in zipmaps]
+
+
+def _drop_string_labels(graph: onnx.GraphProto, file: str) -> None:
+    """A classifier with string class names also outputs its predicted class as a string tensor,
+    which no tensor API here carries: it is left out, the probabilities' labels name the classes
+    (top_k 1 answers the same class)."""
+    for output in [o for o in graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.STRING]:
+        graph.output.remove(output)
+        log.info("%s: output %r (class names as strings) left out; the probabilities' labels name the classes",
+                 file, output.name)
 
 
 def output_labels(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:

@@ -55,6 +55,21 @@ class ModelIntegrityError(RuntimeError):
 
 MAX_EXPLAINED_ITEMS = 16
 INTERNAL_ERROR = {"code": 500, "type": "InternalServerError", "message": "inference failed for this request"}
+
+
+def refusal_of(exc: Exception) -> InputError | None:
+    """ONNX Runtime failing on one request's tensors alone (a node that cannot run on them: an image
+    smaller than a kernel, more tokens than a position table, an index beyond a vocabulary): that
+    request's 422 with ORT's reason. None for anything else, which stays a 500 (memory, a broken
+    model: the server's fault, not the request's)."""
+    text = str(exc)
+    if "memory" in text.lower() or "alloc" in text.lower():
+        return None
+    if isinstance(exc, ort.capi.onnxruntime_pybind11_state.InvalidArgument) or \
+            "Non-zero status code returned while running" in text:
+        reason = " ".join(text.split())[:300]
+        return InputError(f"the model cannot run on this input: {reason}", status=422)
+    return None
 # TorchServe's frontend reads every answer of a batch with max_response_size as its limit
 # (ModelResponseDecoder checks each length field, not the batch's sum) and drops the worker on a
 # longer one, failing the whole batch. So the cap is per answer: an answer's neighbours never
@@ -355,9 +370,14 @@ class OrtHandler:
             return inputs, TensorRequest(single)
         return self.preprocess(body)
 
-    def _answer(self, context: Any, idx: int, outputs: Arrays | None, meta: Any) -> str:
+    def _answer(self, context: Any, idx: int, outputs: Arrays | InputError | None, meta: Any) -> str:
+        """`outputs`: the request's, or the model's refusal of its tensors (refusal_of), or None (a 500)."""
         if outputs is None:
             return self._reply(context, idx, INTERNAL_ERROR, 500)
+        if isinstance(outputs, InputError):
+            error = outputs.to_dict()
+            return self._reply(context, idx, error if idx not in self._v2_ids else {"error": outputs.message, **error},
+                               outputs.status)
         try:
             if isinstance(meta, V2Request):
                 answer = self.v2_response(outputs, meta)
@@ -443,12 +463,12 @@ class OrtHandler:
             return self._reply(context, idx, body, 500)
         return self._reply(context, idx, answer, 200)
 
-    def _run_alone(self, inputs: Arrays) -> Arrays | None:
+    def _run_alone(self, inputs: Arrays) -> Arrays | InputError | None:
         try:
             return self.run([inputs])[0]
-        except Exception:
+        except Exception as exc:
             log.exception("request failed in ONNX Runtime")
-            return None
+            return refusal_of(exc)
 
     def _reply(self, context: Any, idx: int, body: Any, status: int) -> str | bytes:
         """Every response goes through http_reply: fixed ASCII phrases, checked header values.

@@ -25,11 +25,15 @@ To customise, subclass and override what you need (see docs: "Write a handler"):
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
-from ort_base import Arrays, OrtHandler
+from inputs import InputError
+from ort_base import Arrays, OrtHandler, refusal_of
 from tensor_form import check_spec, read_tensor_form, tensor_answer, top_labels
+
+log = logging.getLogger(__name__)
 
 
 class TensorHandler(OrtHandler):
@@ -67,11 +71,29 @@ class TensorHandler(OrtHandler):
         groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(self.signature(item), []).append(i)
-        results: list[Arrays] = [{}] * len(items)
+        results: list[Any] = [{}] * len(items)
         for members in groups.values():
-            for i, out in zip(members, self._run_group([items[i] for i in members])):
+            try:
+                outputs = self._run_group([items[i] for i in members])
+            except Exception as exc:  # this group's failure is its own: the other groups keep their answers
+                if len(members) == 1:
+                    log.exception("request failed in ONNX Runtime")
+                    outputs = [refusal_of(exc)]
+                else:
+                    log.warning("a run of %d requests failed in ONNX Runtime (%s); each runs alone", len(members),
+                                " ".join(str(exc).split())[:200] or type(exc).__name__)
+                    outputs = [self._alone(items[i]) for i in members]
+            for i, out in zip(members, outputs):
                 results[i] = out
         return results
+
+    def _alone(self, item: Arrays) -> Arrays | InputError | None:
+        """One request's own run after its group failed: its answer, or the model's refusal of it."""
+        try:
+            return self._run_group([item])[0]
+        except Exception as exc:
+            log.exception("request failed in ONNX Runtime")
+            return refusal_of(exc)
 
     def _run_group(self, items: list[Arrays]) -> list[Arrays]:
         feeds = self.collate(items)

@@ -67,6 +67,26 @@ def read_tensor_form(body: Any, manifest: dict[str, Any]) -> tuple[Arrays, bool]
     return arrays, bool(single)
 
 
+def check_values(raw: np.ndarray, dtype: str, where: str) -> None:
+    """Refuse JSON values the cast to `dtype` would change: anything but numbers, true/false for
+    numbers (and numbers for true/false), fractions for integers, integers beyond the type's range."""
+    want, kind = np.dtype(dtype), raw.dtype.kind
+    if kind not in "biuf" or raw.dtype == object:
+        raise InputError(f"must be {dtype} numbers in nested lists of equal length", where)
+    if want.kind == "b" and kind != "b":
+        raise InputError("must be true/false values", where)
+    if want.kind in "iu":
+        if kind == "b":
+            raise InputError(f"must be {dtype} integers, got true/false", where)
+        if kind == "f":
+            raise InputError(f"must be {dtype} integers, got fractional numbers", where)
+        info = np.iinfo(want)
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            raise InputError(f"values outside the {dtype} range [{info.min}, {info.max}]", where)
+    if want.kind == "f" and kind == "b":
+        raise InputError(f"must be {dtype} numbers, got true/false", where)
+
+
 def to_array(value: Any, spec: dict[str, Any], batched: bool) -> tuple[np.ndarray, bool]:
     """A JSON value as an array of the input's dtype; (array with the batch axis, was one item)."""
     where = f"inputs.{spec['name']}"
@@ -74,22 +94,8 @@ def to_array(value: Any, spec: dict[str, Any], batched: bool) -> tuple[np.ndarra
         raw = np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise InputError("must be a rectangular array of numbers (nested lists of equal length)", where) from None
+    check_values(raw, spec["dtype"], where)
     want = np.dtype(spec["dtype"])
-    kind = raw.dtype.kind
-    if kind not in "biuf" or raw.dtype == object:
-        raise InputError(f"must be {spec['dtype']} numbers in nested lists of equal length", where)
-    if want.kind == "b" and kind != "b":
-        raise InputError("must be true/false values", where)
-    if want.kind in "iu":
-        if kind == "b":
-            raise InputError(f"must be {spec['dtype']} integers, got true/false", where)
-        if kind == "f":
-            raise InputError(f"must be {spec['dtype']} integers, got fractional numbers", where)
-        info = np.iinfo(want)
-        if raw.size and (raw.min() < info.min or raw.max() > info.max):
-            raise InputError(f"values outside the {spec['dtype']} range [{info.min}, {info.max}]", where)
-    if want.kind == "f" and kind == "b":
-        raise InputError(f"must be {spec['dtype']} numbers, got true/false", where)
     rank = len(spec["shape"])
     item = batched and raw.ndim == rank - 1
     if raw.ndim != rank and not item:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from dtypes import BY_V2, DTYPES
 from inputs import InputError, parse_json
+from tensor_form import check_values
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -85,7 +86,7 @@ def _split_binary(data: bytes, header_length: Any) -> tuple[bytes, bytes] | None
         _, end = json.JSONDecoder().raw_decode(data.decode("latin-1"))
     except ValueError:
         return None
-    return (data[:end], data[end:]) if end < len(data) else None
+    return (data[:end], data[end:]) if data[end:].strip() else None  # a newline after the JSON is no tensor data
 
 
 def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec: list[dict[str, Any]],
@@ -127,9 +128,10 @@ def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec:
             array = _from_bytes(binary, dtype, shape, where)
         else:
             try:
-                array = np.asarray(t["data"], dtype=np.float64 if dtype.startswith("float") else np.int64)
-            except (TypeError, ValueError, OverflowError):
+                array = np.asarray(t["data"])
+            except (TypeError, ValueError, OverflowError, RecursionError):
                 raise InputError(f"data must be {dtype} numbers", where) from None
+            check_values(array, dtype, f"{where}.data")  # JSON values as they are: 300 is no UINT8, 1.7 no INT32
         if array.size != int(np.prod(shape)):
             raise InputError(f"data has {array.size} values; shape {shape} needs {int(np.prod(shape))}", where)
         if dtype.startswith("float") and not np.isfinite(array).all():

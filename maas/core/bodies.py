@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Callable, Optional
+import zipfile
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -47,6 +49,15 @@ def tensor_items(manifest: dict[str, Any], samples: dict[str, np.ndarray] | None
     return [{n: samples[n][i] for n in names} for i in order]
 
 
+def savez(target: str | Path | IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
+    """What np.savez writes (np.load reads it), without its keyword arguments: a model's input may
+    be named `file` or `allow_pickle`."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
 def encoded(items: list[dict[str, np.ndarray]]) -> tuple[list[bytes], str]:
     """(bodies, content type) for the generic handler: JSON, or .npz where an item's JSON would
     exceed JSON_BODY_LIMIT (the OCR line or layout page a client sends as bytes, not numbers)."""
@@ -56,7 +67,7 @@ def encoded(items: list[dict[str, np.ndarray]]) -> tuple[list[bytes], str]:
     bodies = []
     for item in items:
         buf = io.BytesIO()
-        np.savez(buf, **item)
+        savez(buf, item)
         bodies.append(buf.getvalue())
     return bodies, "application/octet-stream"
 

@@ -335,20 +335,26 @@ def parse_input_flag(flag: str) -> TensorSpec:
     return tensor
 
 
+def _yaml(value: Any) -> str:
+    """`value` as YAML reads it back: a string that looks like a number quoted, a float with its
+    point (PyYAML reads 1e-05 as a string), no end-of-document marker."""
+    return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=1 << 30).strip().removesuffix("\n...")
+
+
 def spec_yaml(spec: ModelSpec) -> str:
-    """A commented spec file for `spec` (what `maas package --write-spec` writes)."""
+    """A commented spec file for `spec` (what `maas package --write-spec` writes; read_spec_file
+    reads it back as it was)."""
     def tensor(t: TensorSpec, kind: str) -> str:
-        lines = [f"  - name: {t.name}", f"    dtype: {t.dtype}",
-                 f"    shape: [{', '.join(str(d) for d in t.shape)}]"]
+        lines = [f"  - name: {_yaml(t.name)}", f"    dtype: {t.dtype}", f"    shape: {_yaml(list(t.shape))}"]
         if t.description:
-            lines.append(f"    description: {yaml.safe_dump(t.description, default_style=None).strip()}")
+            lines.append(f"    description: {_yaml(t.description)}")
         if kind == "input":
             lines.append("    # range: [low, high]     accepted values" if t.range is None
-                         else f"    range: [{t.range[0]:g}, {t.range[1]:g}]")
+                         else f"    range: {_yaml([float(v) for v in t.range])}")
             if t.pad is not None:
-                lines.append(f"    pad: {t.pad:g}")
+                lines.append(f"    pad: {_yaml(float(t.pad))}")
         elif t.labels:
-            lines += [f"    labels: {list(t.labels)!r}", f"    top_k: {t.top_k}", f"    scores: {t.scores}"]
+            lines += [f"    labels: {_yaml(list(t.labels))}", f"    top_k: {t.top_k}", f"    scores: {t.scores}"]
         else:
             lines.append("    # labels: labels.txt      class names along the last axis (then top_k, scores)")
         return "\n".join(lines)
@@ -356,9 +362,9 @@ def spec_yaml(spec: ModelSpec) -> str:
     s = spec.serving
     return "\n".join([
         "# maas model spec: `maas package --spec maas.yaml ...` (reference: docs/reference/model-spec.md)",
-        f"name: {spec.name}",
-        f'version: "{spec.version}"',
-        f"description: {yaml.safe_dump(spec.description or spec.name).strip()}",
+        f"name: {_yaml(spec.name)}",
+        f"version: {_yaml(str(spec.version))}",
+        f"description: {_yaml(spec.description or spec.name)}",
         "inputs:  # a name in a shape marks a dynamic axis; axis 0 shared by all inputs is the batch axis",
         *[tensor(t, "input") for t in spec.inputs],
         "outputs:",
@@ -370,8 +376,8 @@ def spec_yaml(spec: ModelSpec) -> str:
         f"  response_timeout_s: {s.response_timeout_s}",
         f"  max_items_per_request: {s.max_items_per_request}",
         "parity:  # ONNX Runtime vs PyTorch: |ort - torch| <= atol + rtol * max|torch| per output",
-        f"  atol: {spec.atol:g}",
-        f"  rtol: {spec.rtol:g}",
+        f"  atol: {_yaml(float(spec.atol))}",
+        f"  rtol: {_yaml(float(spec.rtol))}",
         "# handler: my_handler.py     your pre/post-processing (subclass tensor.TensorHandler)",
         "# extra_files: [labels.txt]   files the handler reads from its model directory",
         "# samples: samples.npz        inputs for load tests and variant costs (one array per input)",

@@ -141,3 +141,35 @@ def test_a_handler_carries_exactly_the_modules_it_imports() -> None:
     assert carried("llm.py") == {"cores.py", "http_reply.py", "inputs.py", "integrity.py", "llm_async.py", "llm_engine.py",
                                  "llm_settings.py", "openai_api.py", "prompt_cache.py", "step_metrics.py", "token_sampler.py",
                                  "token_text.py"}
+
+
+def test_a_classifier_with_string_class_names_is_served_as_labelled_probabilities(tmp_path: Path) -> None:
+    """skl2onnx's graph of a classifier with string classes: a string label output and a ZipMap."""
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    from maas.export.graph_spec import graph_io
+    from maas.export.zipmap import unzip_maps
+
+    classes = ["setosa", "versicolor", "virginica"]
+    maps = helper.make_sequence_type_proto(helper.make_map_type_proto(T.STRING, helper.make_tensor_type_proto(T.FLOAT, [])))
+    graph = helper.make_graph(
+        [helper.make_node("LinearClassifier", ["float_input"], ["label", "probability_tensor"], domain="ai.onnx.ml",
+                          classlabels_strings=classes, coefficients=[i / 10 for i in range(12)], intercepts=[0.0] * 3,
+                          post_transform="SOFTMAX", multi_class=1),
+         helper.make_node("Identity", ["label"], ["output_label"]),
+         helper.make_node("ZipMap", ["probability_tensor"], ["output_probability"], domain="ai.onnx.ml",
+                          classlabels_strings=classes)],
+        "skl", [helper.make_tensor_value_info("float_input", T.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("output_label", T.STRING, [None]), helper.make_value_info("output_probability", maps)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    path = tmp_path / "classifier.onnx"
+    onnx.save(model, path)
+    assert unzip_maps(path) == ["output_probability"]
+    inputs, outputs = graph_io(path)
+    assert [(t.name, t.dtype, t.labels) for t in outputs] == [("output_probability", "float32", tuple(classes))]
+    (probabilities,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"float_input": np.ones((2, 4), np.float32)})
+    assert probabilities.shape == (2, 3) and np.allclose(probabilities.sum(axis=1), 1)

@@ -589,3 +589,77 @@ def test_bad_numpy_bodies_are_400_and_spare_their_neighbours(user_dir: Path, tmp
     (bad, good), ctx = call(handler, body, {"inputs": {"x": [0.1] * 6}})
     assert ctx.status[0][0] == 400 and problem in bad["message"], bad
     assert 1 not in ctx.status and good["outputs"]["logits"]
+
+
+def test_a_written_spec_reads_back_as_it_was(tmp_path: Path) -> None:
+    """`maas package --write-spec` writes what `--spec` reads: the default description, atol 1e-05,
+    an output named 17 (the old torch exporter's names), labels with quotes, odd axis names."""
+    from maas.core.spec import ModelSpec, TensorSpec
+    from maas.core.spec_file import spec_yaml
+    from maas.export.graph_spec import _axis_name
+
+    axis = _axis_name("2*N")
+    spec = ModelSpec(name="tiny", version="1.0", description="tiny packaged by maas", handler="tensor.py", atol=1e-5,
+                     rtol=1e-3, inputs=(TensorSpec("input.1", "float32", ("batch", axis), range=(-1e-3, 2.5), pad=0.0,
+                                                   description="yes: a colon"),),
+                     outputs=(TensorSpec("17", "float32", ("batch", 3), labels=("it's", 'a "b"', "1.5"), top_k=2,
+                                         scores="softmax"),))
+    (tmp_path / "maas.yaml").write_text(spec_yaml(spec))
+    fields = read_spec_file(tmp_path / "maas.yaml")
+    assert (fields["name"], fields["version"], fields["description"]) == ("tiny", "1.0", "tiny packaged by maas")
+    assert (fields["atol"], fields["rtol"]) == (1e-5, 1e-3)
+    assert fields["inputs"] == spec.inputs and fields["outputs"] == spec.outputs
+    assert [_axis_name(n) for n in ("2*N", "批量", "input.1_0")] == ["_2_N", "_6279_91cf", "input_1_0"]
+
+
+def test_two_batches_are_named_in_the_refusal_and_served_unbatched_once_declared(user_dir: Path) -> None:
+    """CLIP's shape (optimum's names): texts and images are two batches, with a cross output."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["image"], ["image_t"], perm=[1, 0]),
+         helper.make_node("MatMul", ["text", "image_t"], ["logits_per_text"])], "clip",
+        [helper.make_tensor_value_info("text", T.FLOAT, ["text_batch_size", 4]),
+         helper.make_tensor_value_info("image", T.FLOAT, ["image_batch_size", 4])],
+        [helper.make_tensor_value_info("logits_per_text", T.FLOAT, ["text_batch_size", "image_batch_size"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, user_dir / "clip.onnx")
+    with pytest.raises(onnx_export.BatchIndependenceError, match="text: 'text_batch_size', image: 'image_batch_size'"):
+        package(user_dir, onnx=user_dir / "clip.onnx")
+    (user_dir / "maas.yaml").write_text(textwrap.dedent("""\
+        name: clip
+        inputs: [{name: text, dtype: float32, shape: [texts, 4]}, {name: image, dtype: float32, shape: [images, 4]}]
+        outputs: [{name: logits_per_text, dtype: float32, shape: [texts, images]}]
+        """))
+    result = package(user_dir, onnx=user_dir / "clip.onnx", spec_file=user_dir / "maas.yaml")
+    assert result.spec.batch_axis is None
+
+
+def test_a_request_the_model_cannot_run_is_its_own_422_and_its_neighbours_run_batched(user_dir: Path,
+                                                                                      tmp_path: Path) -> None:
+    """An image smaller than the convolution's kernel passes every check a graph's spec allows and
+    fails in ONNX Runtime: that request gets a 422 with ORT's reason; the other requests' run is not
+    repeated request by request."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    kernel = numpy_helper.from_array(np.full((1, 1, 3, 3), 0.1, np.float32), "kernel")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "kernel"], ["features"])], "conv",
+        [helper.make_tensor_value_info("image", T.FLOAT, ["batch", 1, "height", "width"])],
+        [helper.make_tensor_value_info("features", T.FLOAT, ["batch", 1, "out_height", "out_width"])], [kernel])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, user_dir / "conv.onnx")
+    handler = load(package(user_dir, onnx=user_dir / "conv.onnx", name="conv").mar, tmp_path / "served")
+    runs = []
+    run_group = handler._run_group
+    handler._run_group = lambda items: runs.append(len(items)) or run_group(items)
+    good = {"inputs": {"image": np.ones((1, 1, 6, 6)).tolist()}}
+    (ok, bad, ok_too), ctx = call(handler, good, {"inputs": {"image": np.ones((1, 1, 2, 2)).tolist()}}, good)
+    assert ctx.status[1][0] == 422 and "the model cannot run on this input" in bad["message"], bad
+    assert "Conv" in bad["message"] and 0 not in ctx.status and 2 not in ctx.status
+    assert ok == ok_too and np.asarray(ok["outputs"]["features"]).shape == (1, 1, 4, 4)
+    assert sorted(runs) == [1, 2]  # the two good ones in one run, the bad one alone

@@ -68,6 +68,15 @@ BAD = [
     ("digits", v2("pixels", "FP32", [1, 1, 8, 8], [99.0] * 64), "pixel values"),
     ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [101, 999999]},
                            {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [1, 1]}]}, "token ids"),
+    # JSON values the cast would change are refused, not wrapped or cut: 1.7 is no INT64, "7" and true are no numbers
+    ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [101, 102.7]},
+                           {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [1, 1]}]}, "fractional"),
+    ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [101, 102]},
+                           {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": ["1", "1"]}]}, "int64 numbers"),
+    ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [101, 2 ** 70]},
+                           {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [True, True]}]}, "int64 numbers"),
+    ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [101, 102]},
+                           {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [True, True]}]}, "true/false"),
     ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 600], "data": [101] * 600},
                            {"name": "attention_mask", "datatype": "INT64", "shape": [1, 600], "data": [1] * 600}]}, "the limit is 256"),
 ]
@@ -174,3 +183,10 @@ def test_broken_binary_requests_are_400_naming_the_problem(handlers, cut, proble
     bad, good = handlers["maintenance"].handle([{"body": body}, {"body": json.dumps(v2("features", "FP32", [1, 8], ROW)).encode()}], ctx)
     assert ctx.status[0][0] in (400, 413) and problem in json.loads(bad)["message"], bad
     assert 1 not in ctx.status and json.loads(good)["outputs"]
+
+
+def test_a_json_body_with_non_ascii_text_and_a_trailing_newline_is_all_json(handlers) -> None:
+    body = json.dumps(v2("features", "FP32", [1, 8], ROW, id="pompe-é"), ensure_ascii=False).encode() + b"\n"
+    ctx = FakeContext(Path("."))
+    (answer,) = handlers["maintenance"].handle([{"body": body}], ctx)
+    assert ctx.status == {} and json.loads(answer)["id"] == "pompe-é"
