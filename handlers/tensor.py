@@ -29,7 +29,6 @@ import logging
 from typing import Any
 
 import numpy as np
-from inputs import InputError
 from ort_base import Arrays, OrtHandler, refusal_of
 from tensor_form import check_spec, read_tensor_form, tensor_answer, top_labels
 
@@ -82,18 +81,10 @@ class TensorHandler(OrtHandler):
                 else:
                     log.warning("a run of %d requests failed in ONNX Runtime (%s); each runs alone", len(members),
                                 " ".join(str(exc).split())[:200] or type(exc).__name__)
-                    outputs = [self._alone(items[i]) for i in members]
+                    outputs = [self._run_alone(items[i]) for i in members]  # a group of one each
             for i, out in zip(members, outputs):
                 results[i] = out
         return results
-
-    def _alone(self, item: Arrays) -> Arrays | InputError | None:
-        """One request's own run after its group failed: its answer, or the model's refusal of it."""
-        try:
-            return self._run_group([item])[0]
-        except Exception as exc:
-            log.exception("request failed in ONNX Runtime")
-            return refusal_of(exc)
 
     def _run_group(self, items: list[Arrays]) -> list[Arrays]:
         feeds = self.collate(items)

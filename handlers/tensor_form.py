@@ -67,6 +67,30 @@ def read_tensor_form(body: Any, manifest: dict[str, Any]) -> tuple[Arrays, bool]
     return arrays, bool(single)
 
 
+_NUMBER_TYPES = {bool, int, float}
+
+
+def json_numbers(value: Any, dtype: str, where: str) -> np.ndarray:
+    """A JSON array as numbers, or a 400: never a string array (numpy would make one of len x count
+    characters from one long string among many numbers: 56 GiB from a 100 kB string in a 150528-
+    value image), never numbers read out of strings."""
+    try:
+        cells = np.asarray(value, dtype=object)
+    except (ValueError, TypeError, RecursionError):
+        raise InputError("must be a rectangular array of numbers (nested lists of equal length)", where) from None
+    flat = cells.ravel().tolist()
+    types = set(map(type, flat))
+    if list in types:  # numpy keeps the lists of a ragged array as its cells
+        raise InputError("must be a rectangular array of numbers (nested lists of equal length)", where)
+    if not types <= _NUMBER_TYPES or (bool in types and len(types) > 1):
+        raise InputError(f"must be {dtype} numbers in nested lists of equal length (true/false only all "
+                         "together)", where)
+    try:
+        return np.asarray(flat).reshape(cells.shape)  # bool, int64 or float64 as JSON gave them
+    except OverflowError:
+        raise InputError(f"must be {dtype} numbers: an integer beyond 64 bits", where) from None
+
+
 def check_values(raw: np.ndarray, dtype: str, where: str) -> None:
     """Refuse JSON values the cast to `dtype` would change: anything but numbers, true/false for
     numbers (and numbers for true/false), fractions for integers, integers beyond the type's range."""
@@ -90,10 +114,7 @@ def check_values(raw: np.ndarray, dtype: str, where: str) -> None:
 def to_array(value: Any, spec: dict[str, Any], batched: bool) -> tuple[np.ndarray, bool]:
     """A JSON value as an array of the input's dtype; (array with the batch axis, was one item)."""
     where = f"inputs.{spec['name']}"
-    try:
-        raw = np.asarray(value)
-    except (ValueError, TypeError, OverflowError, RecursionError):
-        raise InputError("must be a rectangular array of numbers (nested lists of equal length)", where) from None
+    raw = json_numbers(value, spec["dtype"], where)
     check_values(raw, spec["dtype"], where)
     want = np.dtype(spec["dtype"])
     rank = len(spec["shape"])

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from dtypes import BY_V2, DTYPES
 from inputs import InputError, parse_json
-from tensor_form import check_values
+from tensor_form import check_values, json_numbers
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -127,10 +127,7 @@ def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec:
         if binary is not None:
             array = _from_bytes(binary, dtype, shape, where)
         else:
-            try:
-                array = np.asarray(t["data"])
-            except (TypeError, ValueError, OverflowError, RecursionError):
-                raise InputError(f"data must be {dtype} numbers", where) from None
+            array = json_numbers(t["data"], dtype, f"{where}.data")
             check_values(array, dtype, f"{where}.data")  # JSON values as they are: 300 is no UINT8, 1.7 no INT32
         if array.size != int(np.prod(shape)):
             raise InputError(f"data has {array.size} values; shape {shape} needs {int(np.prod(shape))}", where)

@@ -60,6 +60,9 @@ BAD = [
     ("maintenance", v2("features", "FP32", [2, 8], ROW), "needs 16"),
     ("maintenance", v2("feats", "FP32", [1, 8], ROW), "inputs must be exactly"),
     ("maintenance", v2("features", "FP32", [1, 8], ["x"] * 8), "must be float32 numbers"),
+    # a long string among numbers is refused as it is, not made a string array of len x count characters
+    ("maintenance", v2("features", "FP32", [1, 8], ROW[:7] + ["x" * 100_000]), "must be float32 numbers"),
+    ("maintenance", v2("features", "FP32", [1, 8], [ROW[:4], ROW[4:7]]), "rectangular"),
     ("maintenance", v2("features", "FP32", [1, 8], ROW[:3] + [1e9] + ROW[4:]), "must be in"),
     ("maintenance", v2("features", "FP32", [1, 8], [0.5, 0.5] + ROW[2:]), "one-hot"),
     ("maintenance", {"inputs": [{"name": "features"}]}, "each input needs"),
