@@ -70,6 +70,8 @@ def refusal_of(exc: Exception) -> InputError | None:
         reason = " ".join(text.split())[:300]
         return InputError(f"the model cannot run on this input: {reason}", status=422)
     return None
+
+
 # TorchServe's frontend reads every answer of a batch with max_response_size as its limit
 # (ModelResponseDecoder checks each length field, not the batch's sum) and drops the worker on a
 # longer one, failing the whole batch. So the cap is per answer: an answer's neighbours never
@@ -327,8 +329,7 @@ class OrtHandler:
                 inputs, meta = self._read(context, idx, body)
                 good.append((idx, inputs, meta))
             except InputError as err:
-                error = err.to_dict() if idx not in self._v2_ids else {"error": err.message, **err.to_dict()}
-                responses[idx] = self._reply(context, idx, error, err.status)
+                responses[idx] = self._refuse(context, idx, err)
             except Exception:
                 log.exception("request %d: unexpected failure while reading it", idx)
                 responses[idx] = self._reply(context, idx, INTERNAL_ERROR, 500)
@@ -375,9 +376,7 @@ class OrtHandler:
         if outputs is None:
             return self._reply(context, idx, INTERNAL_ERROR, 500)
         if isinstance(outputs, InputError):
-            error = outputs.to_dict()
-            return self._reply(context, idx, error if idx not in self._v2_ids else {"error": outputs.message, **error},
-                               outputs.status)
+            return self._refuse(context, idx, outputs)
         try:
             if isinstance(meta, V2Request):
                 answer = self.v2_response(outputs, meta)
@@ -469,6 +468,11 @@ class OrtHandler:
         except Exception as exc:
             log.exception("request failed in ONNX Runtime")
             return refusal_of(exc)
+
+    def _refuse(self, context: Any, idx: int, err: InputError) -> str | bytes:
+        """A request's own 4xx: the error's fields (and, for a v2 request, `error`, KServe's REST field)."""
+        error = err.to_dict() if idx not in self._v2_ids else {"error": err.message, **err.to_dict()}
+        return self._reply(context, idx, error, err.status)
 
     def _reply(self, context: Any, idx: int, body: Any, status: int) -> str | bytes:
         """Every response goes through http_reply: fixed ASCII phrases, checked header values.
