@@ -144,7 +144,9 @@ def undeploy(client: TorchServeClient, model: str, version: str | None = None, a
     """Unregister one version (default: the default version); retries while workers are busy.
 
     TorchServe 0.12 can answer 500 ConcurrentModificationException when a model is
-    unregistered while its workers still finish requests (seen right after a load run).
+    unregistered while its workers still finish requests (seen right after a load run), or a 500
+    NullPointerException from a worker shutting down as it unregisters the model all the same
+    (BatchAggregator.sendError): then the next attempt's 404 means it is gone.
     """
     version = resolve_version(client, model, version)
     for attempt in range(1, attempts + 1):
@@ -152,6 +154,9 @@ def undeploy(client: TorchServeClient, model: str, version: str | None = None, a
             client.management("DELETE", api_path("models", model, version), timeout=120)
             return version
         except ApiError as err:
+            if err.status == 404 and attempt > 1:
+                log.info("unregister %s %s: gone after the failed attempt", model, version)
+                return version
             transient = err.status == 500 or "ConcurrentModification" in err.message or err.status == 408
             if not transient or attempt == attempts:
                 raise

@@ -79,3 +79,17 @@ def test_a_registration_that_times_out_quotes_the_worker_log(tmp_path: Path) -> 
     assert client.calls == [("POST", "/models"), ("PUT", "/models/flaky/1.0")]  # then scaled to 0 workers
     with pytest.raises(ServeError, match="did not answer POST"):  # no reason in the log: the timeout itself
         deploy(SilentRegistration(put=[], post=[]), tmp_path / "store", "flaky", timeout=20, log_dir=tmp_path)
+
+
+def test_a_version_unregistered_by_a_failed_attempt_is_gone_not_an_error() -> None:
+    """TorchServe 0.12: DELETE answers 500 (a NullPointerException as its worker shuts down) yet
+    unregisters the version; the retry's 404 means it is gone. A 404 at once is still an error."""
+    from maas.deploy import undeploy
+
+    client = FakeManagement(put=[], post=[])
+    client.answers["DELETE"] = [ApiError(500, "NullPointerException"), ApiError(404, "Model version: 1.0 does not exist")]
+    assert undeploy(client, "flaky", "1.0") == "1.0"
+    assert client.calls == [("DELETE", "/models/flaky/1.0")] * 2
+    client.answers["DELETE"] = [ApiError(404, "Model version: 1.0 does not exist")]
+    with pytest.raises(ApiError, match="does not exist"):
+        undeploy(client, "flaky", "1.0")
