@@ -135,20 +135,21 @@ class BatchEngine(_Rows):
         else:
             self.staged = key
         past, held = self.length.get(key, 0), self.held[row]
-        if self.batch_invariant and exact and len(tokens) == 1 and past > 0:
-            if alone and len(self.staging_tokens) < self.max_len:
-                return self._decode_outside(key, tokens[0])
-            # One token would run on int4's one-row kernel, whose numbers differ from the several-row
-            # one's (a chunk of one, or all but the last token reused): the token before it, which the
-            # row holds, is computed again beside it, to the same values it has
-            tokens, past = [held[past - 1], *tokens], past - 1
         if past + len(tokens) > self.max_len:
             raise ValueError(f"sequence of {past + len(tokens)} tokens exceeds the cache's {self.max_len}")
         run = tokens
-        if self.batch_invariant and exact and len(tokens) % 2 and past + len(tokens) < self.max_len:
-            # An odd chunk's last token would be the odd row out (see decode): a copy runs beside it, at
-            # the next position, which the sequence's next token overwrites (nothing reads it before)
-            run = [*tokens, tokens[-1]]
+        if self.batch_invariant and exact and len(tokens) % 2:
+            if alone and len(tokens) == 1 and past > 0 and len(self.staging_tokens) < self.max_len:
+                return self._decode_outside(key, tokens[0])
+            # An odd chunk's last token would be the odd row out (int4's one-row kernel, see decode): a
+            # copy runs beside it at the next position, which the sequence's next token overwrites
+            # (nothing reads it before); at the cache's end, the token before the chunk, which the row
+            # holds, is computed again in front of it, to the same values it has
+            if past + len(tokens) < self.max_len:
+                run = [*tokens, tokens[-1]]
+            elif past > 0:
+                tokens = run = [held[past - 1], *tokens]
+                past -= 1
         ids = np.asarray([run], np.int64)
         mask = np.ones((1, past + len(run)), np.int64)
         del held[past:]  # what follows is overwritten now
