@@ -85,8 +85,9 @@ def json_numbers(value: Any, dtype: str, where: str) -> np.ndarray:
     if not types <= _NUMBER_TYPES or (bool in types and len(types) > 1):
         raise InputError(f"must be {dtype} numbers in nested lists of equal length (true/false only all "
                          "together)", where)
+    kind = bool if bool in types else np.int64 if types == {int} else np.float64  # as JSON gave them
     try:
-        return np.asarray(flat).reshape(cells.shape)  # bool, int64 or float64 as JSON gave them
+        return cells.astype(kind)  # from the cells, not the list again: 150528 floats 3.2 -> 1.6 ms
     except OverflowError:
         raise InputError(f"must be {dtype} numbers: an integer beyond 64 bits", where) from None
 
