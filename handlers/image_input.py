@@ -17,6 +17,7 @@ from ort_base import InputError
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAGIC = tuple(IMAGE_MAGIC)
+MAX_SIDE = 512  # the ink's longer side before it is padded to a square (then 8x8)
 
 
 def looks_like_image(data: bytes) -> bool:
@@ -56,6 +57,11 @@ def to_digit_grid(grey: np.ndarray, size: int = 8, max_value: float = 16.0) -> n
         return np.zeros((size, size), dtype=np.float32)  # a blank page
     rows, cols = np.nonzero(ink > 0.25 * ink.max())
     ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    if max(ink.shape) > MAX_SIDE:  # area-averaged down first: the square is side^2, and a thin line across a
+        # 20000x800 image (within the pixel limit) would make it 1.6 GB
+        scale = MAX_SIDE / max(ink.shape)
+        shape = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
+        ink = np.asarray(Image.fromarray(ink).resize(shape, Image.Resampling.BOX), dtype=np.float32)
     side = max(ink.shape)
     square = np.zeros((side, side), dtype=np.float32)
     top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2

@@ -8,7 +8,10 @@ declared sizes within MAX_EXPANDED_BYTES (a compressed archive cannot expand int
 from __future__ import annotations
 
 import io
+import lzma
+import math
 import zipfile
+import zlib
 
 import numpy as np
 from inputs import InputError
@@ -45,12 +48,13 @@ def numpy_arrays(body: bytes | bytearray, names: list[str]) -> dict[str, np.ndar
         try:
             with archive.open(member) as f:
                 arrays[name] = _load(io.BytesIO(f.read(MAX_EXPANDED_BYTES + 1)), f"body.{name}")
-        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError):
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError):
             raise InputError("an array of the .npz cannot be read", f"body.{name}") from None
     return arrays
 
 
 def _load(stream: io.BytesIO, where: str) -> np.ndarray:
+    _check_header(stream, where)
     try:
         array = np.load(stream, allow_pickle=False)
     except (ValueError, OSError, EOFError, TypeError) as exc:
@@ -58,3 +62,22 @@ def _load(stream: io.BytesIO, where: str) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise InputError("not a .npy array", where)
     return array
+
+
+def _check_header(stream: io.BytesIO, where: str) -> None:
+    """Refuse an array whose header declares more bytes than follow it, before numpy allocates them
+    (a 100-byte .npy declaring [2**40] asked for 8 TiB)."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(stream)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read is None:
+            raise InputError(f".npy format version {version[0]}.{version[1]} is not accepted (1.0 and 2.0 are)", where)
+        shape, _, dtype = read(stream)
+    except (ValueError, OSError, EOFError, TypeError) as exc:
+        raise InputError(f"not a readable .npy array ({type(exc).__name__}; object arrays are refused)", where) from None
+    declared, present = math.prod(shape) * dtype.itemsize, len(stream.getbuffer()) - stream.tell()
+    if declared > present:
+        raise InputError(f"not a readable .npy array: its header declares shape {list(shape)} ({declared} bytes) "
+                         f"but {present} bytes follow", where)
+    stream.seek(0)

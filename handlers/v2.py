@@ -14,6 +14,7 @@ outputs asked for with `parameters.binary_data` (per output) or `parameters.bina
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -129,8 +130,8 @@ def v2_tensors(payload: dict[str, Any], spec: list[dict[str, Any]], output_spec:
         else:
             array = json_numbers(t["data"], dtype, f"{where}.data")
             check_values(array, dtype, f"{where}.data")  # JSON values as they are: 300 is no UINT8, 1.7 no INT32
-        if array.size != int(np.prod(shape)):
-            raise InputError(f"data has {array.size} values; shape {shape} needs {int(np.prod(shape))}", where)
+        if array.size != math.prod(shape):
+            raise InputError(f"data has {array.size} values; shape {shape} needs {math.prod(shape)}", where)
         if dtype.startswith("float") and not np.isfinite(array).all():
             raise InputError("data must be finite numbers (NaN and infinity are refused)", where)
         arrays[s["name"]] = array.reshape(shape).astype(dtype)
@@ -173,7 +174,7 @@ def _binary_inputs(payload: dict[str, Any]) -> dict[int, bytes]:
 
 def _from_bytes(data: bytes, dtype: str, shape: list[int], where: str) -> np.ndarray:
     item = np.dtype(dtype).newbyteorder("<")
-    want = int(np.prod(shape)) * item.itemsize
+    want = math.prod(shape) * item.itemsize  # Python integers: np.prod wraps around at 2**63
     if len(data) != want:
         raise InputError(f"binary data is {len(data)} bytes; shape {shape} of {dtype} needs {want}", where)
     return np.frombuffer(data, dtype=item).astype(dtype)

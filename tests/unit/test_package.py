@@ -2,6 +2,7 @@
 traps, and the generic tensor handler with a fake TorchServe context."""
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 import zipfile
@@ -548,19 +549,28 @@ def test_batch_variance_is_measured_and_the_fixed_shape_mode_answers_the_same_bi
 
 # ---- NumPy bodies -----------------------------------------------------------------------------
 def npy(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=True)
     return buf.getvalue()
 
 
 def npz(**arrays: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
+
+
+def huge_npy_header() -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (2 ** 40,)})
+    return buf.getvalue() + bytes(16)
+
+
+def corrupt_npz() -> bytes:
+    body = bytearray(npz(x=np.zeros((64, 6), np.float32)))
+    start = body.index(b"x.npy") + len("x.npy") + 20  # past the member's name and its zip64 field
+    body[start:start + 12] = b"\xff" * 12  # the deflated stream's first bytes
+    return bytes(body)
 
 
 def test_npy_and_npz_bodies_answer_as_json_does(user_dir: Path, tmp_path: Path) -> None:
@@ -581,6 +591,9 @@ def test_npy_and_npz_bodies_answer_as_json_does(user_dir: Path, tmp_path: Path) 
     (npz(x=np.ones((2, 5), np.float32)), "needs 6"),
     (npy(np.full((1, 6), np.nan, np.float32)), "finite"),
     (b"PK\x03\x04" + b"\0" * 40, "not one"),
+    (huge_npy_header(), "declares shape [1099511627776]"),  # numpy would ask for 8 TiB: a MemoryError, a 500
+    (corrupt_npz(), "cannot be read"),  # zlib.error, a 500 before
+    (npy(np.array([["a"] * 6])), "float32 numbers"),
 ])
 def test_bad_numpy_bodies_are_400_and_spare_their_neighbours(user_dir: Path, tmp_path: Path, body: bytes,
                                                                problem: str) -> None:

@@ -80,6 +80,9 @@ BAD = [
                            {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [True, True]}]}, "int64 numbers"),
     ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [101, 102]},
                            {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [True, True]}]}, "true/false"),
+    # a shape whose product wraps around in int64 (np.prod) is counted in Python integers: a 400, not a 500
+    ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [4, 2 ** 62], "data": []},
+                           {"name": "attention_mask", "datatype": "INT64", "shape": [4, 2 ** 62], "data": []}]}, "needs"),
     ("minilm", {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 600], "data": [101] * 600},
                            {"name": "attention_mask", "datatype": "INT64", "shape": [1, 600], "data": [1] * 600}]}, "the limit is 256"),
 ]

@@ -143,3 +143,20 @@ def test_zoo_preprocess_raises_only_input_error(digits_handler, minilm_handler, 
             handler.preprocess(body)
         except InputError as err:
             assert 400 <= err.status < 500
+
+
+def test_a_thin_wide_image_costs_its_pixels_not_its_width_squared() -> None:
+    """A line across a 20000x800 page (within the 16 M-pixel limit) was padded to a 20000-pixel square
+    before averaging: 1.6 GB, the digits worker's whole memory. The ink is averaged down first."""
+    import tracemalloc
+
+    from image_input import to_digit_grid
+
+    page = np.full((800, 20000), 255.0, np.float32)
+    page[399:402] = 0.0
+    tracemalloc.start()
+    grid = to_digit_grid(page)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 400e6, peak  # the page is 64 MB; its square would be 1600
+    assert grid.shape == (8, 8) and grid[3:5].max() > 0 and grid[0].max() == grid[7].max() == 0
