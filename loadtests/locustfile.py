@@ -29,6 +29,7 @@ from maas.grpc_client import (  # grpc itself is imported on first use
     refused,
 )
 from maas.loadtests import payloads
+from maas.locust_csv import STALE_KEY
 
 # The history CSV reaches the disk each second, not each 5 s: maas prints progress from it while a
 # run goes (a short run's lines said "users 0" throughout).
@@ -167,7 +168,11 @@ def answer_problem(body, explaining: bool, check) -> Optional[str]:
     if explaining:
         found = isinstance(body, dict) and ("attributions" in body or "occlusion" in body)
         return None if found else f"not an explanation: {str(body)[:120]}"
-    return check(body)
+    try:
+        return check(body)
+    except Exception as exc:  # noqa: BLE001 -- an answer the check cannot even read is a wrong one; raised out
+        # of Locust's response block it would leave the request out of every count, errors included
+        return f"answer could not be checked ({type(exc).__name__}: {str(exc)[:120]})"
 
 
 class ModelUser(FastHttpUser):
@@ -192,7 +197,7 @@ class ModelUser(FastHttpUser):
                     # The key was renewed between reading the file and sending (TorchServe switches
                     # keys before it rewrites the file): not the server's fault. Reported under its
                     # own name, then retried with the file's key once it has changed.
-                    resp.request_meta["name"] = f"{self.path} [stale key, retried]"
+                    resp.request_meta["name"] = f"{self.path}{STALE_KEY}"
                     resp.success()
                     gevent.sleep(0.05 * attempt)
                     continue
@@ -202,6 +207,8 @@ class ModelUser(FastHttpUser):
                 return
 
     def _problem(self, resp) -> Optional[str]:
+        if resp.status_code == 0:  # FastHttp's status when no answer came at all
+            return f"HTTP 0: connection failed ({type(resp.error).__name__}: {str(resp.error)[:160]})"
         if resp.status_code != 200:
             return f"HTTP {resp.status_code}: {(resp.text or '')[:200]}"
         try:  # orjson: a 384-float answer parses in ~10 us, json.loads takes ~55 (Locust shares the server's cores)

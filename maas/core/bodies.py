@@ -90,6 +90,9 @@ def tensor_check(manifest: dict[str, Any]) -> Check:
             if spec["name"] not in outputs:
                 return f"output {spec['name']} is missing"
             array = np.asarray(outputs[spec["name"]])
+            if array.dtype == object or (str(spec.get("dtype", "")).startswith("float") and array.dtype.kind not in "fiu"):
+                # JSON has no NaN: orjson writes it as null, which numpy reads as an object
+                return f"output {spec['name']} is not an array of numbers (null is how NaN is sent)"
             shape = spec["shape"][1:] if batch else spec["shape"]
             if array.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, array.shape)):
                 return f"output {spec['name']} has shape {list(array.shape)}, spec {shape}"

@@ -108,6 +108,34 @@ def test_locust_csv_summary(tmp_path: Path) -> None:
     assert read_errors(prefix) == {"400": 1, "body": 1}
 
 
+def test_stale_key_retries_and_refused_connections_are_told_apart(tmp_path: Path) -> None:
+    """A request retried with a renewed key is reported apart as a fast success: the endpoint's own
+    row is the figures, not the Aggregated one it lowers. FastHttp's status 0 (no answer) is a
+    connection failure, not a wrong body."""
+    prefix = tmp_path / "locust"
+    header = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+              "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%")
+    Path(f"{prefix}_stats.csv").write_text(
+        header + "\nPOST,/predictions/m,10,2,5,6,1,30,100,2.5,0.5,5,6,7,8,9,12,20,25,30,30,30\n"
+        "POST,\"/predictions/m [stale key, retried]\",10,0,1,1,1,1,100,2.5,0,1,1,1,1,1,1,1,1,1,1,1\n"
+        ",Aggregated,20,2,2,3,1,30,100,5.0,0.5,2,5,6,7,8,9,12,20,30,30,30\n")
+    Path(f"{prefix}_failures.csv").write_text(
+        "Method,Name,Error,Occurrences\nPOST,/p,\"CatchResponseError('HTTP 0: connection failed (x)')\",40\n"
+        "POST,/p,\"CatchResponseError('HTTP 503: busy')\",2\n")
+    agg = read_aggregate(prefix)
+    assert (agg["requests"], agg["failures"], agg["p95_ms"]) == (10, 2, 12.0)
+    assert read_errors(prefix) == {"connection": 40, "503": 2}
+
+
+def test_an_answer_of_nulls_is_not_a_right_answer() -> None:
+    """orjson writes NaN as null: numpy reads [null, null] as objects, which the finiteness check skipped."""
+    from maas.core.bodies import tensor_check
+
+    check = tensor_check({"outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}], "batch_axis": "batch"})
+    assert check({"outputs": {"y": [0.5, 1.0]}}) is None
+    assert "null" in check({"outputs": {"y": [None, None]}})
+
+
 def test_progress_rate_comes_from_the_request_count() -> None:
     """Locust's history says 'Requests/s' 0 for a run's first seconds and after the warm-up's
     reset; the progress line's rate comes from the running count instead, from the reset on."""
