@@ -27,7 +27,8 @@ def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: 
                   slo: SLO, version: str = "", max_users: int = 64, step_s: int = 10,
                   workers: int = 0,
                   worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None,
-                  model_store: Path | None = None) -> dict[str, Any]:
+                  model_store: Path | None = None,
+                  keep_keys_fresh: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Step load (1, 2, 4, ... users) until a latency or error SLO breaks; the best step that held wins.
 
     Throughput is what is being measured here, so min_rps is not applied per step.
@@ -39,7 +40,7 @@ def find_capacity(endpoints_inference: str, key_file: Path | None, reports_dir: 
                            thresholds=replace(slo.thresholds, min_rps=0.0))
         summary, out = loadtest.run(loadtest.LoadTest(model, step_slo, version, workers, f"capacity-{users}u", model_store=model_store),
                                     endpoints_inference, key_file, reports_dir, {"served_version": version or None},
-                                    worker_restarts=worker_restarts)
+                                    keep_keys_fresh, worker_restarts=worker_restarts)
         steps.append({"users": users, "path": str(out), **figures(summary), "broken": summary["broken"]})
         log.info("capacity: %d users -> %.1f req/s, p95 %.1f ms: %s", users, summary["rps"], summary["p95_ms"],
                  "held" if summary["passed"] else "; ".join(summary["broken"]))

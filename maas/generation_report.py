@@ -45,8 +45,10 @@ def generation_figures(folder: Path, warmup_s: float, run_time_s: float) -> dict
     if not len(generations):
         return None
     start = test_start(folder, generations) + warmup_s
-    measured = generations[(generations[:, 0] >= start) & (generations[:, 4] == 0)]
-    gaps = gaps[gaps[:, 0] >= start]
+    end = start + run_time_s  # not what ends in Locust's stop timeout after it: tokens over run_time_s
+    ended = generations[:, 0]
+    measured = generations[(ended >= start) & (ended <= end) & (generations[:, 4] == 0)]
+    gaps = gaps[(gaps[:, 0] >= start) & (gaps[:, 0] <= end)]
     streaming_s = np.maximum(measured[:, 3] - measured[:, 1], 1e-3) / 1000
     per_stream = (measured[:, 2] - 1) / streaming_s
     several = measured[:, 2] > 1

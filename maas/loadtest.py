@@ -104,10 +104,7 @@ def run(test: LoadTest, host: str, key_file: Path | None, reports_root: Path,
 
     restarts_before = worker_restarts() if worker_restarts else None
     slo = test.slo
-    if not test.generative and test.model_store is not None:
-        from maas.export.clients import is_generative_model
-
-        test.generative = is_generative_model(test.model_store, test.model, test.version or None)
+    _find_generative(test)
     out = reports_root / f"{stamp()}-{test.model}{'-' + test.label if test.label else ''}"
     out.mkdir(parents=True, exist_ok=True)
     mode = f", distributed: 1 master + {test.workers} workers" if test.workers else ""
@@ -201,6 +198,13 @@ def ready_for_load(server: Any, seconds: float) -> Any:
     return server
 
 
+def _find_generative(test: LoadTest) -> None:
+    if not test.generative and test.model_store is not None:
+        from maas.export.clients import is_generative_model
+
+        test.generative = is_generative_model(test.model_store, test.model, test.version or None)
+
+
 def run_on_server(server: Any, test: LoadTest, reports_root: Path) -> tuple[dict[str, Any], Path]:
     """`test` against a running maas TorchServe: keys renewed, the gRPC target read off its config,
     the version it serves recorded; -> (summary, report folder)."""
@@ -212,6 +216,9 @@ def run_on_server(server: Any, test: LoadTest, reports_root: Path) -> tuple[dict
         test.grpc_ca = tls_ca_file(server.props, server.layout.config.resolve().parent)
     described = server.client.describe(test.model, test.version or None)
     info = {"served_version": described[0].get("modelVersion") if described else None}
+    _find_generative(test)
+    if test.generative and not test.version and info["served_version"]:
+        test.version = str(info["served_version"])  # OpenAI routes name a version: the default's, not "1.0"
     renew = (lambda: server.client.fresh_key("inference")) if server.client.key_file else None
     return run(test, server.endpoints.inference, server.client.key_file, reports_root, info, renew,
                worker_restarts=server.worker_restarts)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from maas import deploy, loadtest, smoke
 from maas.client import ApiError, ServeError, TorchServeClient
 from maas.core.clock import now_iso
+from maas.core.errors import MaasError
 from maas.gate import figures
 from maas.records import write_record
 from maas.slo import SLO, Regression
@@ -37,14 +38,21 @@ def current_default(client: TorchServeClient, model: str) -> str | None:
         raise
 
 
-def last_summary(reports_dir: Path, model: str, version: str) -> tuple[dict[str, Any], Path] | None:
-    """The newest passing load-test summary of `model` at `version` (by served version)."""
+def last_summary(reports_dir: Path, model: str, version: str, slo: SLO | None = None,
+                 workers: int = 0) -> tuple[dict[str, Any], Path] | None:
+    """The newest passing load-test summary of `model` at `version` (by served version) that measured
+    what the gate measures: predictions over HTTP, and with `slo` the same users, duration and Locust
+    workers; never a capacity step's or an explanations run's."""
     for path in sorted(reports_dir.glob(f"*-{model}*/summary.json"), reverse=True):
         try:
             summary = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if summary.get("model") == model and summary.get("served_version") == version and summary.get("passed"):
+        same_load = slo is None or (summary.get("users"), summary.get("run_time_s"), summary.get("locust_workers", 0)) == (
+            slo.users, slo.run_time_s, workers)
+        if (summary.get("model") == model and summary.get("served_version") == version and summary.get("passed")
+                and summary.get("endpoint", "predictions") == "predictions" and summary.get("protocol", "http") == "http"
+                and "-capacity-" not in path.parent.name and same_load):
             return summary, path
     return None
 
@@ -68,55 +76,74 @@ def release(client: TorchServeClient, endpoints_inference: str, key_file: Path |
             worker_restarts: Callable[[], dict[tuple[str, str], int]] | None = None,
             log_dir: Path | None = None) -> dict[str, Any]:
     """Run the gate; returns the decision record (also written to release.json). With the server's
-    `log_dir`, a candidate that cannot load is refused with its worker's reason."""
+    `log_dir`, a candidate that cannot load is refused with its worker's reason. A step that fails
+    outright (a smoke request timing out, Locust not starting) is a reason too: the candidate this run
+    deployed is removed whatever happens."""
     started = time.monotonic()
     record: dict[str, Any] = {"model": model, "candidate": candidate, "slo": asdict(slo),
                               "started": now_iso()}
     default = current_default(client, model)
     record["previous_default"] = default
-    registered = default is not None and any(
-        str(d["modelVersion"]) == candidate for d in client.describe(model, "all"))
-    deployed_here = False
-    reasons: list[str] = []
-
-    if default == candidate:
-        reasons.append(f"{candidate} is already the default version")
-    else:
-        if not registered:
-            log.info("release: deploying %s %s beside the default %s", model, candidate, default)
-            try:
-                deploy.deploy(client, model_store, model, candidate, log_dir=log_dir)
-                deployed_here = True
-            except ServeError as err:  # it never served: the default was never at risk
-                reasons.append(f"deploy: {err}")
-        if not reasons:
-            reasons += [f"smoke: {p}" for p in smoke.run_cases(client, model, candidate, model_store)]
-
+    renew = (lambda: client.fresh_key("inference")) if key_file else None  # a deploy and two loads can outlast a key
     run = lambda version, label: loadtest.run(  # noqa: E731
         loadtest.LoadTest(model, slo, version, workers, label, model_store=model_store), endpoints_inference,
-        key_file, reports_dir,
-        {"served_version": version}, worker_restarts=worker_restarts)
-
-    if not reasons:
-        summary, out = run(candidate, "candidate")
-        record["candidate_summary"] = {"path": str(out / "summary.json"), **figures(summary)}
-        reasons += [f"SLO: {b}" for b in summary["broken"]]
-        if not reasons and default is not None:
-            found = None if fresh_baseline else last_summary(reports_dir, model, default)
-            if found is None:
-                log.info("release: measuring the current default %s for comparison", default)
-                baseline, base_out = run(default, "baseline")
-                found = (baseline, base_out / "summary.json")
-            record["baseline_summary"] = {"path": str(found[1]), **figures(found[0])}
-            reasons += [f"regression: {r}" for r in regressions(summary, found[0], slo.regression)]
-
-    promoted = not reasons
-    if promoted:
-        deploy.set_default(client, model, candidate)
-    elif deployed_here:
-        deploy.undeploy(client, model, candidate)
+        key_file, reports_dir, {"served_version": version}, renew, worker_restarts=worker_restarts)
+    deployed_here, promoted, reasons = False, False, []
+    try:
+        if default == candidate:
+            reasons.append(f"{candidate} is already the default version")
+        else:
+            deployed_here, reasons = _deploy_candidate(client, model_store, model, candidate, default, log_dir)
+        if not reasons:
+            reasons += _measure(record, run, reports_dir, model, candidate, default, slo, workers, fresh_baseline)
+        promoted = not reasons
+        if promoted:
+            deploy.set_default(client, model, candidate)
+    except (MaasError, OSError) as err:
+        reasons.append(f"{type(err).__name__}: {err}")
+    finally:
+        if deployed_here and not promoted:
+            try:
+                deploy.undeploy(client, model, candidate)
+            except MaasError as err:
+                reasons.append(f"the candidate could not be removed again: {err}")
     record.update(promoted=promoted, reasons=reasons, default_now=current_default(client, model),
                   wall_time_s=round(time.monotonic() - started, 1),
                   finished=now_iso())
     record["path"] = str(write_record(reports_dir, model, "release", record))
     return record
+
+
+def _deploy_candidate(client: TorchServeClient, model_store: Path, model: str, candidate: str, default: str | None,
+                      log_dir: Path | None) -> tuple[bool, list[str]]:
+    """(deployed by this run, reasons): the candidate registered beside the default (with as many workers
+    as the default has: its load is measured against the default's), then its smoke cases."""
+    registered = default is not None and any(
+        str(d["modelVersion"]) == candidate for d in client.describe(model, "all"))
+    deployed_here = False
+    if not registered:
+        workers = max(1, len(client.describe(model)[0].get("workers", []))) if default is not None else 1
+        log.info("release: deploying %s %s beside the default %s (%d workers)", model, candidate, default, workers)
+        try:
+            deploy.deploy(client, model_store, model, candidate, workers=workers, log_dir=log_dir)
+            deployed_here = True
+        except ServeError as err:  # it never served: the default was never at risk
+            return False, [f"deploy: {err}"]
+    return deployed_here, [f"smoke: {p}" for p in smoke.run_cases(client, model, candidate, model_store)]
+
+
+def _measure(record: dict[str, Any], run: Callable[[str, str], tuple[dict[str, Any], Path]], reports_dir: Path,
+             model: str, candidate: str, default: str | None, slo: SLO, workers: int, fresh_baseline: bool) -> list[str]:
+    """The candidate under load against its SLO, then against the default's figures; -> reasons."""
+    summary, out = run(candidate, "candidate")
+    record["candidate_summary"] = {"path": str(out / "summary.json"), **figures(summary)}
+    reasons = [f"SLO: {b}" for b in summary["broken"]]
+    if not reasons and default is not None:
+        found = None if fresh_baseline else last_summary(reports_dir, model, default, slo, workers)
+        if found is None:
+            log.info("release: measuring the current default %s for comparison", default)
+            baseline, base_out = run(default, "baseline")
+            found = (baseline, base_out / "summary.json")
+        record["baseline_summary"] = {"path": str(found[1]), **figures(found[0])}
+        reasons += [f"regression: {r}" for r in regressions(summary, found[0], slo.regression)]
+    return reasons

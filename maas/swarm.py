@@ -68,7 +68,7 @@ class Swarm:
                 # Workers talk to their frontend over TCP when netty cannot load epoll from a noexec
                 # /tmp (Swarm's tmpfs): each slot's from its own first port, not everyone's 9000.
                 ports = {**on_free_loopback_ports({}), "initial_worker_port": str(free_loopback_ports(1)[0])}
-            (folder / f"slot-{slot}").mkdir(parents=True)
+            (folder / f"slot-{slot}").mkdir(parents=True, exist_ok=True)  # a retry after a rolled-back update
             write_properties(folder / f"slot-{slot}" / "config.properties",
                              {**base, **ports, "disable_token_authorization": "true"},
                              header=f"swarm slot {slot}: {tree}'s config on the slot's own loopback ports")

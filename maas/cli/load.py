@@ -58,7 +58,8 @@ def loadtest(project: Project, model: str, slo_file: str | None, version: str, l
         server = _server(project, slo.run_time_s * 8)
         result = search(server.endpoints.inference, server.client.key_file, project.reports_dir, model, slo,
                         version, max_users, step_time, locust_workers, worker_restarts=server.worker_restarts,
-                        model_store=project.model_store)
+                        model_store=project.model_store,  # keys renewed while it runs, however many steps
+                        keep_keys_fresh=(lambda: server.client.fresh_key("inference")) if server.client.key_file else None)
         best = result["capacity"]
         click.echo(f"capacity of {model}: " + (f"{best['users']} users, {best['rps']:.1f} req/s, p95 {best['p95_ms']:.1f} ms"
                                                if best else "no step held the SLO"))

@@ -15,3 +15,13 @@ def test_tpot_counts_every_token_where_event_gaps_cannot(tmp_path: Path) -> None
     assert g["generations"] == 2 and g["output_tokens"] == 22 and g["output_tokens_per_s"] == 2.2
     assert g["tpot_ms"] == {"p50": 10.0, "p95": 10.0, "p99": 10.0}
     assert g["itl_ms"]["p50"] == 50.0 and g["ttft_ms"]["p50"] == 50.0
+
+
+def test_tokens_per_second_count_what_ended_within_the_measured_time(tmp_path: Path) -> None:
+    """Generations that end in Locust's stop timeout, after the measured seconds, are not its tokens."""
+    (tmp_path / "requests-start.txt").write_text("0")
+    (tmp_path / "generations-1.csv").write_text("end_s,ttft_ms,completion_tokens,duration_ms,failed\n"
+                                                "5,50,64,1000,0\n10,50,64,1000,0\n12,50,64,1000,0\n")
+    (tmp_path / "token-gaps-1.csv").write_text("t_s,gap_ms\n5,15\n11.5,90\n")
+    g = generation_figures(tmp_path, warmup_s=1.0, run_time_s=10.0)  # measured: 1 s to 11 s
+    assert g["generations"] == 2 and g["output_tokens_per_s"] == 12.8 and g["itl_ms"]["p99"] == 15.0

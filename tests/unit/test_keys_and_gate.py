@@ -170,6 +170,25 @@ def test_regression_check_names_what_got_worse() -> None:
     assert found[0].startswith("p95 16.0 ms > 15.0 ms") and found[1].startswith("throughput 60.0 req/s < 70.0")
 
 
+def test_the_baseline_is_a_run_that_measured_what_the_gate_measures(tmp_path: Path) -> None:
+    """A newer explanations run, gRPC run, capacity step or run at other users is no baseline: the
+    explanations one (p95 400 ms) let a candidate 25x slower than the predictions baseline pass."""
+    from maas.release import last_summary
+    from maas.slo import SLO
+
+    slo = SLO.from_file(ROOT / "loadtests" / "slo" / "maintenance.yaml")
+    runs = [("20261201-100000-m", {}), ("20261201-110000-m-explanations", {"endpoint": "explanations"}),
+            ("20261201-120000-m-grpc", {"protocol": "grpc"}), ("20261201-130000-m-capacity-8u", {}),
+            ("20261201-140000-m", {"users": slo.users + 1}), ("20261201-150000-m", {"passed": False})]
+    for folder, changed in runs:
+        (tmp_path / folder).mkdir()
+        summary = {"model": "m", "served_version": "1.0", "passed": True, "endpoint": "predictions", "protocol": "http",
+                   "users": slo.users, "run_time_s": slo.run_time_s, "locust_workers": 0, **changed}
+        (tmp_path / folder / "summary.json").write_text(json.dumps(summary))
+    found = last_summary(tmp_path, "m", "1.0", slo, 0)
+    assert found is not None and found[1].parent.name == "20261201-100000-m"
+
+
 SAFE = read_properties(ROOT / "config.properties")
 
 
