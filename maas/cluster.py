@@ -28,7 +28,8 @@ from pathlib import Path
 
 from maas.client import ServeError
 from maas.config_audit import audit
-from maas.pidfile import live_pid
+from maas.keys import write_private
+from maas.pidfile import live_pid, write_pid
 from maas.properties import on_free_loopback_ports, read_properties, resolve_paths, write_properties
 from maas.server import ServerLayout, TorchServe
 
@@ -96,8 +97,7 @@ class Cluster:
                 server.start(models, timeout, insecure=True)
                 started.append(server)
             key = secrets.token_urlsafe(24)
-            self.key_file.write_text(json.dumps({"inference": {"key": key}}))
-            self.key_file.chmod(0o600)
+            write_private(self.key_file, json.dumps({"inference": {"key": key}}))
             address = f"http://127.0.0.1:{port}"
             (self.home / "cluster.json").write_text(json.dumps({"address": address, "replicas": replicas}))
             self.start_haproxy(port, key)
@@ -114,8 +114,7 @@ class Cluster:
         servers = servers or [s.endpoints.inference for s in self.replicas()]
         up = len(servers) if up is None else up
         config = self.home / "haproxy.cfg"
-        config.write_text(haproxy_config(port, key, servers, self.socket_path))
-        config.chmod(0o600)  # it holds the key
+        write_private(config, haproxy_config(port, key, servers, self.socket_path))  # it holds the key
         check = subprocess.run(["haproxy", "-c", "-q", "-f", str(config)], capture_output=True, text=True)
         if check.returncode != 0:
             raise ClusterError(f"HAProxy refused {config}: {(check.stdout + check.stderr).strip()[-400:]}")
@@ -123,7 +122,7 @@ class Cluster:
         proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        self.pid_file.write_text(str(proc.pid))
+        write_pid(self.pid_file, proc.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:

@@ -22,7 +22,12 @@ REMOTE_PROBES = (
     "file:///root/model.mar",
     "s3://bucket/model.mar",
     "ftp://example.com/model.mar",
+    "https://10.0.0.7/models/model.mar",  # a pattern that allows any host under a path
+    "http://attacker.example.org/models/resnet.mar",
 )
+# Keys that let the environment override the audited file (TorchServe's TS_* variables, e.g.
+# TS_DISABLE_TOKEN_AUTHORIZATION) or its allowed_urls (TS_ALLOWED_URLS).
+ENVIRONMENT_KEYS = ("enable_envvars_config", "use_env_allowed_urls")
 MAX_REQUEST_CAP = 64 * 1024 * 1024
 
 
@@ -54,6 +59,8 @@ def audit(props: dict[str, str]) -> list[str]:
             problems.append(f"{key} is unset: TorchServe's default may not be loopback; set it to http://127.0.0.1:PORT")
             continue
         parts = urlsplit(url)
+        if key == "metrics_address":  # keyless whatever the scheme: below
+            continue
         if not is_loopback(parts.hostname) and not (parts.scheme == "https" and _tls_configured(props)):
             problems.append(f"{key}={url} listens beyond loopback without TLS (https + certificate_file/private_key_file)")
     for key in GRPC_KEYS:
@@ -68,13 +75,20 @@ def audit(props: dict[str, str]) -> list[str]:
     else:
         for pattern in (p.strip() for p in allowed.split(",") if p.strip()):
             try:
-                regex = re.compile(pattern)
+                regex = re.compile(pattern, re.IGNORECASE)  # as TorchServe compiles it (Pattern.CASE_INSENSITIVE)
             except re.error as exc:
                 problems.append(f"allowed_urls pattern {pattern!r} is not a valid regex: {exc}")
                 continue
             hits = [u for u in REMOTE_PROBES if regex.fullmatch(u)]
             if hits:
                 problems.append(f"allowed_urls pattern {pattern!r} lets TorchServe download {hits[0]} (and {len(hits) - 1} more)")
+    for key in ENVIRONMENT_KEYS:
+        if _flag(props, key):
+            problems.append(f"{key}=true: TorchServe takes settings from TS_* environment variables, not only this file")
+    metrics = urlsplit(props.get("metrics_address", "")).hostname
+    if "metrics_address" in props and not is_loopback(metrics):
+        problems.append(f"metrics_address={props['metrics_address']}: TorchServe's metrics API takes no key, so "
+                        "anyone who can connect reads it (TLS does not change that); scrape it on loopback")
     if _flag(props, "install_py_dep_per_model"):
         problems.append("install_py_dep_per_model=true: registering an archive would pip-install its requirements")
     cap = props.get("max_request_size")

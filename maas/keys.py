@@ -12,6 +12,7 @@ cut short while a key is renewed; read_keys reads again for a moment before it g
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -34,6 +35,15 @@ class Key:
         if self.expires is None:
             return False
         return self.expires <= datetime.now(timezone.utc) + timedelta(seconds=seconds)
+
+
+def write_private(path: Path, text: str) -> None:
+    """`text` in a file only its owner can read from its first byte (write_text then chmod leaves a
+    moment at 0644 in which another user may open it and keep reading)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # a file that was there keeps its mode through O_CREAT
+        f.write(text)
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -136,8 +136,10 @@ def _container(spec: ModelSpec | None, res: PodResources | None) -> dict[str, An
         "args": ["torchserve", "--start", "--foreground",
                  f"--ts-config={MOUNT}/config/config.properties", f"--model-store={MOUNT}/model-store"],
         "ports": [{"containerPort": INFERENCE_PORT, "name": "http1" if spec is None else "http", "protocol": "TCP"}],
+        # seccomp on the container too: a ServingRuntime has no pod securityContext of ours, and a
+        # namespace enforcing the "restricted" Pod Security Standard refuses a container without it
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}},
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
         # A terminating pod leaves the Service's endpoints while it gets SIGTERM, not before: for
         # a few seconds kube-proxy and ingresses still send it new connections. TorchServe closes
         # its ports on SIGTERM, so those would be refused; the sleep keeps them served first.

@@ -23,7 +23,7 @@ import requests
 import yaml
 
 from maas.client import ServeError
-from maas.pidfile import live_pid
+from maas.pidfile import live_pid, write_pid
 from maas.slo import SLO, SLO_DIR
 
 RULES_FILE = "maas-rules.yaml"
@@ -196,7 +196,7 @@ class Monitor:
                                  f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=7d"],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        self.pid_file.write_text(str(proc.pid))
+        write_pid(self.pid_file, proc.pid)
         self.port_file(self.run_dir).write_text(str(self.port))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,6 +1,7 @@
 """Read and write TorchServe's config.properties (Java properties, key=value lines)."""
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,14 +9,62 @@ from urllib.parse import urlsplit
 
 
 def read_properties(path: Path) -> dict[str, str]:
+    """config.properties as TorchServe's Java reads it (java.util.Properties.load): `key=value`,
+    `key: value` or `key value`, backslash escapes (`disable\\_token_authorization` is
+    disable_token_authorization), lines continued by a trailing backslash, # and ! comments. A
+    simpler reading would audit one file while TorchServe runs another."""
     props: dict[str, str] = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", "!")) or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        props[key.strip()] = value.strip()
+    for line in _logical_lines(Path(path).read_text()):
+        end = 0
+        while end < len(line) and line[end] not in "=: \t\f":
+            end += 2 if line[end] == "\\" else 1
+        rest = line[end:].lstrip(" \t\f")
+        if rest[:1] in ("=", ":"):
+            rest = rest[1:].lstrip(" \t\f")
+        props[_unescape(line[:end])] = _unescape(rest).rstrip()
     return props
+
+
+def _logical_lines(text: str) -> list[str]:
+    lines, pending = [], None
+    for raw in text.splitlines():
+        line = raw.lstrip(" \t\f")
+        if pending is None and (not line or line[0] in "#!"):
+            continue
+        if (len(line) - len(line.rstrip("\\"))) % 2:  # an odd number of trailing backslashes: continued
+            pending = (pending or "") + line[:-1]
+            continue
+        lines.append((pending or "") + line)
+        pending = None
+    return lines + ([pending] if pending else [])
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[i + 2:i + 6]):
+                out.append(chr(int(text[i + 2:i + 6], 16)))
+                i += 6
+                continue
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def _escape(text: str, key: bool) -> str:
+    """`text` written so that Java reads it back as it is."""
+    text = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    if key:
+        return re.sub(r"([=: #!])", r"\\\1", text)
+    return "\\" + text if text.startswith(" ") else text
 
 
 # Keys whose values are file paths: relative ones are taken relative to config.properties.
@@ -31,10 +80,16 @@ def resolve_paths(props: dict[str, str], base_dir: Path) -> dict[str, str]:
     return out
 
 
-def write_properties(path: Path, props: dict[str, str], header: str = "") -> None:
+def write_properties(path: Path, props: dict[str, str], header: str = "", private: bool = False) -> None:
+    """`private`: readable by its owner only, from the first byte (a keystore_pass may be in it)."""
     lines = [f"# {header}"] if header else []
-    lines += [f"{k}={v}" for k, v in props.items()]
-    Path(path).write_text("\n".join(lines) + "\n")
+    lines += [f"{_escape(k, True)}={_escape(v, False)}" for k, v in props.items()]
+    if private:
+        from maas.keys import write_private
+
+        write_private(Path(path), "\n".join(lines) + "\n")
+    else:
+        Path(path).write_text("\n".join(lines) + "\n")
 
 
 @dataclass(frozen=True)

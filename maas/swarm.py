@@ -25,6 +25,7 @@ from pathlib import Path
 
 from maas.cluster import Cluster, ClusterError
 from maas.image import TAG, docker, docker_env
+from maas.keys import write_private
 from maas.kube import MOUNT
 from maas.properties import Endpoints, free_loopback_ports, on_free_loopback_ports, read_properties, write_properties
 
@@ -93,8 +94,7 @@ class Swarm:
         self._write_generation(tree, 1, max_replicas)
         self.home.chmod(0o755)
         key = secrets.token_urlsafe(24)
-        self.key_file.write_text(json.dumps({"inference": {"key": key}}))
-        self.key_file.chmod(0o600)
+        write_private(self.key_file, json.dumps({"inference": {"key": key}}))
         address = f"http://127.0.0.1:{port}"
         (self.home / "swarm.json").write_text(json.dumps({"address": address, "tree": str(tree.resolve()), "generation": 1,
                                                           "max_replicas": max_replicas, "service": self.service}))

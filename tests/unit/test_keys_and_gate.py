@@ -202,6 +202,11 @@ SAFE = read_properties(ROOT / "config.properties")
     ({"allowed_urls": "^file:///.*$"}, "allowed_urls"),
     ({"install_py_dep_per_model": "true"}, "install_py_dep_per_model"),
     ({"max_request_size": "999999999999"}, "max_request_size"),
+    ({"allowed_urls": "^(HTTP|HTTPS|FILE)://.*"}, "allowed_urls"),  # TorchServe matches without case
+    ({"allowed_urls": "^https?://[^/]+/models/.*"}, "allowed_urls"),
+    ({"enable_envvars_config": "true"}, "TS_* environment"),
+    ({"use_env_allowed_urls": "true"}, "TS_* environment"),
+    ({"metrics_address": "https://0.0.0.0:8443", "certificate_file": "c.pem", "private_key_file": "k.pem"}, "takes no key"),
 ])
 def test_config_audit_finds_each_weakening(change, finding) -> None:
     from maas.config_audit import audit
@@ -210,6 +215,15 @@ def test_config_audit_finds_each_weakening(change, finding) -> None:
     problems = audit({**SAFE, **change})
     assert len(problems) == 1 and finding in problems[0], problems
     assert audit({k: v for k, v in SAFE.items() if k not in ("allowed_urls", "max_request_size")})
+
+
+def test_the_audit_reads_the_file_as_torchserve_does(tmp_path: Path) -> None:
+    """Java's escapes and separators: `disable\\_token_authorization=true` turns authorization off."""
+    from maas.config_audit import audit
+
+    config = tmp_path / "config.properties"
+    config.write_text((ROOT / "config.properties").read_text() + "disable\\_token_authorization = true\n")
+    assert any("disable_token_authorization" in p for p in audit(read_properties(config)))
 
 
 def test_tls_makes_a_public_address_acceptable() -> None:
