@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -136,9 +137,15 @@ def package(build_dir: Path, spec: ModelSpec, model_store: Path, version: str, a
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise ArchiveError(f"torch-model-archiver failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
-    mar = model_store / f"{archive_name}.mar"
-    (build_dir / f"{spec.name}.mar").replace(mar)
-    check_no_pickle(mar)
+    built, mar = build_dir / f"{spec.name}.mar", model_store / f"{archive_name}.mar"
+    check_no_pickle(built)  # before it is in the store: a refused archive never replaces the one there
+    partial = model_store / f".{archive_name}.mar.partial"
+    try:  # copied beside, then renamed: the store never holds half an archive (the build dir may be on another disk)
+        shutil.copyfile(built, partial)
+        os.replace(partial, mar)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ArchiveError(f"{mar}: could not be written ({exc.strerror or exc})") from None
     log.info("%s: packaged %s (%.1f KiB)", spec.name, mar, mar.stat().st_size / 1024)
     return mar
 

@@ -208,9 +208,19 @@ def _outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]
 
 def _cost(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
     """1 - the mean cosine between each feed's outputs and FP32's."""
-    cosines = []
-    for a, b in zip(reference, candidate):
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        norms = np.linalg.norm(a) * np.linalg.norm(b)
-        cosines.append(float(a @ b / norms) if norms > 0 else 1.0)
-    return 1.0 - float(np.mean(cosines))
+    cosines = [row_cosines(a.reshape(1, -1), b.reshape(1, -1))[0] for a, b in zip(reference, candidate)]
+    return 1.0 - float(np.mean(cosines))  # feeds of their own lengths: one row each
+
+
+def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """The cosine of each row of `candidate` [rows, n] with the same row of `reference`: 1 where both
+    are zero, 0 where only one is, and -1 where the candidate is not finite (a variant answering NaN
+    is the worst there is, never a perfect 1 because NaN > 0 is false)."""
+    a, b = reference.astype(np.float64), candidate.astype(np.float64)
+    finite = np.isfinite(b).all(axis=1)
+    b = np.where(np.isfinite(b), b, 0.0)
+    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.sum(a * b, axis=1) / (norm_a * norm_b)
+    cos = np.where((norm_a == 0) & (norm_b == 0), 1.0, np.where((norm_a == 0) | (norm_b == 0), 0.0, cos))
+    return np.where(finite, cos, -1.0)

@@ -132,7 +132,10 @@ def read_source(source: Path) -> dict[str, Any]:
                              hint="pad the vocabulary (resize the embeddings) to another size")
     generation = {}
     if (source / "generation_config.json").is_file():
-        generation = json.loads((source / "generation_config.json").read_text())
+        try:
+            generation = json.loads((source / "generation_config.json").read_text())
+        except ValueError as exc:
+            raise LlmSourceError(f"{source / 'generation_config.json'}: not JSON ({exc})") from None
     eos = generation.get("eos_token_id", config.get("eos_token_id"))
     return {
         "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0],

@@ -53,6 +53,10 @@ class DegenerateParityError(ExportError):
     """The outputs barely change with the inputs, so agreeing with PyTorch proves nothing."""
 
 
+class NonFiniteError(ExportError):
+    """The model answers its sample with NaN or infinity."""
+
+
 class BatchIndependenceError(ExportError):
     """A row's answer depends on the other rows of its batch: TorchServe's batching would change answers."""
 
@@ -344,7 +348,7 @@ def check_batch_independence(path: Path, spec: ModelSpec, sample: dict[str, np.n
                 continue
             err = float(np.max(np.abs(t[i:i + 1].astype(np.float64) - a.astype(np.float64)))) if a.size else 0.0
             worst = max(worst, err)
-            if err > _tolerance(spec, a):
+            if not err <= _tolerance(spec, a):  # NaN is never within it
                 problems.append(f"row {i} of output {name} differs by {err:.3g} between a batch of {rows} and alone")
     if problems:
         raise BatchIndependenceError(f"{spec.name}: " + "; ".join(dict.fromkeys(problems)) + _batch_names_hint(path))
@@ -423,12 +427,16 @@ def batch_invariance(spec: ModelSpec, parity: dict[str, Any]) -> ModelSpec:
 
 
 def runs_finite(path: Path, spec: ModelSpec, sample: dict[str, np.ndarray]) -> bool:
-    """ONNX Runtime answers the sample with finite numbers (what can be checked without a reference)."""
+    """ONNX Runtime answers the sample with finite numbers (what can be checked without a reference);
+    NonFiniteError when it does not: a model that answers NaN is not packaged on a warning."""
     outputs = ort_run(cpu_session(path), spec, sample)
-    finite = all(np.isfinite(o).all() for o in outputs if np.issubdtype(o.dtype, np.floating))
-    if not finite:
-        log.warning("%s: the model answers the sample with NaN or infinity", spec.name)
-    return bool(finite)
+    bad = [name for name, o in zip(spec.output_names, outputs)
+           if np.issubdtype(o.dtype, np.floating) and not np.isfinite(o).all()]
+    if bad:
+        raise NonFiniteError(f"{spec.name}: output {bad[0]} answers the sample with NaN or infinity. If the sample "
+                             "lies outside what the model takes, give its inputs' ranges in a spec "
+                             "(inputs: [{name, range: [low, high]}]) or an example of your own (--example)")
+    return True
 
 
 def verify(path: Path, reference: Reference | torch.nn.Module | None, spec: ModelSpec, sample: dict[str, np.ndarray],

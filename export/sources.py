@@ -79,7 +79,10 @@ def load_factory(target: str) -> Loaded:
     factory = getattr(module, func_name, None)
     if not callable(factory):
         raise SourceError(f"--torch {target!r}: {module_name} has no function {func_name!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001 - the user's factory may fail any way
+        raise SourceError(f"--torch {target!r}: {func_name}() failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, torch.nn.Module):
         raise SourceError(f"--torch {target!r}: {func_name}() returned {type(model).__name__}, not a torch.nn.Module")
     return Loaded("torch", func_name.removeprefix("make_").removeprefix("build_").replace("_", "-"), model.eval())

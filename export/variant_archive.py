@@ -17,7 +17,7 @@ import numpy as np
 from maas.core.spec import GENERIC_HANDLER, ModelSpec
 from maas.core.store import Archive, archive_manifest, archive_member, archive_samples, find_archive
 from maas.export import archive, onnx_export
-from maas.export.calibrated_int8 import recipe_of
+from maas.export.calibrated_int8 import recipe_of, row_cosines
 from maas.export.engines import open_session
 from maas.export.package import SAMPLE_ROWS, Packaged, synthesize
 from maas.export.variants import CALIBRATED, VARIANTS, VariantError, check_budget, engine_of, make_variant
@@ -40,14 +40,13 @@ def variant_cost(spec: ModelSpec, fp32: Path, candidate: Path, samples: dict[str
     for t, b, c in zip(spec.outputs, base, cand):
         rows_b = b.reshape(len(b), -1).astype(np.float64) if spec.batch_axis else b.reshape(1, -1).astype(np.float64)
         rows_c = c.reshape(rows_b.shape).astype(np.float64)
-        norms = np.linalg.norm(rows_b, axis=1) * np.linalg.norm(rows_c, axis=1)
-        cos = np.where(norms > 0, np.sum(rows_b * rows_c, axis=1) / np.maximum(norms, 1e-30), 1.0)
+        cos = row_cosines(rows_b, rows_c)
         per_output[t.name] = {"mean_cosine": float(cos.mean()), "worst_cosine": float(cos.min()),
                               "max_abs_error": float(np.max(np.abs(rows_b - rows_c)))}
         if t.labels:
             top1[t.name] = float(np.mean(b.argmax(axis=-1) == c.argmax(axis=-1)))
     cost = 1.0 - min(o["mean_cosine"] for o in per_output.values())
-    within = cost <= VARIANT_COSINE_BUDGET and all(a >= VARIANT_TOP1_BUDGET for a in top1.values())
+    within = bool(np.isfinite(cost)) and cost <= VARIANT_COSINE_BUDGET and all(a >= VARIANT_TOP1_BUDGET for a in top1.values())
     return {"cost_metric": "1 - mean cosine vs FP32 (worst output)", "cost": cost, "budget": VARIANT_COSINE_BUDGET,
             "within_budget": within, "outputs": per_output, "top1_agreement": top1,
             "top1_budget": VARIANT_TOP1_BUDGET if top1 else None, "samples": int(len(next(iter(samples.values()))))}
@@ -155,7 +154,9 @@ def _rearchive(build_dir: Path, spec: ModelSpec, manifest: dict[str, Any], sourc
     """The variant's archive: the source archive's assets and handler settings, a manifest that
     records the variant and its cost, the same model-config.yaml."""
     extracted = build_dir / "archive"
-    code = {spec.handler, *(p.name for p in archive.handler_support(extracted / spec.handler, extracted))}
+    # maas's own modules come again from handlers/ (package() adds them); a user's helper modules
+    # (shipped with --extra-file) are assets like any other and are copied
+    code = {spec.handler, *(p.name for p in archive.handler_support(extracted / spec.handler, archive.HANDLERS_DIR))}
     skip = {manifest["model_file"], "manifest.json", "model-config.yaml", *code,
             *(e["file"] for e in manifest.get("external_data", []))}
     for item in extracted.iterdir():

@@ -119,7 +119,7 @@ def init(directory: Path, force: bool) -> None:
               help="with --llm: the execution provider the build targets")
 @click.option("--int4-block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default=None,
               help="with --llm --precision int4: weights per scale; smaller is closer to fp32, larger decodes faster "
-                   "[cpu 128, cuda the builder's 32]")
+                   "[cpu: 256, else 128, else 32, the first within --max-kl; cuda: the builder's 32]")
 @click.option("--max-kl", type=click.FloatRange(0, None), default=None,
               help="with --llm: accept a quantized build up to this mean KL divergence from fp32 (nats per token) "
                    "[int8 0.02, int4 0.1, fp16 0.005]")

@@ -209,6 +209,8 @@ def _serving(c: _Checker, raw: Any) -> ServingSpec:
     if workers is not None:
         values.setdefault("min_workers", workers)
         values.setdefault("max_workers", workers)
+    if "min_workers" in values and "max_workers" not in values:  # min_workers: 3 alone means at least 3
+        values["max_workers"] = max(values["min_workers"], ServingSpec().max_workers)
     if values.get("min_workers", 1) > values.get("max_workers", values.get("min_workers", 1)):
         c.fail("serving.min_workers", "must not exceed max_workers")
     return ServingSpec(**values)

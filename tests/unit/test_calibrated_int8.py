@@ -84,3 +84,12 @@ def test_a_graph_without_a_weight_matmul_is_refused_with_its_reason(tmp_path: Pa
     onnx.save(model, str(tmp_path / "relu.onnx"))
     with pytest.raises(ValueError, match="no MatMul"):
         cal.calibrated_int8(tmp_path / "relu.onnx", tmp_path / "out.onnx", feeds(2, 0))
+
+
+def test_a_variant_answering_nan_or_zeros_is_priced_as_the_worst() -> None:
+    """NaN > 0 is false: a NaN row got a perfect cosine of 1 (cost 0, within budget); a row of zeros
+    against a non-zero one got 1 too."""
+    reference = np.array([[1.0, 2.0], [0.0, 0.0], [1.0, 1.0], [3.0, 4.0]])
+    candidate = np.array([[2.0, 4.0], [0.0, 0.0], [0.0, 0.0], [np.nan, 4.0]])
+    assert np.allclose(cal.row_cosines(reference, candidate), [1.0, 1.0, 0.0, -1.0])
+    assert cal._cost([np.ones(3), np.ones(5)], [np.ones(3), np.full(5, np.nan)]) > 0.99

@@ -676,3 +676,28 @@ def test_a_request_the_model_cannot_run_is_its_own_422_and_its_neighbours_run_ba
     assert "Conv" in bad["message"] and 0 not in ctx.status and 2 not in ctx.status
     assert ok == ok_too and np.asarray(ok["outputs"]["features"]).shape == (1, 1, 4, 4)
     assert sorted(runs) == [1, 2]  # the two good ones in one run, the bad one alone
+
+
+def test_an_onnx_file_that_answers_nan_is_not_packaged(user_dir: Path) -> None:
+    """Without a PyTorch reference only a finite run is checked: it was a logged warning, and the
+    archive was built and served all the same."""
+    from maas.export.onnx_export import NonFiniteError
+
+    nan = helper.make_tensor("nan", TensorProto.FLOAT, [1], [float("nan")])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "nan"], ["y"])], "nan",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [nan])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(user_dir / "nan.onnx"))
+    with pytest.raises(NonFiniteError, match="output y answers the sample with NaN"):
+        package(user_dir, onnx=user_dir / "nan.onnx")
+    assert not list((user_dir / "model_store").glob("*.mar")) if (user_dir / "model_store").exists() else True
+
+
+def test_min_workers_alone_raises_max_workers_with_it(tmp_path: Path) -> None:
+    spec = tmp_path / "maas.yaml"
+    spec.write_text("name: m\ninputs: [{name: x, dtype: float32, shape: [batch, 6]}]\n"
+                    "outputs: [{name: y, dtype: float32, shape: [batch, 3]}]\nserving: {min_workers: 3}\n")
+    serving = read_spec_file(spec)["serving"]
+    assert (serving.min_workers, serving.max_workers) == (3, 3)
