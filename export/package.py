@@ -310,8 +310,12 @@ def package_model(opts: PackageOptions, build_root: Path, model_store: Path, wri
         spec, example = example_inputs(opts, loaded, spec, path)
     else:
         spec, example = example_inputs(opts, loaded, spec)
-        named = spec if spec.outputs else replace(spec, outputs=tuple(
-            TensorSpec(n, "float32", ()) for n in sources.output_names(loaded, spec, example)))
+        own = sources.output_names(loaded, spec, example)
+        if spec.outputs and set(own) == set(spec.output_names):
+            # Declared outputs name the module's outputs by position; a dict's (ModelOutput's) keys say
+            # which is which: declared in another order, they would be served swapped
+            spec = replace(spec, outputs=tuple(next(t for t in spec.outputs if t.name == n) for n in own))
+        named = spec if spec.outputs else replace(spec, outputs=tuple(TensorSpec(n, "float32", ()) for n in own))
         step("export to ONNX (torch.onnx dynamo exporter)")
         path = sources.to_onnx(loaded, named, example, build_dir)
         spec = sources.graph_spec(path, spec)

@@ -59,6 +59,21 @@ class BatchNormed(nn.Module):
         return (x - x.mean(dim=0, keepdim=True)) * 2.0
 
 
+class Heads(nn.Module):
+    """Two outputs of one shape, by name (as a ModelOutput's start_logits and end_logits)."""
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(6, 3), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return {"start": self.a(x), "end": self.b(x)}
+
+
+def make_heads():
+    return Heads()
+
+
 def make_mlp():
     return Mlp()
 
@@ -701,3 +716,22 @@ def test_min_workers_alone_raises_max_workers_with_it(tmp_path: Path) -> None:
                     "outputs: [{name: y, dtype: float32, shape: [batch, 3]}]\nserving: {min_workers: 3}\n")
     serving = read_spec_file(spec)["serving"]
     assert (serving.min_workers, serving.max_workers) == (3, 3)
+
+
+def test_declared_outputs_in_another_order_than_a_dicts_keys_are_not_swapped(user_dir: Path, tmp_path: Path) -> None:
+    """Declared outputs named the module's outputs by position: a spec listing [end, start] for a
+    module returning {start, end} served each under the other's name, and parity passed (by position)."""
+    import importlib
+    import sys
+
+    spec = user_dir / "maas.yaml"
+    spec.write_text("name: heads\ninputs: [{name: x, dtype: float32, shape: [batch, 6]}]\n"
+                    "outputs: [{name: end, dtype: float32, shape: [batch, 3]}, {name: start, dtype: float32, shape: [batch, 3]}]\n")
+    handler = load(package(user_dir, torch="tiny_models:make_heads", spec_file=spec).mar, tmp_path / "heads")
+    x = np.random.default_rng(0).random((2, 6), dtype=np.float32)
+    (answer,), _ = call(handler, {"inputs": {"x": x.tolist()}})
+    sys.path.insert(0, str(user_dir))
+    with torch.no_grad():
+        expected = importlib.import_module("tiny_models").make_heads()(torch.from_numpy(x))
+    for name in ("start", "end"):
+        assert np.allclose(answer["outputs"][name], expected[name].numpy(), atol=1e-5), name
