@@ -51,7 +51,7 @@ def _versions() -> dict[str, str]:
 
 # What write_manifest sets itself; every other key of a manifest is model-specific (`extra`).
 MANIFEST_OWN_KEYS = ("name", "version", "description", "created", "model_file", "sha256", "size_bytes", "inputs",
-                     "outputs", "batch_axis", "opset", "atol", "rtol", "metrics", "parity", "versions", "variant")
+                     "outputs", "batch_axis", "opset", "atol", "rtol", "metrics", "parity", "versions", "variant", "assets")
 
 
 def write_manifest(
@@ -63,7 +63,11 @@ def write_manifest(
     parity: dict[str, Any],
     extra: dict[str, Any],
 ) -> Path:
-    """manifest.json: what the handler checks at load and what a release reads."""
+    """manifest.json: what the handler checks at load and what a release reads. `assets`: the sha256
+    of every file the handler may read beside the model (tokenizer, labels, samples, a user's own
+    modules), checked at load as the model is."""
+    external = {e["file"] for e in extra.get("external_data", [])}  # hashed there already
+    assets = build_dir / "assets"
     manifest = {
         "name": spec.name,
         "version": version,
@@ -77,6 +81,8 @@ def write_manifest(
         "parity": parity,
         "versions": _versions(),
         **extra,
+        "assets": {p.name: sha256_file(p) for p in sorted(assets.glob("*")) if p.is_file() and p.name not in external}
+        if assets.is_dir() else {},
     }
     path = build_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -161,17 +161,18 @@ class OrtHandler:
         self.model_version = str((getattr(context, "manifest", None) or {}).get("model", {}).get("modelVersion", ""))
 
         self.restarted = note_worker_start(model_dir)
-        self.setup(model_dir)
         model_path = model_dir / self.manifest["model_file"]
-        # The model and any external weights beside it (models over 2 GB) are the verified ones.
+        # The model, any external weights beside it (models over 2 GB) and every file the handler reads
+        # (tokenizer, labels: `setup` reads them, so after this) are the verified ones.
         checked = [(self.manifest["model_file"], self.manifest["sha256"])]
         checked += [(e["file"], e["sha256"]) for e in self.manifest.get("external_data", [])]
+        checked += list(self.manifest.get("assets", {}).items())
         for file, expected in checked:
-            actual = sha256_file(model_dir / file)
+            actual = sha256_file(model_dir / file) if (model_dir / file).is_file() else "missing"
             if actual != expected:
                 log.error("INTEGRITY: %s sha256 %s does not match manifest %s; refusing to load", file, actual, expected)
                 raise ModelIntegrityError(f"{file}: sha256 {actual} does not match the manifest's {expected}")
-        actual = self.manifest["sha256"]
+        self.setup(model_dir)
 
         threads = worker_threads(self.settings.get("intra_op_threads", 0), yaml_config.get("maxWorkers", 1))
         options = ort.SessionOptions()
@@ -207,7 +208,7 @@ class OrtHandler:
         self._emit_start_metrics(context)
         self.initialized = True
         log.info("%s %s ready: provider %s, intra-op threads %d, sha256 %s",
-                 self.manifest["name"], self.model_version, self.provider, threads, actual[:12])
+                 self.manifest["name"], self.model_version, self.provider, threads, self.manifest["sha256"][:12])
 
     def _check_io(self) -> None:
         """The session's tensors must be the manifest's: a wrong file never serves."""

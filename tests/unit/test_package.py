@@ -226,6 +226,24 @@ def test_a_tampered_external_weights_file_is_refused_at_load(user_dir: Path, tmp
         TensorHandler().initialize(FakeContext(tmp_path / "x"))
 
 
+def test_a_tampered_labels_file_is_refused_before_the_handler_reads_it(user_dir: Path, tmp_path: Path) -> None:
+    """Every file the handler reads beside the model is in the manifest with its sha256 (a tokenizer,
+    labels, a user's own module), checked before `setup` reads it, as the model is."""
+    from ort_base import ModelIntegrityError
+    from tensor import TensorHandler
+
+    (user_dir / "labels.txt").write_text("cat\ndog\nbird\n")
+    result = package(user_dir, onnx=tiny_onnx(user_dir / "m" / "model.onnx"), name="tiny",
+                     extra_files=(user_dir / "labels.txt",))
+    assert set(result.manifest["assets"]) >= {"labels.txt", "samples.npz"}
+    with zipfile.ZipFile(result.mar) as z:
+        z.extractall(tmp_path / "x")
+    TensorHandler().initialize(FakeContext(tmp_path / "x"))
+    (tmp_path / "x" / "labels.txt").write_text("cat\ndog\nparrot\n")
+    with pytest.raises(ModelIntegrityError, match="labels.txt"):
+        TensorHandler().initialize(FakeContext(tmp_path / "x"))
+
+
 def test_a_graph_without_a_batch_axis_is_served_unbatched(user_dir: Path) -> None:
     fixed = tiny_onnx(user_dir / "fixed.onnx", batch_names=(1, 1))
     for declared in ((), ("x:float32:[1,4]",)):
