@@ -102,7 +102,7 @@ def price_variant(model_store: Path, build_root: Path, name: str, variant: str, 
     made = make_variant(variant, fp32, build_dir, model.optimized_graph(None) if model and engine is None else None,
                         calibration, bool(model and model.transformer))
     onnx_export.check_contract(made, spec)
-    report = _cost(model, spec, fp32, made, source, manifest, engine)
+    report = _cost(model, spec, fp32, made, source, manifest, engine, held_out=variant in CALIBRATED)
     if recipe_of(made):
         report["recipe"] = recipe_of(made)
     log.info("%s %s: %s %.4f (budget %.4f)", name, variant, report["cost_metric"], report["cost"], report["budget"])
@@ -129,20 +129,37 @@ def calibration_feeds(model: Any, spec: ModelSpec, source: Archive, manifest: di
     feeds = model.calibration(batches) if model is not None else []
     if feeds:
         return feeds
-    samples = archive_samples(source, manifest) or synthesize(spec, SAMPLE_ROWS)
+    samples = _halves(spec, source, manifest)[0]
     if not spec.batch_axis:
         return [samples]
     rows = len(next(iter(samples.values())))
     return [{k: v[i:i + 1] for k, v in samples.items()} for i in range(min(rows, batches))]
 
 
+def _halves(spec: ModelSpec, source: Archive, manifest: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(calibration rows, pricing rows) of the archive's samples: the even rows and the odd ones, so
+    that a calibrated variant is priced on rows it was not calibrated on; both all rows when there
+    are too few to split (fewer than 4, or no batch axis)."""
+    samples = archive_samples(source, manifest) or synthesize(spec, SAMPLE_ROWS)
+    rows = len(next(iter(samples.values()))) if spec.batch_axis and samples else 0
+    if rows < 4:
+        return samples, samples
+    return {k: v[0::2] for k, v in samples.items()}, {k: v[1::2] for k, v in samples.items()}
+
+
 def _cost(model: Any, spec: ModelSpec, fp32: Path, made: Path, source: Archive, manifest: dict[str, Any],
-          engine: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The variant's accuracy cost: a zoo model's own held-out evaluation, else the archive's samples."""
+          engine: dict[str, Any] | None = None, held_out: bool = False) -> dict[str, Any]:
+    """The variant's accuracy cost: a zoo model's own held-out evaluation, else the archive's samples
+    (`held_out`, a calibrated variant: only the rows it was not calibrated on)."""
     from maas.export import zoo
 
     if model is None:
-        return variant_cost(spec, fp32, made, archive_samples(source, manifest) or synthesize(spec, SAMPLE_ROWS), engine)
+        calibrated_on, priced_on = _halves(spec, source, manifest)
+        split = held_out and priced_on is not calibrated_on
+        samples = priced_on if split else archive_samples(source, manifest) or synthesize(spec, SAMPLE_ROWS)
+        report = variant_cost(spec, fp32, made, samples, engine)
+        report["priced_on"] = "the samples it was not calibrated on" if split else "every sample"
+        return report
     try:
         return model.variant_report(fp32, made, engine)
     except zoo.NoHeldOutEvaluation as exc:

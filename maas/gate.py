@@ -29,7 +29,7 @@ def evaluate(summary: dict[str, Any], t: Thresholds) -> list[str]:
 
 def generation_broken(g: dict[str, Any] | None, t: Thresholds) -> list[str]:
     """A language model's streaming thresholds (those its SLO file sets)."""
-    if g is None:
+    if g is None or not g.get("generations"):  # none measured: its percentiles would read 0.0, within any budget
         return ["no generation finished"] if any(v is not None for v in (t.max_ttft_p95_ms, t.max_itl_p95_ms,
                                                                              t.max_tpot_p95_ms,
                                                                              t.min_output_tokens_per_s)) else []

@@ -92,6 +92,13 @@ def test_gate_names_each_broken_threshold_with_measured_and_budget() -> None:
                       "throughput 1.0 req/s < minimum 5 req/s"]
 
 
+def test_no_measured_generation_is_no_pass() -> None:
+    """Every generation failed or ended in the warm-up: percentiles of nothing read 0.0 ms."""
+    nothing = {"generations": 0, "ttft_ms": {"p95": 0.0}, "itl_ms": {"p95": 0.0}, "tpot_ms": {"p95": 0.0},
+               "output_tokens_per_s": 0.0}
+    assert evaluate({**SUMMARY, "generation": nothing}, Thresholds(max_ttft_p95_ms=500)) == ["no generation finished"]
+
+
 def test_locust_csv_summary(tmp_path: Path) -> None:
     prefix = tmp_path / "locust"
     header = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
