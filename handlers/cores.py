@@ -1,7 +1,9 @@
-"""How many threads a worker's ONNX Runtime session may use."""
+"""What a worker knows of itself: how many threads its session may use, whether it replaces one that died."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 
 def worker_threads(configured: int, max_workers: int) -> int:
@@ -18,3 +20,24 @@ def available_cores() -> int:
     if pinned.isdigit() and int(pinned) > 0:
         return int(pinned)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def note_worker_start(model_dir: Path) -> bool:
+    """Record this worker's start; True when it replaces a worker that died.
+
+    TorchServe restarts a dead worker on the same socket (`--sock-name .../.ts.sock.9000`),
+    while a new worker (scale-up) gets a socket of its own, and every worker of a registered
+    model shares one unpacked model_dir: a marker per socket there tells a restart apart.
+    """
+    argv = sys.argv
+    sock = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--sock-name", "--port")), None)
+    if sock is None:  # not a TorchServe worker (tests, tools)
+        return False
+    marker = model_dir / ".maas-worker-starts" / Path(sock).name
+    try:
+        restarted = marker.exists()
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
+    except OSError:  # a read-only model dir: restarts stay visible in TorchServe's log
+        return False
+    return restarted

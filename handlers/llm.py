@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cores import worker_threads
+from cores import note_worker_start, worker_threads
 from http_reply import json_body, set_header, set_status
 from inputs import request_header
 from integrity import sha256_file
@@ -163,7 +163,15 @@ class LlmHandler:
                  f", prompt cache up to {kept / 1e6:.0f} MB" if (kept := getattr(self.engine, "prompts_budget", 0)) else "",
                  checked - start,
                  time.perf_counter() - checked)
+        self._note_start(context, model_dir)
         self.initialized = True
+
+    def _note_start(self, context: Any, model_dir: Path) -> None:
+        """MaasWorkerRestarts, as the ONNX Runtime handlers emit it: +1 for a worker in place of one that died."""
+        restarted = note_worker_start(model_dir)
+        if restarted:
+            log.warning("%s: this worker replaces one that died (see ts_log.log)", self.name)
+        self._count(context, "MaasWorkerRestarts", int(restarted))
 
     def _warm_up(self) -> None:
         ids = [int(t) for t in self.tokenizer.encode("warm up")][: self.context_length - 1] or [0]

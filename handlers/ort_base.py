@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from cores import worker_threads
+from cores import note_worker_start, worker_threads
 from http_reply import reply, reply_binary
 from inputs import InputError, clip, finite_number, parse_json, request_body, request_header, unicode_text
 from integrity import sha256_file
@@ -110,27 +109,6 @@ def open_openvino(model_path: Path, threads: int, engine: dict[str, Any], shared
     except ImportError as exc:
         raise RuntimeError(f"this archive runs on OpenVINO, which this server's Python lacks ({exc}): "
                            "pip install 'maas[openvino]'") from None
-
-
-def note_worker_start(model_dir: Path) -> bool:
-    """Record this worker's start; True when it replaces a worker that died.
-
-    TorchServe restarts a dead worker on the same socket (`--sock-name .../.ts.sock.9000`),
-    while a new worker (scale-up) gets a socket of its own, and every worker of a registered
-    model shares one unpacked model_dir: a marker per socket there tells a restart apart.
-    """
-    argv = sys.argv
-    sock = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--sock-name", "--port")), None)
-    if sock is None:  # not a TorchServe worker (tests, tools)
-        return False
-    marker = model_dir / ".maas-worker-starts" / Path(sock).name
-    try:
-        restarted = marker.exists()
-        marker.parent.mkdir(exist_ok=True)
-        marker.touch()
-    except OSError:  # a read-only model dir: restarts stay visible in TorchServe's log
-        return False
-    return restarted
 
 
 class OrtHandler:

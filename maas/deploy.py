@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from maas.client import ApiError, ServeError, TorchServeClient, api_path
 from maas.core.names import name_problem
-from maas.core.store import Archive, find_archive, workflow_archive
+from maas.core.store import Archive, StoreError, archive_member, find_archive, workflow_archive
 from maas.worker_log import load_failure
 
 log = logging.getLogger(__name__)
@@ -37,15 +39,17 @@ def wait_for_workers(client: TorchServeClient, model: str, version: str, count: 
 
 
 def deploy(client: TorchServeClient, model_store: Path, model: str, version: str | None = None,
-           workers: int = 1, batch_size: int | None = None, max_batch_delay_ms: int | None = None,
+           workers: int | None = None, batch_size: int | None = None, max_batch_delay_ms: int | None = None,
            timeout: float = 180.0, load_retries: int = 2, log_dir: Path | None = None) -> dict[str, Any]:
     """Register an archive from the model store by name, synchronously; returns its description.
-    With the server's `log_dir`, a model that cannot load fails with its worker's reason."""
+    `workers`: None keeps the archive's own (model-config.yaml's minWorkers). With the server's
+    `log_dir`, a model that cannot load fails with its worker's reason."""
     for value, what in ((model, "model name"), (version, "version")):
         problem = name_problem(value, what) if value is not None else None
         if problem:
             raise ServeError(problem)
     archive = find_archive(model_store, model, version)
+    workers = workers if workers is not None else archive_workers(archive)
     params: dict[str, Any] = {"url": archive.path.name, "initial_workers": workers, "synchronous": "true",
                               "response_timeout": 120}
     if batch_size is not None:
@@ -71,6 +75,15 @@ def deploy(client: TorchServeClient, model_store: Path, model: str, version: str
     if len(client.describe(archive.model, archive.version)[0].get("workers", [])) != workers:
         return scale(client, archive.model, workers, None, archive.version, timeout)
     return wait_for_workers(client, archive.model, archive.version, workers, timeout)
+
+
+def archive_workers(archive: Archive) -> int:
+    """The workers an archive asks for (its model-config.yaml's minWorkers; 1 without)."""
+    try:
+        config = yaml.safe_load(archive_member(archive, "model-config.yaml")) or {}
+        return max(1, int(config.get("minWorkers", 1)))
+    except (StoreError, yaml.YAMLError, TypeError, ValueError, AttributeError):
+        return 1
 
 
 def _retry_workers(client: TorchServeClient, archive: Archive, workers: int, timeout: float, attempts: int,

@@ -147,6 +147,8 @@ def _serve(folder: Path) -> http.server.ThreadingHTTPServer:
 def build_image(plan: ImagePlan = ImagePlan(), env: dict[str, str] | None = None, force: bool = False,
                 echo=print) -> Built:
     """Build plan.tag unless an image of the same recipe is there; returns its size and build time."""
+    if not (DOCKER_DIR / "Dockerfile").is_file():
+        raise ImageError(f"no {DOCKER_DIR / 'Dockerfile'}: the image is built from a maas checkout (its deploy/docker)")
     env = env or docker_env()
     recipe = plan.recipe()
     if not force and image_label(env, plan.tag, "maas.recipe") == recipe:

@@ -33,10 +33,11 @@ class Project:
         def pick(arg: str | None, env: str, default: Path) -> Path:
             return Path(arg or os.environ.get(env) or default).resolve()
 
+        config_path = pick(config, "MAAS_CONFIG", root / "config.properties")
         return cls(
             root=root,
-            config=pick(config, "MAAS_CONFIG", root / "config.properties"),
-            model_store=pick(model_store, "MAAS_MODEL_STORE", root / "model_store"),
+            config=config_path,
+            model_store=pick(model_store, "MAAS_MODEL_STORE", _configured(config_path, "model_store") or root / "model_store"),
             run_dir=pick(run_dir, "MAAS_RUN_DIR", root / "run"),
             build_dir=pick(None, "MAAS_BUILD_DIR", root / "build"),
             reports_dir=pick(reports_dir, "MAAS_REPORTS_DIR", root / "reports"),
@@ -45,10 +46,15 @@ class Project:
     @property
     def workflow_store(self) -> Path:
         """config.properties' workflow_store (relative to the config), else <root>/workflow_store."""
-        from maas.properties import read_properties, resolve_paths
-
-        props = resolve_paths(read_properties(self.config), self.config.parent) if self.config.exists() else {}
-        return Path(props.get("workflow_store") or self.root / "workflow_store")
+        return _configured(self.config, "workflow_store") or self.root / "workflow_store"
 
     def server(self) -> TorchServe:
         return TorchServe(ServerLayout(self.config, self.model_store, self.run_dir))
+
+
+def _configured(config: Path, key: str) -> Path | None:
+    """A path config.properties sets (relative ones from its folder), None when it sets none."""
+    from maas.properties import read_properties, resolve_paths
+
+    props = resolve_paths(read_properties(config), config.parent) if config.is_file() else {}
+    return Path(props[key]) if props.get(key) else None

@@ -146,7 +146,8 @@ class TorchServe:
         if busy:
             raise ServeError(f"address already in use: {', '.join(busy)} (another server? `maas serve stop`)")
         if not have_java():
-            raise ServeError("no Java 11+ runtime found: run `make setup` (scripts/ensure-java.sh)")
+            raise ServeError("no Java 11+ runtime found (TorchServe's frontend): put one on the PATH or set JAVA_HOME; "
+                             "in a maas checkout `make setup` installs one (scripts/ensure-java.sh)")
         if not self.layout.model_store.is_dir():
             raise ServeError(f"model store {self.layout.model_store} does not exist: run `maas build`")
 

@@ -101,7 +101,8 @@ def init(directory: Path, force: bool) -> None:
 @click.option("--example", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="example inputs: a .npz with one array per input name")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:DTYPE:[DIMS]",
-              help="declare an input, e.g. pixels:float32:[batch,3,224,224] (names mark dynamic axes); repeatable")
+              help="declare an input, e.g. 'pixels:float32:[batch,3,224,224]' (quoted: a shell reads [..] as a "
+                   "file pattern; names mark dynamic axes); repeatable")
 @click.option("--handler", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="your handler file (subclass tensor.TensorHandler) [the generic tensor handler]")
 @click.option("--extra-file", "extra_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -134,7 +135,7 @@ def package_cmd(project: Project, onnx_file: Path | None, factory: str | None, e
     \b
     Examples:
       maas package --onnx model.onnx --name detector
-      maas package --torch my_pkg.models:make_model --input pixels:float32:[batch,3,224,224]
+      maas package --torch my_pkg.models:make_model --input 'pixels:float32:[batch,3,224,224]'
       maas package --exported-program model.pt2 --spec maas.yaml
       maas package --onnx model.onnx --write-spec maas.yaml    # then edit it and package with --spec
       maas package --llm ./my-llama --precision int4            # a language model folder (OpenAI API)

@@ -39,7 +39,7 @@ def export_triton(project: Project, models: tuple[str, ...], out_dir: str, gpu: 
 @click.pass_obj
 def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, kubernetes_dir: str,
                   storage_uri: str) -> None:
-    """Write KServe and Kubernetes manifests for MODELS (default: the zoo and every model in the store)
+    """Write KServe and Kubernetes manifests for MODELS (default: every model built into the store)
     and copy their archives into KServe's storage layout (config/config.properties + model-store/);
     a language model gets its storage tree only."""
     from maas.core.store import is_generative, store_archives
@@ -50,7 +50,12 @@ def export_kserve(project: Project, models: tuple[str, ...], kserve_dir: str, ku
     # Language models (archive folders of `maas package --llm`): a storage tree each, for the same image.
     llms = {a.model: a for a in (store_archives(store) if store.is_dir() else []) if is_generative(a)
             and (not models or a.model in models)}
-    names = [m for m in models or model_names(store) if m not in llms]
+    # By default what is built: manifests of models without an archive would be services that never start
+    built = {a.model for a in store_archives(store)} if store.is_dir() else set()
+    names = [m for m in models or [n for n in model_names(store) if n in built] if m not in llms]
+    if not names and not llms:
+        raise click.UsageError(f"no archive in {store}: build models first (`maas build`), or name the models "
+                               "to write manifests for")
     specs = [spec_for(m, store) for m in names]
     result = export_all(specs, project.config, store, Path(kserve_dir), Path(kubernetes_dir),
                         storage_uri, project.root)

@@ -17,12 +17,12 @@ from maas.status_table import format_rows, status_rows
 @click.command()
 @click.argument("model")
 @click.option("--version", "version", help="archive version in the model store [the model's only/plain archive]")
-@click.option("--workers", default=1, show_default=True, help="initial workers")
+@click.option("--workers", type=click.IntRange(1), default=None, help="workers [the archive's minWorkers]")
 @click.option("--batch-size", type=int, help="TorchServe batch size [the archive's model-config.yaml]")
 @click.option("--max-batch-delay", type=int, help="ms to wait for a batch to fill [model-config.yaml]")
 @click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for READY workers")
 @click.pass_obj
-def deploy(project: Project, model: str, version: str | None, workers: int, batch_size: int | None,
+def deploy(project: Project, model: str, version: str | None, workers: int | None, batch_size: int | None,
            max_batch_delay: int | None, timeout: float) -> None:
     """Register MODEL's archive from the model store and wait until its workers are READY."""
     started = time.monotonic()

@@ -397,7 +397,7 @@ def test_clients_that_hang_up_are_stopped_and_their_memory_freed(llm_served) -> 
     from llm import GENERATION_METRICS
     from test_metrics import scrape
 
-    assert {name for name, model in scrape(ts) if model == MODEL} >= {*GENERATION_METRICS, "MaasRequests"}
+    assert {name for name, model in scrape(ts) if model == MODEL} >= {*GENERATION_METRICS, "MaasRequests", "MaasWorkerRestarts"}
     assert left >= 45, f"only {left} of 50 abandoned generations were stopped"
     assert rss_after - rss_before < 30e6
     assert worker_pid(ts) == pid

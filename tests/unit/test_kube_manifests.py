@@ -38,7 +38,7 @@ def test_committed_manifests_match_a_fresh_export(fresh: tuple[Path, Path]) -> N
         names = sorted(p.name for p in new.glob("*.yaml"))
         assert names == sorted(p.name for p in committed.glob("*.yaml"))
         _, mismatch, errors = filecmp.cmpfiles(committed, new, names, shallow=False)
-        assert not mismatch and not errors, f"run `maas export-kserve` and commit: {mismatch + errors}"
+        assert not mismatch and not errors, f"run `maas export-kserve digits maintenance minilm` and commit: {mismatch + errors}"
 
 
 def test_every_manifest_is_valid_offline() -> None:
