@@ -55,7 +55,8 @@ def test_storage_tree_serves_v2_without_keys(model: str, exported: Path, tmp_pat
     # inference/metrics and no token authorization. Nothing else the audit checks.
     pod_findings = audit(read_properties(tree / "config" / "config.properties"))
     assert len(pod_findings) == 3 and sum("disable_token_authorization" in f for f in pod_findings) == 1
-    assert all("listens beyond loopback" in f for f in pod_findings if "disable_token" not in f)
+    assert sum("metrics API takes no key" in f for f in pod_findings) == 1  # behind the NetworkPolicy in a pod
+    assert all("listens beyond loopback" in f for f in pod_findings if "disable_token" not in f and "metrics" not in f)
 
     ts = TorchServe(ServerLayout(local_copy(tree, tmp_path), tree / "model-store", tmp_path / "run"))
     ts.start(timeout=240, insecure=True)
