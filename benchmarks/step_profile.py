@@ -1,0 +1,151 @@
+"""Where a decode step's time goes, by operator, as the context grows: ONNX Runtime's own profiler.
+
+    .venv/bin/python benchmarks/step_profile.py --model OUT/store/bench-llm-1.0-int4 \
+        [--contexts 8,100,400,900] [--rows 1,8] [--steps 40] [--out benchmarks/results/step-profile]
+
+A decode step of the serving engine (handlers/llm_engine.py BatchEngine) reads every weight once
+and, in GroupQueryAttention, every cached key and value of every running stream. This prefills
+`rows` streams to each context length, runs `steps` decode steps under ONNX Runtime's profiler,
+and adds the kernels' times by operator type (per step), beside the step's own time unprofiled and
+the bytes it reads: the weights (once a step, whatever the rows) and the KV cache (rows x context
+x bytes a token). Issue 30's question it answers: what besides the weight products a lone stream
+pays, and when the KV cache, not the weights, is what a step reads most of.
+Writes results.json, README.md and ops.png to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def profile_case(folder: Path, rows: int, context: int, steps: int, threads: int) -> dict[str, Any]:
+    """One (rows, context): ms per step by operator type (profiled) and the step's median ms (not)."""
+    import onnxruntime as ort
+
+    from maas.handlers.llm_engine import BatchEngine
+
+    engine = BatchEngine(folder, rows, context + 2 * steps + 8, threads, 2**34)
+    rng = np.random.default_rng(0)
+    for i in range(rows):
+        engine.prefill(str(i), rng.integers(3, 200, context).tolist())
+        engine.activate(str(i))
+    tokens = {key: 7 for key in engine.key_at}
+
+    def step() -> float:
+        started = time.perf_counter()
+        engine.decode(tokens, exact=False)
+        for key in engine.key_at:  # the same context every step: the new position is written again
+            engine.length[key] -= 1
+        return time.perf_counter() - started
+
+    step()
+    plain = [step() for _ in range(steps)]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "step")
+    engine.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    for _ in range(steps):
+        step()
+    events = json.loads(Path(engine.session.end_profiling()).read_text())
+    by_op: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"] / 1e3 / steps
+    return {"rows": rows, "context": context, "step_ms": round(statistics.median(plain) * 1e3, 2),
+            "ops_ms": {op: round(ms, 3) for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])},
+            "kv_bytes_read": rows * context * engine.bytes_per_token}
+
+
+def weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith("model.onnx"))
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = result["cases"]
+    ops = sorted({op for c in cases for op in c["ops_ms"]}, key=lambda op: -max(c["ops_ms"].get(op, 0) for c in cases))
+    shown, labels = ops[:5], [f"{c['rows']} x {c['context']}" for c in cases]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    bottom = np.zeros(len(cases))
+    for op in [*shown, "other"]:
+        values = np.array([sum(v for o, v in c["ops_ms"].items() if o not in shown) if op == "other"
+                           else c["ops_ms"].get(op, 0.0) for c in cases])
+        ax.bar(labels, values, bottom=bottom, label=op)
+        bottom += values
+    ax.set_xlabel("streams x tokens of context")
+    ax.set_ylabel("ms a decode step (profiled kernels)")
+    ax.set_title(f"{result['model']}: a decode step by operator, {result['threads']} threads")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def readme(result: dict[str, Any]) -> str:
+    ops = ["MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization"]
+    lines = [f"# A decode step by operator, against context ({result['when']})", "",
+             f"`{result['model']}` ({result['weights_bytes'] / 1e6:.0f} MB of weights), {result['threads']} threads, "
+             f"onnxruntime {result['onnxruntime']}: each case prefilled, then {result['steps']} decode steps under "
+             "ONNX Runtime's profiler (kernel times by operator type, per step) and as many without it (the step's "
+             "median). Made by `benchmarks/step_profile.py`.", "",
+             "| streams | context | step ms (median) | " + " | ".join(f"{op} ms" for op in ops)
+             + " | other ops ms | KV read MB | weights read MB |", "|---" * (6 + len(ops)) + "|"]
+    for c in result["cases"]:
+        other = sum(v for op, v in c["ops_ms"].items() if op not in ops)
+        lines.append(f"| {c['rows']} | {c['context']} | {c['step_ms']} | "
+                     + " | ".join(f"{c['ops_ms'].get(op, 0.0):.2f}" for op in ops)
+                     + f" | {other:.2f} | {c['kv_bytes_read'] / 1e6:.0f} | {result['weights_bytes'] / 1e6:.0f} |")
+    lines += ["", "Profiled kernel times run a little above the unprofiled step (the profiler's own cost).", "",
+              "![a step by operator](ops.png)", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a language model build's folder (genai_config.json)")
+    parser.add_argument("--contexts", default="8,100,400,900", help="tokens of context, comma-separated")
+    parser.add_argument("--rows", default="1,8", help="counts of streams, comma-separated")
+    parser.add_argument("--steps", type=int, default=40, help="decode steps per case, profiled and not")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the cores, as a worker)")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "step-profile")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    import onnxruntime
+
+    from maas.core.machine import cores
+
+    threads = args.threads or cores()
+    cases = []
+    for rows in sorted({int(r) for r in args.rows.split(",")}):
+        for context in sorted({int(c) for c in args.contexts.split(",")}):
+            cases.append(profile_case(args.model, rows, context, args.steps, threads))
+            print(f"{rows} x {context}: step {cases[-1]['step_ms']} ms, {cases[-1]['ops_ms']}", file=sys.stderr, flush=True)
+    result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model.name,
+              "weights_bytes": weights_bytes(args.model), "threads": threads, "steps": args.steps,
+              "onnxruntime": onnxruntime.__version__, "cases": cases}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out / "ops.png")
+    (args.out / "README.md").write_text(readme(result))
+    print(readme(result))
+
+
+if __name__ == "__main__":
+    main()
