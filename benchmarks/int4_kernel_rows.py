@@ -20,7 +20,6 @@ Writes results.json, README.md and kernel.png to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -32,6 +31,8 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from published import publish  # noqa: E402 -- beside this script
 
 
 def products_graph(folder: Path) -> tuple[Any, dict[int, int], int]:
@@ -212,11 +213,7 @@ def main() -> None:
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model.name,
               "n_products": sum(ks.values()), "weights_bytes": weights, "threads": threads, "rounds": args.rounds,
               "onnxruntime": onnxruntime.__version__, **summarize(times, bandwidth, weights)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, args.out / "kernel.png")
-    (args.out / "README.md").write_text(readme(result))
-    print(readme(result))
+    publish(args.out, result, readme, plot, "kernel.png")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from published import publish  # noqa: E402 -- beside this script
 
 
 def profile_case(folder: Path, rows: int, context: int, steps: int, threads: int) -> dict[str, Any]:
@@ -140,11 +142,7 @@ def main() -> None:
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model.name,
               "weights_bytes": weights_bytes(args.model), "threads": threads, "steps": args.steps,
               "onnxruntime": onnxruntime.__version__, "cases": cases}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, args.out / "ops.png")
-    (args.out / "README.md").write_text(readme(result))
-    print(readme(result))
+    publish(args.out, result, readme, plot, "ops.png")
 
 
 if __name__ == "__main__":

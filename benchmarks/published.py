@@ -1,0 +1,18 @@
+"""What every benchmark script writes to its --out folder: results.json, README.md and its plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+
+def publish(out: Path, result: dict[str, Any], readme: Callable[[dict[str, Any]], str],
+            plot: Callable[[dict[str, Any], Path], None] | None = None, png: str = "") -> None:
+    """results.json, `png` (drawn by `plot`) and README.md in `out`; the README printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    if plot is not None:
+        plot(result, out / png)
+    text = readme(result)
+    (out / "README.md").write_text(text)
+    print(text)
