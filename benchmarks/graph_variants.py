@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from published import publish  # noqa: E402 -- beside this script
+from published import build_folder, publish  # noqa: E402 -- beside this script
 
 
 def half_kv(model: Any, build: Path) -> None:
@@ -244,7 +244,7 @@ def readme(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="a language model build's folder (genai_config.json)")
+    parser.add_argument("--model", type=build_folder, required=True, help="a language model build's folder (genai_config.json)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--cases", default="1x8,1x900,8x8,8x400,8x900", help="STREAMSxCONTEXT, comma-separated")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds of 8 steps per case")
@@ -261,15 +261,18 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
+    try:
+        shapes = [tuple(int(x) for x in case.split("x")) for case in args.cases.split(",")]
+    except ValueError:
+        parser.error(f"--cases {args.cases}: STREAMSxCONTEXT pairs, e.g. 1x8,8x900")
     with tempfile.TemporaryDirectory(dir=args.model.parent) as scratch:  # beside the build: hard links
         folders = {"build": args.model, **{v: variant_folder(args.model, v, Path(scratch)) for v in variants}}
         answers = {v: answer_cost(args.model, folders[v], 4, args.parity_steps, threads) for v in variants}
         print(f"answers: {answers}", file=sys.stderr, flush=True)
         cases = []
-        for case in args.cases.split(","):
-            rows, context = (int(x) for x in case.split("x"))
+        for rows, context in shapes:
             cases.append(time_case(folders, rows, context, args.rounds, threads))
-            print(f"{case}: {cases[-1]['step_ms']}", file=sys.stderr, flush=True)
+            print(f"{rows}x{context}: {cases[-1]['step_ms']}", file=sys.stderr, flush=True)
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model.name,
               "threads": threads, "rounds": args.rounds, "onnxruntime": onnxruntime.__version__,
               "variants": variants, "parity_rows": 4, "parity_steps": args.parity_steps,

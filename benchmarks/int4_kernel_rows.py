@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from published import publish  # noqa: E402 -- beside this script
+from published import build_folder, publish  # noqa: E402 -- beside this script
 
 
 def products_graph(folder: Path) -> tuple[Any, dict[int, int], int]:
@@ -193,7 +193,7 @@ def readme(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True,
+    parser.add_argument("--model", type=build_folder, required=True,
                         help="an int4 build's folder (model.onnx with MatMulNBits), e.g. a bench store's bench-llm-1.0-int4")
     parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,16", help="counts of rows, comma-separated")
     parser.add_argument("--rounds", type=int, default=20, help="runs of each, in turn")

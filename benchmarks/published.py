@@ -16,3 +16,14 @@ def publish(out: Path, result: dict[str, Any], readme: Callable[[dict[str, Any]]
     text = readme(result)
     (out / "README.md").write_text(text)
     print(text)
+
+
+def build_folder(text: str) -> Path:
+    """argparse type of --model: a language model build's folder (what `maas bench --llm` leaves in its store)."""
+    import argparse
+
+    folder = Path(text)
+    if not (folder / "genai_config.json").is_file() or not (folder / "model.onnx").is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a language model build (a folder with genai_config.json "
+                                         "and model.onnx, e.g. OUT/store/bench-llm-1.0-int4 from maas bench --llm)")
+    return folder

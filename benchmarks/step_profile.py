@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from published import publish  # noqa: E402 -- beside this script
+from published import build_folder, publish  # noqa: E402 -- beside this script
 
 
 def profile_case(folder: Path, rows: int, context: int, steps: int, threads: int) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def readme(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="a language model build's folder (genai_config.json)")
+    parser.add_argument("--model", type=build_folder, required=True, help="a language model build's folder (genai_config.json)")
     parser.add_argument("--contexts", default="8,100,400,900", help="tokens of context, comma-separated")
     parser.add_argument("--rows", default="1,8", help="counts of streams, comma-separated")
     parser.add_argument("--steps", type=int, default=40, help="decode steps per case, profiled and not")
