@@ -37,49 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from published import build_folder, publish  # noqa: E402 -- beside this script
 
 
-def half_kv(model: Any, build: Path) -> None:
-    """The KV cache, the attention's inputs and output, and the rotary tables in fp16."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = model.graph
-    tables = {t.name: t for t in graph.initializer}
-    nodes = []
-    for node in graph.node:
-        if node.op_type != "GroupQueryAttention":
-            nodes.append(node)
-            continue
-        packed = node.input[0]
-        nodes.append(helper.make_node("Cast", [packed], [packed + "_fp16"], to=TensorProto.FLOAT16,
-                                      name=node.name + "/CastIn"))
-        node.input[0] = packed + "_fp16"
-        for name in node.input[7:9]:  # cos_cache, sin_cache (only attention reads them): in the query's type
-            table = tables[name]
-            if table.data_type != TensorProto.FLOAT16:
-                table.CopyFrom(numpy_helper.from_array(_values(table, build).astype(np.float16), name))
-        out = node.output[0]
-        node.output[0] = out + "_fp16"
-        nodes += [node, helper.make_node("Cast", [out + "_fp16"], [out], to=TensorProto.FLOAT, name=node.name + "/CastOut")]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    for value in [*graph.input, *graph.output]:
-        if value.name.startswith(("past_key_values.", "present.")):
-            value.type.tensor_type.elem_type = TensorProto.FLOAT16
-
-
-def _values(table: Any, build: Path) -> np.ndarray:
-    """A float32 initializer's values, inline or in the build's weights file. Read directly: onnx's
-    own reader refuses a file with several hard links, which is what a variant's weights are."""
-    from onnx import numpy_helper
-
-    if not table.external_data:
-        return numpy_helper.to_array(table)
-    where = {entry.key: entry.value for entry in table.external_data}
-    with open(build / where["location"], "rb") as weights:
-        weights.seek(int(where.get("offset", 0)))
-        raw = weights.read(int(where["length"]))
-    return np.frombuffer(raw, np.float32).reshape(tuple(table.dims))
-
-
 def fp32_products(model: Any, build: Path) -> None:
     """The int4 products computing in fp32 (accuracy level 1) instead of int8 (4)."""
     for node in model.graph.node:
@@ -87,6 +44,12 @@ def fp32_products(model: Any, build: Path) -> None:
             for attribute in node.attribute:
                 if attribute.name == "accuracy_level":
                     attribute.i = 1
+
+
+def half_kv(model: Any, build: Path) -> None:
+    from maas.export.kv_cache import half_kv as halve  # what `maas package --llm --kv-cache fp16` does
+
+    halve(model, build)
 
 
 VARIANTS: dict[str, Callable[[Any, Path], None]] = {"kv-fp16": half_kv, "products-fp32": fp32_products}

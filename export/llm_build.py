@@ -29,6 +29,7 @@ from maas.core.clock import now_iso
 from maas.core.errors import ExportError
 from maas.core.names import name_problem
 from maas.export.archive import HANDLERS_DIR, PICKLE_SUFFIXES, _versions, handler_support
+from maas.export.kv_cache import KV_CACHE_TYPES, half_kv_cache, kv_cache_type
 from maas.handlers.integrity import sha256_file
 from maas.handlers.llm_settings import DEFAULT_SETTINGS
 
@@ -74,6 +75,7 @@ class LlmOptions:
     parity_tokens: int = 16
     max_kl: float | None = None  # a quantized build's budget (mean KL vs fp32, nats) instead of llm_verify's
     int4_block_size: int | None = None  # weights per int4 scale; None: INT4_BLOCK_ORDER's first within budget
+    kv_cache: str | None = None  # fp16: the KV cache in half the bytes (kv_cache.py; CPU builds); None: the builder's
 
 
 def quantization(precision: str, device: str, block_size: int | None = None) -> dict[str, int]:
@@ -208,8 +210,10 @@ def chat_template(onnx_dir: Path) -> str | None:
 
 
 def verify(source: Path, onnx_dir: Path, precision: str, device: str, tokens: int,
-           max_kl: float | None = None) -> dict[str, Any]:
-    """Parity at fp32, the cost of a quantized build; a CUDA build where no GPU is here is unverified."""
+           max_kl: float | None = None, halved_cache: bool = False) -> dict[str, Any]:
+    """Parity at fp32, the cost of a quantized build (an fp32 build with its KV cache halved is priced
+    as fp16 is: greedy tokens may part from transformers' on a near tie); a CUDA build where no GPU is
+    here is unverified."""
     from maas.export import llm_verify
 
     if device == "cuda":
@@ -219,9 +223,10 @@ def verify(source: Path, onnx_dir: Path, precision: str, device: str, tokens: in
             return {"verified": False, "why": "a CUDA build, and no GPU here: serve it where one is and run "
                                               "`maas package --llm` there to verify it"}
     reference = llm_verify.Reference.load(source)
-    if precision == "fp32":
+    if precision == "fp32" and not halved_cache:
         return {"verified": True, "parity": llm_verify.greedy_parity(reference, onnx_dir, tokens)}
-    return {"verified": True, "cost": llm_verify.quantized_cost(reference, onnx_dir, precision, tokens, max_kl)}
+    priced_as = "fp16" if precision == "fp32" else precision
+    return {"verified": True, "cost": llm_verify.quantized_cost(reference, onnx_dir, priced_as, tokens, max_kl)}
 
 
 def build_within_budget(opts: LlmOptions, onnx_dir: Path, cache: Path) -> tuple[dict[str, int], dict[str, Any], dict[str, float]]:
@@ -231,8 +236,11 @@ def build_within_budget(opts: LlmOptions, onnx_dir: Path, cache: Path) -> tuple[
     for quant in quantization_choices(opts.precision, opts.device, opts.int4_block_size):
         start = time.perf_counter()
         run_builder(opts.source, onnx_dir, opts.precision, opts.device, cache, quant)
+        if opts.kv_cache == "fp16":
+            half_kv_cache(onnx_dir, _decoder_file(onnx_dir))
         middle = time.perf_counter()
-        checks = verify(opts.source, onnx_dir, opts.precision, opts.device, opts.parity_tokens, opts.max_kl)
+        checks = verify(opts.source, onnx_dir, opts.precision, opts.device, opts.parity_tokens, opts.max_kl,
+                        halved_cache=opts.kv_cache == "fp16")
         seconds = {"build": round(seconds["build"] + middle - start, 1),
                    "verify": round(seconds["verify"] + time.perf_counter() - middle, 1)}
         cost = checks.get("cost")
@@ -285,6 +293,11 @@ def package_llm(opts: LlmOptions, build_root: Path, model_store: Path) -> LlmRes
     if precision not in PRECISIONS.get(device, ()):
         raise ExportError(f"precision {precision} is not built for {device}: {device} takes {', '.join(PRECISIONS.get(device, ()))}")
     quantization_choices(precision, device, opts.int4_block_size)  # a block size that cannot apply fails first
+    if opts.kv_cache not in (None, *KV_CACHE_TYPES):
+        raise ExportError(f"--kv-cache {opts.kv_cache}: choose {' or '.join(KV_CACHE_TYPES)}")
+    if opts.kv_cache == "fp16" and device != "cpu":
+        raise ExportError("--kv-cache fp16 applies to CPU builds (a CUDA build keeps the builder's cache: "
+                          "its fp16 build's is fp16 already)")
     facts = read_source(opts.source)
     name = opts.name or re.sub(r"[^A-Za-z0-9._-]", "-", opts.source.resolve().name)
     if problem := name_problem(name):
@@ -307,6 +320,7 @@ def package_llm(opts: LlmOptions, build_root: Path, model_store: Path) -> LlmRes
         "precision": precision,
         **({"quantization": quant} if quant else {}),
         "execution_provider": device,
+        "kv_cache": _kv_cache_of(onnx_dir),
         "tokenizer": "tokenizer.json" if (onnx_dir / "tokenizer.json").is_file() else "tokenizer.model",
         "chat_template": chat_template(onnx_dir),
         "files": file_table(onnx_dir),
@@ -323,6 +337,17 @@ def package_llm(opts: LlmOptions, build_root: Path, model_store: Path) -> LlmRes
     path = archive_llm(build_dir, onnx_dir, name, opts.version, model_store, folder)
     seconds["archive"] = round(time.perf_counter() - start, 1)
     return LlmResult(name, opts.version, path, manifest, seconds)
+
+
+def _decoder_file(onnx_dir: Path) -> str:
+    return json.loads((onnx_dir / "genai_config.json").read_text())["model"]["decoder"]["filename"]
+
+
+def _kv_cache_of(onnx_dir: Path) -> str | None:
+    """fp32 or fp16: what the build's decoder keeps its KV cache in."""
+    import onnx
+
+    return kv_cache_type(onnx.load(str(onnx_dir / _decoder_file(onnx_dir)), load_external_data=False).graph)
 
 
 def _as_list(value: Any) -> list[int]:
@@ -344,6 +369,8 @@ def summary_lines(path: Path, manifest: dict[str, Any]) -> list[str]:
     seconds = manifest["seconds"]
     block = manifest.get("quantization", {}).get("block_size")
     precision = manifest["precision"] + (f" (blocks of {block})" if block else "")
+    if manifest.get("kv_cache") == "fp16" and manifest["execution_provider"] == "cpu":
+        precision += ", KV cache fp16"
     lines = [f"packaged {path}/ ({manifest['architecture']}, {precision} for {manifest['execution_provider']}, "
              f"context {manifest['context_length']}, {size / 1e6:.1f} MB; build {seconds['build']:g} s, "
              f"verify {seconds['verify']:g} s)"]

@@ -98,3 +98,34 @@ def test_the_demo_language_model_trains_and_packages(tmp_path) -> None:
     assert facts["parameters"] > 500_000 and facts["steps"] == 3
     said = package(tmp_path / "notes", tmp_path / "store", tmp_path / "build", "--name", "notes")
     assert "parity: greedy tokens equal transformers' on 8/8 prompts" in said, said
+
+
+def test_a_kv_cache_in_fp16_holds_twice_the_tokens_and_keeps_the_answers(tmp_path) -> None:
+    """--kv-cache fp16: the graph's cache (past and present) is fp16, the serving engine holds twice
+    the tokens in the same budget, batched and alone still agree, and its cost is priced against fp32."""
+    import numpy as np
+
+    from maas.handlers.llm_engine import BatchEngine
+
+    folder = make_folder(tmp_path / "llama", "llama")
+    store = tmp_path / "store"
+    said = package(folder, store, tmp_path / "build", "--name", "llama", "--kv-cache", "fp16")
+    assert "fp32, KV cache fp16 for cpu" in said and "cost vs fp32: mean KL" in said, said
+    built = store / "llama"
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["kv_cache"] == "fp16" and manifest["precision"] == "fp32", manifest
+    assert manifest["cost"]["within_budget"] and manifest["cost"]["kl_budget"] == 0.005, manifest["cost"]
+    graph = onnx.load(str(built / "model.onnx"), load_external_data=False).graph
+    cache = [v for v in [*graph.input, *graph.output] if v.name.startswith(("past_key_values.", "present."))]
+    assert cache and {v.type.tensor_type.elem_type for v in cache} == {onnx.TensorProto.FLOAT16}
+    engine = BatchEngine(built, 2, 10_000, 1, 2**20)
+    assert engine.cache[0].dtype == np.float16
+    tokens_per_row = engine.max_len
+    invariance = batch_invariance(built, prompts=3, tokens=8)
+    assert invariance["sequences_that_differ"] == 0, invariance
+    said = package(folder, store, tmp_path / "build", "--name", "llama", "--version", "2.0")
+    assert json.loads((store / "llama-2.0" / "manifest.json").read_text())["kv_cache"] == "fp32"
+    assert BatchEngine(store / "llama-2.0", 2, 10_000, 1, 2**20).max_len * 2 == tokens_per_row
+    result = CliRunner().invoke(cli, ["--model-store", str(store), "package", "--llm", str(folder), "--device", "cuda",
+                                      "--precision", "fp16", "--kv-cache", "fp16"])
+    assert result.exit_code != 0 and "--kv-cache fp16 applies to CPU builds" in result.output, result.output

@@ -435,7 +435,8 @@ def test_a_load_test_streams_and_gates_on_time_to_first_token(llm_served, tmp_pa
 
 def test_an_int4_version_is_released_through_the_gate(llm_served, llm_source: Path, tmp_path: Path) -> None:
     """`maas release` on a language model: the int4 build beside fp32, smoke-checked with a chat
-    completion, load-tested streaming against the SLO and the default's figures, then promoted."""
+    completion, load-tested streaming against the SLO and the default's figures, then promoted. Built
+    with its KV cache in fp16 (--kv-cache fp16), so that cache is served under load too."""
     from click.testing import CliRunner
 
     from maas.cli import cli
@@ -445,9 +446,10 @@ def test_an_int4_version_is_released_through_the_gate(llm_served, llm_source: Pa
     ts, model_dir = llm_served
     store = model_dir.parent
     said = CliRunner().invoke(cli, ["--model-store", str(store), "package", "--llm", str(llm_source), "--name", MODEL,
-                                    "--version", "1.0-int4", "--precision", "int4"],
+                                    "--version", "1.0-int4", "--precision", "int4", "--kv-cache", "fp16"],
                               env={"MAAS_BUILD_DIR": str(tmp_path / "build")}, catch_exceptions=False)
     assert said.exit_code == 0 and "cost vs fp32: mean KL" in said.output, said.output
+    assert "KV cache fp16" in said.output, said.output
     slo_file = tmp_path / "slo.yaml"
     slo_file.write_text("users: 2\nspawn_rate: 2\nwarmup_s: 1\nrun_time_s: 3\np95_ms: 60000\np99_ms: 60000\n"
                         "min_rps: 0.1\nttft_p95_ms: 5000\nitl_p95_ms: 2000\n"
