@@ -16,25 +16,82 @@ def generator_for(req: GenerationRequest) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+# Tokens a nucleus (top_p) is first looked for among: it is found there unless the distribution is
+# flat, and partitioning out this many costs a fraction of sorting a vocabulary of 50-150k
+NUCLEUS_FIRST = 256
+DRAW_BLOCK = 1024
+SCAN_BLOCK = 64
+
+
 def next_token(logits: np.ndarray, req: GenerationRequest, rng: np.random.Generator) -> int:
-    if not np.isfinite(logits).any() or np.isnan(logits).any():
+    """Greedy, or a draw from the tempered distribution cut by top_k and top_p. Per token and stream
+    on the hot path, so in float32, and the vocabulary never sorted where a partition will do: a
+    128k vocabulary took 17.4 ms a token with top_p 0.9 sorted whole in float64 and drawn by
+    rng.choice, 2.7 ms without top_p (more than a decode step of a small model)."""
+    best = logits.max()  # NaN if any is
+    if np.isnan(best) or best == -np.inf:
         raise ValueError("the model's logits are not numbers (NaN, or no finite one)")
     if req.greedy:
         return int(np.argmax(logits))
-    # Shifted before the division: the best token's score is 0 and the others' are <= 0, so a
-    # temperature near 0 (1e-300 is valid) makes them -inf, not inf - inf = NaN.
-    scores = logits.astype(np.float64)
-    with np.errstate(over="ignore"):
-        scores = (scores - scores.max()) / req.temperature
-    if req.top_k and req.top_k < scores.size:
-        kth = np.partition(scores, -req.top_k)[-req.top_k]
-        scores[scores < kth] = -np.inf
-    probs = np.exp(scores - scores.max())
-    probs /= probs.sum()
-    if req.top_p < 1.0:  # the smallest set of most likely tokens whose mass reaches top_p
-        order = np.argsort(-probs, kind="stable")
-        keep = order[: int(np.searchsorted(np.cumsum(probs[order]), req.top_p)) + 1]
-        kept = np.zeros_like(probs)
-        kept[keep] = probs[keep]
-        probs = kept / kept.sum()
-    return int(rng.choice(probs.size, p=probs))
+    ids = None  # the candidates' token ids, when cut to fewer than the vocabulary
+    if req.top_k and req.top_k < logits.size:
+        ids = _largest(logits, req.top_k)
+        logits = logits[ids]
+    sharpness = 1.0 / req.temperature
+    if sharpness > 1e30 or best == np.inf:  # a temperature near 0 (1e-300 is valid): the best token
+        return int(ids[np.argmax(logits)]) if ids is not None else int(np.argmax(logits))
+    # Shifted first: the best token's weight is 1, the others' in [0, 1], none overflows
+    weights = np.exp((logits - best) * np.float32(sharpness), dtype=np.float32)
+    if req.top_p < 1.0:
+        keep = _nucleus(weights, req.top_p)
+        weights = weights[keep]
+        ids = keep if ids is None else ids[keep]
+    pick = _draw(weights, rng)
+    return int(ids[pick]) if ids is not None else pick
+
+
+def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
+    """An index drawn in proportion to `weights`: the block of DRAW_BLOCK it falls in first, from the
+    blocks' sums, then its place in that block. A running sum is sequential (1.3 ms over 128k
+    weights in float64); block sums vectorize, and only one block is summed running."""
+    blocks = -(-weights.size // DRAW_BLOCK)
+    padded = weights if weights.size == blocks * DRAW_BLOCK else np.pad(weights, (0, blocks * DRAW_BLOCK - weights.size))
+    cdf = np.cumsum(padded.reshape(blocks, DRAW_BLOCK).sum(1, dtype=np.float64))
+    target = rng.random() * cdf[-1]
+    block = min(int(np.searchsorted(cdf, target, side="right")), blocks - 1)
+    target -= cdf[block - 1] if block else 0.0
+    start = block * DRAW_BLOCK
+    within = np.cumsum(weights[start:start + DRAW_BLOCK], dtype=np.float64)
+    return start + min(int(np.searchsorted(within, target, side="right")), within.size - 1)
+
+
+def _largest(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the `k` largest `values` (in no order). Partitioning 128k values takes ~1 ms; the
+    k-th largest of the blocks' maxima is at most the k-th largest value (k blocks have one at least
+    as large), so only the values from it up are partitioned: a few times k."""
+    if k >= values.size:
+        return np.arange(values.size)
+    blocks = -(-values.size // SCAN_BLOCK)
+    if blocks <= 2 * k:
+        return np.argpartition(values, -k)[-k:]
+    padded = values if values.size == blocks * SCAN_BLOCK else np.pad(
+        values, (0, blocks * SCAN_BLOCK - values.size), constant_values=-np.inf)
+    floor = np.partition(padded.reshape(blocks, SCAN_BLOCK).max(1), -k)[-k]
+    near = np.flatnonzero(values >= floor)
+    return near[np.argpartition(values[near], -k)[-k:]]
+
+
+def _nucleus(weights: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices of the smallest set of most likely tokens whose mass reaches `top_p` of the whole."""
+    target = top_p * weights.sum(dtype=np.float64)
+    if weights.size > NUCLEUS_FIRST:
+        head = _largest(weights, NUCLEUS_FIRST)
+        order = head[np.argsort(-weights[head], kind="stable")]
+        mass = np.cumsum(weights[order], dtype=np.float64)
+        if mass[-1] >= target:
+            return order[: int(np.searchsorted(mass, target)) + 1]
+    # A flat distribution (random weights): the weight the nucleus ends at, from the values sorted
+    # (a third of a stable argsort's time); tokens tied with it are all kept
+    ranked = np.sort(weights)[::-1]
+    least = ranked[min(int(np.searchsorted(np.cumsum(ranked), target)), ranked.size - 1)]  # float32: a cut, not a draw
+    return np.flatnonzero(weights >= least)

@@ -406,7 +406,8 @@ def row(label: str, users: int, summary: dict[str, Any], folder: Path) -> dict[s
     out = {"label": label, "users": users, "output_tokens_per_s": gen.get("output_tokens_per_s", 0.0),
            "stream_tokens_per_s_p50": gen.get("stream_tokens_per_s_p50"), "ttft_ms": gen.get("ttft_ms"),
            "itl_ms": gen.get("itl_ms"), "tpot_ms": gen.get("tpot_ms"), "generations": gen.get("generations", 0),
-           "requests": summary["requests"], "failures": summary["failures"], "report": str(folder)}
+           "requests": gen.get("requests", summary["requests"]), "failures": gen.get("failed", summary["failures"]),
+           "report": str(folder)}
     log.info("%s, %d users: %.1f output tokens/s, TTFT p95 %s ms, ITL p95 %s ms, %d failures", label, users,
              out["output_tokens_per_s"], (out["ttft_ms"] or {}).get("p95"), (out["itl_ms"] or {}).get("p95"),
              out["failures"])
