@@ -292,7 +292,7 @@ class LlmHandler:
                     stream.pending = stream.pending[self.engine.reuse_prefix(stream.request_id, stream.pending):]
                 part, stream.pending = stream.pending[:budget], stream.pending[budget:]
                 budget -= len(part)
-                logits = self.engine.prefill(stream.request_id, part, exact=stream.req.reproducible)
+                logits = self.engine.prefill(stream.request_id, part)
                 if stream.pending:
                     continue
                 self.queue.popleft()

@@ -125,7 +125,9 @@ class BatchEngine(_Rows):
     def prefill(self, key: str, tokens: list[int], alone: bool = False, exact: bool = True) -> Logits:
         """Append `tokens` to `key`'s sequence in the staging row, one sequence at a time, until it is
         activated; or (`alone`) in the row of a sequence that never joins the batch. `exact: False`
-        (a sampled request without a seed): its logits need not be the batch's, one token runs as one row."""
+        (a sampled request without a seed) in that lone row: its logits need not be the batch's, one
+        token runs as one row. The staging row is always exact: what it computes is kept for later
+        prompts that begin alike (reuse_prefix), whoever they are."""
         row = self.staging + 1 if alone else self.staging
         holder = self.alone if alone else self.staged
         if holder not in (None, key):
@@ -138,7 +140,7 @@ class BatchEngine(_Rows):
         if past + len(tokens) > self.max_len:
             raise ValueError(f"sequence of {past + len(tokens)} tokens exceeds the cache's {self.max_len}")
         run = tokens
-        if self.batch_invariant and exact and len(tokens) % 2:
+        if self.batch_invariant and (exact or not alone) and len(tokens) % 2:
             if alone and len(tokens) == 1 and past > 0 and len(self.staging_tokens) < self.max_len:
                 return self._decode_outside(key, tokens[0])
             # An odd chunk's last token would be the odd row out (int4's one-row kernel, see decode): a

@@ -278,6 +278,10 @@ def test_every_run_of_a_reproducible_request_has_an_even_number_of_rows(llm_arch
         run_steps(handler, context, [again])
         alone.append(again.text())
     assert [c.text() for c in calls] == alone
-    runs.clear()  # sampled without a seed: nothing to keep reproducible, no spare rows
-    run_steps(handler, context, [Call({"prompt": PROMPTS[1], "max_tokens": 9, "temperature": 0.9}, joins=i) for i in range(3)])
+    runs.clear()  # sampled without a seed: nothing to keep reproducible, no spare decode rows; but its
+    # prompt's chunks stay even: the staging row keeps them for later prompts that begin alike, greedy ones too
+    run_steps(handler, context, [Call({"prompt": p, "max_tokens": 9, "temperature": 0.9}, joins=i)
+                                 for i, p in enumerate(["Coolant flow dropped below the", "Gearbox oil is dark",
+                                                        "Every conveyor stopped when"])])  # none seen before
     assert {rows * length % 2 for rows, length in runs} == {0, 1}
+    assert all(length % 2 == 0 for rows, length in runs if length > 1), runs
