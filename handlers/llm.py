@@ -42,7 +42,7 @@ from openai_api import (
     chunk,
     full_answer,
     held_back,
-    models_list,
+    models_answer,
     parse_body,
     parse_request,
     route_of,
@@ -404,6 +404,8 @@ class LlmHandler:
         self._count(context, "MaasRequests", 1)
         try:
             stream = self._admit(rid, item, context, idx)
+            if stream is None:  # v1/models
+                answers[idx] = self._models(context, idx)
         except Exception as exc:  # one bad request never fails its neighbours
             if not isinstance(exc, ApiError):
                 log.exception("request %s: could not be admitted", rid)
@@ -413,7 +415,6 @@ class LlmHandler:
         else:
             if stream is not None:
                 return stream
-            answers[idx] = self._models(context, idx)  # v1/models
             finished[idx] = not _over_http(context, idx)
         if not finished[idx]:
             self.closing.add(rid)
@@ -480,8 +481,9 @@ class LlmHandler:
             self._gauge(context, "MaasOutputTokensPerSecond", rate)
 
     def _models(self, context: Any, idx: int) -> bytes:
+        answer = models_answer(request_header(context, idx, "url_path"), self.name, self.version, self.context_length)
         context.set_response_content_type(idx, "application/json")
-        return _bytes(json_body(models_list(self.name, self.version, self.context_length)))
+        return _bytes(json_body(answer))
 
     def refuse(self, context: Any, idx: int, exc: ApiError) -> bytes:
         context.set_response_content_type(idx, "application/json")

@@ -80,7 +80,7 @@ def route_of(url_path: str | None, body: Any) -> str:
         return "chat"
     if tail.endswith("completions"):
         return "completion"
-    if tail.endswith("models"):
+    if tail.endswith("models") or tail.rpartition("/")[0].endswith("models"):  # v1/models, v1/models/NAME
         return "models"
     if tail:
         raise ApiError(f"no such endpoint: /{tail} (serves v1/completions, v1/chat/completions, v1/models)",
@@ -115,7 +115,11 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(f"{name} must be a number, not {json.dumps(value)[:40]}", name)
+    if isinstance(value, int) and not low <= value <= high:  # before float(): 10**400 overflows it
+        raise ApiError(f"{name} must be in [{low:g}, {high:g}], not {str(value)[:40]}", name)
+    if not math.isfinite(value):
         raise ApiError(f"{name} must be a number, not {json.dumps(value)[:40]}", name)
     if value > high or value < low:
         raise ApiError(f"{name} must be in [{low:g}, {high:g}], not {value:g}", name)
@@ -223,8 +227,9 @@ def parse_request(body: dict[str, Any], route: str, served: str) -> GenerationRe
     for name in ("presence_penalty", "frequency_penalty"):
         if _number(body, name, 0.0, -2.0, 2.0) != 0.0:
             raise ApiError(f"{name} is not supported by this server (only 0)", name)
-    max_tokens = _integer(body, "max_completion_tokens", 1, 1 << 30) if route == "chat" else None
-    max_tokens = max_tokens or _integer(body, "max_tokens", 1, 1 << 30)
+    # max_completion_tokens, OpenAI's newer name, first; both are checked whichever is given
+    newer, older = (_integer(body, name, 1, 1 << 30) for name in ("max_completion_tokens", "max_tokens"))
+    max_tokens = newer if newer is not None else older
     if route == "completion" and max_tokens is None:
         max_tokens = 16  # the completions API's own default
     stream = _flag(body, "stream")
@@ -312,6 +317,19 @@ def models_list(served: str, version: str, context_length: int | None) -> dict[s
     """GET v1/models: the one model this endpoint serves."""
     return {"object": "list", "data": [{"id": served, "object": "model", "created": int(time.time()),
                                         "owned_by": "maas", "version": version, "context_length": context_length}]}
+
+
+def models_answer(url_path: str | None, served: str, version: str, context_length: int | None) -> dict[str, Any]:
+    """GET v1/models (the list), or v1/models/NAME (that model; a 404 for one not served here)."""
+    listing = models_list(served, version, context_length)
+    tail = (url_path or "").strip("/")
+    if not tail or tail.endswith("models"):
+        return listing
+    name = tail.rpartition("/")[2]
+    if name.split(":")[0] != served:
+        raise ApiError(f"the model {name!r} is not served here: this endpoint serves {served!r}", "model",
+                       status=404, code="model_not_found")
+    return listing["data"][0]
 
 
 def held_back(text: str, stops: tuple[str, ...]) -> int:

@@ -106,6 +106,8 @@ def test_openai_client_completions_equal_in_process_greedy(llm_served) -> None:
 
 
 def test_openai_client_chat_streams_what_it_answers_whole(llm_served) -> None:
+    import openai
+
     ts, _ = llm_served
     client = openai_client(ts)
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Is the spindle hot?"}]
@@ -120,6 +122,10 @@ def test_openai_client_chat_streams_what_it_answers_whole(llm_served) -> None:
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("another-model")
+    assert missing.value.code == "model_not_found" and "not served here" in str(missing.value), missing.value
 
 
 def test_raw_stream_is_server_sent_events_ending_in_done(llm_served) -> None:

@@ -11,7 +11,7 @@ from maas.handlers.openai_api import ApiError, chunk, held_back, parse_body, par
 def test_routes_come_from_the_url_tail_or_else_the_body() -> None:
     assert route_of("v1/chat/completions", None) == "chat"
     assert route_of("/v1/completions", None) == "completion"
-    assert route_of("v1/models", None) == "models"
+    assert route_of("v1/models", None) == "models" and route_of("v1/models/tiny-llama", None) == "models"
     assert route_of(None, {"messages": []}) == "chat" and route_of("", {"prompt": "x"}) == "completion"
     with pytest.raises(ApiError) as caught:
         route_of("v1/embeddings", None)
@@ -91,3 +91,24 @@ def test_token_ids_come_back_when_asked_for() -> None:
     assert json.loads(events[6:])["choices"][0]["token_ids"] == [9]
     with pytest.raises(ApiError, match="return_token_ids must be true or false"):
         parse_request({"prompt": "x", "return_token_ids": "yes"}, "completion", "m")
+
+
+def test_a_model_is_listed_or_named_and_another_name_is_a_404() -> None:
+    from maas.handlers.openai_api import models_answer
+
+    assert [m["id"] for m in models_answer("v1/models", "m", "1.0", 256)["data"]] == ["m"]
+    assert models_answer("v1/models/m", "m", "1.0", 256)["id"] == "m"
+    with pytest.raises(ApiError) as caught:
+        models_answer("v1/models/other", "m", "1.0", 256)
+    assert caught.value.status == 404 and caught.value.body()["error"]["code"] == "model_not_found"
+
+
+def test_numbers_beyond_a_float_and_both_token_caps_are_checked() -> None:
+    for name in ("temperature", "top_p", "presence_penalty"):
+        with pytest.raises(ApiError) as caught:
+            parse_request({"prompt": "x", name: 10**400}, "completion", "m")
+        assert caught.value.status == 400 and name in str(caught.value), name
+    with pytest.raises(ApiError, match="max_tokens"):
+        parse_request({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5, "max_tokens": "abc"},
+                      "chat", "m")
+    assert parse_request({"prompt": "x", "max_completion_tokens": 5, "max_tokens": 9}, "completion", "m").max_tokens == 5
