@@ -10,6 +10,7 @@ changes (maas renews keys there), so a long run never sends an expired copy.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -36,6 +37,14 @@ from maas.locust_csv import STALE_KEY
 locust.stats.CSV_STATS_FLUSH_INTERVAL_SEC = 1
 
 KEY_RETRIES = 5  # re-reads of key_file.json after a refused (just renewed) key
+_USERS_STARTED = itertools.count()
+
+
+def user_seed(environment) -> int:
+    """A user's payload seed: its start order in this process and the process's worker index, so
+    every run (and every configuration a bench compares) sends the same prompts and sampling seeds."""
+    worker = max(getattr(environment.runner, "worker_index", 0) or 0, 0)
+    return worker * 1000 + next(_USERS_STARTED) % 1000
 
 
 @events.init_command_line_parser.add_listener
@@ -183,7 +192,7 @@ class ModelUser(FastHttpUser):
         self.model = opts.model
         self.path = api_path(opts.endpoint, opts.model, opts.model_version)
         self.explaining = opts.endpoint == "explanations"
-        self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000,
+        self.payloads = payloads.for_model(opts.payload or opts.model, seed=user_seed(self.environment),
                                            version=opts.model_version, model_store=opts.model_store)
         self.keys = KeyFile(opts.key_file)
 
@@ -231,7 +240,7 @@ class GrpcModelUser(User):
             raise ValueError("TorchServe's gRPC API has no explanations call: load it over HTTP")
         self.model, self.version = opts.model, opts.model_version or None
         self.name = f"gRPC Predictions {opts.model}" + (f" {opts.model_version}" if opts.model_version else "")
-        self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000,
+        self.payloads = payloads.for_model(opts.payload or opts.model, seed=user_seed(self.environment),
                                            version=opts.model_version, model_store=opts.model_store)
         self.keys = KeyFile(opts.key_file)
         root = Path(opts.grpc_ca).read_bytes() if opts.grpc_ca else None
@@ -286,7 +295,7 @@ class GenerationUser(User):
         path = opts.openai_path or f"/predictions/{opts.model}/{version}/v1/chat/completions"
         self.url = f"{self.environment.host}{path}"
         self.name = f"{path} (stream)"
-        self.payloads = payloads.for_model(opts.payload or opts.model, seed=id(self) % 10_000,
+        self.payloads = payloads.for_model(opts.payload or opts.model, seed=user_seed(self.environment),
                                            version=opts.model_version, model_store=opts.model_store)
         self.keys = KeyFile(opts.key_file)
         self.session = requests.Session()
@@ -336,8 +345,21 @@ class GenerationUser(User):
         new one, as ModelUser does (the retry's time counts: the client waited for it)."""
         for attempt in range(1, KEY_RETRIES + 2):
             headers = {"Content-Type": "application/json", **self.keys.header(reread=attempt > 1)}
-            resp = self.session.post(self.url, data=body, headers=headers, stream=True, timeout=300)
+            resp = self._send(body, headers)
             if attempt > KEY_RETRIES or not token_refused(resp):
                 return resp
             resp.close()
             gevent.sleep(0.05 * attempt)
+
+    def _send(self, body: bytes, headers: dict[str, str]):
+        """One POST; sent again once on a new connection when a kept-alive one was closed before any
+        answer came (the server's keep-alive timeout racing the next request: llama-server's rows lost
+        a quarter of their requests at one user to it, as any HTTP client reusing connections would
+        without this retry, which browsers and urllib3 make). The retry's time counts."""
+        import requests
+
+        try:
+            return self.session.post(self.url, data=body, headers=headers, stream=True, timeout=300)
+        except requests.ConnectionError:
+            self.session.close()  # its pool: the next request opens a new connection
+            return self.session.post(self.url, data=body, headers=headers, stream=True, timeout=300)

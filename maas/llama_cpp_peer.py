@@ -101,7 +101,11 @@ class LlamaServer:
         self.url = f"http://127.0.0.1:{port}"
         self.command = [str(binaries / "llama-server"), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                         "-t", str(threads), "-tb", str(threads), "--parallel", str(parallel), "-c", str(context * parallel),
-                        "--cont-batching", "--jinja", "--no-webui", "--log-disable"]
+                        "--cont-batching", "--jinja", "--no-webui", "--log-disable",
+                        # A request's own sampling, as OpenAI's API means it (and maas and transformers do): a
+                        # body without top_k/top_p samples the whole distribution; llama-server would otherwise
+                        # cut it with its defaults, top_k 40, top_p 0.95, min_p 0.05
+                        "--top-k", "0", "--top-p", "1.0", "--min-p", "0.0"]
         self.log_file = log_file
         self.process: subprocess.Popen | None = None
 
