@@ -58,7 +58,7 @@ def profile_case(folder: Path, rows: int, context: int, steps: int, threads: int
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "step")
-    engine.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    engine.session = ort.InferenceSession(str(engine.decoder_path), options, providers=["CPUExecutionProvider"])
     for _ in range(steps):
         step()
     events = json.loads(Path(engine.session.end_profiling()).read_text())

@@ -29,6 +29,7 @@ from maas.core.clock import now_iso
 from maas.core.errors import ExportError
 from maas.core.names import name_problem
 from maas.export.archive import HANDLERS_DIR, PICKLE_SUFFIXES, _versions, handler_support
+from maas.export.batch_decoder import write_batch_decoder
 from maas.export.kv_cache import KV_CACHE_TYPES, half_kv_cache, kv_cache_type
 from maas.handlers.integrity import sha256_file
 from maas.handlers.llm_settings import DEFAULT_SETTINGS
@@ -238,6 +239,8 @@ def build_within_budget(opts: LlmOptions, onnx_dir: Path, cache: Path) -> tuple[
         run_builder(opts.source, onnx_dir, opts.precision, opts.device, cache, quant)
         if opts.kv_cache == "fp16":
             half_kv_cache(onnx_dir, _decoder_file(onnx_dir))
+        if opts.device == "cpu":  # the serving engine's copy, one position's logits (batch_decoder.py)
+            write_batch_decoder(onnx_dir, _decoder_file(onnx_dir))
         middle = time.perf_counter()
         checks = verify(opts.source, onnx_dir, opts.precision, opts.device, opts.parity_tokens, opts.max_kl,
                         halved_cache=opts.kv_cache == "fp16")

@@ -34,6 +34,10 @@ except ImportError:  # maas.handlers.llm_engine, as the bench imports it in proc
     from .prompt_cache import PromptCache, shared_head
 
 Logits = np.ndarray  # [vocab] float32
+# The build's decoder with its LM head fed one position (`logits_at`): written beside model.onnx by
+# maas package (export/batch_decoder.py); a prompt's chunk then computes one position's logits, not all
+BATCH_DECODER = "batch_decoder.onnx"
+LOGITS_AT = "logits_at"
 
 
 class EngineFull(Exception):
@@ -87,8 +91,10 @@ class BatchEngine(_Rows):
         if threads > 1 and not allow_spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.ort = ort
-        self.session = ort.InferenceSession(str(model_dir / decoder["filename"]), options,
-                                            providers=["CPUExecutionProvider"])
+        gathered = model_dir / BATCH_DECODER
+        self.decoder_path = gathered if gathered.is_file() else model_dir / decoder["filename"]
+        self.gathers = gathered.is_file()  # else the logits of every position come back (archives before it)
+        self.session = ort.InferenceSession(str(self.decoder_path), options, providers=["CPUExecutionProvider"])
         past_type = {i.name: i.type for i in self.session.get_inputs()}[self.kv_pairs[0][0]]
         dtype = np.float16 if "float16" in past_type else np.float32
         token_bytes = len(self.kv_pairs) * self.kv_heads * self.head_size * np.dtype(dtype).itemsize
@@ -155,10 +161,10 @@ class BatchEngine(_Rows):
         ids = np.asarray([run], np.int64)
         mask = np.ones((1, past + len(run)), np.int64)
         del held[past:]  # what follows is overwritten now
-        logits = self._run(ids, mask, row, row + 1)
+        logits = self._run(ids, mask, row, row + 1, at=len(tokens) - 1)
         self.length[key] = past + len(tokens)
         held += tokens
-        return logits[0, len(tokens) - 1].astype(np.float32)
+        return logits[0].astype(np.float32)
 
     def _decode_outside(self, key: str, token: int) -> Logits:
         """One token of the sequence in the lone row (gRPC's generations), computed as the batch
@@ -169,10 +175,10 @@ class BatchEngine(_Rows):
         mask = np.zeros((2, max(spare, past) + 1), np.int64)
         mask[0, : spare + 1] = 1
         mask[1, : past + 1] = 1
-        logits = self._run(np.asarray([[token], [token]], np.int64), mask, self.staging, self.staging + 2)
+        logits = self._run(np.asarray([[token], [token]], np.int64), mask, self.staging, self.staging + 2, at=0)
         self.length[key] = past + 1
         self.held[self.staging + 1].append(token)
-        return logits[1, 0].astype(np.float32)
+        return logits[1].astype(np.float32)
 
     @property
     def staging_tokens(self) -> list[int]:
@@ -235,10 +241,10 @@ class BatchEngine(_Rows):
         for row, past in enumerate(pasts):
             mask[row, : past + 1] = 1
         mask[n:, 0] = 1
-        logits = self._run(ids, mask, 0, rows)
+        logits = self._run(ids, mask, 0, rows, at=0)
         for key in self.key_at:
             self.length[key] += 1
-        return {key: logits[row, 0].astype(np.float32) for row, key in enumerate(self.key_at)}
+        return {key: logits[row].astype(np.float32) for row, key in enumerate(self.key_at)}
 
     def drop(self, key: str) -> None:
         """Forget `key`; the last running sequence moves into its slot."""
@@ -259,18 +265,22 @@ class BatchEngine(_Rows):
         for array in self.cache:
             array[target, :, :length] = array[source, :, :length]
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, first: int, end: int) -> np.ndarray:
+    def _run(self, ids: np.ndarray, mask: np.ndarray, first: int, end: int, at: int = 0) -> np.ndarray:
+        """Rows `first`..`end` of the cache fed `ids`: the logits of position `at` of each row, [rows, vocab]."""
         binding = self.session.io_binding()
         binding.bind_output(self.logits_name, "cpu")
         binding.bind_cpu_input(self.input_ids, ids)
         binding.bind_cpu_input(self.mask, mask)
+        if self.gathers:
+            binding.bind_cpu_input(LOGITS_AT, np.asarray([at], np.int64))
         for (past, present), array in zip(self.kv_pairs, self.cache):
             # past and present are one buffer: the graph writes the new positions in place
             rows = self.ort.OrtValue.ortvalue_from_numpy(array[first:end])
             binding.bind_ortvalue_input(past, rows)
             binding.bind_ortvalue_output(present, rows)
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        logits = binding.get_outputs()[0].numpy()
+        return logits[:, 0] if self.gathers else logits[:, at]
 
 
 class GeneratorEngine(_Rows):

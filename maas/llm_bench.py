@@ -96,8 +96,12 @@ def memory_bandwidth_gbs(megabytes: int = 1024, rounds: int = 7) -> float:
 
 
 def weight_bytes(folder: Path) -> int:
-    """What one decode step reads at least: the decoder's ONNX graph and its external weights."""
-    return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
+    """What one decode step reads at least: the decoder's ONNX graph and its external weights (the
+    graph the engine runs: model.onnx or its one-position copy, not both)."""
+    from maas.handlers.llm_engine import BATCH_DECODER
+
+    graph = BATCH_DECODER if (folder / BATCH_DECODER).is_file() else "model.onnx"
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith(".onnx.data") or p.name == graph)
 
 
 def stale(folder: Path, quantizations: list[dict[str, int]]) -> bool:

