@@ -9,6 +9,7 @@ product where the GEMM reaches its best, with the threads a worker gets.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -23,7 +24,10 @@ def macs_per_token(folder: Path) -> int:
     import onnx
 
     total = 0
-    for path in sorted(folder.glob("*.onnx")):
+    config = folder / "genai_config.json"  # a language model build: its decoder (not its one-position copy too)
+    paths = ([folder / json.loads(config.read_text())["model"]["decoder"]["filename"]] if config.is_file()
+             else sorted(folder.glob("*.onnx")))
+    for path in paths:
         graph = onnx.load(str(path), load_external_data=False).graph
         constants = {i.name: list(i.dims) for i in graph.initializer}
         for node in graph.node:

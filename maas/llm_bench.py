@@ -220,6 +220,28 @@ def engine_greedy(folder: Path, prompt: str, tokens: int) -> tuple[list[int], li
     return ids, out
 
 
+def llama_cpp_parity(server: Any, ours: Path | None, source: Path) -> dict[str, Any]:
+    """llama.cpp's greedy token ids (GGUF f32) against maas's fp32 build, or where this run built none,
+    against `transformers` on the source folder (which an fp32 build equals: maas package checks it)."""
+    reference = None
+    if ours is None:
+        from maas.export.llm_verify import Reference
+
+        reference = Reference.load(source)
+    equal = same_prompt = 0
+    for prompt in PARITY_PROMPTS:
+        if reference is None:
+            mine = engine_greedy(ours, prompt, 24)
+        else:
+            ids = reference.prompt_ids(prompt)
+            mine = (ids, reference.greedy(ids, 24))
+        theirs = server.greedy_ids(prompt, 24)
+        same_prompt += mine[0] == theirs[0]
+        equal += mine[1] == theirs[1][: len(mine[1])]
+    return {"prompts": len(PARITY_PROMPTS), "equal": equal, "same_prompt_ids": same_prompt, "max_tokens": 24,
+            "against": "maas fp32" if reference is None else "transformers at fp32 (no maas fp32 build in this run)"}
+
+
 def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, reports: Path) -> None:
     """llama.cpp's server on the same weights: f32 checked token-equal to ours, then f32 and Q4_0 loaded."""
     from maas import llama_cpp_peer
@@ -239,14 +261,8 @@ def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, re
         started = time.perf_counter()
         with server:
             config["register_to_ready_s"] = round(time.perf_counter() - started, 1)
-            if quantization == "f32" and ours is not None:
-                equal = same_prompt = 0
-                for prompt in PARITY_PROMPTS:
-                    mine, theirs = engine_greedy(ours, prompt, 24), server.greedy_ids(prompt, 24)
-                    same_prompt += mine[0] == theirs[0]
-                    equal += mine[1] == theirs[1][: len(mine[1])]
-                result.llama_cpp_parity = {"prompts": len(PARITY_PROMPTS), "equal": equal,
-                                           "same_prompt_ids": same_prompt, "max_tokens": 24}
+            if quantization == "f32":
+                result.llama_cpp_parity = llama_cpp_parity(server, ours, plan.source)
                 log.info("bench: llama.cpp f32 greedy vs ours: %s", result.llama_cpp_parity)
             tried: list[list[dict[str, Any]]] = []
             for _ in range(max(1, plan.rounds)):  # as many tries as ours get, each row its fastest
@@ -618,8 +634,9 @@ def report(result: LlmResult) -> str:
                   f"{pp['prompts']} prompts ({pp['max_tokens']} tokens), and the text on {pp['same_text']}."]
     if result.llama_cpp_parity:
         lp = result.llama_cpp_parity
-        lines += ["", f"Checked before timing: llama.cpp's greedy token ids (GGUF f32) equal ours at fp32 on {lp['equal']}/"
-                  f"{lp['prompts']} prompts ({lp['max_tokens']} tokens; prompt ids equal on {lp['same_prompt_ids']})."]
+        lines += ["", f"Checked {lp.get('when', 'before timing')}: llama.cpp's greedy token ids (GGUF f32) equal "
+                  f"those of {lp.get('against', 'maas fp32')} on {lp['equal']}/{lp['prompts']} prompts "
+                  f"({lp['max_tokens']} tokens; prompt ids equal on {lp['same_prompt_ids']})."]
     if result.step_costs:
         sizes = list(next(iter(result.step_costs.values()))["decode_ms"])
         lines += ["", "One step of the serving engine in process (median ms; 40-token sequences): what served latencies "
