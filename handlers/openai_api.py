@@ -335,9 +335,11 @@ def models_answer(url_path: str | None, served: str, version: str, context_lengt
 def held_back(text: str, stops: tuple[str, ...]) -> int:
     """How many characters at the end of `text` might begin a stop sequence (not sent yet)."""
     longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:k]):
-                longest = k
+    for stop in stops:  # per stream and step: only where the stop's first character is, earliest first
+        at = text.find(stop[0], max(len(text) - len(stop) + 1, 0)) if len(stop) > 1 else -1
+        while at != -1 and len(text) - at > longest:
+            if stop.startswith(text[at:]):
+                longest = len(text) - at
                 break
+            at = text.find(stop[0], at + 1)
     return longest

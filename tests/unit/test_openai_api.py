@@ -67,6 +67,9 @@ def test_text_that_may_begin_a_stop_sequence_is_held_back() -> None:
     assert held_back("the end", ("ending",)) == 3
     assert held_back("the cat", ("dog",)) == 0
     assert held_back("ab", ("abc", "b")) == 2
+    # only where a stop's first character is: a long stop costs nothing where its head is absent
+    assert held_back("a stop is END OF", ("END OF REPORT",)) == 6 and held_back("x" * 5000, ("y" * 256,)) == 0
+    assert held_back("ENDEND", ("ENDENDX", "DX")) == 6 and held_back("aXa", ("aXaY", "aB")) == 3
 
 
 def test_chunks_are_server_sent_events() -> None:
