@@ -82,7 +82,10 @@ def _best_seconds(session: Any, feeds: dict[str, np.ndarray], rounds: int) -> fl
     return best
 
 
-def int4_kernel_gmacs(threads: int, rows: tuple[int, ...] = (1, 8), block: int = 256, k: int = 1536, n: int = 4096,
+INT4_KERNEL_BLOCK = 256  # the block size int4_kernel_gmacs measures at: maas's CPU default
+
+
+def int4_kernel_gmacs(threads: int, rows: tuple[int, ...] = (1, 8), block: int = INT4_KERNEL_BLOCK, k: int = 1536, n: int = 4096,
                       layers: int = 24, rounds: int = 7) -> dict[int, float]:
     """The best GMAC/s of ONNX Runtime's int4 kernel (MatMulNBits, accuracy level 4: int8 arithmetic)
     at each count of `rows`, what a decode step of that many streams runs. `layers` products of

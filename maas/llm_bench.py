@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from maas.bench import bench_server, machine_info, worker_rss_mb
-from maas.compute_bound import gemm_peak_gmacs, int4_kernel_gmacs, macs_per_token
+from maas.compute_bound import INT4_KERNEL_BLOCK, gemm_peak_gmacs, int4_kernel_gmacs, macs_per_token
 from maas.core.machine import cores
 from maas.export.llm_build import ASYNC_SERVING
 from maas.loadtest import LoadTest
@@ -538,7 +538,9 @@ def arithmetic_bound_tokens_per_s(result: LlmResult, key: str) -> float | None:
     kind = "fp32" if key.startswith("fp32") else "int8"
     peak, macs = result.gemm_peak_gmacs.get(kind), result.builds[key].get("macs_per_token")
     if key.startswith("int4"):
-        peak = int4_rate(result, 8) or peak
+        # measured at compute_bound's blocks of 256: no bound for builds of other blocks, whose kernel differs
+        block = (result.builds[key].get("quantization") or {}).get("block_size", INT4_KERNEL_BLOCK)
+        peak = (int4_rate(result, 8) or peak) if block == INT4_KERNEL_BLOCK else None
     return peak * 1e9 / macs if peak and macs else None
 
 
