@@ -74,6 +74,24 @@ def test_the_fast_paths_choose_what_a_full_sort_would_over_large_vocabularies() 
     assert np.allclose(draws[[3, 1030, 4999]] / 6000, [0.2, 0.5, 0.3], atol=0.03)
 
 
+def test_a_flat_distributions_nucleus_is_exactly_the_smallest_set_reaching_top_p() -> None:
+    """Random weights give flat distributions whose nucleus the partitioned head misses; the bucketed
+    search over the float32 bits finds the same set as sorting everything in float64 would."""
+    from token_sampler import FLAT_SORTED, _nucleus
+
+    rng = np.random.default_rng(3)
+    for size in (FLAT_SORTED - 1, FLAT_SORTED + 1, 151_936):
+        for spread in (0.3, 1.0, 2.0):
+            values = (rng.standard_normal(size) * spread).astype(np.float32)
+            weights = np.exp(values - values.max())
+            order = np.argsort(-weights, kind="stable")
+            mass = np.cumsum(weights[order], dtype=np.float64)
+            for top_p in (0.2, 0.9, 0.999):
+                want = order[: int(np.searchsorted(mass, top_p * weights.sum(dtype=np.float64))) + 1]
+                assert set(_nucleus(weights, top_p).tolist()) == set(want.tolist()), (size, spread, top_p)
+    assert len(_nucleus(np.ones(FLAT_SORTED * 2, np.float32), 1 - 1e-15)) == FLAT_SORTED * 2  # ties all kept
+
+
 def test_sampling_a_large_vocabulary_takes_a_fraction_of_a_decode_step() -> None:
     """A 128k vocabulary (Llama 3's) sampled with temperature, top_k and top_p: the sort it no longer
     does took 17 ms a token. Not a timing test: 30 tokens in a generous 2 s."""
