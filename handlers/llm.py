@@ -422,25 +422,28 @@ class LlmHandler:
 
     def _admit(self, rid: str, item: dict[str, Any], context: Any, idx: int) -> Stream | None:
         raw = item.get("body", item.get("data")) if isinstance(item, dict) else item
-        route = route_of(request_header(context, idx, "url_path"), raw if isinstance(raw, dict) else None)
-        if route == "models":
+        url = request_header(context, idx, "url_path")
+        if route_of(url, None) == "models":  # a GET: no body to read
             return None
-        req = parse_request(parse_body(raw), route, self.name)
+        body = parse_body(raw)  # before the route: gRPC and /predictions/NAME name it by the body alone (messages)
+        req = parse_request(body, route_of(url, body), self.name)
+        http = _over_http(context, idx)
+        if http and len(self.queue) >= self.max_waiting + self.engine.free_slots():
+            # every slot is taken and the queue is full: the client should come back (the openai
+            # client retries a 429 by itself, after Retry-After); before the prompt is tokenized, which
+            # the running streams wait for
+            set_header(context, idx, "Retry-After", RETRY_AFTER_S)
+            raise ApiError(f"this worker's {self.engine.slots} streams and its queue of {self.max_waiting} requests are "
+                           "full; retry later", status=429, kind="requests", code="rate_limit_exceeded")
         prompt_ids = self._prompt_ids(req)
         room = self.context_length - len(prompt_ids)
         if room < 1:
             raise ApiError(f"the prompt is {len(prompt_ids)} tokens; this model's context is {self.context_length} tokens",
                            "messages" if req.route == "chat" else "prompt", code="context_length_exceeded")
         if req.max_tokens is not None and req.max_tokens > room:
-            raise ApiError(f"max_tokens is {req.max_tokens}, but the prompt leaves room for {room} tokens of this "
-                           f"model's {self.context_length}-token context", "max_tokens", code="context_length_exceeded")
-        http = _over_http(context, idx)
-        if http and len(self.queue) >= self.max_waiting + self.engine.free_slots():
-            # every slot is taken and the queue is full: the client should come back (the openai
-            # client retries a 429 by itself, after Retry-After)
-            set_header(context, idx, "Retry-After", RETRY_AFTER_S)
-            raise ApiError(f"this worker's {self.engine.slots} streams and its queue of {self.max_waiting} requests are "
-                           "full; retry later", status=429, kind="requests", code="rate_limit_exceeded")
+            raise ApiError(f"{req.max_tokens_field} is {req.max_tokens}, but the prompt leaves room for {room} tokens of "
+                           f"this model's {self.context_length}-token context", req.max_tokens_field,
+                           code="context_length_exceeded")
         decoder = self.text_stream(prompt_ids if req.route == "completion" else ())  # a completion continues its prompt
         stream = Stream(rid, req, prompt_ids, decoder, generator_for(req), len(prompt_ids),
                         req.max_tokens or room, http=http)

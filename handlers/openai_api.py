@@ -52,6 +52,7 @@ class GenerationRequest:
     prompt: str | list[int]  # text (chat already rendered by the handler), or token ids
     messages: list[dict[str, str]] = field(default_factory=list)
     max_tokens: int | None = None  # None: up to the context
+    max_tokens_field: str = "max_tokens"  # the field that set it (max_completion_tokens, OpenAI's newer name)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -182,6 +183,8 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
         if role not in ROLES:
             raise ApiError(f"{where}.role must be one of {', '.join(ROLES)}, not {json.dumps(role)[:40]}", f"{where}.role")
         content = message.get("content")
+        if content is None and role == "assistant":  # an assistant turn that only called a tool: OpenAI allows null
+            content = ""
         if isinstance(content, list):  # content parts: only text is served
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
                 raise ApiError(f"{where}.content parts must be text parts ({{\"type\": \"text\", \"text\": ...}})",
@@ -243,6 +246,7 @@ def parse_request(body: dict[str, Any], route: str, served: str) -> GenerationRe
         prompt="" if route == "chat" else _prompt(body),
         messages=_messages(body) if route == "chat" else [],
         max_tokens=max_tokens,
+        max_tokens_field="max_completion_tokens" if newer is not None else "max_tokens",
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),  # 0: the most likely token only
         top_k=max(_integer(body, "top_k", -1, 1 << 20) or 0, 0),  # -1: off, as vLLM's

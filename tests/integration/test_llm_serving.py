@@ -218,18 +218,23 @@ def test_beyond_its_rows_and_queue_a_worker_answers_429_with_retry_after(llm_ser
 
 
 def test_tokens_stream_over_grpc_as_over_http(llm_served) -> None:
-    """TorchServe's gRPC StreamPredictions carries the same events; `maas predict --grpc` prints them."""
+    """TorchServe's gRPC StreamPredictions carries the same events; `maas predict --grpc` prints them.
+    gRPC has no URL to name the endpoint: a body with messages is a chat completion."""
     from maas.grpc_client import GrpcCallError, GrpcInference
 
     ts, model_dir = llm_served
     body = json.dumps({"prompt": "The pump reports", "max_tokens": 12, "temperature": 0, "stream": True}).encode()
     expected, _ = in_process_greedy(model_dir, "The pump reports", 12)
+    chat = {"messages": [{"role": "user", "content": "Report the pump"}], "max_tokens": 8, "temperature": 0}
     with GrpcInference.for_server(ts) as client:
         events = b"".join(client.stream_predict(MODEL, body)).split(b"\n\n")
+        chatted = json.loads(b"".join(client.stream_predict(MODEL, json.dumps(chat).encode())))
         with pytest.raises(GrpcCallError, match="INVALID_ARGUMENT.*prompt is empty"):
             list(client.stream_predict(MODEL, b'{"prompt": ""}'))
     assert events[-2] == b"data: [DONE]"
     assert "".join(json.loads(e[6:])["choices"][0]["text"] for e in events if e.startswith(b"data: {")) == expected
+    assert chatted["object"] == "chat.completion"
+    assert chatted["choices"][0]["message"] == post(ts, "chat/completions", chat).json()["choices"][0]["message"]
     env = dict(os.environ, MAAS_CONFIG=str(ts.layout.config), MAAS_RUN_DIR=str(ts.layout.run_dir),
                MAAS_MODEL_STORE=str(ts.layout.model_store))
     said = subprocess.run([sys.executable, "-m", "maas.cli", "predict", "--grpc", MODEL, "-"], input=body, env=env,

@@ -114,4 +114,15 @@ def test_numbers_beyond_a_float_and_both_token_caps_are_checked() -> None:
     with pytest.raises(ApiError, match="max_tokens"):
         parse_request({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5, "max_tokens": "abc"},
                       "chat", "m")
-    assert parse_request({"prompt": "x", "max_completion_tokens": 5, "max_tokens": 9}, "completion", "m").max_tokens == 5
+    newer = parse_request({"prompt": "x", "max_completion_tokens": 5, "max_tokens": 9}, "completion", "m")
+    assert (newer.max_tokens, newer.max_tokens_field) == (5, "max_completion_tokens")  # errors name what was sent
+    assert parse_request({"prompt": "x", "max_tokens": 9}, "completion", "m").max_tokens_field == "max_tokens"
+
+
+def test_an_assistant_turn_without_content_is_a_turn_with_no_text() -> None:
+    """OpenAI allows `content: null` on an assistant message (one that called a tool), and clients
+    replay such histories; a user's null content is still a mistake."""
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "go"}]
+    assert parse_request({"messages": turns}, "chat", "m").messages[1] == {"role": "assistant", "content": ""}
+    with pytest.raises(ApiError, match=r"messages\[0\].content must be a string"):
+        parse_request({"messages": [{"role": "user", "content": None}]}, "chat", "m")
