@@ -18,6 +18,7 @@ import shutil
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,8 +243,10 @@ def llama_cpp_parity(server: Any, ours: Path | None, source: Path) -> dict[str, 
             "against": "maas fp32" if reference is None else "transformers at fp32 (no maas fp32 build in this run)"}
 
 
-def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, reports: Path) -> None:
-    """llama.cpp's server on the same weights: f32 checked token-equal to ours, then f32 and Q4_0 loaded."""
+def llama_cpp_servers(plan: LlmPlan, result: LlmResult, work: Path, stack: ExitStack) -> list[tuple[dict, Any]]:
+    """llama.cpp's server on the same weights, f32 and Q4_0, each started and kept up in `stack` beside
+    TorchServe, so that their rounds take turns with ours; f32's greedy tokens checked against ours
+    before anything is timed."""
     from maas import llama_cpp_peer
     from maas.properties import free_loopback_ports
 
@@ -252,34 +255,36 @@ def llama_cpp_rows(plan: LlmPlan, result: LlmResult, store: Path, work: Path, re
     files = llama_cpp_peer.convert(plan.source, cache, work / "gguf")
     binaries = llama_cpp_peer.build(cache)
     ours = Path(result.builds["fp32"]["folder"]) if "fp32" in result.builds else None
-    for quantization, gguf in files.items():
-        label = f"peer: llama.cpp server ({quantization})"
+    servers = []
+    for quantization, gguf in files.items():  # started one by one: each holds its port before the next asks
         server = llama_cpp_peer.LlamaServer(binaries, gguf, free_loopback_ports(1)[0], cores(), 8, 1024,
                                             work / f"llama-server-{quantization}.log")
-        config: dict[str, Any] = {"label": label, "precision": quantization, "gguf_bytes": gguf.stat().st_size,
-                                  "command": " ".join(server.command[1:])}
+        config: dict[str, Any] = {"label": f"peer: llama.cpp server ({quantization})", "precision": quantization,
+                                  "gguf_bytes": gguf.stat().st_size, "command": " ".join(server.command[1:])}
         started = time.perf_counter()
-        with server:
-            config["register_to_ready_s"] = round(time.perf_counter() - started, 1)
-            if quantization == "f32":
-                result.llama_cpp_parity = llama_cpp_parity(server, ours, plan.source)
-                log.info("bench: llama.cpp f32 greedy vs ours: %s", result.llama_cpp_parity)
-            tried: list[list[dict[str, Any]]] = []
-            for _ in range(max(1, plan.rounds)):  # as many tries as ours get, each row its fastest
-                tried.append([])
-                for users in plan.users:
-                    slo = SLO(users=users, spawn_rate=float(users), run_time_s=plan.run_time_s, warmup_s=plan.warmup_s,
-                              thresholds=Thresholds(max_p95_ms=1e9, max_p99_ms=1e9, max_error_ratio=1.0, min_rps=0.0))
-                    test = LoadTest(MODEL, slo, version=result.builds[next(iter(result.builds))]["version"],
-                                    model_store=store, generative=True, payload=MODEL, openai_path="/v1/chat/completions",
-                                    label=f"llama-cpp-{quantization.lower()}-{users}u")
-                    summary, folder = run_locust(test, server.url, None, reports)  # no key: loopback only
-                    tried[-1].append(row(label, users, summary, folder))
-            result.rows += fastest_rounds(tried)
-            import psutil
+        stack.enter_context(server)
+        config["register_to_ready_s"] = round(time.perf_counter() - started, 1)
+        if quantization == "f32":
+            result.llama_cpp_parity = {**llama_cpp_parity(server, ours, plan.source), "when": "before timing"}
+            log.info("bench: llama.cpp f32 greedy vs ours: %s", result.llama_cpp_parity)
+        servers.append((config, server))
+    return servers
 
-            config["worker_rss_mb"] = [round(psutil.Process(server.process.pid).memory_info().rss / 2**20)]
-        result.configs.append(config)
+
+def llama_cpp_round(plan: LlmPlan, result: LlmResult, servers: list[tuple[dict, Any]], store: Path,
+                    reports: Path) -> list[dict[str, Any]]:
+    """One round of every concurrency on each llama.cpp server."""
+    rows = []
+    for config, server in servers:
+        for users in plan.users:
+            slo = SLO(users=users, spawn_rate=float(users), run_time_s=plan.run_time_s, warmup_s=plan.warmup_s,
+                      thresholds=Thresholds(max_p95_ms=1e9, max_p99_ms=1e9, max_error_ratio=1.0, min_rps=0.0))
+            test = LoadTest(MODEL, slo, version=result.builds[next(iter(result.builds))]["version"],
+                            model_store=store, generative=True, payload=MODEL, openai_path="/v1/chat/completions",
+                            label=f"llama-cpp-{config['precision'].lower()}-{users}u")
+            summary, folder = run_locust(test, server.url, None, reports)  # no key: loopback only
+            rows.append(row(config["label"], users, summary, folder))
+    return rows
 
 
 def batch_invariance(folder: Path, prompts: int = 7, tokens: int = 32, invariant: bool = True) -> dict[str, Any]:
@@ -467,6 +472,30 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
     return main + [c for c in configs if c not in main]  # builds that are themselves a lever come last
 
 
+def served_rounds(plan: LlmPlan, result: LlmResult, ts: Any, store: Path, reports: Path, peer: dict | None,
+                  llama: list[tuple[dict, Any]]) -> list[list[dict[str, Any]]]:
+    """Every configuration, ours then the peers', served in turn `plan.rounds` times, so that a drift of
+    this shared machine reaches every one of them."""
+    rounds: list[list[dict[str, Any]]] = []
+    served = configurations(plan, result.builds) + ([peer] if peer else [])
+    for n in range(max(1, plan.rounds)):
+        rounds.append([])
+        for cfg in served:
+            changed = cfg.get("handler") or cfg.get("serving")
+            old = set_engine(Path(cfg["folder"]), cfg.get("serving"), **cfg.get("handler", {})) if changed else None
+            try:
+                rounds[-1] += served_rows(ts, store, cfg, plan, reports, check_parity=n == 0)
+            finally:
+                if old is not None:
+                    (Path(cfg["folder"]) / "model-config.yaml").write_text(old)
+            if n == 0:
+                result.configs.append({k: v for k, v in cfg.items() if k != "folder"})
+            if cfg.get("parity"):
+                result.peer_parity = cfg["parity"]
+        rounds[-1] += llama_cpp_round(plan, result, llama, store, reports)
+    return rounds
+
+
 def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path, store: Path | None = None) -> LlmResult:
     """Everything the report shows, in one run; `store`: archives kept from an earlier run are reused
     where their handler files, settings and quantization are still what this run builds."""
@@ -494,30 +523,17 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path, store: Path | None
             result.invariance[f"{precision}, not batch-invariant"] = batch_invariance(Path(b["folder"]), invariant=False)
         result.step_costs[precision] = step_costs(Path(b["folder"]))
         log.info("bench: %s step costs in process: %s", precision, result.step_costs[precision])
-    ts = bench_server(store, out_dir / "run", config)
-    ts.start(timeout=300)
-    rounds: list[list[dict[str, Any]]] = []
-    try:
-        served = configurations(plan, result.builds) + ([peer] if peer else [])
-        for n in range(max(1, plan.rounds)):  # in turn, so a drift of the machine reaches every configuration
-            rounds.append([])
-            for cfg in served:
-                changed = cfg.get("handler") or cfg.get("serving")
-                old = set_engine(Path(cfg["folder"]), cfg.get("serving"), **cfg.get("handler", {})) if changed else None
-                try:
-                    rounds[-1] += served_rows(ts, store, cfg, plan, reports, check_parity=n == 0)
-                finally:
-                    if old is not None:
-                        (Path(cfg["folder"]) / "model-config.yaml").write_text(old)
-                if n == 0:
-                    result.configs.append({k: v for k, v in cfg.items() if k != "folder"})
-                if cfg.get("parity"):
-                    result.peer_parity = cfg["parity"]
-    finally:
-        ts.stop()
-    result.rows = fastest_rounds(rounds)
-    if plan.llama_cpp is not None:
-        llama_cpp_rows(plan, result, store, work, reports)
+    with ExitStack() as stack:  # llama.cpp's servers (if asked for) and TorchServe, up together
+        llama = llama_cpp_servers(plan, result, work, stack) if plan.llama_cpp is not None else []
+        ts = bench_server(store, out_dir / "run", config)
+        ts.start(timeout=300)
+        stack.callback(ts.stop)
+        result.rows = fastest_rounds(served_rounds(plan, result, ts, store, reports, peer, llama))
+        import psutil
+
+        for c, server in llama:
+            c["worker_rss_mb"] = [round(psutil.Process(server.process.pid).memory_info().rss / 2**20)]
+            result.configs.append(c)
     result.bandwidth_gbs = max(result.bandwidth_gbs, memory_bandwidth_gbs())
     result.gemm_peak_gmacs = {kind: max(peak, gemm_peak_gmacs(kind, cores())) for kind, peak in result.gemm_peak_gmacs.items()}
     result.int4_kernel_gmacs = {rows: max(rate, result.int4_kernel_gmacs.get(rows, 0.0))

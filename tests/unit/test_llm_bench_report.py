@@ -87,3 +87,22 @@ def test_each_row_is_its_fastest_round_in_the_first_rounds_order() -> None:
         {**r("a", 8, 200.0), "rounds_tokens_per_s": [200.0, 180.0]},
         {**r("b", 1, 70.0), "rounds_tokens_per_s": [70.0, 64.0]}]
     assert fastest_rounds([rounds[0]])[0]["rounds_tokens_per_s"] == [60.0]
+
+
+def test_llama_cpp_takes_its_turn_in_every_round_after_ours(monkeypatch) -> None:
+    """A drift of the shared machine between rounds reaches the peer as it reaches us: each round
+    serves maas's configurations, then llama.cpp's servers (kept up beside TorchServe)."""
+    from maas import llm_bench
+
+    served: list[str] = []
+    monkeypatch.setattr(llm_bench, "served_rows", lambda ts, store, cfg, plan, reports, check_parity: (
+        served.append(cfg["label"]) or [{"label": cfg["label"], "users": 1}]))
+    monkeypatch.setattr(llm_bench, "llama_cpp_round", lambda plan, result, servers, store, reports: (
+        served.extend(c["label"] for c, _ in servers) or [{"label": c["label"], "users": 1} for c, _ in servers]))
+    plan = LlmPlan(source=Path("/x"), precisions=("int4",), rounds=2, levers=False)
+    result = LlmResult(machine={}, plan={}, builds={"int4": {"version": "1.0-int4", "folder": "/x/int4"}})
+    llama = [({"label": "peer: llama.cpp server (f32)"}, None), ({"label": "peer: llama.cpp server (Q4_0)"}, None)]
+    rounds = llm_bench.served_rounds(plan, result, None, Path("/s"), Path("/r"), None, llama)
+    one_round = ["maas int4", "peer: llama.cpp server (f32)", "peer: llama.cpp server (Q4_0)"]
+    assert served == one_round * 2 and [[r["label"] for r in rnd] for rnd in rounds] == [one_round] * 2
+    assert [c["label"] for c in result.configs] == ["maas int4"]  # ours once; the servers' configs are added by the run
