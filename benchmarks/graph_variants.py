@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from published import build_folder, publish  # noqa: E402 -- beside this script
+from published import build_folder, grouped_bars, publish  # noqa: E402 -- beside this script
 
 
 def fp32_products(model: Any, build: Path) -> None:
@@ -156,26 +156,11 @@ def answer_cost(build: Path, folder: Path, rows: int, steps: int, threads: int) 
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cases, names = result["cases"], ["build", *result["variants"]]
-    labels = [f"{c['rows']} x {c['context']}" for c in cases]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        ax.bar(np.arange(len(cases)) + i * width, [c["step_ms"][name] for c in cases], width, label=name)
-    ax.set_xticks(np.arange(len(cases)) + width * (len(names) - 1) / 2, labels)
-    ax.set_xlabel("streams x tokens of context")
-    ax.set_ylabel("ms a decode step (median)")
-    ax.set_title(f"{result['model']}: the build's graph and its variants, {result['threads']} threads")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
+    grouped_bars(path, [f"{c['rows']} x {c['context']}" for c in cases],
+                 {name: [c["step_ms"][name] for c in cases] for name in names}, "ms a decode step (median)",
+                 f"{result['model']}: the build's graph and its variants, {result['threads']} threads",
+                 xlabel="streams x tokens of context", size=(9, 4.5))
 
 def readme(result: dict[str, Any]) -> str:
     variants = result["variants"]

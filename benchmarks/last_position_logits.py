@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))  # the seeded folders' tokenizer trainer
-from published import publish  # noqa: E402 -- beside this script
+from published import grouped_bars, publish  # noqa: E402 -- beside this script
 
 HIDDEN = 2048
 
@@ -97,25 +97,11 @@ def time_prefills(folders: dict[str, Path], lengths: list[int], rounds: int, thr
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cases = result["cases"]
-    names = list(cases[0]["prefill_ms"])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        ax.bar(np.arange(len(cases)) + i * width, [c["prefill_ms"][name] for c in cases], width, label=name)
-    ax.set_xticks(np.arange(len(cases)) + width * (len(names) - 1) / 2, [f"{c['tokens']} tokens" for c in cases])
-    ax.set_ylabel("ms a prompt's prefill (median)")
-    ax.set_title(f"LM head of {result['vocab']} tokens: every position's logits or the last one's")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
+    grouped_bars(path, [f"{c['tokens']} tokens" for c in cases],
+                 {name: [c["prefill_ms"][name] for c in cases] for name in cases[0]["prefill_ms"]},
+                 "ms a prompt's prefill (median)",
+                 f"LM head of {result['vocab']} tokens: every position's logits or the last one's")
 
 def readme(result: dict[str, Any]) -> str:
     lines = [f"# A prompt's LM head: every position's logits or the last one's ({result['when']})", "",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 def publish(out: Path, result: dict[str, Any], readme: Callable[[dict[str, Any]], str],
@@ -16,6 +16,30 @@ def publish(out: Path, result: dict[str, Any], readme: Callable[[dict[str, Any]]
     text = readme(result)
     (out / "README.md").write_text(text)
     print(text)
+
+
+def grouped_bars(path: Path, groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str,
+                 xlabel: str = "", size: tuple[float, float] = (7, 4)) -> None:
+    """A bar chart at `path`: one group of bars per label in `groups`, one bar in each per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=size)
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(groups)) + i * width, list(values), width, label=name)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2, list(groups))
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def build_folder(text: str) -> Path:
