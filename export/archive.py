@@ -98,7 +98,7 @@ def write_model_config(build_dir: Path, spec: ModelSpec) -> Path:
 def handler_support(handler: Path, handlers_dir: Path = HANDLERS_DIR) -> list[Path]:
     """The modules of `handlers_dir` that `handler` imports, directly or through one another: what
     its archive carries beside it (a handler file declares what it needs by importing it, flat, as
-    TorchServe's worker will)."""
+    TorchServe's worker will), and the C source beside a module that builds one (int4_vnni.c)."""
     found: dict[str, Path] = {}
     todo = [handler]
     while todo:
@@ -114,6 +114,8 @@ def handler_support(handler: Path, handlers_dir: Path = HANDLERS_DIR) -> list[Pa
                 if path.is_file() and path.name not in found and path.resolve() != handler.resolve():
                     found[path.name] = path
                     todo.append(path)
+                    if path.with_suffix(".c").is_file():
+                        found[path.with_suffix(".c").name] = path.with_suffix(".c")
     return sorted(found.values())
 
 

@@ -147,7 +147,7 @@ class LlmHandler:
             self.engine = BatchEngine(model_dir, streams, self.context_length, threads,
                                       int(settings["kv_cache_mb"] * 1e6), settings["batch_invariant"],
                                       settings["allow_spinning"], settings["reuse_prompt_prefix"],
-                                      int(settings["prompt_cache_mb"] * 1e6))
+                                      int(settings["prompt_cache_mb"] * 1e6), settings["int4_vnni"])
             self.context_length = self.engine.max_len
         self._warm_up()
         # TorchServe's asynchronous worker (model-config.yaml asyncCommunication: true): the engine steps
@@ -159,7 +159,8 @@ class LlmHandler:
                  "prefill chunk %d, queue %d%s%s (sha256 check %.1f s, load and warm-up %.1f s)", self.name, self.version,
                  self.provider, self.engine.kind, streams, self.context_length, self.engine.cache_bytes / 1e6,
                  self.engine.bytes_per_token, self.prefill_chunk, self.max_waiting,
-                 ", batch-invariant" if getattr(self.engine, "batch_invariant", False) else "",
+                 (", batch-invariant" if getattr(self.engine, "batch_invariant", False) else "") +
+                 (", int4 products on int4_vnni.c" if getattr(self.engine, "int4_kernel", "") == "int4_vnni" else ""),
                  f", prompt cache up to {kept / 1e6:.0f} MB" if (kept := getattr(self.engine, "prompts_budget", 0)) else "",
                  checked - start,
                  time.perf_counter() - checked)

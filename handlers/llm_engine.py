@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 
 try:  # flat, as inside an archive
+    from int4_vnni import prepare as prepare_int4_vnni
     from prompt_cache import PromptCache, shared_head
 except ImportError:  # maas.handlers.llm_engine, as the bench imports it in process
+    from .int4_vnni import prepare as prepare_int4_vnni
     from .prompt_cache import PromptCache, shared_head
 
 Logits = np.ndarray  # [vocab] float32
@@ -65,7 +67,7 @@ class BatchEngine(_Rows):
 
     def __init__(self, model_dir: Path, slots: int, max_len: int, threads: int, budget_bytes: int,
                  batch_invariant: bool = True, allow_spinning: bool = True, reuse_prompt_prefix: bool = True,
-                 prompt_cache_bytes: int = 0) -> None:
+                 prompt_cache_bytes: int = 0, int4_vnni: bool = True) -> None:
         """`max_len` tokens per sequence, fewer if the cache's rows of them would not fit `budget_bytes`:
         `slots` (one more if odd: a batch-invariant step runs an even number of rows), the staging row, the lone row.
         `prompt_cache_bytes`: recent prompts' keys and values kept beyond the staging row's last one.
@@ -94,6 +96,14 @@ class BatchEngine(_Rows):
         gathered = model_dir / BATCH_DECODER
         self.decoder_path = gathered if gathered.is_file() else model_dir / decoder["filename"]
         self.gathers = gathered.is_file()  # else the logits of every position come back (archives before it)
+        prepared = prepare_int4_vnni(self.decoder_path) if int4_vnni else None
+        if prepared:
+            self.decoder_path, library, left = prepared
+            options.register_custom_ops_library(str(library))
+        # MatMulNBits computes rows in pairs and a row alone on another kernel (see decode); the VNNI
+        # kernel computes each row the same whatever the others: no spare rows when it has every product
+        self.pairs_rows = batch_invariant and (not prepared or left > 0)
+        self.int4_kernel = "int4_vnni" if prepared else "onnxruntime"
         self.session = ort.InferenceSession(str(self.decoder_path), options, providers=["CPUExecutionProvider"])
         past_type = {i.name: i.type for i in self.session.get_inputs()}[self.kv_pairs[0][0]]
         dtype = np.float16 if "float16" in past_type else np.float32
@@ -146,7 +156,7 @@ class BatchEngine(_Rows):
         if past + len(tokens) > self.max_len:
             raise ValueError(f"sequence of {past + len(tokens)} tokens exceeds the cache's {self.max_len}")
         run = tokens
-        if self.batch_invariant and (exact or not alone) and len(tokens) % 2:
+        if self.pairs_rows and (exact or not alone) and len(tokens) % 2:
             if alone and len(tokens) == 1 and past > 0 and len(self.staging_tokens) < self.max_len:
                 return self._decode_outside(key, tokens[0])
             # An odd chunk's last token would be the odd row out (int4's one-row kernel, see decode): a
@@ -228,7 +238,7 @@ class BatchEngine(_Rows):
             raise ValueError("a sequence would exceed the cache")
         ids = np.asarray([[tokens[key]] for key in self.key_at], np.int64)
         rows = n
-        if n % 2 and self.batch_invariant and exact:
+        if n % 2 and self.pairs_rows and exact:
             # An odd row runs with a free one beside it: int4 MatMulNBits computes rows in pairs and an
             # odd one out (M=1, or the last of 3, 5, 7) on another kernel, whose logits differ (up to
             # 0.12 measured on the 568M Llama), so a stream alone, or third of three, would not get the

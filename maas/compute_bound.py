@@ -71,6 +71,27 @@ def _session(model: Any, threads: int) -> Any:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _vnni_session(model: Any, threads: int) -> Any:
+    """A session of `model` with its MatMulNBits on int4_vnni.c's kernel, or None where it cannot run."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from maas.handlers import int4_vnni
+
+    with tempfile.TemporaryDirectory(prefix="maas-int4-vnni-") as folder:
+        path = Path(folder) / "products.onnx"
+        onnx.save(model, str(path))
+        library = int4_vnni.library(Path(folder))
+        if library is None or not int4_vnni.rewrite(path, path.with_name("vnni.onnx"), "vnni.onnx.data"):
+            return None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.register_custom_ops_library(str(library))
+        return ort.InferenceSession(str(path.with_name("vnni.onnx")), options, providers=["CPUExecutionProvider"])
+
+
 def _best_seconds(session: Any, feeds: dict[str, np.ndarray], rounds: int) -> float:
     """The fastest of `rounds` runs, after one to warm up."""
     session.run(None, feeds)
@@ -86,12 +107,13 @@ INT4_KERNEL_BLOCK = 256  # the block size int4_kernel_gmacs measures at: maas's 
 
 
 def int4_kernel_gmacs(threads: int, rows: tuple[int, ...] = (1, 8), block: int = INT4_KERNEL_BLOCK, k: int = 1536, n: int = 4096,
-                      layers: int = 24, rounds: int = 7) -> dict[int, float]:
+                      layers: int = 24, rounds: int = 7, vnni: bool = False) -> dict[int, float]:
     """The best GMAC/s of ONNX Runtime's int4 kernel (MatMulNBits, accuracy level 4: int8 arithmetic)
     at each count of `rows`, what a decode step of that many streams runs. `layers` products of
     [rows, k] x [k, n] in one run, so the weights (75 MB by default) come from memory, not cache.
     One row is bound by bandwidth; several rows by this kernel's arithmetic, which at a few rows
-    stays far below the GEMM's best (gemm_peak_gmacs) measured on a large product."""
+    stays far below the GEMM's best (gemm_peak_gmacs) measured on a large product. `vnni`: the same
+    products on handlers/int4_vnni.c's kernel instead ({} where it cannot run here)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -106,6 +128,8 @@ def int4_kernel_gmacs(threads: int, rows: tuple[int, ...] = (1, 8), block: int =
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
                               ir_version=9)
-    session = _session(model, threads)
+    session = _vnni_session(model, threads) if vnni else _session(model, threads)
+    if session is None:
+        return {}
     return {m: round(m * k * n * layers / _best_seconds(session, {"x": rng.standard_normal((m, k), dtype=np.float32)},
                                                          rounds) / 1e9, 1) for m in rows}

@@ -63,6 +63,7 @@ class LlmResult:
     bandwidth_gbs: float = 0.0
     gemm_peak_gmacs: dict[str, float] = field(default_factory=dict)  # ONNX Runtime's own GEMMs: int8, fp32
     int4_kernel_gmacs: dict[int, float] = field(default_factory=dict)  # its int4 kernel, by rows (1, 8)
+    int4_vnni_gmacs: dict[int, float] = field(default_factory=dict)  # handlers/int4_vnni.c's, where it runs
     builds: dict[str, Any] = field(default_factory=dict)
     configs: list[dict[str, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -452,8 +453,12 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
     configs = [{"label": f"maas {key}", "precision": b["version"].split("-")[1], "version": b["version"],
                 "folder": b["folder"], "handler": {}} for key, b in builds.items()]
     main = [c for c in configs if c["label"].removeprefix("maas ") in plan.precisions]
+    last = main[-1]
+    int4 = [c for c in main if c["precision"] == "int4"]
+    if int4:  # the int4 products on ONNX Runtime's own kernel: what int4_vnni.c changes, in every run
+        main.insert(main.index(int4[0]) + 1, {**int4[0], "label": f"{int4[0]['label']}, MatMulNBits",
+                                              "handler": {"int4_vnni": False}})
     if plan.levers:  # one lever changed at a time, on the last precision (int4 by default)
-        last = main[-1]
         main.append({**last, "label": f"{last['label']}, no batching", "handler": {"engine": "generator"}})
         main.append({**last, "label": f"{last['label']}, whole prompts in one step",
                      "handler": {"prefill_chunk_tokens": 4096}})
@@ -508,12 +513,10 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path, store: Path | None
         d.mkdir(parents=True, exist_ok=True)
     result = LlmResult(machine=machine_info(), plan={**asdict(plan), "source": str(plan.source),
                                                      "llama_cpp": str(plan.llama_cpp or "")})
-    result.bandwidth_gbs = memory_bandwidth_gbs()
-    result.gemm_peak_gmacs = {kind: gemm_peak_gmacs(kind, cores()) for kind in ("int8", "fp32")}
-    result.int4_kernel_gmacs = int4_kernel_gmacs(cores())
-    log.info("bench: memory read bandwidth %.1f GB/s, GEMM GMAC/s %s, int4 kernel GMAC/s by rows %s (measured "
-             "again at the end; the higher is the bound)", result.bandwidth_gbs, result.gemm_peak_gmacs,
-             result.int4_kernel_gmacs)
+    measure_machine(result)
+    log.info("bench: memory read bandwidth %.1f GB/s, GEMM GMAC/s %s, int4 kernel GMAC/s by rows: MatMulNBits %s, "
+             "int4_vnni.c %s (measured again at the end; the higher is the bound)", result.bandwidth_gbs,
+             result.gemm_peak_gmacs, result.int4_kernel_gmacs, result.int4_vnni_gmacs)
     result.builds = build(plan, store, work)
     peer = build_peer(plan, store, work) if plan.peer and "fp32" in result.builds else None
     for precision, b in result.builds.items():
@@ -534,12 +537,21 @@ def run_llm_bench(plan: LlmPlan, out_dir: Path, config: Path, store: Path | None
         for c, server in llama:
             c["worker_rss_mb"] = [round(psutil.Process(server.process.pid).memory_info().rss / 2**20)]
             result.configs.append(c)
-    result.bandwidth_gbs = max(result.bandwidth_gbs, memory_bandwidth_gbs())
-    result.gemm_peak_gmacs = {kind: max(peak, gemm_peak_gmacs(kind, cores())) for kind, peak in result.gemm_peak_gmacs.items()}
-    result.int4_kernel_gmacs = {rows: max(rate, result.int4_kernel_gmacs.get(rows, 0.0))
-                                for rows, rate in int4_kernel_gmacs(cores()).items()}
+    measure_machine(result)
     write_outputs(result, out_dir)
     return result
+
+
+def measure_machine(result: LlmResult) -> None:
+    """The machine's bounds (memory bandwidth, ONNX Runtime's GEMMs, both int4 kernels by rows), kept
+    at the higher of this reading and the one before: a run measures them at its start and its end."""
+    result.bandwidth_gbs = max(result.bandwidth_gbs, memory_bandwidth_gbs())
+    result.gemm_peak_gmacs = {kind: max(result.gemm_peak_gmacs.get(kind, 0.0), gemm_peak_gmacs(kind, cores()))
+                              for kind in ("int8", "fp32")}
+    for name, vnni in (("int4_kernel_gmacs", False), ("int4_vnni_gmacs", True)):
+        before = getattr(result, name)
+        setattr(result, name, {rows: max(rate, before.get(rows, 0.0))
+                               for rows, rate in int4_kernel_gmacs(cores(), vnni=vnni).items()})
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -560,9 +572,11 @@ def arithmetic_bound_tokens_per_s(result: LlmResult, key: str) -> float | None:
     return peak * 1e9 / macs if peak and macs else None
 
 
-def int4_rate(result: LlmResult, rows: int) -> float | None:
-    """The int4 kernel's GMAC/s at `rows` (results.json keeps the rows as text)."""
-    rates = {int(r): rate for r, rate in (result.int4_kernel_gmacs or {}).items()}
+def int4_rate(result: LlmResult, rows: int, kernel: str = "served") -> float | None:
+    """An int4 kernel's GMAC/s at `rows` (results.json keeps the rows as text): "served", the one an
+    int4 archive runs by default (int4_vnni.c where it ran in this run), or "matmulnbits"."""
+    ours = result.int4_vnni_gmacs if kernel == "served" else {}
+    rates = {int(r): rate for r, rate in (ours or result.int4_kernel_gmacs or {}).items()}
     return rates.get(rows)
 
 
@@ -601,12 +615,16 @@ def _bounds_lines(result: LlmResult) -> list[str]:
 
 
 def _int4_kernel_sentence(result: LlmResult) -> str:
-    one, eight = int4_rate(result, 1), int4_rate(result, 8)
+    one, eight = int4_rate(result, 1, "matmulnbits"), int4_rate(result, 8, "matmulnbits")
     if not (one and eight):
         return ""
-    return (f" Its int4 kernel (MatMulNBits, int8 arithmetic) on 75 MB of weights: {one:g} GMAC/s at 1 row, "
-            f"{eight:g} at 8 rows; 8 streams' products run at that rate, not at the GEMM's best, so it is an int4 "
-            "build's arithmetic bound below.")
+    sentence = (f" Its int4 kernel (MatMulNBits, int8 arithmetic) on 75 MB of weights: {one:g} GMAC/s at 1 row, "
+                f"{eight:g} at 8 rows")
+    if result.int4_vnni_gmacs:
+        sentence += (f"; maas's own (handlers/int4_vnni.c, AVX-512 VNNI), which int4 archives run here by default: "
+                     f"{int4_rate(result, 1):g} and {int4_rate(result, 8):g}")
+    return sentence + ("; 8 streams' products run at that rate, not at the GEMM's best, so the served kernel's is an "
+                       "int4 build's arithmetic bound below.")
 
 
 def report(result: LlmResult) -> str:

@@ -51,13 +51,13 @@ def config_for(architecture: str, vocab_size: int, tok, **shapes):
                pad_token_id=tok.pad_token_id, tie_word_embeddings=False, **sizes, **extra)
 
 
-def make_folder(out: Path, architecture: str = "llama", seed: int = 0, **shapes) -> Path:
+def make_folder(out: Path, architecture: str = "llama", seed: int = 0, vocab_size: int = 400, **shapes) -> Path:
     """A local folder like a downloaded checkpoint: config, safetensors, tokenizer, generation config."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     out.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer(out)
+    tok = train_tokenizer(out, vocab_size)
     config = config_for(architecture, len(tok), tok, **shapes)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()

@@ -58,7 +58,7 @@ def test_levers_are_one_change_each_from_the_last_precision() -> None:
     builds = {key: {"version": "1.0-" + (f"int4-b{block}" if block else precision), "folder": f"/s/{key}"}
               for key, precision, block in build_specs(plan)}
     configs = configurations(plan, builds)
-    assert [c["label"] for c in configs] == ["maas fp32", "maas int4", "maas int4, no batching",
+    assert [c["label"] for c in configs] == ["maas fp32", "maas int4", "maas int4, MatMulNBits", "maas int4, no batching",
                                              "maas int4, whole prompts in one step", "maas int4, prompts in chunks of 8",
                                              "maas int4, 1 thread",
                                              "maas int4, not batch-invariant", "maas int4, requests without a seed",
@@ -66,12 +66,12 @@ def test_levers_are_one_change_each_from_the_last_precision() -> None:
                                              "maas int4, decode not overlapped", "maas int4, prompt prefix not reused",
                                              "maas int4, asynchronous worker",
                                              "maas int4, blocks of 128", "maas int4, blocks of 32"]
-    assert [c["handler"] for c in configs[2:]] == [{"engine": "generator"}, {"prefill_chunk_tokens": 4096},
+    assert [c["handler"] for c in configs[2:]] == [{"int4_vnni": False}, {"engine": "generator"}, {"prefill_chunk_tokens": 4096},
                                                    {"prefill_chunk_tokens": 8}, {"intra_op_threads": 1}, {"batch_invariant": False},
                                                    {}, {"allow_spinning": False}, {"overlap_decode": False},
                                                    {"reuse_prompt_prefix": False}, {}, {}, {}]
-    assert configs[7]["payload"] == "bench-llm-unseeded"
-    assert configs[11]["serving"] == {"asyncCommunication": True, "continuousBatching": False, "batchSize": 1}
+    assert configs[8]["payload"] == "bench-llm-unseeded"
+    assert configs[12]["serving"] == {"asyncCommunication": True, "continuousBatching": False, "batchSize": 1}
     assert configs[-1]["version"] == "1.0-int4-b32" and configs[-1]["precision"] == "int4"
     assert [s[0] for s in build_specs(LlmPlan(source=Path("/x"), levers=False))] == ["fp32", "int4"]
 
@@ -99,10 +99,12 @@ def test_llama_cpp_takes_its_turn_in_every_round_after_ours(monkeypatch) -> None
         served.append(cfg["label"]) or [{"label": cfg["label"], "users": 1}]))
     monkeypatch.setattr(llm_bench, "llama_cpp_round", lambda plan, result, servers, store, reports: (
         served.extend(c["label"] for c, _ in servers) or [{"label": c["label"], "users": 1} for c, _ in servers]))
+    monkeypatch.setattr(llm_bench, "set_engine", lambda folder, serving, **handler: None)  # no archive here
     plan = LlmPlan(source=Path("/x"), precisions=("int4",), rounds=2, levers=False)
     result = LlmResult(machine={}, plan={}, builds={"int4": {"version": "1.0-int4", "folder": "/x/int4"}})
     llama = [({"label": "peer: llama.cpp server (f32)"}, None), ({"label": "peer: llama.cpp server (Q4_0)"}, None)]
     rounds = llm_bench.served_rounds(plan, result, None, Path("/s"), Path("/r"), None, llama)
-    one_round = ["maas int4", "peer: llama.cpp server (f32)", "peer: llama.cpp server (Q4_0)"]
+    one_round = ["maas int4", "maas int4, MatMulNBits", "peer: llama.cpp server (f32)", "peer: llama.cpp server (Q4_0)"]
     assert served == one_round * 2 and [[r["label"] for r in rnd] for rnd in rounds] == [one_round] * 2
-    assert [c["label"] for c in result.configs] == ["maas int4"]  # ours once; the servers' configs are added by the run
+    # ours once; the servers' configs are added by the run
+    assert [c["label"] for c in result.configs] == ["maas int4", "maas int4, MatMulNBits"]

@@ -1,0 +1,140 @@
+"""The int4 products of a CPU build on an AVX-512 VNNI kernel of our own (int4_vnni.c).
+
+ONNX Runtime's MatMulNBits reads int4 weights at the memory's pace for one row, but its several-row
+kernel leaves most of these cores' int8 arithmetic unused: a decode step of 8 streams cost 2.55x a
+lone stream's in its products alone (benchmarks/results/int4-kernel-rows). int4_vnni.c computes the
+same products (same blocks, scales and int8 rounding) on a layout made for VNNI. At load, where the
+CPU has AVX-512 VNNI and gcc is there to build it, `prepare` compiles the kernel into a shared
+library once (cached by the source's hash) and writes a copy of the batch decoder whose eligible
+MatMulNBits nodes (4 bits, blocks of 256, no zero points, N a multiple of 32) run it, their weights
+and scales rearranged for it; anything else stays on ONNX Runtime's own kernels. Elsewhere, or when
+anything fails, the archive runs as built.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_suffix(".c")
+DOMAIN, OP = "maas.int4", "Int4VnniMatMul"
+BLOCK = 256
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-shared", "-fPIC"]
+
+
+def library(cache_dir: Path) -> Path | None:
+    """The kernel built for this machine (`cache_dir`/int4_vnni-<hash>.so), or None where it cannot
+    run: not x86-64 Linux, no gcc, or a CPU without AVX-512 VNNI."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64") or not SOURCE.is_file():
+        return None
+    source = SOURCE.read_bytes()
+    path = cache_dir / f"int4_vnni-{hashlib.sha256(source + ' '.join(FLAGS).encode()).hexdigest()[:16]}.so"
+    if not path.is_file():
+        compiler = shutil.which(os.environ.get("CC", "gcc"))
+        if compiler is None:
+            log.info("int4 VNNI kernel: no C compiler; MatMulNBits serves the int4 products")
+            return None
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        built = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True)
+        if built.returncode:
+            log.warning("int4 VNNI kernel did not build; MatMulNBits serves the int4 products:\n%s", built.stderr[-2000:])
+            partial.unlink(missing_ok=True)
+            return None
+        partial.replace(path)  # atomic: workers of one model may build it at once
+    if not ctypes.CDLL(str(path)).maas_int4_vnni_supported():
+        log.info("int4 VNNI kernel: this CPU has no AVX-512 VNNI; MatMulNBits serves the int4 products")
+        return None
+    return path
+
+
+def repack(weights: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MatMulNBits' [N, blocks, 128] bytes (two weights a byte, low nibble first) and [N, blocks]
+    scales -> the kernel's [N/16, blocks, 32, 64] bytes (see int4_vnni.c) and [N/16, blocks, 16] scales."""
+    n, blocks, half = weights.shape
+    if half != BLOCK // 2 or n % 32:
+        raise ValueError(f"not a product the kernel takes: weights {weights.shape}")
+    nibbles = np.stack([weights & 15, weights >> 4], axis=-1).reshape(n // 16, 16, blocks, BLOCK // 8, 2, 4)
+    packed = nibbles[..., 0, :] | (nibbles[..., 1, :] << 4)  # [N/16, 16 columns, blocks, 32 pairs, 4]
+    packed = np.ascontiguousarray(packed.transpose(0, 2, 3, 1, 4)).reshape(n // 16, blocks, BLOCK // 8, 64)
+    grouped = np.ascontiguousarray(scales.reshape(n // 16, 16, blocks).transpose(0, 2, 1))
+    return packed, grouped.astype(np.float32)
+
+
+def eligible(node: Any, initializers: dict[str, Any], uses: dict[str, int]) -> bool:
+    """A MatMulNBits the kernel computes exactly as ONNX Runtime's accuracy level 4 does."""
+    if node.op_type != "MatMulNBits" or node.domain != "com.microsoft" or len(node.input) != 3:
+        return False
+    attrs = {a.name: a.i for a in node.attribute}
+    return (attrs.get("bits") == 4 and attrs.get("block_size") == BLOCK and attrs.get("accuracy_level") == 4
+            and attrs["K"] % BLOCK == 0 and attrs["N"] % 32 == 0
+            and all(name in initializers and uses[name] == 1 for name in node.input[1:]))
+
+
+def rewrite(source: Path, target: Path, weights_file: str) -> int:
+    """`source`'s graph with every eligible MatMulNBits on the kernel, saved as `target`, its weights in
+    `weights_file` beside it. -> how many products moved (none: nothing saved)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    moved = 0
+    for index, node in enumerate(graph.node):
+        if not eligible(node, initializers, uses):
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        weights, scales = (numpy_helper.to_array(initializers[name]) for name in node.input[1:])
+        packed, grouped = repack(weights, scales.reshape(attrs["N"], -1))
+        for name, array in zip(node.input[1:], (packed, grouped)):
+            initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+        graph.node[index].CopyFrom(helper.make_node(OP, list(node.input), list(node.output), name=node.name,
+                                                    domain=DOMAIN, K=attrs["K"], N=attrs["N"]))
+        moved += 1
+    if moved:
+        if not any(o.domain == DOMAIN for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+        onnx.save(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=weights_file, size_threshold=1024)
+    return moved
+
+
+def prepare(decoder: Path) -> tuple[Path, Path, int] | None:
+    """(the decoder with its int4 products on the kernel, the kernel's library, how many
+    MatMulNBits it still has), both written beside `decoder` once; or None: run `decoder` as it is
+    (no VNNI, no gcc, nothing eligible, or a failure, logged)."""
+    try:
+        lib = library(decoder.parent)
+        if lib is None:
+            return None
+        target = decoder.with_name(decoder.stem + ".int4_vnni.onnx")
+        with open(decoder.with_name(target.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the model's workers start together: one writes, the others wait
+            if not target.is_file() or target.stat().st_mtime < decoder.stat().st_mtime:
+                partial = target.with_name(f"{target.stem}.partial.onnx")
+                if not rewrite(decoder, partial, target.name + ".data"):
+                    return None
+                partial.replace(target)
+        import onnx
+
+        left = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(target), load_external_data=False).graph.node)
+        return target, lib, left
+    except Exception:
+        log.exception("int4 VNNI kernel not used; MatMulNBits serves the int4 products")
+        return None
