@@ -16,6 +16,7 @@ import ctypes
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".c")
 DOMAIN, OP = "maas.int4", "Int4VnniMatMul"
+STAMP = "maas.int4_vnni"  # metadata of a rewritten graph: the kernel build (its source's hash) it was laid out for
 BLOCK = 256
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-shared", "-fPIC"]
 
@@ -77,28 +79,37 @@ def eligible(node: Any, initializers: dict[str, Any], uses: dict[str, int]) -> b
     if node.op_type != "MatMulNBits" or node.domain != "com.microsoft" or len(node.input) != 3:
         return False
     attrs = {a.name: a.i for a in node.attribute}
+    weights, scales = (initializers.get(name) for name in node.input[1:])
     return (attrs.get("bits") == 4 and attrs.get("block_size") == BLOCK and attrs.get("accuracy_level") == 4
-            and attrs["K"] % BLOCK == 0 and attrs["N"] % 32 == 0
-            and all(name in initializers and uses[name] == 1 for name in node.input[1:]))
+            and attrs["K"] % BLOCK == 0 and attrs["N"] % 32 == 0 and weights is not None and scales is not None
+            and weights.data_type == 2 and list(weights.dims) == [attrs["N"], attrs["K"] // BLOCK, BLOCK // 2]
+            and scales.data_type == 1 and math.prod(scales.dims) == attrs["N"] * attrs["K"] // BLOCK  # uint8, float
+            and all(uses[name] == 1 for name in node.input[1:]))
 
 
-def rewrite(source: Path, target: Path, weights_file: str) -> int:
+def eligible_nodes(graph: Any) -> list[int]:
+    """Positions of `graph`'s nodes the kernel takes (needs no weights loaded)."""
+    initializers = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    return [i for i, node in enumerate(graph.node) if eligible(node, initializers, uses)]
+
+
+def rewrite(source: Path, target: Path, weights_file: str, stamp: str = "") -> int:
     """`source`'s graph with every eligible MatMulNBits on the kernel, saved as `target`, its weights in
-    `weights_file` beside it. -> how many products moved (none: nothing saved)."""
+    `weights_file` beside it, `stamp` (the kernel's build) in its metadata. -> how many products
+    moved (none: nothing saved)."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(source))
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    moved = 0
-    for index, node in enumerate(graph.node):
-        if not eligible(node, initializers, uses):
-            continue
+    moved = eligible_nodes(graph)
+    for index in moved:
+        node = graph.node[index]
         attrs = {a.name: a.i for a in node.attribute}
         weights, scales = (numpy_helper.to_array(initializers[name]) for name in node.input[1:])
         packed, grouped = repack(weights, scales.reshape(attrs["N"], -1))
@@ -106,35 +117,38 @@ def rewrite(source: Path, target: Path, weights_file: str) -> int:
             initializers[name].CopyFrom(numpy_helper.from_array(array, name))
         graph.node[index].CopyFrom(helper.make_node(OP, list(node.input), list(node.output), name=node.name,
                                                     domain=DOMAIN, K=attrs["K"], N=attrs["N"]))
-        moved += 1
     if moved:
         if not any(o.domain == DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+        onnx.helper.set_model_props(model, {STAMP: stamp})
         onnx.save(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=weights_file, size_threshold=1024)
-    return moved
+    return len(moved)
 
 
 def prepare(decoder: Path) -> tuple[Path, Path, int] | None:
     """(the decoder with its int4 products on the kernel, the kernel's library, how many
-    MatMulNBits it still has), both written beside `decoder` once; or None: run `decoder` as it is
-    (no VNNI, no gcc, nothing eligible, or a failure, logged)."""
+    MatMulNBits it still has), both written beside `decoder` once (again when either changes);
+    or None: run `decoder` as it is (nothing eligible, no VNNI, no gcc, or a failure, logged)."""
     try:
+        import onnx
+
+        if not eligible_nodes(onnx.load(str(decoder), load_external_data=False).graph):
+            return None  # fp32, int8 or other blocks: nothing to build or rewrite
         lib = library(decoder.parent)
         if lib is None:
             return None
         target = decoder.with_name(decoder.stem + ".int4_vnni.onnx")
         with open(decoder.with_name(target.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # the model's workers start together: one writes, the others wait
-            if not target.is_file() or target.stat().st_mtime < decoder.stat().st_mtime:
+            built = onnx.load(str(target), load_external_data=False) if target.is_file() else None
+            stamp = {p.key: p.value for p in built.metadata_props}.get(STAMP) if built else None
+            if stamp != lib.stem or target.stat().st_mtime < decoder.stat().st_mtime:
                 partial = target.with_name(f"{target.stem}.partial.onnx")
-                if not rewrite(decoder, partial, target.name + ".data"):
-                    return None
+                rewrite(decoder, partial, target.name + ".data", lib.stem)
                 partial.replace(target)
-        import onnx
-
-        left = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(target), load_external_data=False).graph.node)
-        return target, lib, left
-    except Exception:
+                built = onnx.load(str(target), load_external_data=False)
+        return target, lib, sum(n.op_type == "MatMulNBits" for n in built.graph.node)
+    except Exception:  # the build as archived still serves
         log.exception("int4 VNNI kernel not used; MatMulNBits serves the int4 products")
         return None

@@ -81,9 +81,36 @@ def test_products_the_kernel_does_not_take_stay_on_onnxruntime(tmp_path: Path, l
 
 
 def test_a_kernel_that_cannot_build_leaves_the_build_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    onnx.save(products_model([(64, 256)]), str(tmp_path / "batch_decoder.onnx"))
     monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))
-    assert int4_vnni.library(tmp_path) is None
-    assert int4_vnni.prepare(tmp_path / "batch_decoder.onnx") is None  # nothing to rewrite either
+    assert int4_vnni.library(tmp_path / "elsewhere") is None
+    assert int4_vnni.prepare(tmp_path / "batch_decoder.onnx") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch_decoder.onnx"]
+
+
+def test_a_graph_with_nothing_the_kernel_takes_is_left_alone(tmp_path: Path) -> None:
+    import onnx
+
+    onnx.save(products_model([(64, 256)], block=32), str(tmp_path / "batch_decoder.onnx"))
+    assert int4_vnni.prepare(tmp_path / "batch_decoder.onnx") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch_decoder.onnx"]  # not even the kernel built
+
+
+def test_the_rewrite_is_made_once_and_again_for_another_kernel(tmp_path: Path, library: Path) -> None:
+    import onnx
+
+    decoder = tmp_path / "batch_decoder.onnx"
+    onnx.save(products_model([(64, 256), (64, 256)], block=256), str(decoder))
+    target, built, left = int4_vnni.prepare(decoder)
+    assert target.name == "batch_decoder.int4_vnni.onnx" and built.parent == tmp_path and left == 0
+    written = target.stat().st_mtime_ns
+    assert int4_vnni.prepare(decoder)[0].stat().st_mtime_ns == written  # a second worker reuses it
+    int4_vnni.rewrite(decoder, target, target.name + ".data", stamp="int4_vnni-an-older-kernel")
+    int4_vnni.prepare(decoder)
+    stamp = {p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props}
+    assert stamp == {int4_vnni.STAMP: built.stem}  # laid out again for the kernel built now
 
 
 @pytest.fixture(scope="module")
