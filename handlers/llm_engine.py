@@ -117,12 +117,7 @@ class BatchEngine(_Rows):
         self.slots, self.max_len = slots, max_len
         self.batch_invariant = batch_invariant
         # Row `staging` is where prompts are prefilled; `staging` + 1 the lone row (gRPC's generations)
-        self.cache = [np.zeros((self.staging + 2, self.kv_heads, max_len, self.head_size), dtype) for _ in self.kv_pairs]
-        for array in self.cache:
-            # Every page written now, at start: a page's first write faults it in (the OS hands out zeroed
-            # memory lazily), which on a VM costs up to ~7 us a 4 KB page; left lazy, a stream's first
-            # positions in a row cost a decode step or a slot's copy up to 200 ms (568M Llama, 1 GB cache)
-            array.fill(0)
+        self.cache = [_resident_zeros((self.staging + 2, self.kv_heads, max_len, self.head_size), dtype) for _ in self.kv_pairs]
         self.key_at: list[str] = []  # running sequences, by slot
         self.length: dict[str, int] = {}  # tokens in the cache, per sequence (the staged one too)
         self.staged: str | None = None
@@ -296,6 +291,15 @@ class BatchEngine(_Rows):
         self.session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
         return logits[:, 0] if self.gathers else logits[:, at]
+
+
+def _resident_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Zeros with every page written now, at start: a page's first write faults it in (the OS hands
+    out zeroed memory lazily), which on a VM costs up to ~7 us a 4 KB page; left lazy, a stream's
+    first positions in a row cost a decode step or a slot's copy up to 200 ms (568M Llama, 1 GB cache)."""
+    array = np.zeros(shape, dtype)
+    array.fill(0)
+    return array
 
 
 class GeneratorEngine(_Rows):
