@@ -58,6 +58,8 @@ def profile_case(folder: Path, rows: int, context: int, steps: int, threads: int
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "step")
+    if engine.custom_ops:  # the int4 products on int4_vnni.c's kernel
+        options.register_custom_ops_library(str(engine.custom_ops))
     engine.session = ort.InferenceSession(str(engine.decoder_path), options, providers=["CPUExecutionProvider"])
     for _ in range(steps):
         step()

@@ -14,7 +14,8 @@
 //   weights [N/16][blocks][32 pairs][64 bytes]: byte 4*c + j of pair p holds column c's weight
 //   8p + j of the block in its low nibble and weight 8p + 4 + j in its high nibble;
 //   scales  [N/16][blocks][16].
-// N is a multiple of 32 and K of 256 (the rewrite leaves other products to MatMulNBits).
+// N is a multiple of 32 (the rewrite leaves other products to MatMulNBits); K need not be one of 256:
+// a last, partial block is padded with zeros, in the weights (MatMulNBits' own layout) and the rows.
 //
 // Built by int4_vnni.py with gcc; loaded by ONNX Runtime (SessionOptions.register_custom_ops_library),
 // which calls RegisterCustomOps. Only a few entries of ONNX Runtime's C API table are used; their
@@ -30,20 +31,30 @@
 
 // ---- the kernel -------------------------------------------------------------------------------
 
-// Each row of x [M][K] to int8 per block: q [M][K], scale [M][blocks], sum of q [M][blocks] (float).
+// 16 floats of a block from p + i, zeros from `valid` on (the padding of a last, partial block).
+static inline __m512 load16(const float *p, int i, int valid) {
+    if (i + 16 <= valid) return _mm512_loadu_ps(p + i);
+    if (i >= valid) return _mm512_setzero_ps();
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << (valid - i)) - 1), p + i);
+}
+
+// Each row of x [M][K] to int8 per block: q [M][blocks * 256], scale [M][blocks], sum of q [M][blocks]
+// (float). When K is not a multiple of 256 the last block is padded with zeros, as MatMulNBits pads it:
+// the same scale (max|x| over the values there are) and nothing added by the padded weights.
 static void quantize_rows(const float *x, int64_t M, int64_t K, int8_t *q, float *scale, float *qsum) {
-    int64_t blocks = K / BLOCK;
+    int64_t blocks = (K + BLOCK - 1) / BLOCK;
     for (int64_t m = 0; m < M; m++)
         for (int64_t b = 0; b < blocks; b++) {
             const float *xb = x + m * K + b * BLOCK;
+            int valid = K - b * BLOCK < BLOCK ? (int)(K - b * BLOCK) : BLOCK;
             __m512 most = _mm512_setzero_ps();
-            for (int i = 0; i < BLOCK; i += 16) most = _mm512_max_ps(most, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
+            for (int i = 0; i < BLOCK; i += 16) most = _mm512_max_ps(most, _mm512_abs_ps(load16(xb, i, valid)));
             float amax = _mm512_reduce_max_ps(most);
             __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
             __m512i sum = _mm512_setzero_si512();
-            int8_t *qb = q + m * K + b * BLOCK;
+            int8_t *qb = q + (m * blocks + b) * BLOCK;
             for (int i = 0; i < BLOCK; i += 16) {
-                __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + i), inverse));  // round to nearest even
+                __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load16(xb, i, valid), inverse));  // round to nearest even
                 sum = _mm512_add_epi32(sum, v);
                 _mm_storeu_si128((__m128i *)(qb + i), _mm512_cvtsepi32_epi8(v));
             }
@@ -106,7 +117,8 @@ TILE(2)
 TILE(4)
 TILE(8)
 
-// The quantized rows of one call, padded with zero rows to a multiple of 8 (tiles of 4 and 8 read them).
+// The quantized rows of one call, padded with zero rows to a multiple of 8 (tiles of 4 and 8 read them);
+// K here is the padded row length, blocks * 256.
 typedef struct {
     int64_t M, N, K, blocks;
     const uint8_t *w;
@@ -116,17 +128,17 @@ typedef struct {
 } Product;
 
 static Product *product_new(const float *x, int64_t M, int64_t N, int64_t K, const uint8_t *w, const float *ws, float *y) {
-    int64_t padded = (M + 7) / 8 * 8, blocks = K / BLOCK;
+    int64_t padded = (M + 7) / 8 * 8, blocks = (K + BLOCK - 1) / BLOCK;
     Product *p = calloc(1, sizeof(Product));
     if (!p) return NULL;
-    p->q = calloc((size_t)(padded * K), 1);
+    p->q = calloc((size_t)(padded * blocks * BLOCK), 1);
     p->scale = calloc((size_t)(padded * blocks), sizeof(float));
     p->qsum = calloc((size_t)(padded * blocks), sizeof(float));
     if (!p->q || !p->scale || !p->qsum) {
         free(p->q), free(p->scale), free(p->qsum), free(p);
         return NULL;
     }
-    *p = (Product){M, N, K, blocks, w, ws, p->q, p->scale, p->qsum, y};
+    *p = (Product){M, N, blocks * BLOCK, blocks, w, ws, p->q, p->scale, p->qsum, y};
     quantize_rows(x, M, K, p->q, p->scale, p->qsum);
     return p;
 }
@@ -154,7 +166,7 @@ static void product_columns(void *data, size_t i) {
 
 // y [M][N] = x [M][K] times the weights, on this thread (tests call it through ctypes). 0: done.
 int maas_int4_vnni_matmul(const float *x, int64_t M, int64_t N, int64_t K, const uint8_t *w, const float *ws, float *y) {
-    if (N % 32 || K % BLOCK) return -1;
+    if (N % 32) return -1;
     Product *p = product_new(x, M, N, K, w, ws, y);
     if (!p) return -2;
     for (size_t i = 0; i < (size_t)(N / 32); i++) product_columns(p, i);
@@ -244,9 +256,9 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const void *api, const Or
     typedef OrtStatus *(*GetInt)(const OrtKernelInfo *, const char *, int64_t *);
     OrtStatus *status = CALL(table, API_KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "K", &kernel->K);
     if (!status) status = CALL(table, API_KERNEL_INFO_GET_ATTRIBUTE_INT64, GetInt)(info, "N", &kernel->N);
-    if (!status && (kernel->K % BLOCK || kernel->N % 32))
+    if (!status && (kernel->K < 1 || kernel->N < 1 || kernel->N % 32))
         status = CALL(table, API_CREATE_STATUS, OrtStatus *(*)(int, const char *))(
-            ERROR_INVALID_ARGUMENT, "Int4VnniMatMul: K must be a multiple of 256 and N of 32");
+            ERROR_INVALID_ARGUMENT, "Int4VnniMatMul: K must be positive and N a multiple of 32");
     if (status) {
         free(kernel);
         return status;

@@ -81,9 +81,9 @@ def eligible(node: Any, initializers: dict[str, Any], uses: dict[str, int]) -> b
     attrs = {a.name: a.i for a in node.attribute}
     weights, scales = (initializers.get(name) for name in node.input[1:])
     return (attrs.get("bits") == 4 and attrs.get("block_size") == BLOCK and attrs.get("accuracy_level") == 4
-            and attrs["K"] % BLOCK == 0 and attrs["N"] % 32 == 0 and weights is not None and scales is not None
-            and weights.data_type == 2 and list(weights.dims) == [attrs["N"], attrs["K"] // BLOCK, BLOCK // 2]
-            and scales.data_type == 1 and math.prod(scales.dims) == attrs["N"] * attrs["K"] // BLOCK  # uint8, float
+            and attrs["N"] % 32 == 0 and weights is not None and scales is not None  # K any: a last block is padded
+            and weights.data_type == 2 and list(weights.dims) == [attrs["N"], -(-attrs["K"] // BLOCK), BLOCK // 2]
+            and scales.data_type == 1 and math.prod(scales.dims) == attrs["N"] * -(-attrs["K"] // BLOCK)  # uint8, float
             and all(uses[name] == 1 for name in node.input[1:]))
 
 

@@ -97,9 +97,9 @@ class BatchEngine(_Rows):
         self.decoder_path = gathered if gathered.is_file() else model_dir / decoder["filename"]
         self.gathers = gathered.is_file()  # else the logits of every position come back (archives before it)
         prepared = prepare_int4_vnni(self.decoder_path) if int4_vnni else None
-        if prepared:
-            self.decoder_path, library, left = prepared
-            options.register_custom_ops_library(str(library))
+        self.decoder_path, self.custom_ops, left = prepared or (self.decoder_path, None, 0)  # custom_ops: its library
+        if self.custom_ops:
+            options.register_custom_ops_library(str(self.custom_ops))
         # MatMulNBits computes rows in pairs and a row alone on another kernel (see decode); the VNNI
         # kernel computes each row the same whatever the others: no spare rows when it has every product
         self.pairs_rows = batch_invariant and (not prepared or left > 0)

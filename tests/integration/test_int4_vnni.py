@@ -28,7 +28,7 @@ def products_model(shapes: list[tuple[int, int]], block: int = 256, zero_points:
     rng = np.random.default_rng(seed)
     nodes, inits, inputs, outputs = [], [], [], []
     for i, (n, k) in enumerate(shapes):
-        blocks = k // block
+        blocks = -(-k // block)  # a last, partial block is padded
         inits += [numpy_helper.from_array(rng.integers(0, 256, (n, blocks, block // 2), dtype=np.uint8), f"w{i}"),
                   numpy_helper.from_array((rng.standard_normal((n * blocks,)) * 0.01).astype(np.float32), f"s{i}")]
         names = [f"x{i}", f"w{i}", f"s{i}"]
@@ -59,7 +59,8 @@ def sessions(model, folder: Path, library: Path) -> tuple:
 
 
 def test_the_kernel_computes_what_matmulnbits_computes_row_by_row(tmp_path: Path, library: Path) -> None:
-    shapes = [(32, 256), (96, 512), (512, 2048), (64, 5632)]
+    # K not a multiple of 256 too: Qwen2.5-0.5B's 896 (3.5 blocks), SmolLM2's 576, a block and one value
+    shapes = [(32, 256), (96, 512), (512, 2048), (64, 5632), (64, 896), (32, 576), (32, 257), (32, 100)]
     reference, ours, moved = sessions(products_model(shapes), tmp_path, library)
     assert moved == len(shapes)
     rng = np.random.default_rng(1)
@@ -115,15 +116,15 @@ def test_the_rewrite_is_made_once_and_again_for_another_kernel(tmp_path: Path, l
 
 @pytest.fixture(scope="module")
 def int4_archive(tmp_path_factory: pytest.TempPathFactory, library: Path) -> Path:
-    """A seeded random Llama whose every product the kernel takes (K a multiple of 256, N of 32),
-    packaged at int4 in blocks of 256."""
+    """A seeded random Qwen2 whose every product the kernel takes (N a multiple of 32; K 384, a block
+    and a half, in all but the MLP's down projection), packaged at int4 in blocks of 256."""
     from click.testing import CliRunner
     from thirdparty.llm_folders import make_folder
 
     from maas.cli import cli
 
-    folder = make_folder(tmp_path_factory.mktemp("vnni_src") / "llama", "llama", vocab_size=384, hidden_size=256,
-                         intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+    folder = make_folder(tmp_path_factory.mktemp("vnni_src") / "qwen2", "qwen2", vocab_size=416, hidden_size=384,
+                         intermediate_size=768, num_attention_heads=6, num_key_value_heads=2)
     store, build = (tmp_path_factory.mktemp(n) for n in ("vnni_store", "vnni_build"))
     result = CliRunner().invoke(cli, ["--model-store", str(store), "package", "--llm", str(folder), "--name", "vnni",
                                       "--precision", "int4", "--int4-block-size", "256", "--max-kl", "5"],
