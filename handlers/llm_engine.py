@@ -69,7 +69,7 @@ class BatchEngine(_Rows):
                  batch_invariant: bool = True, allow_spinning: bool = True, reuse_prompt_prefix: bool = True,
                  prompt_cache_bytes: int = 0, int4_vnni: bool = True) -> None:
         """`max_len` tokens per sequence, fewer if the cache's rows of them would not fit `budget_bytes`:
-        `slots` (one more if odd: a batch-invariant step runs an even number of rows), the staging row, the lone row.
+        `slots` (one more if odd where a batch-invariant step runs an even number of rows), the staging row, the lone row.
         `prompt_cache_bytes`: recent prompts' keys and values kept beyond the staging row's last one.
         `batch_invariant`: a sequence's logits do not depend on how many others decode beside it.
         `allow_spinning`: ONNX Runtime's intra-op threads spin between the ~150 parallel sections of a
@@ -108,8 +108,8 @@ class BatchEngine(_Rows):
         past_type = {i.name: i.type for i in self.session.get_inputs()}[self.kv_pairs[0][0]]
         dtype = np.float16 if "float16" in past_type else np.float32
         token_bytes = len(self.kv_pairs) * self.kv_heads * self.head_size * np.dtype(dtype).itemsize
-        # Rows 0..slots-1 (and a spare one when slots is odd) decode; then the staging row, then the lone row
-        self.staging = slots + slots % 2
+        # Rows 0..slots-1 (and a spare when slots is odd and rows pair) decode; then the staging row, the lone row
+        self.staging = slots + slots % 2 * self.pairs_rows
         max_len = min(max_len, budget_bytes // ((self.staging + 2) * token_bytes))
         if max_len < 16:
             raise ValueError(f"a KV cache of {budget_bytes / 1e6:.0f} MB holds {max_len} tokens for each of {slots} "

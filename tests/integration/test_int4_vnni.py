@@ -146,6 +146,7 @@ def served_texts(archive: Path, stagger: int, **settings) -> tuple[list[str], ob
 def test_an_int4_build_decodes_on_the_kernel_the_same_alone_and_among_others(int4_archive: Path) -> None:
     alone, engine = served_texts(int4_archive, stagger=40)  # one request at a time
     assert engine.int4_kernel == "int4_vnni" and not engine.pairs_rows  # every product on the kernel: no spare rows
+    assert served_texts(int4_archive, stagger=0, max_streams=3)[1].staging == 3  # none beyond an odd max_streams
     assert all(alone)
     assert served_texts(int4_archive, stagger=0)[0] == alone  # six at once
     assert served_texts(int4_archive, stagger=1, max_streams=4, prefill_chunk_tokens=3)[0] == alone
