@@ -103,7 +103,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def readme(result: dict[str, Any]) -> str:
-    ops = ["MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization"]
+    products = [op for op in ("Int4VnniMatMul", "MatMulNBits") if any(op in c["ops_ms"] for c in result["cases"])]
+    ops = [*products, "GroupQueryAttention", "SkipSimplifiedLayerNormalization"]  # int4 products: either kernel
     lines = [f"# A decode step by operator, against context ({result['when']})", "",
              f"`{result['model']}` ({result['weights_bytes'] / 1e6:.0f} MB of weights), {result['threads']} threads, "
              f"onnxruntime {result['onnxruntime']}: each case prefilled, then {result['steps']} decode steps under "

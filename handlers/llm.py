@@ -32,6 +32,7 @@ from cores import note_worker_start, worker_threads
 from http_reply import json_body, set_header, set_status
 from inputs import request_header
 from integrity import sha256_file
+from kv_int8 import CALIBRATION_TEXT
 from llm_async import EngineLoop
 from llm_engine import BatchEngine, GeneratorEngine
 from llm_settings import is_true, read_settings
@@ -121,8 +122,7 @@ class LlmHandler:
             if sha256_file(model_dir / file) != facts["sha256"]:
                 raise RuntimeError(f"{file}: sha256 differs from manifest.json; refusing to load")
         checked = time.perf_counter()
-        self.og = og
-        self.tokenizer = og.Tokenizer(str(model_dir))
+        self.og, self.tokenizer = og, og.Tokenizer(str(model_dir))
         self.text_stream = text_streams(model_dir, self.tokenizer)
         model_context = int(self.manifest.get("context_length") or 2048)
         self.context_length = min(model_context, settings["max_sequence_tokens"] or model_context)
@@ -147,7 +147,8 @@ class LlmHandler:
             self.engine = BatchEngine(model_dir, streams, self.context_length, threads,
                                       int(settings["kv_cache_mb"] * 1e6), settings["batch_invariant"],
                                       settings["allow_spinning"], settings["reuse_prompt_prefix"],
-                                      int(settings["prompt_cache_mb"] * 1e6), settings["int4_vnni"])
+                                      int(settings["prompt_cache_mb"] * 1e6), settings["int4_vnni"],
+                                      list(self.tokenizer.encode(CALIBRATION_TEXT)) if settings["kv_cache_int8"] else None)
             self.context_length = self.engine.max_len
         self._warm_up()
         # TorchServe's asynchronous worker (model-config.yaml asyncCommunication: true): the engine steps
@@ -161,9 +162,9 @@ class LlmHandler:
                  self.engine.bytes_per_token, self.prefill_chunk, self.max_waiting,
                  (", batch-invariant" if getattr(self.engine, "batch_invariant", False) else "") +
                  (", int4 products on int4_vnni.c" if getattr(self.engine, "int4_kernel", "") == "int4_vnni" else ""),
-                 f", prompt cache up to {kept / 1e6:.0f} MB" if (kept := getattr(self.engine, "prompts_budget", 0)) else "",
-                 checked - start,
-                 time.perf_counter() - checked)
+                 (f", prompt cache up to {kept / 1e6:.0f} MB" if (kept := getattr(self.engine, "prompts_budget", 0)) else "")
+                 + (f", int8 KV cache (KL {kl:.4f} nats)" if (kl := getattr(self.engine, "kv_int8_kl", None)) is not None
+                    else ""), checked - start, time.perf_counter() - checked)
         self._note_start(context, model_dir)
         self.initialized = True
 

@@ -23,22 +23,28 @@ Both return float32 logits of each sequence's last token; sampling is the handle
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 try:  # flat, as inside an archive
+    import kv_int8
     from int4_vnni import prepare as prepare_int4_vnni
     from prompt_cache import PromptCache, shared_head
 except ImportError:  # maas.handlers.llm_engine, as the bench imports it in process
+    from . import kv_int8
     from .int4_vnni import prepare as prepare_int4_vnni
     from .prompt_cache import PromptCache, shared_head
+
+log = logging.getLogger(__name__)
 
 Logits = np.ndarray  # [vocab] float32
 # The build's decoder with its LM head fed one position (`logits_at`): written beside model.onnx by
 # maas package (export/batch_decoder.py); a prompt's chunk then computes one position's logits, not all
 BATCH_DECODER = "batch_decoder.onnx"
+_CACHE_TYPES = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}  # the KV cache's, by the graph's past inputs
 LOGITS_AT = "logits_at"
 
 
@@ -67,14 +73,14 @@ class BatchEngine(_Rows):
 
     def __init__(self, model_dir: Path, slots: int, max_len: int, threads: int, budget_bytes: int,
                  batch_invariant: bool = True, allow_spinning: bool = True, reuse_prompt_prefix: bool = True,
-                 prompt_cache_bytes: int = 0, int4_vnni: bool = True) -> None:
+                 prompt_cache_bytes: int = 0, int4_vnni: bool = True, kv_int8_text: list[int] | None = None) -> None:
         """`max_len` tokens per sequence, fewer if the cache's rows of them would not fit `budget_bytes`:
         `slots` (one more if odd where a batch-invariant step runs an even number of rows), the staging row, the lone row.
         `prompt_cache_bytes`: recent prompts' keys and values kept beyond the staging row's last one.
         `batch_invariant`: a sequence's logits do not depend on how many others decode beside it.
         `allow_spinning`: ONNX Runtime's intra-op threads spin between the ~150 parallel sections of a
         step instead of sleeping (568M Llama, int4, 2 cores: one row 15.3 -> 11.4 ms a step, 8 rows
-        37 -> 27 ms, in process)."""
+        37 -> 27 ms, in process). `kv_int8_text`: tokens to calibrate an int8 KV cache on (kv_int8.py)."""
         import onnxruntime as ort
 
         config = json.loads((model_dir / "genai_config.json").read_text())["model"]
@@ -104,9 +110,7 @@ class BatchEngine(_Rows):
         # kernel computes each row the same whatever the others: no spare rows when it has every product
         self.pairs_rows = batch_invariant and (not prepared or left > 0)
         self.int4_kernel = "int4_vnni" if prepared else "onnxruntime"
-        self.session = ort.InferenceSession(str(self.decoder_path), options, providers=["CPUExecutionProvider"])
-        past_type = {i.name: i.type for i in self.session.get_inputs()}[self.kv_pairs[0][0]]
-        dtype = np.float16 if "float16" in past_type else np.float32
+        dtype = self._open(options, (kv_int8_text or [])[: min(max_len, kv_int8.CALIBRATION_TOKENS)])
         token_bytes = len(self.kv_pairs) * self.kv_heads * self.head_size * np.dtype(dtype).itemsize
         # Rows 0..slots-1 (and a spare when slots is odd and rows pair) decode; then the staging row, the lone row
         self.staging = slots + slots % 2 * self.pairs_rows
@@ -125,6 +129,55 @@ class BatchEngine(_Rows):
         self.reuse_prompt_prefix = reuse_prompt_prefix
         self.held: dict[int, list[int]] = {self.staging: [], self.staging + 1: []}  # those rows' tokens, in order
         self.prompts = PromptCache(prompt_cache_bytes, self.bytes_per_token) if reuse_prompt_prefix else None
+
+    def _open(self, options: Any, kv_int8_text: list[int] | None) -> Any:
+        """The session of the decoder, or of its int8-cache copy (kv_int8.py) with `kv_int8_text`; -> the
+        cache's dtype. The copy is made here, from the float cache's rows of those tokens, if it is not
+        there yet, and kept only if its logits on them are within kv_int8.MAX_KL of the float cache's."""
+        self.kv_int8_kl: float | None = None
+        found = kv_int8.made(self.decoder_path) if kv_int8_text else None
+        self.session = self.ort.InferenceSession(str(found[0] if found else self.decoder_path), options,
+                                                 providers=["CPUExecutionProvider"])
+        if found:
+            self.decoder_path, self.kv_int8_kl = found
+        past_type = {i.name: i.type for i in self.session.get_inputs()}[self.kv_pairs[0][0]]
+        dtype = _CACHE_TYPES.get(past_type, np.float32)
+        if not kv_int8_text or dtype != np.float32:
+            return dtype
+        source, tokens, float_session = self.decoder_path, kv_int8_text, self.session
+        try:
+            with kv_int8.locked(source):
+                if (found := kv_int8.made(source)) is None:  # not made by another worker meanwhile
+                    reference, rows = self._prefilled(tokens, np.float32)
+                    partial = kv_int8.rewrite(source, rows)
+                    self.session = self.ort.InferenceSession(str(partial), options, providers=["CPUExecutionProvider"])
+                    cost = kv_int8.kl(reference, self._prefilled(tokens, np.int8)[0])
+                    if cost > kv_int8.MAX_KL:
+                        partial.unlink()
+                        raise ValueError(f"its logits on the calibration text are {cost:.4f} nats from the float "
+                                         f"cache's (at most {kv_int8.MAX_KL})")
+                    found = kv_int8.stamp(partial, source, cost), cost
+                else:
+                    self.session = self.ort.InferenceSession(str(found[0]), options, providers=["CPUExecutionProvider"])
+            self.decoder_path, self.kv_int8_kl = found
+            return np.int8
+        except Exception:  # the float cache still serves
+            log.exception("int8 KV cache not used; keys and values stay float")
+            self.session = float_session
+            return np.float32
+
+    def _prefilled(self, tokens: list[int], dtype: Any) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`tokens` through the session, 64 a run, in a cache of their own (`dtype`): (the logits at each
+        run's last position, the cache's rows [kv heads, tokens, head size] per key and value)."""
+        kept, chunk = getattr(self, "cache", None), 64
+        self.cache = [np.zeros((1, self.kv_heads, len(tokens), self.head_size), dtype) for _ in self.kv_pairs]
+        try:
+            logits = [self._run(np.asarray([tokens[start:start + chunk]], np.int64),
+                                np.ones((1, min(start + chunk, len(tokens))), np.int64), 0, 1,
+                                at=len(tokens[start:start + chunk]) - 1)[0] for start in range(0, len(tokens), chunk)]
+            return np.stack(logits), [array[0] for array in self.cache]
+        finally:
+            self.cache = kept
 
     @property
     def cache_bytes(self) -> int:

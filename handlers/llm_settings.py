@@ -32,6 +32,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # where the CPU has it: 8 streams' step ~1.4x faster than ONNX Runtime's MatMulNBits, and a
     # stream's logits the same alone as among others without a spare row; false: MatMulNBits
     "int4_vnni": True,
+    # keys and values cached as int8 (kv_int8.py, the batch engine): a quarter of the memory a token, and
+    # attention reads a quarter of the bytes; scales calibrated once at first load, checked against the float cache
+    "kv_cache_int8": False,
     "engine": "batch",  # or "generator": one ONNX Runtime GenAI Generator per sequence (CUDA always)
 }
 
