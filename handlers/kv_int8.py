@@ -1,10 +1,11 @@
 """An int8 KV cache for the batch engine: a quarter of the bytes a token, read faster every step.
 
 A decode step of many streams reads every cached key and value of every stream: on the 568M Llama
-at int4 (2 cores, 8 streams) attention took 4.8 of a 19.7 ms step at 100 tokens of context, 13.3
-of 28.0 at 400 and 31.2 of 50.6 at 900 (benchmarks/results/kv-int8). ONNX Runtime's
-GroupQueryAttention reads a cache stored as int8 with a float scale per layer, head and channel
-(PER_CHANNEL); this module makes a copy of the engine's graph that does so. The scales come from
+at int4 (2 cores, 8 streams, float32 cache) attention took 4.8 ms a step at 100 tokens of context,
+13.3 at 400 and 26.1 at 900, beside 16-17 ms of weight products (benchmarks/results/step-profile).
+ONNX Runtime's GroupQueryAttention reads a cache stored as int8 with a float scale per layer, head
+and channel (PER_CHANNEL): 2.9, 9.0 and 17.6 ms there, at a quarter of the memory a token. This
+module makes a copy of the engine's graph that does so. The scales come from
 calibration: the engine prefills CALIBRATION_TEXT with its float cache, and each channel's scale is
 its largest magnitude there, times MARGIN, over 127 (a value beyond it saturates). A key's rotary
 embedding turns each pair of channels by an angle that depends on the position, moving magnitude

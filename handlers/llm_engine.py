@@ -143,6 +143,8 @@ class BatchEngine(_Rows):
         past_type = {i.name: i.type for i in self.session.get_inputs()}[self.kv_pairs[0][0]]
         dtype = _CACHE_TYPES.get(past_type, np.float32)
         if not kv_int8_text or dtype != np.float32:
+            if kv_int8_text and not found:
+                log.info("int8 KV cache not used: this build's cache is %s (it applies to float32 ones)", np.dtype(dtype))
             return dtype
         source, tokens, float_session = self.decoder_path, kv_int8_text, self.session
         try:

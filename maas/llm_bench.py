@@ -474,6 +474,7 @@ def configurations(plan: LlmPlan, builds: dict[str, Any]) -> list[dict[str, Any]
                      "handler": {"reuse_prompt_prefix": False}})
         main.append({**last, "label": f"{last['label']}, asynchronous worker", "handler": {},
                      "serving": ASYNC_SERVING})
+        main.append({**last, "label": f"{last['label']}, int8 KV cache", "handler": {"kv_cache_int8": True}})  # opt-in
     return main + [c for c in configs if c not in main]  # builds that are themselves a lever come last
 
 

@@ -64,12 +64,12 @@ def test_levers_are_one_change_each_from_the_last_precision() -> None:
                                              "maas int4, not batch-invariant", "maas int4, requests without a seed",
                                              "maas int4, threads sleep between ops",
                                              "maas int4, decode not overlapped", "maas int4, prompt prefix not reused",
-                                             "maas int4, asynchronous worker",
+                                             "maas int4, asynchronous worker", "maas int4, int8 KV cache",
                                              "maas int4, blocks of 128", "maas int4, blocks of 32"]
     assert [c["handler"] for c in configs[2:]] == [{"int4_vnni": False}, {"engine": "generator"}, {"prefill_chunk_tokens": 4096},
                                                    {"prefill_chunk_tokens": 8}, {"intra_op_threads": 1}, {"batch_invariant": False},
                                                    {}, {"allow_spinning": False}, {"overlap_decode": False},
-                                                   {"reuse_prompt_prefix": False}, {}, {}, {}]
+                                                   {"reuse_prompt_prefix": False}, {}, {"kv_cache_int8": True}, {}, {}]
     assert configs[8]["payload"] == "bench-llm-unseeded"
     assert configs[12]["serving"] == {"asyncCommunication": True, "continuousBatching": False, "batchSize": 1}
     assert configs[-1]["version"] == "1.0-int4-b32" and configs[-1]["precision"] == "int4"
