@@ -127,8 +127,12 @@ def made(decoder: Path) -> tuple[Path, float] | None:
     target = target_of(decoder)
     if not target.is_file():
         return None
-    props = {p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props}
-    return (target, float(props[MEASURED_KL])) if props.get(SOURCE) == digest(decoder) else None
+    try:
+        props = {p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props}
+        return (target, float(props[MEASURED_KL])) if props.get(SOURCE) == digest(decoder) else None
+    except Exception:  # unreadable: made again
+        log.warning("%s is not a graph this worker can read; calibrating again", target, exc_info=True)
+        return None
 
 
 def target_of(decoder: Path) -> Path:
