@@ -179,3 +179,20 @@ def test_a_sequence_gets_the_same_logits_bit_for_bit_alone_and_among_others(int4
     alone = decoded_logits(int4_archive, prompts[:1])
     for count in (2, 3, 4):
         assert np.array_equal(decoded_logits(int4_archive, prompts[:count]), alone), count
+
+
+def test_an_int8_kv_cache_goes_with_the_kernel(int4_archive: Path) -> None:
+    """kv_int8.py's copy of the kernel's graph: both rewrites at once, the kernel's library registered."""
+    import kv_int8
+    import onnxruntime_genai as og
+
+    from maas.handlers.llm_engine import BatchEngine
+
+    text = list(og.Tokenizer(str(int4_archive)).encode(kv_int8.CALIBRATION_TEXT))
+    prompts = [[5, 17, 42, 8], [9, 9, 30]]
+    engine = BatchEngine(int4_archive, 2, 64, 2, 2**24, kv_int8_text=text)
+    assert engine.decoder_path.name == "batch_decoder.int4_vnni.kv_int8.onnx" and engine.cache[0].dtype == np.int8
+    assert engine.int4_kernel == "int4_vnni"
+    reference = decoded_logits(int4_archive, prompts)
+    cost = kv_int8.kl(reference, decoded_logits(int4_archive, prompts, kv_int8_text=text))
+    assert cost < 1e-3, cost
