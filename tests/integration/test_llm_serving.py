@@ -475,3 +475,31 @@ def test_an_int4_version_is_released_through_the_gate(llm_served, llm_source: Pa
         d.undeploy(ts.client, MODEL, "1.0-int4")
     summaries = list((tmp_path / "reports").glob("*candidate/summary.json"))
     assert json.loads(summaries[0].read_text())["generation"]["generations"] > 0
+
+
+def test_an_int8_kv_cache_is_served_as_the_handler_computes_it(llm_served) -> None:
+    """`kv_cache_int8: true` in the archive's model-config.yaml: the worker calibrates its cache at
+    load and says so, and TorchServe serves the answers the handler computes with it in process."""
+    from llm_steps import Call, handler_for, run_steps
+
+    from maas.llm_bench import set_engine
+
+    ts, model_dir = llm_served
+    store, prompts = model_dir.parent, ("The pump reports", "Replace the bearing")
+    old = set_engine(model_dir, kv_cache_int8=True)
+    try:
+        d.undeploy(ts.client, MODEL, "1.0")
+        d.deploy(ts.client, store, MODEL, "1.0", log_dir=ts.layout.log_dir)
+        assert "int8 KV cache (KL " in (ts.layout.log_dir / "model_log.log").read_text()
+        calls = [Call({"prompt": p, "max_tokens": 16, "temperature": 0}, joins=i) for i, p in enumerate(prompts)]
+        handler, context = handler_for(model_dir, kv_cache_int8=True)
+        assert handler.engine.cache[0].dtype.name == "int8"
+        run_steps(handler, context, calls)
+        client = openai_client(ts)
+        for prompt, call in zip(prompts, calls):
+            answer = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0)
+            assert answer.choices[0].text == call.text()
+    finally:
+        (model_dir / "model-config.yaml").write_text(old)
+        d.undeploy(ts.client, MODEL, "1.0")
+        d.deploy(ts.client, store, MODEL, "1.0", log_dir=ts.layout.log_dir)
