@@ -130,9 +130,7 @@ class LlmHandler:
         self.max_waiting = settings["max_waiting"]
         self.prefill_chunk = settings["prefill_chunk_tokens"]
         self.idle_prefill = max(self.prefill_chunk, settings["idle_prefill_tokens"])
-        streams = settings["max_streams"]
-        gpu_id = props.get("gpu_id")
-        engine = settings["engine"]
+        streams, gpu_id, engine = settings["max_streams"], props.get("gpu_id"), settings["engine"]
         on_cuda = self.manifest.get("execution_provider") == "cuda" and gpu_id is not None and og.is_cuda_available()
         if on_cuda or engine == "generator":
             config = og.Config(str(model_dir))
@@ -142,6 +140,8 @@ class LlmHandler:
                 config.set_provider_option("cuda", "device_id", str(gpu_id))
                 self.provider = "CUDAExecutionProvider"
             self.engine: Any = GeneratorEngine(og, og.Model(config), streams, self.context_length)
+            if settings["kv_cache_int8"]:  # GenAI's Generator keeps the cache the build made
+                log.warning("kv_cache_int8 applies to the batch engine on CPU; this one keeps its cache as built")
         else:
             threads = worker_threads(settings["intra_op_threads"], int(yaml_config.get("maxWorkers", 1)))
             self.engine = BatchEngine(model_dir, streams, self.context_length, threads,

@@ -171,6 +171,7 @@ class BatchEngine(_Rows):
     def _prefilled(self, tokens: list[int], dtype: Any) -> tuple[np.ndarray, list[np.ndarray]]:
         """`tokens` through the session, 64 a run, in a cache of their own (`dtype`): (the logits at each
         run's last position, the cache's rows [kv heads, tokens, head size] per key and value)."""
+        # _run reads self.cache: a small cache of their own stands in for it (at start-up there is none yet)
         kept, chunk = getattr(self, "cache", None), 64
         self.cache = [np.zeros((1, self.kv_heads, len(tokens), self.head_size), dtype) for _ in self.kv_pairs]
         try:

@@ -120,3 +120,9 @@ def test_key_scales_cover_both_channels_of_a_rotary_pair() -> None:
     assert key_scale.shape == (1, 1, 1, 8)
     np.testing.assert_allclose(key_scale[0, 0, 0, [1, 5]] * 127 / kv_int8.MARGIN, [5.0, 5.0], rtol=1e-6)
     np.testing.assert_allclose(value_scale * 127 / kv_int8.MARGIN, 2.0, rtol=1e-6)
+
+
+def test_an_engine_that_cannot_take_it_says_so(archive: Path, caplog: pytest.LogCaptureFixture) -> None:
+    handler, _ = handler_for(archive, engine="generator", kv_cache_int8=True)
+    assert handler.engine.kind == "generator"
+    assert "kv_cache_int8 applies to the batch engine on CPU" in caplog.text
