@@ -31,7 +31,9 @@ from maas.core.names import name_problem
 from maas.export.archive import HANDLERS_DIR, PICKLE_SUFFIXES, _versions, handler_support
 from maas.export.batch_decoder import write_batch_decoder
 from maas.export.kv_cache import KV_CACHE_TYPES, half_kv_cache, kv_cache_type
+from maas.handlers import int4_vnni
 from maas.handlers.integrity import sha256_file
+from maas.handlers.llm_engine import BATCH_DECODER
 from maas.handlers.llm_settings import DEFAULT_SETTINGS
 
 log = logging.getLogger(__name__)
@@ -310,6 +312,9 @@ def package_llm(opts: LlmOptions, build_root: Path, model_store: Path) -> LlmRes
     onnx_dir = build_dir / "onnx"
     quant, checks, seconds = build_within_budget(opts, onnx_dir, build_root / ".hf-cache")
     genai = json.loads((onnx_dir / "genai_config.json").read_text())["model"]
+    if device == "cpu":  # the int4 kernel's library, built here: the servers' image has no compiler
+        decoder = onnx_dir / BATCH_DECODER
+        int4_vnni.ship(decoder if decoder.is_file() else onnx_dir / "model.onnx")
     manifest = {
         "kind": "llm",
         "name": name,

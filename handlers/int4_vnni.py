@@ -3,12 +3,13 @@
 ONNX Runtime's MatMulNBits reads int4 weights at the memory's pace for one row, but its several-row
 kernel leaves most of these cores' int8 arithmetic unused: a decode step of 8 streams cost 2.55x a
 lone stream's in its products alone (benchmarks/results/int4-kernel-rows). int4_vnni.c computes the
-same products (same blocks, scales and int8 rounding) on a layout made for VNNI. At load, where the
-CPU has AVX-512 VNNI and gcc is there to build it, `prepare` compiles the kernel into a shared
-library once (cached by the source's hash) and writes a copy of the batch decoder whose eligible
-MatMulNBits nodes (4 bits, blocks of 256, no zero points, N a multiple of 32) run it, their weights
-and scales rearranged for it; anything else stays on ONNX Runtime's own kernels. Elsewhere, or when
-anything fails, the archive runs as built.
+same products (same blocks, scales and int8 rounding) on a layout made for VNNI. An int4 archive
+carries the kernel built as a shared library (`maas package` builds it where gcc is, named by the
+source's hash); at load, where the CPU has AVX-512 VNNI (and the library is there, or gcc to build
+it), `prepare` writes a copy of the batch decoder (where derived.py says) whose eligible MatMulNBits
+nodes (4 bits, blocks of 256, no zero points, N a multiple of 32) run it, their weights and scales
+rearranged for it; anything else stays on ONNX Runtime's own kernels. Elsewhere, or when anything
+fails, the archive runs as built.
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ from typing import Any
 
 import numpy as np
 
+try:  # flat, as inside an archive
+    from derived import workdir
+except ImportError:  # maas.handlers.int4_vnni
+    from .derived import workdir
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".c")
@@ -35,29 +41,52 @@ BLOCK = 256
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-shared", "-fPIC"]
 
 
-def library(cache_dir: Path) -> Path | None:
-    """The kernel built for this machine (`cache_dir`/int4_vnni-<hash>.so), or None where it cannot
-    run: not x86-64 Linux, no gcc, or a CPU without AVX-512 VNNI."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64") or not SOURCE.is_file():
+def library(cache_dir: Path, shipped: Path | None = None) -> Path | None:
+    """The kernel built for this machine: the one `shipped` carries (an archive folder), else
+    `cache_dir`/int4_vnni-<hash>.so, built there if absent; or None where it cannot run: not x86-64
+    Linux, no such library and no gcc, or a CPU without AVX-512 VNNI."""
+    if not _buildable():
         return None
-    source = SOURCE.read_bytes()
-    path = cache_dir / f"int4_vnni-{hashlib.sha256(source + ' '.join(FLAGS).encode()).hexdigest()[:16]}.so"
-    if not path.is_file():
-        compiler = shutil.which(os.environ.get("CC", "gcc"))
-        if compiler is None:
-            log.info("int4 VNNI kernel: no C compiler; MatMulNBits serves the int4 products")
-            return None
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        built = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True)
-        if built.returncode:
-            log.warning("int4 VNNI kernel did not build; MatMulNBits serves the int4 products:\n%s", built.stderr[-2000:])
-            partial.unlink(missing_ok=True)
-            return None
-        partial.replace(path)  # atomic: workers of one model may build it at once
+    path = shipped / library_name() if shipped is not None and (shipped / library_name()).is_file() else build(cache_dir)
+    if path is None:
+        return None
     if not ctypes.CDLL(str(path)).maas_int4_vnni_supported():
         log.info("int4 VNNI kernel: this CPU has no AVX-512 VNNI; MatMulNBits serves the int4 products")
         return None
+    return path
+
+
+def _buildable() -> bool:
+    return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64") and SOURCE.is_file()
+
+
+def library_name() -> str:
+    """The library's file name: the hash of its source and flags (a new kernel is never an old file)."""
+    return f"int4_vnni-{hashlib.sha256(SOURCE.read_bytes() + ' '.join(FLAGS).encode()).hexdigest()[:16]}.so"
+
+
+def build(cache_dir: Path) -> Path | None:
+    """`cache_dir`/int4_vnni-<hash of source and flags>.so, compiled if it is not there (any x86-64 CPU
+    compiles it; it runs only on one with AVX-512 VNNI): what `maas package` puts in an int4 archive,
+    for servers without a compiler (the container image has none). None: not x86-64 Linux, or no
+    library and no compiler, or it did not build (logged)."""
+    if not _buildable():
+        return None
+    path = cache_dir / library_name()
+    if path.is_file():
+        return path
+    compiler = shutil.which(os.environ.get("CC", "gcc"))
+    if compiler is None:
+        log.info("int4 VNNI kernel: no C compiler and no library built for it; MatMulNBits serves the int4 products")
+        return None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    built = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True)
+    if built.returncode:
+        log.warning("int4 VNNI kernel did not build; MatMulNBits serves the int4 products:\n%s", built.stderr[-2000:])
+        partial.unlink(missing_ok=True)
+        return None
+    partial.replace(path)  # atomic: workers of one model may build it at once
     return path
 
 
@@ -126,20 +155,31 @@ def rewrite(source: Path, target: Path, weights_file: str, stamp: str = "") -> i
     return len(moved)
 
 
+def ship(decoder: Path) -> Path | None:
+    """At package time: the kernel's library built beside `decoder` when its graph has products the
+    kernel takes, so that the archive carries it (its workers then need no compiler); else None."""
+    import onnx
+
+    return build(decoder.parent) if eligible_nodes(onnx.load(str(decoder), load_external_data=False).graph) else None
+
+
 def prepare(decoder: Path) -> tuple[Path, Path, int] | None:
     """(the decoder with its int4 products on the kernel, the kernel's library, how many
-    MatMulNBits it still has), both written beside `decoder` once (again when either changes);
-    or None: run `decoder` as it is (nothing eligible, no VNNI, no gcc, or a failure, logged)."""
+    MatMulNBits it still has): the library the archive carries (else built), the decoder written
+    once beside `decoder` (or where derived.workdir says, for a read-only archive) and again when
+    either changes; or None: run `decoder` as it is (nothing eligible, no VNNI, no library and no
+    gcc, or a failure, logged)."""
     try:
         import onnx
 
         if not eligible_nodes(onnx.load(str(decoder), load_external_data=False).graph):
             return None  # fp32, int8 or other blocks: nothing to build or rewrite
-        lib = library(decoder.parent)
+        work = workdir(decoder.parent)
+        lib = library(work, shipped=decoder.parent)
         if lib is None:
             return None
-        target = decoder.with_name(decoder.stem + ".int4_vnni.onnx")
-        with open(decoder.with_name(target.name + ".lock"), "w") as lock:
+        target = work / f"{decoder.stem}.int4_vnni.onnx"
+        with open(target.with_name(target.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # the model's workers start together: one writes, the others wait
             built = onnx.load(str(target), load_external_data=False) if target.is_file() else None
             stamp = {p.key: p.value for p in built.metadata_props}.get(STAMP) if built else None

@@ -31,10 +31,12 @@ import numpy as np
 
 try:  # flat, as inside an archive
     import kv_int8
+    from derived import writable
     from int4_vnni import prepare as prepare_int4_vnni
     from prompt_cache import PromptCache, shared_head
 except ImportError:  # maas.handlers.llm_engine, as the bench imports it in process
     from . import kv_int8
+    from .derived import writable
     from .int4_vnni import prepare as prepare_int4_vnni
     from .prompt_cache import PromptCache, shared_head
 
@@ -147,6 +149,10 @@ class BatchEngine(_Rows):
                 log.info("int8 KV cache not used: this build's cache is %s (it applies to float32 ones)", np.dtype(dtype))
             return dtype
         source, tokens, float_session = self.decoder_path, kv_int8_text, self.session
+        if not writable(source.parent):  # its copy keeps the weights in the decoder's data file, beside it
+            log.warning("int8 KV cache not used: %s is read-only (the int4 kernel's copy of an int4 build, made "
+                        "elsewhere, would take it; or a writable model store)", source.parent)
+            return np.float32
         try:
             with kv_int8.locked(source):
                 if (found := kv_int8.made(source)) is None:  # not made by another worker meanwhile

@@ -138,7 +138,7 @@ def test_a_handler_carries_exactly_the_modules_it_imports() -> None:
     assert carried("tensor.py") >= base and "image_input.py" not in carried("tensor.py")
     assert carried("ensemble_workflow.py") == {"http_reply.py"}
     # the generation handler: none of the tensor stack; the int4 kernel's module with its C source
-    assert carried("llm.py") == {"cores.py", "http_reply.py", "inputs.py", "int4_vnni.py", "int4_vnni.c", "integrity.py",
+    assert carried("llm.py") == {"cores.py", "derived.py", "http_reply.py", "inputs.py", "int4_vnni.py", "int4_vnni.c", "integrity.py",
                                  "kv_int8.py", "llm_async.py", "llm_engine.py",
                                  "llm_settings.py", "openai_api.py", "prompt_cache.py", "step_metrics.py", "token_sampler.py",
                                  "token_text.py"}
