@@ -60,6 +60,15 @@ def _buildable() -> bool:
     return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64") and SOURCE.is_file()
 
 
+def cpu_has_vnni() -> bool:
+    """What the kernel needs, as the Linux kernel reports the CPU's flags (the library checks again)."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= set(flags.split(":", 1)[-1].split())
+
+
 def library_name() -> str:
     """The library's file name: the hash of its source and flags (a new kernel is never an old file)."""
     return f"int4_vnni-{hashlib.sha256(SOURCE.read_bytes() + ' '.join(FLAGS).encode()).hexdigest()[:16]}.so"
@@ -160,7 +169,12 @@ def ship(decoder: Path) -> Path | None:
     kernel takes, so that the archive carries it (its workers then need no compiler); else None."""
     import onnx
 
-    return build(decoder.parent) if eligible_nodes(onnx.load(str(decoder), load_external_data=False).graph) else None
+    if not eligible_nodes(onnx.load(str(decoder), load_external_data=False).graph):
+        return None
+    if (built := build(decoder.parent)) is None:
+        log.warning("int4 VNNI kernel not built into the archive (see above): servers without a compiler (the "
+                    "container image) will serve its int4 products on MatMulNBits")
+    return built
 
 
 def prepare(decoder: Path) -> tuple[Path, Path, int] | None:
@@ -174,8 +188,11 @@ def prepare(decoder: Path) -> tuple[Path, Path, int] | None:
 
         if not eligible_nodes(onnx.load(str(decoder), load_external_data=False).graph):
             return None  # fp32, int8 or other blocks: nothing to build or rewrite
-        work = workdir(decoder.parent)
-        lib = library(work, shipped=decoder.parent)
+        if not _buildable() or not cpu_has_vnni():
+            log.info("int4 VNNI kernel: this CPU has no AVX-512 VNNI; MatMulNBits serves the int4 products")
+            return None
+        work = workdir(decoder.parent)  # the archive's folder, or one of its own where that is read-only
+        lib = library(work, shipped=decoder.parent) if work is not None else None
         if lib is None:
             return None
         target = work / f"{decoder.stem}.int4_vnni.onnx"
@@ -183,7 +200,8 @@ def prepare(decoder: Path) -> tuple[Path, Path, int] | None:
             fcntl.flock(lock, fcntl.LOCK_EX)  # the model's workers start together: one writes, the others wait
             built = onnx.load(str(target), load_external_data=False) if target.is_file() else None
             stamp = {p.key: p.value for p in built.metadata_props}.get(STAMP) if built else None
-            if stamp != lib.stem or target.stat().st_mtime < decoder.stat().st_mtime:
+            data = target.with_name(target.name + ".data")  # gone while the graph stayed: a temp dir's cleaner
+            if stamp != lib.stem or target.stat().st_mtime < decoder.stat().st_mtime or not data.is_file():
                 partial = target.with_name(f"{target.stem}.partial.onnx")
                 rewrite(decoder, partial, target.name + ".data", lib.stem)
                 partial.replace(target)

@@ -505,15 +505,16 @@ def test_an_int8_kv_cache_is_served_as_the_handler_computes_it(llm_served) -> No
         d.deploy(ts.client, store, MODEL, "1.0", log_dir=ts.layout.log_dir)
 
 
-def test_a_model_registered_again_starts_afresh_not_as_a_restart(llm_served) -> None:
-    """An archive folder is linked into the model store, not unpacked: registering it again (here,
-    and on every server start) is a first start, neither logged nor counted as a worker that died,
-    and the worker writes nothing into the store's folder."""
+def test_the_next_server_starts_the_model_afresh_not_as_a_restart(llm_served) -> None:
+    """An archive folder is linked into the model store, not unpacked: the next server's first worker
+    (on the socket name the last server's used) is neither logged nor counted as a worker that died,
+    and no worker writes into the store's folder."""
     from test_metrics import scrape
 
     ts, model_dir = llm_served
     before = sorted(p.name for p in model_dir.iterdir())
-    d.undeploy(ts.client, MODEL, "1.0")
+    ts.stop()
+    ts.start()
     d.deploy(ts.client, model_dir.parent, MODEL, "1.0", log_dir=ts.layout.log_dir)
     log_text = (ts.layout.log_dir / "model_log.log").read_text()
     assert log_text.count(" loaded on ") >= 2 and "replaces one that died" not in log_text

@@ -24,17 +24,28 @@ def test_a_writable_archive_keeps_what_is_derived_from_it(tmp_path: Path) -> Non
     assert derived.workdir(tmp_path) == tmp_path and not any(tmp_path.iterdir())  # the probe leaves nothing
 
 
-def test_a_read_only_archive_gets_a_private_directory_named_by_its_manifest(read_only_archive: Path) -> None:
+def test_a_read_only_archive_gets_a_private_directory_of_its_own(read_only_archive: Path) -> None:
     work = derived.workdir(read_only_archive)
     assert work.parent.name == f"maas-{os.getuid()}" and work.name.startswith("llm-")
     assert stat.S_IMODE(work.stat().st_mode) == 0o700 and stat.S_IMODE(work.parent.stat().st_mode) == 0o700
+    (work / "batch_decoder.int4_vnni.onnx").write_bytes(b"made by the first worker")
     assert derived.workdir(read_only_archive) == work  # the model's next worker finds what the first made
     (read_only_archive / "manifest.json").write_text('{"name": "llm", "version": "2.0"}')
-    assert derived.workdir(read_only_archive) != work  # another archive in the same place: made afresh
+    again = derived.workdir(read_only_archive)  # another archive in its place: made afresh, the old copies gone
+    assert again != work and not work.exists() and again.parent == work.parent
 
 
-def test_a_directory_others_may_write_is_not_used(read_only_archive: Path, tmp_path: Path) -> None:
+def test_a_directory_others_may_use_is_not_used(read_only_archive: Path, tmp_path: Path) -> None:
     shared = tmp_path / "tmp" / f"maas-{os.getuid()}"
     shared.mkdir()
     shared.chmod(0o777)  # made by someone else first, or loosened: a library loaded from it could be anyone's
-    assert derived.workdir(read_only_archive) == read_only_archive
+    work = derived.workdir(read_only_archive)
+    assert work is not None and not work.is_relative_to(shared) and work.parent.parent == tmp_path / "tmp"
+    assert stat.S_IMODE(work.parent.stat().st_mode) == 0o700  # one of this worker's own instead
+
+
+def test_a_temp_dir_others_may_rename_in_is_refused(read_only_archive: Path, tmp_path: Path) -> None:
+    (tmp_path / "tmp").chmod(0o777)  # not sticky: another user could swap our directory for theirs
+    assert derived.workdir(read_only_archive) is None
+    (tmp_path / "tmp").chmod(0o1777)  # as /tmp is
+    assert derived.workdir(read_only_archive) is not None
