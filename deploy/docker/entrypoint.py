@@ -14,6 +14,7 @@ Standard library only, like the health check.
 """
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -35,10 +36,31 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def private_tmpdir() -> None:
+    """TMPDIR: a directory of this user's only, made in TEMP now, before anything else runs here.
+
+    A language model's workers write what they derive from a read-only archive (the int4 kernel's
+    graph) under the temp dir, and load code from there, so they refuse one that other users may
+    write into without the sticky bit, which is what a Kubernetes emptyDir is (0777). Made at the
+    container's start, in a scratch no one else has touched yet, it is safe for them."""
+    temp = os.environ.get("TEMP")
+    if not temp or os.environ.get("TMPDIR"):
+        return
+    path = os.path.join(temp, ".maas-tmp")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        facts = os.lstat(path)
+    except OSError:
+        return  # the workers say why they derive nothing
+    if stat.S_ISDIR(facts.st_mode) and facts.st_uid == os.getuid() and not facts.st_mode & 0o077:
+        os.environ["TMPDIR"] = path
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print("usage: entrypoint.py COMMAND [ARG ...]", file=sys.stderr)
         return 2
+    private_tmpdir()
     child = subprocess.Popen(argv, start_new_session=True)  # its own group: TorchServe's Java joins it
 
     def sweep(signum: int = signal.SIGTERM) -> None:

@@ -258,3 +258,36 @@ def test_container_serves_a_language_model_with_token_authorization(image, trees
         assert got["choices"][0]["text"] == expected["choices"][0]["text"] and got["usage"] == expected["usage"]
         assert streamed_text(completion(box.endpoints.inference, key, model, stream=True)) == got["choices"][0]["text"]
         log.info("%s: container ready in %.1f s", model, box.ready_s)
+
+
+def test_container_serves_an_int4_language_model_on_the_kernel_its_archive_carries(
+        image, tmp_path_factory: pytest.TempPathFactory, llm_source: Path, tmp_path: Path) -> None:
+    """An int4 build in a read-only tree, in an image with no compiler, TEMP a world-writable scratch
+    as a Kubernetes emptyDir is: the worker loads the kernel `maas package` put in the archive, writes
+    its graph on it under the private TMPDIR the entrypoint made, and answers as the host does."""
+    from click.testing import CliRunner
+
+    from maas.cli import cli
+
+    env, built = image
+    store, build, out = (tmp_path_factory.mktemp(n) for n in ("int4_store", "int4_build", "int4_deploy"))
+    packaged = CliRunner().invoke(cli, ["--model-store", str(store), "package", "--llm", str(llm_source), "--name", "q4",
+                                        "--precision", "int4", "--int4-block-size", "256", "--max-kl", "5"],
+                                  env={"MAAS_BUILD_DIR": str(build)}, catch_exceptions=False)
+    assert packaged.exit_code == 0, packaged.output
+    exported = CliRunner().invoke(cli, ["--model-store", str(store), "export-kserve", "q4", "--kserve-dir",
+                                        str(out / "kserve"), "--kubernetes-dir", str(out / "k8s")])
+    assert exported.exit_code == 0, exported.output
+    host = bare_server(tmp_path_factory, store)
+    try:
+        d.deploy(host.client, store, "q4")
+        expected = completion(host.endpoints.inference, host.client.fresh_key("inference"), "q4").json()
+        assert "int4 products on int4_vnni.c" in (host.layout.log_dir / "model_log.log").read_text()
+    finally:
+        host.stop()
+    with Container(env, built.tag, out / "kserve" / "storage" / "q4", token=False, scratch=tmp_path / "scratch") as box:
+        assert completion(box.endpoints.inference, None, "q4").json()["choices"] == expected["choices"]
+        logs = docker(env, "logs", box.name, check=False)  # after an answer: its worker has loaded
+        loaded = [line for line in (logs.stdout + logs.stderr).splitlines() if "MODEL_LOG" in line]
+        assert any("int4 products on int4_vnni.c" in line for line in loaded), "\n".join(loaded)[-4000:]
+    assert list((tmp_path / "scratch" / ".maas-tmp").glob("maas-1000/q4-*/batch_decoder.int4_vnni.onnx"))
