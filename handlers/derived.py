@@ -6,8 +6,8 @@ the next server) find them made. A model store mounted read-only (as the Kuberne
 it) cannot take them: there they go to a directory of this archive's own under the temp dir
 (Python's: $TMPDIR, else $TEMP, else /tmp; the image's TEMP is an emptyDir, so each pod derives
 them once, at its first worker's load). That directory is private to this user: a kernel library
-built there is code, and it is loaded from there. (Not links to the archive's files: ONNX Runtime and onnx refuse a graph
-whose weights' data file is a link out of its directory.)
+built there is code, and it is loaded from there. (Not links to the archive's files: ONNX Runtime
+and onnx refuse a graph whose weights' data file is a link out of its directory.)
 """
 from __future__ import annotations
 

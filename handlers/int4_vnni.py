@@ -189,7 +189,8 @@ def prepare(decoder: Path) -> tuple[Path, Path, int] | None:
         if not eligible_nodes(onnx.load(str(decoder), load_external_data=False).graph):
             return None  # fp32, int8 or other blocks: nothing to build or rewrite
         if not _buildable() or not cpu_has_vnni():
-            log.info("int4 VNNI kernel: this CPU has no AVX-512 VNNI; MatMulNBits serves the int4 products")
+            log.info("int4 VNNI kernel: not on this machine (x86-64 Linux, AVX-512 VNNI); MatMulNBits serves the "
+                     "int4 products")
             return None
         work = workdir(decoder.parent)  # the archive's folder, or one of its own where that is read-only
         lib = library(work, shipped=decoder.parent) if work is not None else None
