@@ -11,6 +11,7 @@ and onnx refuse a graph whose weights' data file is a link out of its directory.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -18,6 +19,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +78,11 @@ def private_dir(path: Path) -> Path:
     if not stat.S_ISDIR(facts.st_mode) or facts.st_uid != os.getuid() or facts.st_mode & 0o077:
         raise PermissionError(f"{path} is not a directory of this user's that only it may use")
     return path
+
+
+def locked(target: Path) -> IO[str]:
+    """An exclusive lock on making `target` (its `.lock` beside it), held until the returned file is
+    closed (`with locked(target):`): a model's workers start together, one writes, the others wait."""
+    lock = open(target.with_name(target.name + ".lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock

@@ -14,7 +14,6 @@ fails, the archive runs as built.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import hashlib
 import logging
 import math
@@ -28,9 +27,9 @@ from typing import Any
 import numpy as np
 
 try:  # flat, as inside an archive
-    from derived import workdir
+    from derived import locked, workdir
 except ImportError:  # maas.handlers.int4_vnni
-    from .derived import workdir
+    from .derived import locked, workdir
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +196,7 @@ def prepare(decoder: Path) -> tuple[Path, Path, int] | None:
         if lib is None:
             return None
         target = work / f"{decoder.stem}.int4_vnni.onnx"
-        with open(target.with_name(target.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # the model's workers start together: one writes, the others wait
+        with locked(target):
             built = onnx.load(str(target), load_external_data=False) if target.is_file() else None
             stamp = {p.key: p.value for p in built.metadata_props}.get(STAMP) if built else None
             data = target.with_name(target.name + ".data")  # gone while the graph stayed: a temp dir's cleaner

@@ -18,7 +18,6 @@ cache's on the calibration text (KL) and keeps the float cache when they differ 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 from pathlib import Path
@@ -137,13 +136,6 @@ def made(decoder: Path) -> tuple[Path, float] | None:
 
 def target_of(decoder: Path) -> Path:
     return decoder.with_name(decoder.stem + ".kv_int8.onnx")
-
-
-def locked(decoder: Path) -> Any:
-    """An exclusive lock beside `decoder` (a model's workers start together: one calibrates)."""
-    lock = open(decoder.with_name(target_of(decoder).name + ".lock"), "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return lock
 
 
 def kl(reference: np.ndarray, other: np.ndarray) -> float:

@@ -31,12 +31,12 @@ import numpy as np
 
 try:  # flat, as inside an archive
     import kv_int8
-    from derived import writable
+    from derived import locked, writable
     from int4_vnni import prepare as prepare_int4_vnni
     from prompt_cache import PromptCache, shared_head
 except ImportError:  # maas.handlers.llm_engine, as the bench imports it in process
     from . import kv_int8
-    from .derived import writable
+    from .derived import locked, writable
     from .int4_vnni import prepare as prepare_int4_vnni
     from .prompt_cache import PromptCache, shared_head
 
@@ -154,7 +154,7 @@ class BatchEngine(_Rows):
                         "elsewhere, would take it; or a writable model store)", source.parent)
             return np.float32
         try:
-            with kv_int8.locked(source):
+            with locked(kv_int8.target_of(source)):
                 if (found := kv_int8.made(source)) is None:  # not made by another worker meanwhile
                     reference, rows = self._prefilled(tokens, np.float32)
                     partial = kv_int8.rewrite(source, rows)
